@@ -1,0 +1,40 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+  name: "Spindle",
+  platforms: [.macOS(.v14)],
+  products: [
+    .library(name: "BlockCore", targets: ["BlockCore"]),
+    .library(name: "BlockDrivers", targets: ["BlockDrivers"]),
+    .executable(name: "spindle", targets: ["spindle"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+  ],
+  targets: [
+    .target(
+      name: "BlockCore",
+      dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+    ),
+    .target(
+      name: "BlockDrivers",
+      dependencies: [
+        "BlockCore",
+        .product(name: "SystemPackage", package: "swift-system"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]
+    ),
+    .target(name: "BlockTestSupport", dependencies: ["BlockCore", "BlockDrivers"]),
+    .target(
+      name: "SpindleCLI",
+      dependencies: ["BlockCore", "BlockDrivers", .product(name: "SystemPackage", package: "swift-system")]
+    ),
+    .executableTarget(name: "spindle", dependencies: ["SpindleCLI"]),
+    .testTarget(name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
+    .testTarget(name: "BlockDriversTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
+    .testTarget(name: "SpindleCLITests", dependencies: ["SpindleCLI", "BlockCore", "BlockDrivers"]),
+  ],
+  swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,12 @@
+/// The serial executor that owns every block graph's state.
+///
+/// Nodes, drivers, backends and the engine's bookkeeping are isolated to this
+/// actor, so state changes only between suspension points, as in QEMU's
+/// coroutines on one AioContext. Blocking system calls never run here: drivers
+/// hand them to an I/O thread pool and the request resumes on this actor when
+/// they complete.
+@globalActor
+public actor BlockActor {
+  /// The one instance.
+  public static let shared = BlockActor()
+}

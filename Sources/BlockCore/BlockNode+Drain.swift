@@ -1,0 +1,141 @@
+extension BlockNode: BlockParent {
+  public func childDrainedBegin() { beginQuiesce() }
+  public func childDrainedEnd() { endQuiesce() }
+  public var hasRequestsInFlight: Bool { inFlight > 0 }
+
+  /// Begins a drained section on this node (QEMU's `bdrv_drained_begin`):
+  /// parents stop issuing new requests, then the call waits until neither this
+  /// node, its parents nor its children have requests in flight.
+  public func drainedBegin() async {
+    beginQuiesce()
+    await waitUntilIdle()
+  }
+
+  /// Ends a drained section started by ``drainedBegin()``.
+  public func drainedEnd() {
+    endQuiesce()
+  }
+
+  /// Runs `body` inside a drained section.
+  public func drained<T>(_ body: () async throws -> T) async rethrows -> T {
+    await drainedBegin()
+    defer { drainedEnd() }
+    return try await body()
+  }
+
+  /// Waits until nothing is in flight on this subtree (QEMU's `bdrv_drain`).
+  public func drain() async {
+    await drainedBegin()
+    drainedEnd()
+  }
+
+  private func beginQuiesce() {
+    quiesceCounter += 1
+    if quiesceCounter == 1 {
+      for parent in parents { parent.parent?.childDrainedBegin() }
+    }
+  }
+
+  private func endQuiesce() {
+    precondition(quiesceCounter > 0, "drained section ended twice")
+    quiesceCounter -= 1
+    if quiesceCounter == 0 {
+      for parent in parents { parent.parent?.childDrainedEnd() }
+    }
+  }
+
+  /// Waits until this node, its ancestors and its descendants are idle.
+  func waitUntilIdle() async {
+    while let busy = firstBusyNode() {
+      await busy.waitForIdle()
+    }
+  }
+
+  /// Suspends until this node's in-flight count drops to zero, or until some
+  /// parent (a backend) says it may have become idle.
+  func waitForIdle() async {
+    guard inFlight > 0 else {
+      // The busy one is a non-node parent: wait for it through the backend.
+      return
+    }
+    await withCheckedContinuation { idleWaiters.append($0) }
+  }
+
+  private func firstBusyNode() -> BlockNode? {
+    if let node = subtree().first(where: { $0.inFlight > 0 }) { return node }
+    for ancestor in ancestors() where ancestor.inFlight > 0 { return ancestor }
+    return nil
+  }
+
+  /// This node and every node below it.
+  func subtree() -> [BlockNode] {
+    var result: [BlockNode] = []
+    var stack = [self]
+    var seen = Set<ObjectIdentifier>()
+    while let node = stack.popLast() {
+      guard seen.insert(ObjectIdentifier(node)).inserted else { continue }
+      result.append(node)
+      stack.append(contentsOf: node.children.map(\.node))
+    }
+    return result
+  }
+
+  /// Every node above this one.
+  func ancestors() -> [BlockNode] {
+    var result: [BlockNode] = []
+    var stack = parents.compactMap { $0.parent as? BlockNode }
+    var seen = Set<ObjectIdentifier>()
+    while let node = stack.popLast() {
+      guard seen.insert(ObjectIdentifier(node)).inserted else { continue }
+      result.append(node)
+      stack.append(contentsOf: node.parents.compactMap { $0.parent as? BlockNode })
+    }
+    return result
+  }
+}
+
+/// Every live node, for drain-all and flush-all.
+@BlockActor
+public enum BlockGraph {
+  private static var nodes: [WeakNode] = []
+  private static var drainedByDrainAll: [BlockNode] = []
+
+  static func register(_ node: BlockNode) {
+    nodes.removeAll { $0.node == nil }
+    nodes.append(WeakNode(node: node))
+  }
+
+  /// The nodes alive now.
+  public static var allNodes: [BlockNode] { nodes.compactMap(\.node) }
+
+  /// Drains every node (QEMU's `bdrv_drain_all_begin`): all parents stop issuing
+  /// requests and the call returns when nothing is in flight anywhere. Pair it
+  /// with ``drainAllEnd()``.
+  public static func drainAllBegin() async {
+    let all = allNodes
+    drainedByDrainAll.append(contentsOf: all)
+    for node in all { node.drainedBeginWithoutWaiting() }
+    for node in all { await node.waitUntilIdle() }
+  }
+
+  /// Ends a drain-all section.
+  public static func drainAllEnd() {
+    let drained = drainedByDrainAll
+    drainedByDrainAll = []
+    for node in drained { node.drainedEnd() }
+  }
+
+  /// Waits until nothing is in flight anywhere.
+  public static func drainAll() async {
+    await drainAllBegin()
+    drainAllEnd()
+  }
+
+  private struct WeakNode {
+    weak var node: BlockNode?
+  }
+}
+
+extension BlockNode {
+  fileprivate func drainedBeginWithoutWaiting() { beginQuiesce() }
+}

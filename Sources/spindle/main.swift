@@ -1,0 +1,7 @@
+import SpindleCLI
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+exit(await Spindle.main(CommandLine.arguments))
