@@ -1,0 +1,164 @@
+import BlockCore
+
+/// How a graph is opened: engine options and locking.
+public struct OpenContext: Sendable {
+  /// Options every node of the graph gets (read-only, cache, discard, ...).
+  public var node: NodeOptions
+  /// Open without taking the image locks' "consistent read" share away from
+  /// other users (qemu-img -U / force-share).
+  public var forceShare: Bool
+  /// Whether a missing format may be guessed.
+  public var allowProbe: Bool
+
+  /// Creates a context.
+  public init(node: NodeOptions = NodeOptions(), forceShare: Bool = false, allowProbe: Bool = true)
+  {
+    self.node = node
+    self.forceShare = forceShare
+    self.allowProbe = allowProbe
+  }
+}
+
+/// Opens one driver's node from its options; children are opened through
+/// ``ImageOpener``.
+public typealias DriverFactory =
+  @BlockActor (_ options: inout DriverOptions, _ context: OpenContext) async throws -> BlockNode
+
+/// What a driver name stands for.
+public struct DriverEntry: Sendable {
+  /// Format, protocol or filter.
+  public let kind: DriverKind
+  /// Opens a node; leaves unknown options in `options` for the opener to reject.
+  public let open: DriverFactory
+}
+
+/// Builds block graphs from filenames and QEMU-style options (QEMU's
+/// `bdrv_open`): `json:{...}` pseudo-filenames, `driver=...` option sets, a
+/// format over a protocol, and format probing when no format is named.
+@BlockActor
+public enum ImageOpener {
+  /// Registered drivers by QEMU name.
+  public static var drivers: [String: DriverEntry] = [
+    "null-co": DriverEntry(kind: .protocolDriver, open: openNull),
+    "memory": DriverEntry(kind: .protocolDriver, open: openMemory),
+  ]
+
+  private static var nodeCounter = 0
+
+  /// A fresh automatic node name (QEMU's `#block123` style).
+  public static func newNodeName() -> String {
+    nodeCounter += 1
+    return "#block\(nodeCounter)"
+  }
+
+  /// Opens a graph. `filename` may be a path, `json:{...}`, or nil when
+  /// `options` say everything; `format` is the `-f` argument.
+  public static func open(
+    filename: String?, format: String? = nil, options: DriverOptions = DriverOptions(),
+    context: OpenContext = OpenContext()
+  ) async throws -> BlockNode {
+    var options = options
+    var filename = filename
+    if let name = filename, name.hasPrefix("json:") {
+      let parsed = try DriverOptions.parseJSON(String(name.dropFirst(5)))
+      for (key, value) in parsed.values where options[key] == nil { options[key] = value }
+      filename = nil
+    }
+    if let format {
+      if let existing = options["driver"], existing != format {
+        throw BlockError(
+          .invalidArgument,
+          "Cannot use image format '\(format)' when 'driver' is '\(existing)'")
+      }
+      options["driver"] = format
+    }
+    if let filename { options["file.filename"] = options["file.filename"] ?? filename }
+    if options["driver"] == nil {
+      options["driver"] = try await probe(&options, context: context)
+    }
+    return try await openNode(&options, context: context)
+  }
+
+  /// Opens the node `options["driver"]` names and rejects leftovers.
+  public static func openNode(_ options: inout DriverOptions, context: OpenContext) async throws
+    -> BlockNode
+  {
+    guard let name = options.take("driver") else {
+      throw BlockError(.invalidArgument, "Parameter 'driver' is required")
+    }
+    guard let entry = drivers[name] else {
+      throw BlockError(.invalidArgument, "Unknown driver '\(name)'")
+    }
+    if entry.kind == .protocolDriver {
+      // A protocol opened directly gets its filename at the top level.
+      if let filename = options.take("file.filename"), options["filename"] == nil {
+        options["filename"] = filename
+      }
+    }
+    _ = options.take("node-name")
+    let node = try await entry.open(&options, context)
+    if let leftover = options.values.keys.sorted().first {
+      await node.close()
+      throw BlockError(
+        .invalidArgument,
+        "Block \(entry.kind == .format ? "format" : "protocol") '\(name)' doesn't support the option '\(leftover)'"
+      )
+    }
+    return node
+  }
+
+  /// Opens the `file` child of a format from the `file.` options.
+  public static func openFileChild(_ options: inout DriverOptions, context: OpenContext)
+    async throws -> BlockNode
+  {
+    var child = options.takeChild("file")
+    if let reference = options.take("file") {
+      child["filename"] = reference
+    }
+    if child["driver"] == nil {
+      guard child["filename"] != nil else {
+        throw BlockError(.invalidArgument, "A block device must be specified for \"file\"")
+      }
+      child["driver"] = "file"
+    }
+    return try await openNode(&child, context: context)
+  }
+
+  /// Guesses a format: every image that is not a known format is raw.
+  static func probe(_ options: inout DriverOptions, context: OpenContext) async throws -> String {
+    if let protocolDriver = options["file.driver"], drivers[protocolDriver]?.kind == .protocolDriver,
+      options["file.filename"] == nil
+    {
+      // A protocol with nothing to probe: open it directly.
+      options.values = options.takeChild("file").values
+      return protocolDriver
+    }
+    return "raw"
+  }
+
+  private static func openNull(_ options: inout DriverOptions, _ context: OpenContext) async throws
+    -> BlockNode
+  {
+    let size = try options.takeSize("size") ?? (1 << 30)
+    let readZeroes = try options.takeBool("read-zeroes", default: false)
+    let latency = try options.takeInt("latency-ns") ?? 0
+    _ = options.take("filename")
+    if latency < 0 { throw BlockError(.invalidArgument, "latency-ns is invalid") }
+    let driver = NullDriver(size: size, readZeroes: readZeroes,
+      latencyNanoseconds: UInt64(latency))
+    let node = BlockNode(name: newNodeName(), driver: driver, options: context.node)
+    try await node.open()
+    return node
+  }
+
+  private static func openMemory(_ options: inout DriverOptions, _ context: OpenContext)
+    async throws -> BlockNode
+  {
+    let size = try options.takeSize("size") ?? 0
+    _ = options.take("filename")
+    let node = BlockNode(name: newNodeName(), driver: MemoryDriver(size: size),
+      options: context.node)
+    try await node.open()
+    return node
+  }
+}
