@@ -149,6 +149,11 @@ public final class BlockNode {
     }
   }
 
+  /// Number of tracked requests in flight (introspection for tests and tools).
+  public var trackedRequestCount: Int { tracked.count }
+  /// Number of tracked requests currently waiting for a conflicting request.
+  public var waitingRequestCount: Int { tracked.waitingCount }
+
   // MARK: In-flight accounting
 
   func incrementInFlight() { inFlight += 1 }
