@@ -42,6 +42,7 @@ public enum ImageOpener {
     "null-co": DriverEntry(kind: .protocolDriver, open: openNull),
     "memory": DriverEntry(kind: .protocolDriver, open: openMemory),
     "file": DriverEntry(kind: .protocolDriver, open: FileDriver.openNode),
+    "raw": DriverEntry(kind: .format, open: RawDriver.openNode),
   ]
 
   private static var nodeCounter = 0
