@@ -132,7 +132,7 @@ struct FileLockingTests {
   func spindleRefusedByQemu() async throws {
     let path = try scratch.makeFile("disk.img", size: 1 << 20)
     let session = try QemuIOSession(["-f", "raw", path])
-    #expect(await session.send("length", until: "1 MiB"), "\(session.transcript)")
+    try #require(await session.send("length", until: "1 MiB"), "\(session.transcript)")
     #expect(await session.send("write -P 0x33 0 4096", until: "wrote 4096/4096"))
 
     // qemu-io shares everything for a raw image but holds "write"; Spindle
@@ -167,7 +167,7 @@ struct FileLockingTests {
     let created = try await QEMUTools.run(QEMUTools.qemuImg, ["create", "-f", "qcow2", path, "1M"])
     #expect(created.status == 0, "\(created.output)")
     let session = try QemuIOSession(["-f", "qcow2", path])
-    #expect(await session.send("length", until: "1 MiB"), "\(session.transcript)")
+    try #require(await session.send("length", until: "1 MiB"), "\(session.transcript)")
     #expect(try lockedBytes(path) == [100, 101, 103, 201, 203])
 
     var error = await expectBlockError { _ = try await openFileNode(path) }

@@ -63,6 +63,8 @@ final class QemuIOSession: @unchecked Sendable {
     process.standardInput = input
     process.standardOutput = output
     process.standardError = output
+    // A write to a process that has exited must fail, not kill the test run.
+    signal(SIGPIPE, SIG_IGN)
     try process.run()
     output.fileHandleForWriting.closeFile()
     input.fileHandleForReading.closeFile()
@@ -71,7 +73,13 @@ final class QemuIOSession: @unchecked Sendable {
   /// Sends a command and reads its output until `marker` appears or the
   /// process ends; whether the marker appeared.
   func send(_ command: String, until marker: String) async -> Bool {
-    input.fileHandleForWriting.write(Data((command + "\n").utf8))
+    do {
+      try input.fileHandleForWriting.write(contentsOf: Data((command + "\n").utf8))
+    } catch {
+      // The process has exited (it could not open the image, for instance).
+      transcript += "[cannot send '\(command)': \(error)]"
+      return false
+    }
     let handle = output.fileHandleForReading
     let answer = await withCheckedContinuation {
       (continuation: CheckedContinuation<String, Never>) in
