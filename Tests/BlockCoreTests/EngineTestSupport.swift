@@ -105,6 +105,14 @@ func waitUntil(_ what: String, _ condition: @BlockActor () -> Bool) async throws
   throw TimedOut(what: what)
 }
 
+/// Yields to the other tasks on ``BlockActor`` many times. Only for checking
+/// that something does *not* happen (a held request stays held): no outcome
+/// depends on how long this takes.
+@BlockActor
+func letOtherTasksRun() async {
+  for _ in 0..<1000 { await Task.yield() }
+}
+
 /// What the test drivers below saw, across nodes, in order.
 @BlockActor
 final class EventLog {
