@@ -158,6 +158,9 @@ final class EventDriver: BlockDriver {
   func vmstate(_ node: BlockNode, offset: Int64, iov: IOVector, isLoad: Bool) async throws {
     guard var area = vmstateArea else { throw BlockError.notSupported() }
     log.append("\(name).\(isLoad ? "load" : "save")(\(offset), \(iov.count))")
+    guard offset >= 0, offset + Int64(iov.count) <= Int64(area.count) else {
+      throw BlockError(.invalidArgument, "outside the VM state area")
+    }
     let range = Int(offset)..<Int(offset) + iov.count
     if isLoad {
       area[range].withUnsafeBytes { iov.copyIn($0) }
