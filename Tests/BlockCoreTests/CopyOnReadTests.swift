@@ -143,9 +143,7 @@ extension EngineTests {
     @Test("a write overlapping the cluster being copied waits for the copy; others do not")
     func overlappingWriteWaits() async throws {
       let (top, topDriver, _) = try await chain()
-      let holder = CallHolder {
-        if case .read = $0 { true } else { false }
-      }
+      let holder = CallHolder(\.isRead)
       holder.install(on: topDriver)
       let reader = Task { @BlockActor in try await top.read(at: 4 * kib, count: Int(4 * kib)) }
       await holder.gate.waitForHeld(1)  // the copy's bounce read is at the driver

@@ -300,9 +300,7 @@ extension EngineTests {
     @Test("a failed writeSync write is not flushed")
     func writeSyncFailedWrite() async throws {
       let (node, driver) = try await makeNode()
-      failCalls(on: driver, with: BlockError(.ioError, "injected")) {
-        if case .write = $0 { true } else { false }
-      }
+      failCalls(on: driver, with: BlockError(.ioError, "injected"), where: \.isWrite)
       let error = await #expect(throws: BlockError.self) {
         try await node.writeSync(at: 0, from: vector(pattern(4 * kib)))
       }

@@ -87,9 +87,7 @@ extension EngineTests {
     func notSupportedIsSuccess() async throws {
       let align = 64 * kib
       let (node, driver) = try await node(limits: limits(pdiscardAlignment: align))
-      failCalls(on: driver, with: .notSupported("no discard")) {
-        if case .discard = $0 { true } else { false }
-      }
+      failCalls(on: driver, with: .notSupported("no discard"), where: \.isDiscard)
       try await node.discard(at: 4 * kib, count: 2 * align)
       #expect(
         driver.ioCalls == [

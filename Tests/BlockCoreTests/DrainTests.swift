@@ -12,14 +12,10 @@ extension EngineTests {
   @Suite("Drain")
   @BlockActor
   struct DrainTests {
-    private static func isWrite(_ call: DriverCall) -> Bool {
-      if case .write = call { true } else { false }
-    }
-
     @Test("drainedBegin waits for a request in flight")
     func waitsForInFlightRequest() async throws {
       let (node, driver) = try await makeRecordingNode(size: 1 * mib)
-      let holder = CallHolder(Self.isWrite)
+      let holder = CallHolder(\.isWrite)
       holder.install(on: driver)
       let log = EventLog()
       let write = Task { @BlockActor in try await node.write(at: 0, bytes: pattern(4 * kib)) }
@@ -46,7 +42,7 @@ extension EngineTests {
     func backendHoldsNewRequests() async throws {
       let (node, driver) = try await makeRecordingNode(size: 1 * mib)
       let backend = BlockBackend(root: node)
-      let holder = CallHolder(Self.isWrite)
+      let holder = CallHolder(\.isWrite)
       holder.install(on: driver)
       let log = EventLog()
       let first = Task { @BlockActor in
@@ -135,9 +131,7 @@ extension EngineTests {
     func childDrainWaitsForParent() async throws {
       let (base, _) = try await makeRecordingNode(size: 1 * mib, name: "base")
       let (top, topDriver) = try await makeRecordingNode(size: 1 * mib, backing: base, name: "top")
-      let holder = CallHolder {
-        if case .read = $0 { true } else { false }
-      }
+      let holder = CallHolder(\.isRead)
       holder.install(on: topDriver)
       let log = EventLog()
       let read = Task { @BlockActor in _ = try await top.read(at: 0, count: Int(4 * kib)) }
@@ -163,9 +157,9 @@ extension EngineTests {
     func drainAllWaitsEverywhere() async throws {
       let (first, firstDriver) = try await makeRecordingNode(size: 1 * mib, name: "first")
       let (second, secondDriver) = try await makeRecordingNode(size: 1 * mib, name: "second")
-      let firstHolder = CallHolder(Self.isWrite)
+      let firstHolder = CallHolder(\.isWrite)
       firstHolder.install(on: firstDriver)
-      let secondHolder = CallHolder(Self.isWrite)
+      let secondHolder = CallHolder(\.isWrite)
       secondHolder.install(on: secondDriver)
       let log = EventLog()
       let firstWrite = Task { @BlockActor in

@@ -53,6 +53,13 @@ func pattern(_ count: Int64, seed: UInt8 = 1) -> [UInt8] {
 /// `count` zero bytes.
 func zeroes(_ count: Int64) -> [UInt8] { [UInt8](repeating: 0, count: Int(count)) }
 
+extension DriverCall {
+  var isRead: Bool { if case .read = self { true } else { false } }
+  var isWrite: Bool { if case .write = self { true } else { false } }
+  var isWriteZeroes: Bool { if case .writeZeroes = self { true } else { false } }
+  var isDiscard: Bool { if case .discard = self { true } else { false } }
+}
+
 /// Holds the first `times` driver calls that match, at a ``Gate``. Install it
 /// with ``install(on:)``; the driver keeps the holder, the holder does not keep
 /// the driver.

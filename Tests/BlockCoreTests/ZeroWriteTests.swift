@@ -174,9 +174,7 @@ extension EngineTests {
       #expect(driver.ioCalls == [.writeZeroes(offset: 0, length: 64 * kib, flags: .noFallback)])
 
       driver.reset()
-      failCalls(on: driver, with: .notSupported("slow")) {
-        if case .writeZeroes = $0 { true } else { false }
-      }
+      failCalls(on: driver, with: .notSupported("slow"), where: \.isWriteZeroes)
       let error = await #expect(throws: BlockError.self) {
         try await node.writeZeroes(at: 64 * kib, count: 64 * kib, flags: .noFallback)
       }
