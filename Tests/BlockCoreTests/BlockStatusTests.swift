@@ -192,7 +192,7 @@ extension EngineTests {
           #expect(status.flags == [.zero, .eof])
         }
         // The data read through the chain is the owner's.
-        let seed = UInt8(4 - owner.depth)
+        let seed = 4 - owner.depth
         let expected = owner.node == nil ? zeroes(64 * kib) : pattern(64 * kib, seed: seed)
         #expect(try await top.read(at: offset, count: Int(64 * kib)) == expected)
       }

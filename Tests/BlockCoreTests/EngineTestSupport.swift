@@ -32,11 +32,10 @@ func recordingCapabilities(_ change: (inout DriverCapabilities) -> Void = { _ in
 
 /// Limits with the given fields set; everything else at BlockLimits' defaults.
 func limits(
-  requestAlignment: Int64 = 1, maxTransfer: Int64 = 0, pwriteZeroesAlignment: Int64 = 0,
-  maxPwriteZeroes: Int64 = 0, pdiscardAlignment: Int64 = 0, maxPdiscard: Int64 = 0
+  maxTransfer: Int64 = 0, pwriteZeroesAlignment: Int64 = 0, maxPwriteZeroes: Int64 = 0,
+  pdiscardAlignment: Int64 = 0, maxPdiscard: Int64 = 0
 ) -> BlockLimits {
   var limits = BlockLimits()
-  limits.requestAlignment = requestAlignment
   limits.maxTransfer = maxTransfer
   limits.pwriteZeroesAlignment = pwriteZeroesAlignment
   limits.maxPwriteZeroes = maxPwriteZeroes
@@ -45,9 +44,10 @@ func limits(
   return limits
 }
 
-/// `count` bytes that are never zero, different for each `seed`.
-func pattern(_ count: Int64, seed: UInt8 = 1) -> [UInt8] {
-  (0..<Int(count)).map { UInt8(truncatingIfNeeded: $0 % 251) &+ seed | 1 }
+/// `count` bytes that are never zero; patterns of different seeds (1...9)
+/// differ at every offset.
+func pattern(_ count: Int64, seed: Int = 1) -> [UInt8] {
+  (0..<Int(count)).map { UInt8(($0 + seed * 37) % 251 + 1) }
 }
 
 /// `count` zero bytes.
@@ -60,17 +60,16 @@ extension DriverCall {
   var isDiscard: Bool { if case .discard = self { true } else { false } }
 }
 
-/// Holds the first `times` driver calls that match, at a ``Gate``. Install it
-/// with ``install(on:)``; the driver keeps the holder, the holder does not keep
-/// the driver.
+/// Holds the first driver call that matches at a ``Gate``. Install it with
+/// ``install(on:)``; the driver keeps the holder, the holder does not keep the
+/// driver.
 @BlockActor
 final class CallHolder {
   let gate = Gate()
-  private var remaining: Int
+  private var holding = true
   private let matches: @BlockActor (DriverCall) -> Bool
 
-  init(times: Int = 1, _ matches: @escaping @BlockActor (DriverCall) -> Bool) {
-    remaining = times
+  init(_ matches: @escaping @BlockActor (DriverCall) -> Bool) {
     self.matches = matches
   }
 
@@ -79,8 +78,8 @@ final class CallHolder {
   }
 
   private func intercept(_ call: DriverCall) async {
-    guard remaining > 0, matches(call) else { return }
-    remaining -= 1
+    guard holding, matches(call) else { return }
+    holding = false
     await gate.hold()
   }
 }
@@ -135,19 +134,17 @@ final class EventDriver: BlockDriver {
   let name: String
   let log: EventLog
   var vmstateArea: [UInt8]?
-  private let size: Int64
 
-  init(name: String, log: EventLog, size: Int64 = 64 * kib, vmstateArea: [UInt8]? = nil) {
+  init(name: String, log: EventLog, vmstateArea: [UInt8]? = nil) {
     self.name = name
     self.log = log
-    self.size = size
     self.vmstateArea = vmstateArea
   }
 
   nonisolated var formatName: String { "event" }
   var capabilities: DriverCapabilities { DriverCapabilities(kind: .protocolDriver) }
 
-  func length(_ node: BlockNode) async throws -> Int64 { size }
+  func length(_ node: BlockNode) async throws -> Int64 { 64 * kib }
 
   func read(
     _ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags
