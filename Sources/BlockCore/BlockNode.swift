@@ -37,6 +37,7 @@ public final class BlockNode {
 
   let tracked = TrackedRequests()
   var flushActive = false
+  var plugDepth = 0
   var flushQueue: [CheckedContinuation<Void, Never>] = []
   var idleWaiters: [CheckedContinuation<Void, Never>] = []
   var parents: [WeakParent] = []

@@ -18,7 +18,10 @@ struct AlignmentTests {
   func oneByteWrite() async throws {
     let (node, driver) = try await node()
     try await node.write(at: 4095, bytes: [0xAB])
-    #expect(driver.ioCalls == [.read(offset: 0, length: 4096), .write(offset: 0, length: 4096, flags: [])])
+    #expect(
+      driver.ioCalls == [
+        .read(offset: 0, length: 4096), .write(offset: 0, length: 4096, flags: []),
+      ])
     #expect(try await node.read(at: 4094, count: 3) == [0, 0xAB, 0])
   }
 
@@ -26,7 +29,10 @@ struct AlignmentTests {
   func twoByteWriteAcrossBlocks() async throws {
     let (node, driver) = try await node()
     try await node.write(at: 4095, bytes: [1, 2])
-    #expect(driver.ioCalls == [.read(offset: 0, length: 8192), .write(offset: 0, length: 8192, flags: [])])
+    #expect(
+      driver.ioCalls == [
+        .read(offset: 0, length: 8192), .write(offset: 0, length: 8192, flags: []),
+      ])
     #expect(try await node.read(at: 4094, count: 4) == [0, 1, 2, 0])
   }
 

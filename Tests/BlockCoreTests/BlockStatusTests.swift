@@ -380,12 +380,9 @@ extension EngineTests {
     func recurseLimitedToFileData() async throws {
       let format = try await formatOverHoleyFile()
       let status = try await format.blockStatus(offset: 0, bytes: 64 * kib, wantZero: true)
-      withKnownIssue(
-        "blockStatus keeps the format's count instead of the file's (*pnum = file_pnum)"
-      ) {
-        #expect(status.count == 16 * kib)
-        #expect(status.flags == [.data, .offsetValid, .allocated])  // not to EOF
-      }
+      #expect(status.count == 16 * kib)
+      #expect(status.flags == [.data, .offsetValid, .allocated])  // not to EOF
+
     }
 
     @Test("RECURSE: a hole in the file up to its end covers the format's whole answer")
@@ -393,11 +390,9 @@ extension EngineTests {
       let format = try await formatOverHoleyFile(length: 128 * kib)
       let status = try await format.blockStatus(offset: 16 * kib, bytes: 112 * kib, wantZero: true)
       #expect(status.flags.contains(.zero))
-      withKnownIssue("blockStatus trims to the file's hole; QEMU keeps pnum when the file hits EOF")
-      {
-        #expect(status.count == 112 * kib)
-        #expect(status.flags == [.data, .zero, .offsetValid, .allocated, .eof])
-      }
+      #expect(status.count == 112 * kib)
+      #expect(status.flags == [.data, .zero, .offsetValid, .allocated, .eof])
+
     }
 
     @Test("RECURSE: file data that reaches the file's end limits the answer to it")
@@ -407,10 +402,9 @@ extension EngineTests {
       let format = try await makeMappingNode(over: file, kind: .format, length: 128 * kib)
       let status = try await format.blockStatus(offset: 32 * kib, bytes: 96 * kib, wantZero: true)
       #expect(!status.flags.contains(.zero))
-      withKnownIssue("blockStatus tests EOF with DATA where QEMU tests EOF with ZERO") {
-        #expect(status.count == 32 * kib)
-        #expect(status.flags == [.data, .offsetValid, .allocated])  // not to the format's EOF
-      }
+      #expect(status.count == 32 * kib)
+      #expect(status.flags == [.data, .offsetValid, .allocated])  // not to the format's EOF
+
     }
   }
 }

@@ -130,14 +130,13 @@ extension EngineTests {
       let data = try await top.read(at: cluster / 2, count: Int(cluster))
       #expect(
         data == Array(own[Int(cluster / 2)...]) + backingBytes[Int(cluster)..<Int(3 * cluster / 2)])
-      withKnownIssue("copyOnRead rewrites the whole rounded range, allocated clusters included") {
-        #expect(
-          topDriver.ioCalls == [
-            .read(offset: cluster / 2, length: cluster / 2),  // straight into the caller's buffer
-            .read(offset: cluster, length: cluster),  // bounce
-            .write(offset: cluster, length: cluster, flags: []),
-          ])
-      }
+      #expect(
+        topDriver.ioCalls == [
+          .read(offset: cluster / 2, length: cluster / 2),  // straight into the caller's buffer
+          .read(offset: cluster, length: cluster),  // bounce
+          .write(offset: cluster, length: cluster, flags: []),
+        ])
+
     }
 
     @Test("a write overlapping the cluster being copied waits for the copy; others do not")
@@ -178,14 +177,13 @@ extension EngineTests {
       let transfer = cluster / 2
       let (top, topDriver, _) = try await chain(limits: limits(maxTransfer: transfer))
       #expect(try await top.read(at: 0, count: Int(4 * kib)) == Array(backingBytes[..<4096]))
-      withKnownIssue("copyOnRead reads and writes whole clusters past the driver's maxTransfer") {
-        #expect(
-          topDriver.ioCalls == [
-            .read(offset: 0, length: transfer), .write(offset: 0, length: transfer, flags: []),
-            .read(offset: transfer, length: transfer),
-            .write(offset: transfer, length: transfer, flags: []),
-          ])
-      }
+      #expect(
+        topDriver.ioCalls == [
+          .read(offset: 0, length: transfer), .write(offset: 0, length: transfer, flags: []),
+          .read(offset: transfer, length: transfer),
+          .write(offset: transfer, length: transfer, flags: []),
+        ])
+
     }
 
     @Test("the copy stops at the end of an image that ends inside a cluster")
@@ -196,15 +194,13 @@ extension EngineTests {
       #expect(data == Array(backingBytes[Int(cluster)..<Int(size)]))
       #expect(top.length == size)
       let storedLength = try await topDriver.length(top)
-      withKnownIssue("copyOnRead copies the whole last cluster, writing past the end of the image")
-      {
-        #expect(
-          topDriver.ioCalls == [
-            .read(offset: cluster, length: size - cluster),
-            .write(offset: cluster, length: size - cluster, flags: []),
-          ])
-        #expect(storedLength == size)
-      }
+      #expect(
+        topDriver.ioCalls == [
+          .read(offset: cluster, length: size - cluster),
+          .write(offset: cluster, length: size - cluster, flags: []),
+        ])
+      #expect(storedLength == size)
+
     }
 
     @Test("the copy's write carries WRITE_UNCHANGED to a driver that accepts it")
@@ -228,13 +224,12 @@ extension EngineTests {
         },
         backingHoldsData: false)
       _ = try await top.read(at: 0, count: 512)
-      withKnownIssue("copyOnRead zero-writes with no flags; QEMU passes BDRV_REQ_WRITE_UNCHANGED") {
-        #expect(
-          topDriver.ioCalls == [
-            .read(offset: 0, length: cluster),
-            .writeZeroes(offset: 0, length: cluster, flags: .writeUnchanged),
-          ])
-      }
+      #expect(
+        topDriver.ioCalls == [
+          .read(offset: 0, length: cluster),
+          .writeZeroes(offset: 0, length: cluster, flags: .writeUnchanged),
+        ])
+
     }
   }
 }

@@ -182,9 +182,8 @@ extension EngineTests {
       let parent = try await pluggable(log)
       parent.plug()
       parent.unplug()
-      withKnownIssue("BlockNode.plug plugs the node before its children") {
-        #expect(log.events == ["file.plug", "parent.plug", "parent.unplug", "file.unplug"])
-      }
+      #expect(log.events == ["file.plug", "parent.plug", "parent.unplug", "file.unplug"])
+
     }
 
     @Test("nested plug/unplug pairs reach the drivers only at the outermost pair")
@@ -198,11 +197,10 @@ extension EngineTests {
       let afterInnerUnplug = log.events.sorted()
       parent.unplug()
       let afterOuterUnplug = log.events.sorted()
-      withKnownIssue("BlockNode.plug/unplug keep no nesting count (QEMU's io_plugged)") {
-        #expect(plugged == ["file.plug", "parent.plug"])
-        #expect(afterInnerUnplug == plugged)
-        #expect(afterOuterUnplug == ["file.plug", "file.unplug", "parent.plug", "parent.unplug"])
-      }
+      #expect(plugged == ["file.plug", "parent.plug"])
+      #expect(afterInnerUnplug == plugged)
+      #expect(afterOuterUnplug == ["file.plug", "file.unplug", "parent.plug", "parent.unplug"])
+
     }
 
     // MARK: vmstate
@@ -264,10 +262,9 @@ extension EngineTests {
       } catch let error as BlockError {
         thrown = error
       }
-      withKnownIssue("BlockNode.vmstate does not check the request range") {
-        #expect(thrown?.code == .ioError)
-        #expect(log.events.isEmpty)
-      }
+      #expect(thrown?.code == .ioError)
+      #expect(log.events.isEmpty)
+
     }
 
     // MARK: writeSync

@@ -138,9 +138,8 @@ extension EngineTests {
       let (node, driver) = try await makeRecordingNode(
         size: 4 * gib, options: NodeOptions(discard: .unmap))
       try await node.discard(at: 0, count: 3 * gib)
-      withKnownIssue("discard still caps each piece at Int32.max (QEMU 2.x's INT_MAX)") {
-        #expect(driver.ioCalls == [.discard(offset: 0, length: 3 * gib)])
-      }
+      #expect(driver.ioCalls == [.discard(offset: 0, length: 3 * gib)])
+
     }
   }
 }

@@ -31,7 +31,8 @@ struct StressTests {
     let count: Int
   }
 
-  @Test("final content is a serial order of the writes; reads never see half a write",
+  @Test(
+    "final content is a serial order of the writes; reads never see half a write",
     arguments: [1, 2, 3, 4, 5] as [UInt64])
   func stress(seed: UInt64) async throws {
     var random = SplitMix64(state: seed)

@@ -359,9 +359,8 @@ extension EngineTests {
       // max_write_zeroes = MIN_NON_ZERO(bl.max_pwrite_zeroes, INT64_MAX).
       let (node, driver) = try await makeRecordingNode(size: 4 * gib, capabilities: zeroCapable())
       try await node.writeZeroes(at: 0, count: 3 * gib)
-      withKnownIssue("pwriteZeroes still caps each piece at Int32.max (QEMU 2.x's INT_MAX)") {
-        #expect(driver.ioCalls == [.writeZeroes(offset: 0, length: 3 * gib, flags: [])])
-      }
+      #expect(driver.ioCalls == [.writeZeroes(offset: 0, length: 3 * gib, flags: [])])
+
     }
   }
 }
