@@ -18,10 +18,14 @@ let package = Package(
       name: "BlockCore",
       dependencies: [.product(name: "SystemPackage", package: "swift-system")]
     ),
+    // Linux file interfaces Swift's Glibc module does not import (O_DIRECT,
+    // SEEK_DATA/SEEK_HOLE, OFD locks, fallocate); used by the file driver.
+    .target(name: "CFileSupport"),
     .target(
       name: "BlockDrivers",
       dependencies: [
         "BlockCore",
+        "CFileSupport",
         .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]

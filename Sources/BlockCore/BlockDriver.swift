@@ -75,7 +75,8 @@ public protocol BlockDriver: AnyObject {
   /// Reads `length` bytes at `offset` into `iov` (whose count is `length`).
   /// Aligned; may extend past end of file up to the aligned end, which the driver
   /// must fill with zeroes. Flags: none today.
-  func read(_ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags)
+  func read(
+    _ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags)
     async throws
 
   /// Writes `length` bytes from `iov` at `offset`. Aligned, at most maxTransfer;

@@ -7,8 +7,7 @@ extension BlockNode {
   /// neither DATA nor ZERO read as zeroes when the driver has backing semantics
   /// and no backing node (or the backing node is shorter); with `wantZero`, a
   /// RECURSE answer asks the file child whether the data is a hole.
-  public func blockStatus(offset: Int64, bytes: Int64, wantZero: Bool) async throws -> BlockStatus
-  {
+  public func blockStatus(offset: Int64, bytes: Int64, wantZero: Bool) async throws -> BlockStatus {
     try checkInserted()
     let total = length
     guard offset >= 0, bytes >= 0 else { throw BlockError(.invalidArgument, "bad range") }
@@ -25,14 +24,16 @@ extension BlockNode {
           status.mapOffset = offset
           status.file = self
         } else if capabilities.kind == .filter, let file {
-          status = BlockStatus(flags: [.raw, .offsetValid], count: bytes, mapOffset: offset,
+          status = BlockStatus(
+            flags: [.raw, .offsetValid], count: bytes, mapOffset: offset,
             file: file)
         }
       } else {
         let align = limits.requestAlignment
         let alignedOffset = alignDown(offset, align)
         let alignedBytes = alignUp(offset + bytes, align) - alignedOffset
-        status = try await driver.blockStatus(self, wantZero: wantZero, offset: alignedOffset,
+        status = try await driver.blockStatus(
+          self, wantZero: wantZero, offset: alignedOffset,
           length: alignedBytes)
         precondition(status.count > 0 && status.count <= alignedBytes, "bad block status count")
         let skipped = offset - alignedOffset
@@ -47,7 +48,8 @@ extension BlockNode {
       }
 
       if status.flags.contains(.raw), let file = status.file {
-        let inner = try await file.blockStatus(offset: status.mapOffset, bytes: status.count,
+        let inner = try await file.blockStatus(
+          offset: status.mapOffset, bytes: status.count,
           wantZero: wantZero)
         var resolved = inner
         resolved.count = inner.count == 0 ? status.count : inner.count
@@ -72,14 +74,16 @@ extension BlockNode {
         status.flags.contains(.data), !status.flags.contains(.zero),
         status.flags.contains(.offsetValid)
       {
-        let inner = try await file.blockStatus(offset: status.mapOffset, bytes: status.count,
+        let inner = try await file.blockStatus(
+          offset: status.mapOffset, bytes: status.count,
           wantZero: true)
-        if inner.flags.contains(.eof) && (inner.count == 0 || inner.flags.contains(.data)) {
-          // Past the end of the file: reads as zeroes.
-          if inner.count == 0 { status.flags.insert(.zero) }
-        } else if inner.flags.contains(.zero) {
-          status.count = inner.count
+        if inner.flags.contains(.eof) && (inner.count == 0 || inner.flags.contains(.zero)) {
+          // The file ends inside this data range: the rest reads as zeroes.
           status.flags.insert(.zero)
+        } else {
+          // Limit the answer to the range the file reported.
+          status.count = inner.count
+          status.flags.formUnion(inner.flags.intersection(.zero))
         }
       }
       status.flags.remove(.recurse)
@@ -95,11 +99,11 @@ extension BlockNode {
   }
 
   /// Whether the range at `offset` is allocated in this node, and for how many
-  /// bytes that answer holds (QEMU's `bdrv_is_allocated`).
+  /// bytes that answer holds; 0 bytes means `offset` is at or past the end
+  /// (QEMU's `bdrv_is_allocated`).
   public func isAllocated(offset: Int64, bytes: Int64) async throws -> (Bool, Int64) {
     let status = try await blockStatus(offset: offset, bytes: bytes, wantZero: false)
-    let count = status.count == 0 ? bytes : status.count
-    return (status.flags.contains(.allocated), count)
+    return (status.flags.contains(.allocated), status.count)
   }
 
   /// The status of a range through the backing chain from this node down to
@@ -146,7 +150,8 @@ extension BlockNode {
   public func isAllocatedAbove(
     base: BlockNode?, includeBase: Bool = false, offset: Int64, bytes: Int64
   ) async throws -> (depth: Int, count: Int64) {
-    let (status, depth) = try await blockStatusAbove(base: base, includeBase: includeBase,
+    let (status, depth) = try await blockStatusAbove(
+      base: base, includeBase: includeBase,
       offset: offset, bytes: bytes, wantZero: false)
     return (status.flags.contains(.allocated) ? depth : 0, status.count)
   }

@@ -11,7 +11,7 @@ extension BlockNode {
     guard options.discard == .unmap, bytes > 0 else { return }
     let requestAlign = limits.requestAlignment
     let align = max(limits.pdiscardAlignment, requestAlign)
-    let maxDiscard = alignDown(BlockLimits.minNonZero(limits.maxPdiscard, Int64(Int32.max)), align)
+    let maxDiscard = alignDown(BlockLimits.minNonZero(limits.maxPdiscard, Int64.max), align)
     try await inFlight {
       let request = tracked.begin(.discard, offset: offset, bytes: bytes)
       defer { tracked.end(request) }

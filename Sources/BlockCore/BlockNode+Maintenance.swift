@@ -38,6 +38,7 @@ extension BlockNode {
   /// driver's own area, else the file child's, else ENOTSUP.
   public func vmstate(at offset: Int64, iov: IOVector, isLoad: Bool) async throws {
     try checkInserted()
+    try Self.checkRange(offset, Int64(iov.count), limitTo32Bit: true)
     if !isLoad { try checkWritable() }
     try await inFlight {
       do {
@@ -49,15 +50,21 @@ extension BlockNode {
     }
   }
 
-  /// Tells the node and its children that a batch of requests begins.
+  /// Tells the node and its children that a batch of requests begins (QEMU's
+  /// `bdrv_io_plug`): children first, and each driver only on the outermost
+  /// plug of nested pairs.
   public func plug() {
-    driver.plug(self)
     for child in children { child.node.plug() }
+    plugDepth += 1
+    if plugDepth == 1 { driver.plug(self) }
   }
 
-  /// Ends a batch started by ``plug()``.
+  /// Ends a batch started by ``plug()``: the driver is unplugged when the
+  /// outermost pair ends, then the children.
   public func unplug() {
-    driver.unplug(self)
+    precondition(plugDepth > 0, "unplug without plug")
+    plugDepth -= 1
+    if plugDepth == 0 { driver.unplug(self) }
     for child in children { child.node.unplug() }
   }
 

@@ -13,11 +13,13 @@ extension BlockNode {
     try await inFlight {
       var flags = flags.intersection([.copyOnRead, .serialising])
       if copyOnReadCount > 0 { flags.insert(.copyOnRead) }
-      let padded = PaddedRequest(offset: offset, bytes: bytes, alignment: limits.requestAlignment,
+      let padded = PaddedRequest(
+        offset: offset, bytes: bytes, alignment: limits.requestAlignment,
         memoryAlignment: limits.optMemAlignment, iov: iov)
       let request = tracked.begin(.read, offset: padded.offset, bytes: padded.bytes)
       defer { tracked.end(request) }
-      try await alignedRead(request, offset: padded.offset, bytes: padded.bytes, iov: padded.iov,
+      try await alignedRead(
+        request, offset: padded.offset, bytes: padded.bytes, iov: padded.iov,
         flags: flags)
     }
   }
@@ -63,7 +65,8 @@ extension BlockNode {
       let remaining = bytes - done
       if readable > 0 {
         let count = min(remaining, readable, maxTransfer)
-        try await driver.read(self, offset: offset + done, length: count,
+        try await driver.read(
+          self, offset: offset + done, length: count,
           into: iov.slice(Int(done), Int(count)), flags: [])
         readable -= count
         done += count
@@ -77,33 +80,57 @@ extension BlockNode {
   /// The largest bounce buffer copy-on-read uses at once.
   static let maxBounceBuffer: Int64 = 16 << 20
 
-  /// Copies the cluster-rounded range containing the request into this node,
-  /// then returns the requested part (QEMU's `bdrv_co_do_copy_on_readv`). Data
-  /// goes through a bounce buffer so a caller that scribbles over its buffer
-  /// cannot change what is written; all-zero clusters become zero-writes.
+  /// Copies the unallocated parts of the cluster-rounded range containing the
+  /// request into this node, and reads the allocated parts straight into the
+  /// caller's vector (QEMU's `bdrv_co_do_copy_on_readv`).
+  ///
+  /// Copied data goes through a bounce buffer so a caller that scribbles over
+  /// its buffer cannot change what is written; all-zero chunks become
+  /// zero-writes. Chunks are at most maxTransfer and 16 MiB, and the copy stops
+  /// at the end of the node.
   func copyOnRead(offset: Int64, bytes: Int64, into iov: IOVector) async throws {
     let cluster = clusterSize
-    let start = alignDown(offset, cluster)
-    let end = alignUp(offset + bytes, cluster)
-    let chunkLimit = max(alignDown(Self.maxBounceBuffer, cluster), cluster)
-    var position = start
-    while position < end {
-      let count = min(end - position, chunkLimit)
-      let bounce = IOVector(allocating: Int(count), alignment: limits.optMemAlignment)
-      try await driver.read(self, offset: position, length: count, into: bounce, flags: [])
-      if capabilities.canWriteZeroes && bounce.isZero() {
-        try await pwriteZeroes(offset: position, bytes: count, flags: [])
-      } else {
-        try await driverWrite(offset: position, bytes: count, iov: bounce, flags: [.writeUnchanged])
+    var chunkOffset = alignDown(offset, cluster)
+    var remaining = alignUp(offset + bytes, cluster) - chunkOffset
+    var skip = offset - chunkOffset
+    var progress: Int64 = 0
+    let maxTransfer = alignDown(
+      BlockLimits.minNonZero(limits.maxTransfer, Self.maxRequestBytes), limits.requestAlignment)
+    var bounce: IOVector?
+    while remaining > 0 {
+      var (allocated, count) = try await isAllocated(
+        offset: chunkOffset, bytes: min(remaining, maxTransfer))
+      if !allocated && count == 0 { break }  // The node ends inside the cluster.
+      let skipped = min(count, skip)
+      let wanted = min(count - skipped, bytes - progress)
+      if !allocated {
+        count = min(count, Self.maxBounceBuffer)
+        if bounce == nil || bounce!.count < Int(count) {
+          let needed = max(count, remaining - count)
+          let length = min(needed, min(maxTransfer, Self.maxBounceBuffer))
+          bounce = IOVector(allocating: Int(max(length, count)), alignment: limits.optMemAlignment)
+        }
+        let buffer = bounce!.slice(0, Int(count))
+        try await driver.read(self, offset: chunkOffset, length: count, into: buffer, flags: [])
+        if capabilities.canWriteZeroes && buffer.isZero() {
+          try await pwriteZeroes(offset: chunkOffset, bytes: count, flags: .writeUnchanged)
+        } else {
+          try await driverWrite(
+            offset: chunkOffset, bytes: count, iov: buffer,
+            flags: .writeUnchanged)
+        }
+        if wanted > 0 {
+          iov.copy(from: buffer, sourceOffset: Int(skipped), at: Int(progress), count: Int(wanted))
+        }
+      } else if wanted > 0 {
+        try await driver.read(
+          self, offset: offset + progress, length: wanted,
+          into: iov.slice(Int(progress), Int(wanted)), flags: [])
       }
-      // The part of this chunk that the caller asked for.
-      let copyStart = max(position, offset)
-      let copyEnd = min(position + count, offset + bytes)
-      if copyStart < copyEnd {
-        iov.copy(from: bounce, sourceOffset: Int(copyStart - position),
-          at: Int(copyStart - offset), count: Int(copyEnd - copyStart))
-      }
-      position += count
+      chunkOffset += count
+      remaining -= count
+      progress += count - skipped
+      skip -= skipped
     }
   }
 }

@@ -20,7 +20,8 @@ extension BlockNode {
     }
     guard bytes > 0 else { return }
     try await inFlight {
-      let padded = PaddedRequest(offset: offset, bytes: bytes, alignment: align,
+      let padded = PaddedRequest(
+        offset: offset, bytes: bytes, alignment: align,
         memoryAlignment: limits.optMemAlignment, iov: iov)
       let request = tracked.begin(.write, offset: padded.offset, bytes: padded.bytes)
       defer { tracked.end(request) }
@@ -28,7 +29,8 @@ extension BlockNode {
         await tracked.makeSerialising(request, alignment: align)
         try await readPadding(request, padded, zeroMiddle: false)
       }
-      try await alignedWrite(request, offset: padded.offset, bytes: padded.bytes, iov: padded.iov,
+      try await alignedWrite(
+        request, offset: padded.offset, bytes: padded.bytes, iov: padded.iov,
         flags: flags)
     }
   }
@@ -49,11 +51,13 @@ extension BlockNode {
     guard let buffer = padded.buffer else { return }
     if padded.head != 0 || padded.mergedReads {
       let count = padded.mergedReads ? Int64(buffer.count) : align
-      try await alignedRead(request, offset: padded.offset, bytes: count,
+      try await alignedRead(
+        request, offset: padded.offset, bytes: count,
         iov: buffer.slice(0, Int(count)), flags: [])
     }
     if padded.tail != 0 && !padded.mergedReads, let tailBuffer = padded.tailBuffer {
-      try await alignedRead(request, offset: padded.offset + padded.bytes - align, bytes: align,
+      try await alignedRead(
+        request, offset: padded.offset + padded.bytes - align, bytes: align,
         iov: tailBuffer, flags: [])
     }
     if zeroMiddle {
@@ -101,7 +105,8 @@ extension BlockNode {
           // FUA emulated by a flush: only after the last fragment.
           fragmentFlags.remove(.fua)
         }
-        try await driverWrite(offset: offset + done, bytes: count,
+        try await driverWrite(
+          offset: offset + done, bytes: count,
           iov: iov.slice(Int(done), Int(count)), flags: fragmentFlags)
         done += count
       }

@@ -37,7 +37,8 @@ extension BlockNode {
     let align = limits.requestAlignment
     var offset = offset
     var bytes = bytes
-    let padded = PaddedRequest(offset: offset, bytes: bytes, alignment: align,
+    let padded = PaddedRequest(
+      offset: offset, bytes: bytes, alignment: align,
       memoryAlignment: limits.optMemAlignment, iov: nil)
     let dataFlags = flags.subtracting([.zeroWrite, .mayUnmap])
     if padded.isPadded, let buffer = padded.buffer {
@@ -45,7 +46,8 @@ extension BlockNode {
       try await readPadding(request, padded, zeroMiddle: true)
       if padded.head != 0 || padded.mergedReads {
         let count = padded.mergedReads ? Int64(buffer.count) : align
-        try await alignedWrite(request, offset: padded.offset, bytes: count,
+        try await alignedWrite(
+          request, offset: padded.offset, bytes: count,
           iov: buffer.slice(0, Int(count)), flags: dataFlags)
         if padded.mergedReads { return }
         offset += count - padded.head
@@ -59,7 +61,8 @@ extension BlockNode {
       bytes -= body
     }
     if bytes > 0, let tailBuffer = padded.tailBuffer {
-      try await alignedWrite(request, offset: offset, bytes: align, iov: tailBuffer,
+      try await alignedWrite(
+        request, offset: offset, bytes: align, iov: tailBuffer,
         flags: dataFlags)
     }
   }
@@ -74,7 +77,7 @@ extension BlockNode {
     }
     let alignment = max(limits.pwriteZeroesAlignment, limits.requestAlignment)
     let maxZeroes = alignDown(
-      BlockLimits.minNonZero(limits.maxPwriteZeroes, Int64(Int32.max)), alignment)
+      BlockLimits.minNonZero(limits.maxPwriteZeroes, Int64.max), alignment)
     let maxTransfer = BlockLimits.minNonZero(limits.maxTransfer, Self.maxZeroBounceBuffer)
     var head = offset % alignment
     let tail = (offset + bytes) % alignment
@@ -95,7 +98,8 @@ extension BlockNode {
       var supported = false
       if capabilities.canWriteZeroes {
         do {
-          try await driver.writeZeroes(self, offset: offset, length: count,
+          try await driver.writeZeroes(
+            self, offset: offset, length: count,
             flags: flags.intersection(zeroFlags))
           writeGeneration &+= 1
           supported = true
@@ -117,7 +121,8 @@ extension BlockNode {
         if bounce == nil || bounce!.count < Int(count) {
           bounce = IOVector(allocating: Int(count), alignment: limits.optMemAlignment, zeroed: true)
         }
-        try await driverWrite(offset: offset, bytes: count, iov: bounce!.slice(0, Int(count)),
+        try await driverWrite(
+          offset: offset, bytes: count, iov: bounce!.slice(0, Int(count)),
           flags: writeFlags)
       }
       offset += count

@@ -37,6 +37,7 @@ public final class BlockNode {
 
   let tracked = TrackedRequests()
   var flushActive = false
+  var plugDepth = 0
   var flushQueue: [CheckedContinuation<Void, Never>] = []
   var idleWaiters: [CheckedContinuation<Void, Never>] = []
   var parents: [WeakParent] = []
@@ -148,6 +149,11 @@ public final class BlockNode {
       await child.node.close()
     }
   }
+
+  /// Number of tracked requests in flight (introspection for tests and tools).
+  public var trackedRequestCount: Int { tracked.count }
+  /// Number of tracked requests currently waiting for a conflicting request.
+  public var waitingRequestCount: Int { tracked.waitingCount }
 
   // MARK: In-flight accounting
 

@@ -54,9 +54,10 @@ public final class DirtyBitmap {
 
 /// A hook run before a write or discard reaches the driver; throwing fails the
 /// request (used by backup jobs to copy old data first).
-public typealias BeforeWriteHook = @BlockActor (
-  _ node: BlockNode, _ offset: Int64, _ bytes: Int64, _ kind: TrackedRequestKind
-) throws -> Void
+public typealias BeforeWriteHook =
+  @BlockActor (
+    _ node: BlockNode, _ offset: Int64, _ bytes: Int64, _ kind: TrackedRequestKind
+  ) throws -> Void
 
 extension BlockNode {
   /// Creates a dirty bitmap on this node.

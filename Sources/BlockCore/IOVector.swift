@@ -114,8 +114,9 @@ public struct IOVector: @unchecked Sendable {
 
   /// Copies `length` bytes from `source` (starting at `sourceOffset`) into this
   /// vector at `offset`.
-  public func copy(from source: IOVector, sourceOffset: Int = 0, at offset: Int = 0, count length: Int)
-  {
+  public func copy(
+    from source: IOVector, sourceOffset: Int = 0, at offset: Int = 0, count length: Int
+  ) {
     source.forEachPiece(sourceOffset, length) { piece, done in
       copyIn(UnsafeRawBufferPointer(piece), at: offset + done)
     }

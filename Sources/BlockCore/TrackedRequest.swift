@@ -75,6 +75,8 @@ final class TrackedRequests {
   private(set) var serialisingInFlight = 0
 
   var isEmpty: Bool { requests.isEmpty }
+  var count: Int { requests.count }
+  var waitingCount: Int { requests.values.filter { $0.waitingFor != nil }.count }
 
   func begin(_ kind: TrackedRequestKind, offset: Int64, bytes: Int64) -> TrackedRequest {
     let request = TrackedRequest(kind: kind, offset: offset, bytes: bytes)

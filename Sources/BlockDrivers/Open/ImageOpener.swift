@@ -41,6 +41,8 @@ public enum ImageOpener {
   public static var drivers: [String: DriverEntry] = [
     "null-co": DriverEntry(kind: .protocolDriver, open: openNull),
     "memory": DriverEntry(kind: .protocolDriver, open: openMemory),
+    "file": DriverEntry(kind: .protocolDriver, open: FileDriver.openNode),
+    "raw": DriverEntry(kind: .format, open: RawDriver.openNode),
   ]
 
   private static var nodeCounter = 0

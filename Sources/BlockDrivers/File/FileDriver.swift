@@ -1,0 +1,130 @@
+import BlockCore
+import SystemPackage
+
+/// QEMU's `file` protocol driver (block/file-posix.c): a node over a regular
+/// file on a POSIX host.
+///
+/// Reads and writes are vectored pread/pwrite calls, zero-writes and discards
+/// go through fallocate, block status comes from lseek(SEEK_DATA/SEEK_HOLE),
+/// and flushes are fdatasync. Every system call runs on the shared
+/// ``FileIOPool``, never on ``BlockActor``. `cache=none`/`directsync` open the
+/// file with O_DIRECT and probe the alignment it needs. The image is locked
+/// with QEMU's byte-range lock layout (see ``ImagePermissions``).
+///
+/// Open it through ``ImageOpener`` (`driver=file,filename=PATH`) or
+/// ``open(_:node:forceShare:)``.
+@BlockActor
+public final class FileDriver: BlockDriver {
+  /// The file name as given in the options.
+  public let filename: String
+  /// Whether the file is open with O_DIRECT.
+  public let direct: Bool
+  /// The alignment O_DIRECT requires of offsets and lengths (1 without it).
+  public let requestAlignment: Int64
+  /// The alignment O_DIRECT requires of buffer addresses (1 without it).
+  public let bufferAlignment: Int
+  /// The permissions held on the image, and those shared with others.
+  public private(set) var permissions: ImagePermissions
+  /// Whether image locking is in use.
+  public var isLocking: Bool { lock != nil }
+
+  var file: PosixFile?
+  var lock: ImageLock?
+  /// fallocate modes not yet found unsupported.
+  var fallocateSupport = FallocateSupport.all
+  /// The errno of a failed fdatasync without O_DIRECT: the page cache may have
+  /// dropped dirty data, so every later flush fails too (QEMU's
+  /// `page_cache_inconsistent`).
+  var pageCacheError: Errno?
+
+  init(
+    filename: String, file: PosixFile, direct: Bool, alignment: (request: Int64, buffer: Int),
+    lock: ImageLock?, permissions: ImagePermissions
+  ) {
+    self.filename = filename
+    self.file = file
+    self.direct = direct
+    self.requestAlignment = alignment.request
+    self.bufferAlignment = alignment.buffer
+    self.lock = lock
+    self.permissions = permissions
+  }
+
+  public nonisolated var formatName: String { "file" }
+
+  public var capabilities: DriverCapabilities {
+    var capabilities = DriverCapabilities(kind: .protocolDriver)
+    capabilities.hasBlockStatus = true
+    capabilities.canWriteZeroes = true
+    capabilities.supportedZeroFlags = [.mayUnmap, .noFallback]
+    return capabilities
+  }
+
+  /// QEMU's `raw_refresh_limits`: the probed O_DIRECT alignments, buffers
+  /// preferably page aligned, at most IOV_MAX segments per request.
+  public func refreshLimits(_ limits: inout BlockLimits, node: BlockNode) {
+    limits.requestAlignment = requestAlignment
+    limits.minMemAlignment = bufferAlignment
+    limits.optMemAlignment = max(bufferAlignment, 4096)
+    limits.maxIOV = PosixFile.maxVectors
+  }
+
+  public func length(_ node: BlockNode) async throws -> Int64 {
+    let file = try openFile()
+    return try await io { try file.status().size }
+  }
+
+  /// The bytes of storage the file occupies (QEMU's
+  /// `raw_get_allocated_file_size`, st_blocks * 512).
+  public func allocatedSize() async throws -> Int64 {
+    let file = try openFile()
+    return try await io { try file.status().allocatedBytes }
+  }
+
+  /// Changes the permissions held on the image (QEMU's `raw_check_perm` and
+  /// `raw_set_perm`): a format that must not let others write its file
+  /// narrows `shared`; a conflict with another process fails and leaves the
+  /// old permissions in place.
+  public func setPermissions(_ new: ImagePermissions) async throws {
+    guard let lock else {
+      permissions = new
+      return
+    }
+    let old = permissions
+    let filename = filename
+    self.lock = try await FileIOPool.run {
+      var changed = lock
+      try changed.change(to: new, from: old, filename: filename)
+      return changed
+    }
+    permissions = new
+  }
+
+  public func close(_ node: BlockNode) async {
+    guard let file else { return }
+    self.file = nil
+    let lock = self.lock
+    self.lock = nil
+    _ = try? await FileIOPool.run {
+      var lock = lock
+      lock?.release()
+      file.close()
+    }
+  }
+
+  /// The open file, or EIO once closed (QEMU's `fd_open`).
+  func openFile() throws -> PosixFile {
+    guard let file else { throw BlockError(.ioError, "File is closed", context: filename) }
+    return file
+  }
+
+  /// Runs a blocking call on the I/O pool; an errno becomes a block error
+  /// with that code.
+  func io<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    do {
+      return try await FileIOPool.run(body)
+    } catch let error as Errno {
+      throw BlockError(error)
+    }
+  }
+}
