@@ -114,8 +114,12 @@ enum IOTool {
       while !session.quitRequested {
         console.write("\(programName)> ")
         console.flush()
-        // qemu-io's event loop runs completions while it waits for input.
-        await session.aio.drain()
+        // qemu-io's event loop runs the completions that are ready before it
+        // reads the next line: let requests that have not started yet run
+        // (they do not suspend unless their I/O really waits), then report
+        // those that finished.
+        await Task.yield()
+        session.aio.deliver()
         guard let line = await input.readLine() else { break }
         let status = await session.execute(line)
         if status < 0 { lastError = status }

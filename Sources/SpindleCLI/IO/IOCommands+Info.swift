@@ -31,10 +31,10 @@ extension IOSession {
     if root.capabilities.kind == .protocolDriver {
       console.write("format name: \(root.driver.formatName)\n")
     }
-    // QEMU's bdrv_get_info: raw answers with zeroes; null-co, file and the
-    // other protocols have no answer (ENOTSUP). Spindle has no such driver
-    // interface yet, so the answers are those of QEMU's drivers.
-    guard root.driver.formatName == "raw" else { return -ENOTSUP }
+    // QEMU's bdrv_get_info: raw and file answer with zeroes; null-co and the
+    // others have no answer (ENOTSUP). Spindle has no such driver interface
+    // yet, so the answers are those of QEMU's drivers.
+    guard ["raw", "file"].contains(root.driver.formatName) else { return -ENOTSUP }
     console.write("cluster size: \(humanSize(0))\n")
     console.write("vm state offset: \(humanSize(0))\n")
     return 0
