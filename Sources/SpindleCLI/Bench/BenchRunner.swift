@@ -32,7 +32,7 @@ struct BenchParameters: Sendable {
 /// down, may trigger a flush (after draining the queue, or alongside it with
 /// `--no-drain`) when the number of requests not yet submitted is a multiple of
 /// the flush interval, and submits the next requests. Offsets advance by the
-/// step and wrap at `image size - buffer size`.
+/// step and wrap at the image size.
 ///
 /// Here `depth` worker tasks in a task group on ``BlockActor`` each own one
 /// buffer (reused for every request) and loop: take the next offset, await the
@@ -108,15 +108,14 @@ final class BenchRunner {
     flusherWaiting = nil
   }
 
-  /// The offset of the next request (QEMU advances and wraps it at submission).
+  /// The offset of the next request. QEMU 7.2 advances it at submission and
+  /// wraps it at the image size, so a request may straddle the end and fail
+  /// (later QEMU versions wrap at `size - buffer size`).
   private func takeOffset() -> Int64 {
     let offset = nextOffset
     nextOffset &+= UInt64(parameters.effectiveStep)
-    if imageSize <= UInt64(parameters.bufferSize) {
-      nextOffset = 0
-    } else {
-      nextOffset %= imageSize - UInt64(parameters.bufferSize)
-    }
+    // QEMU divides by zero for an empty image; every request fails there anyway.
+    if imageSize > 0 { nextOffset %= imageSize }
     return Int64(bitPattern: offset)
   }
 
@@ -133,6 +132,13 @@ final class BenchRunner {
         try await backend.write(at: offset, from: buffer)
       } else {
         try await backend.read(at: offset, into: buffer)
+      }
+      if parameters.flushInterval > 0 {
+        // QEMU accounts for a completion only after every request of the
+        // current batch was submitted (completions are deferred callbacks),
+        // and the flush points depend on that count. Let the other workers
+        // submit first; without flushes the order does not matter.
+        await Task.yield()
       }
       try await completed()
     }
