@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
 /// A command-line option parser with the behaviour of GNU `getopt_long` (glibc
 /// 2.36), which QEMU's tools use and whose quirks their error messages expose.
 ///
@@ -70,13 +78,16 @@ struct Getopt {
 
   /// Creates a parser. `options` is a getopt option string (`"hf:c:"`, with an
   /// optional leading `+` and/or `:`); `report` receives glibc's error messages
-  /// (each ending in a newline) unless the string asks for silence.
+  /// (each ending in a newline) unless the string asks for silence. As in glibc,
+  /// `POSIXLY_CORRECT` in `environment` (by default the process's) turns off
+  /// permutation.
   init(
     arguments: [String], options: String, longOptions: [LongOption] = [],
-    environment: [String: String] = [:], report: @escaping (String) -> Void
+    environment: [String: String]? = nil, report: @escaping (String) -> Void
   ) {
     var spec = Array(options)
-    var requireOrder = environment["POSIXLY_CORRECT"] != nil
+    var requireOrder =
+      environment.map { $0["POSIXLY_CORRECT"] != nil } ?? (getenv("POSIXLY_CORRECT") != nil)
     if spec.first == "+" {
       requireOrder = true
       spec.removeFirst()

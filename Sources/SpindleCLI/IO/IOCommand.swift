@@ -67,7 +67,8 @@ enum IOTool {
           return 1
         }
         spec.node.cache = mode
-      case .option("T"): break  // Tracing is not implemented.
+      case .option("T"):
+        guard applyTraceOption(parser.optarg!, reporter: reporter) else { return 1 }
       case .option("V"):
         console.write("\(programName) version \(Spindle.version) (Spindle, qemu-io 7.2)\n")
         return 0

@@ -7,7 +7,7 @@
 #endif
 
 /// A point on the monotonic clock (`CLOCK_MONOTONIC`, as qemu-io reads it).
-struct MonotonicInstant {
+struct MonotonicInstant: Sendable, Equatable {
   var seconds: Int
   var nanoseconds: Int
 

@@ -33,7 +33,7 @@ enum ImageTool {
         console.write("\(programName) version \(Spindle.version) (Spindle, qemu-img 7.2)\n")
         return 0
       default:
-        break  // -T: tracing is not implemented.
+        guard applyTraceOption(parser.optarg ?? "", reporter: reporter) else { return 1 }
       }
     }
     let operands = Array(parser.operands)
