@@ -131,6 +131,13 @@ struct DifferentialIOTests {
       name: "truncate",
       commands: ["truncate 2M", "length", "map", "read -P 0 1M 4k", "truncate 512k", "length"]),
     Script(name: "probed raw", options: [], commands: ["write -P 3 0 512", "read -P 3 0 512"]),
+    Script(name: "probed raw read-only (no warning)", options: ["-r"], commands: ["read -q 0 1"]),
+    Script(
+      name: "native AIO needs cache=none", options: ["-f", "raw", "-i", "native"],
+      commands: ["read -q 0 1"]),
+    Script(
+      name: "native AIO with -n", options: ["-f", "raw", "-k", "-n", "-i", "threads"],
+      commands: ["write -P 1 0 4k", "read -P 1 0 4k"]),
     Script(
       name: "copy-on-read without backing",
       options: ["-f", "raw", "-C"],

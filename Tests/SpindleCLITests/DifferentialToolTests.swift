@@ -154,6 +154,25 @@ import Testing
     #expect(spindle == qemu)
   }
 
+  static let fileBenchRuns: [[String]] = [
+    ["-c", "100"], ["-c", "100", "-f", "raw", "-i", "native"], ["-c", "100", "-f", "raw", "-n"],
+    ["-c", "100", "-f", "raw", "-n", "-t", "none", "-d", "8"],
+    ["-c", "100", "-w", "-U", "-f", "raw"], ["-c", "100", "-U", "-f", "raw", "-t", "directsync"],
+    ["-c", "300", "-f", "raw", "-s", "4096", "-S", "7919"],
+  ]
+
+  /// Benchmarks on a raw file: the same messages for the same options.
+  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"), arguments: fileBenchRuns)
+  func fileBenchMatches(_ options: [String]) async throws {
+    let fixture = try ImageFixture()
+    let image = try fixture.makeImage("bench.raw", size: 1 << 20)
+    let qemu = try await runProcess("qemu-img", ["bench"] + options + [image])
+      .masked(replacing: image)
+    let spindle = await runSpindle(["qemu-img", "bench"] + options + [image])
+      .masked(replacing: image)
+    #expect(spindle == qemu)
+  }
+
   /// A write benchmark on copies of a raw file leaves identical images.
   @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"))
   func benchWritesTheSameData() async throws {

@@ -100,12 +100,13 @@ enum BenchTool {
           throw Exit()
         }
       case .option("f"): spec.format = argument
-      case .option("n"): break  // Native AIO: Spindle has one I/O implementation.
+      case .option("n"): spec.aio = combinedAIOMode(spec.aio, "native")
       case .option("i"):
         guard isValidAIOMode(argument) else {
           reporter.error("Invalid aio option: \(argument)")
           throw Exit()
         }
+        spec.aio = combinedAIOMode(spec.aio, argument)
       case .option("o"):
         parameters.offset = UInt64(try size(argument, "offset", min: 0, max: Int64.max))
       case .option("q"): break  // qemu-img 7.2 ignores -q here.
@@ -207,7 +208,7 @@ enum BenchTool {
     }
     do {
       let backend = try await openBackend(spec)
-      if formatWasProbed(spec), backend.root.driver.formatName == "raw" {
+      if warnsAboutProbedRaw(spec, backend) {
         console.writeError(probedRawWarning(filename))
       }
       return backend

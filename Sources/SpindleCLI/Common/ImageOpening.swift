@@ -16,6 +16,29 @@ struct ImageSpec {
   var forceShare = false
   /// `-s`: writes go to a temporary overlay that is thrown away on close.
   var snapshot = false
+  /// `-i`/`-k`/`-n`: the AIO mode QEMU passes to its file protocol nodes.
+  var aio: String?
+}
+
+/// Passes the AIO mode to the `file` node of the graph, as QEMU's
+/// `BDRV_O_NATIVE_AIO`/`BDRV_O_IO_URING` flags reach file-posix (other drivers
+/// ignore them): as `aio` when the image is opened with the file driver, as
+/// `file.aio` when a raw or probed format sits on a file.
+private func applyAIOMode(_ spec: inout ImageSpec) {
+  guard let mode = spec.aio else { return }
+  let top = spec.format ?? spec.options["driver"]
+  if top == "file" {
+    if spec.options["aio"] == nil { spec.options["aio"] = mode }
+    return
+  }
+  guard top == nil || top == "raw" else { return }
+  if let filename = spec.filename, filename.hasPrefix("json:") { return }
+  let hasFileChild =
+    spec.filename != nil || spec.options["file.filename"] != nil || spec.options["file"] != nil
+  let protocolDriver = spec.options["file.driver"] ?? "file"
+  if hasFileChild && protocolDriver == "file" && spec.options["file.aio"] == nil {
+    spec.options["file.aio"] = mode
+  }
 }
 
 /// QEMU's `bdrv_parse_cache_mode`: a cache mode name, where `off` means `none`.
@@ -32,10 +55,18 @@ func parseDiscardMode(_ text: String) -> DiscardMode? {
   }
 }
 
-/// QEMU's `bdrv_parse_aio`. Spindle accepts every mode and always uses its own
-/// I/O threads, so only the validation is kept.
+/// QEMU's `bdrv_parse_aio`: whether `text` names an AIO mode.
 func isValidAIOMode(_ text: String) -> Bool {
   ["threads", "native", "io_uring"].contains(text)
+}
+
+/// The AIO mode after another `-i`/`-k`: QEMU only ever adds its
+/// `BDRV_O_NATIVE_AIO` / `BDRV_O_IO_URING` flags, and file-posix prefers native
+/// to io_uring; `threads` is the default and changes nothing.
+func combinedAIOMode(_ current: String?, _ new: String) -> String? {
+  if current == "native" || new == "native" { return "native" }
+  if current == "io_uring" || new == "io_uring" { return "io_uring" }
+  return current
 }
 
 /// The options QEMU's block layer handles for every driver (`bdrv_runtime_opts`
@@ -111,6 +142,7 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
     throw BlockError(.invalidArgument, "Must specify either driver or file")
   }
   try applyGenericOptions(&spec)
+  applyAIOMode(&spec)
   if spec.forceShare && !spec.node.readOnly {
     throw BlockError(.invalidArgument, "force-share=on can only be used with read-only images")
   }
@@ -137,11 +169,14 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   return BlockBackend(root: root)
 }
 
-/// Whether the format of an opened image was guessed, in which case QEMU warns
-/// that raw was probed.
-func formatWasProbed(_ spec: ImageSpec) -> Bool {
-  spec.format == nil && spec.options["driver"] == nil
-    && !(spec.filename?.hasPrefix("json:") ?? false) && spec.filename != nil
+/// Whether QEMU warns that probing guessed raw for an opened image: the format
+/// was guessed and the image is writable (QEMU restricts writes to block 0
+/// then, and says so).
+@BlockActor
+func warnsAboutProbedRaw(_ spec: ImageSpec, _ backend: BlockBackend) -> Bool {
+  let isRaw = backend.root.driver.formatName == "raw"
+  return isRaw && spec.format == nil && spec.options["driver"] == nil && spec.filename != nil
+    && !(spec.filename?.hasPrefix("json:") ?? false) && !spec.node.readOnly && !spec.snapshot
 }
 
 /// QEMU's warning when probing guessed raw (printed without a program name).

@@ -55,12 +55,13 @@ enum IOTool {
       case .option("c"): commands.append(parser.optarg!)
       case .option("r"): readOnly = true
       case .option("m"): misalign = true
-      case .option("k"): break  // Spindle has one I/O implementation.
+      case .option("k"): spec.aio = combinedAIOMode(spec.aio, "native")
       case .option("i"):
         guard isValidAIOMode(parser.optarg!) else {
           reporter.error("Invalid aio option: \(parser.optarg!)")
           return 1
         }
+        spec.aio = combinedAIOMode(spec.aio, parser.optarg!)
       case .option("t"):
         guard let mode = parseCacheMode(parser.optarg!) else {
           reporter.error("Invalid cache option: \(parser.optarg!)")

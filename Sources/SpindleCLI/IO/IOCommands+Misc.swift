@@ -215,7 +215,7 @@ extension IOSession {
       case .option("n"): spec.node.cache = .none
       case .option("C"): spec.node.copyOnRead = true
       case .option("r"): readOnly = true
-      case .option("k"): break
+      case .option("k"): spec.aio = combinedAIOMode(spec.aio, "native")
       case .option("t"):
         guard let mode = parseCacheMode(parser.optarg!) else {
           reporter.error("Invalid cache option: \(parser.optarg!)")
@@ -233,6 +233,7 @@ extension IOSession {
           reporter.error("Invalid aio option: \(parser.optarg!)")
           return -EINVAL
         }
+        spec.aio = combinedAIOMode(spec.aio, parser.optarg!)
       case .option("o"):
         if imageOpts {
           console.write("--image-opts and 'open -o' are mutually exclusive\n")
@@ -284,7 +285,7 @@ extension IOSession {
       reporter.error("can't open\(name): \(errorMessage(error))")
       return false
     }
-    if formatWasProbed(spec), backend?.root.driver.formatName == "raw" {
+    if let backend, warnsAboutProbedRaw(spec, backend) {
       console.writeError(probedRawWarning(spec.filename!))
     }
     return true
