@@ -23,7 +23,9 @@ public enum Spindle {
   /// Runs the tool with `arguments` (including the program name) on the
   /// process's standard streams and returns the exit status.
   public static func main(_ arguments: [String]) async -> Int32 {
-    await run(arguments, console: .standardStreams(), input: StandardInput())
+    // Like QEMU's tools: a closed pipe makes writes fail instead of killing us.
+    signal(SIGPIPE, SIG_IGN)
+    return await run(arguments, console: .standardStreams(), input: StandardInput())
   }
 
   /// Runs the tool with `arguments` (including the program name), writing to

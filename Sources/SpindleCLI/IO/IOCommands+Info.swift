@@ -42,6 +42,10 @@ extension IOSession {
 
   /// Whether `offset` is allocated in the top node and for how many bytes that
   /// holds (QEMU's `bdrv_is_allocated`: 0 bytes at or past the end).
+  ///
+  /// Unlike reads and writes, `alloc` and `map` do not report finished
+  /// asynchronous requests: QEMU's block status queries complete without
+  /// waiting (file-posix calls lseek directly), so its event loop does not run.
   private func isAllocated(_ offset: Int64, _ bytes: Int64) async throws -> (Bool, Int64) {
     let status = try await activeBackend.root.blockStatus(
       offset: offset, bytes: bytes, wantZero: false)
@@ -66,7 +70,6 @@ extension IOSession {
       do {
         (isAllocated, length) = try await self.isAllocated(offset, remaining)
       } catch {
-        aio.deliver()
         console.write("is_allocated failed: \(errorText(error))\n")
         return -errnoCode(error)
       }
@@ -78,7 +81,6 @@ extension IOSession {
         remaining = 0
       }
     }
-    aio.deliver()
     console.write("\(allocated)/\(count) bytes allocated at offset \(humanSize(Double(start)))\n")
     return 0
   }
@@ -109,7 +111,6 @@ extension IOSession {
   func mapCommand() async -> Int32 {
     var offset: Int64 = 0
     var bytes = activeBackend.length
-    defer { aio.deliver() }
     while bytes > 0 {
       let allocated: Bool
       let length: Int64
