@@ -104,7 +104,8 @@ public final class MemoryDriver: BlockDriver {
   {
     let (isData, dataCount) = dataRanges.lookup(offset, limit: length)
     if isData {
-      return BlockStatus(flags: [.data, .offsetValid], count: dataCount, mapOffset: offset,
+      return BlockStatus(
+        flags: [.data, .offsetValid], count: dataCount, mapOffset: offset,
         file: node)
     }
     let (isZero, zeroCount) = zeroRanges.lookup(offset, limit: length)

@@ -51,7 +51,8 @@ public final class NullDriver: BlockDriver {
   public func blockStatus(_ node: BlockNode, wantZero: Bool, offset: Int64, length: Int64)
     async throws -> BlockStatus
   {
-    BlockStatus(flags: readZeroes ? [.offsetValid, .zero] : [.offsetValid], count: length,
+    BlockStatus(
+      flags: readZeroes ? [.offsetValid, .zero] : [.offsetValid], count: length,
       mapOffset: offset, file: node)
   }
 }

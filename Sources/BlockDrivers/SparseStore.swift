@@ -34,7 +34,8 @@ public final class SparseStore: @unchecked Sendable {
     forEachPage(offset, Int64(iov.count)) { page, inPage, done, count in
       let buffer = pages[page] ?? newPage(page)
       iov.copyOut(
-        to: UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[Int(inPage)..<Int(inPage + count)]),
+        to: UnsafeMutableRawBufferPointer(
+          rebasing: buffer.bytes[Int(inPage)..<Int(inPage + count)]),
         at: Int(done))
     }
   }

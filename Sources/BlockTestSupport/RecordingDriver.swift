@@ -197,7 +197,8 @@ public func makeRecordingNode(
   options: NodeOptions = NodeOptions(), clusterSize: Int64? = nil, backing: BlockNode? = nil,
   name: String = "recording"
 ) async throws -> (BlockNode, RecordingDriver) {
-  let driver = RecordingDriver(size: size, capabilities: capabilities, limits: limits,
+  let driver = RecordingDriver(
+    size: size, capabilities: capabilities, limits: limits,
     clusterSize: clusterSize)
   let node = BlockNode(name: name, driver: driver, options: options)
   if let backing { node.attach(backing, role: .backing) }

@@ -128,7 +128,8 @@ public enum ImageOpener {
 
   /// Guesses a format: every image that is not a known format is raw.
   static func probe(_ options: inout DriverOptions, context: OpenContext) async throws -> String {
-    if let protocolDriver = options["file.driver"], drivers[protocolDriver]?.kind == .protocolDriver,
+    if let protocolDriver = options["file.driver"],
+      drivers[protocolDriver]?.kind == .protocolDriver,
       options["file.filename"] == nil
     {
       // A protocol with nothing to probe: open it directly.
@@ -146,7 +147,8 @@ public enum ImageOpener {
     let latency = try options.takeInt("latency-ns") ?? 0
     _ = options.take("filename")
     if latency < 0 { throw BlockError(.invalidArgument, "latency-ns is invalid") }
-    let driver = NullDriver(size: size, readZeroes: readZeroes,
+    let driver = NullDriver(
+      size: size, readZeroes: readZeroes,
       latencyNanoseconds: UInt64(latency))
     let node = BlockNode(name: newNodeName(), driver: driver, options: context.node)
     try await node.open()
@@ -158,7 +160,8 @@ public enum ImageOpener {
   {
     let size = try options.takeSize("size") ?? 0
     _ = options.take("filename")
-    let node = BlockNode(name: newNodeName(), driver: MemoryDriver(size: size),
+    let node = BlockNode(
+      name: newNodeName(), driver: MemoryDriver(size: size),
       options: context.node)
     try await node.open()
     return node
