@@ -1,29 +1,83 @@
 import BlockCore
 import BlockDrivers
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
 /// The `spindle` multi-call tool: dispatches on the name it was invoked by and
 /// on its first argument.
+///
+/// - invoked as `qemu-io` (a link): qemu-io, messages prefixed `qemu-io:`;
+/// - invoked as `qemu-img`: qemu-img's commands (so far `bench`);
+/// - `spindle io ...`: qemu-io, named `qemu-io` in messages and the prompt;
+/// - `spindle bench ...`: `qemu-img bench`; `spindle img ...`: qemu-img.
 public enum Spindle {
   /// The version printed by `--version`.
   public static let version = "0.1.0"
 
-  /// Runs the tool with `arguments` (including the program name) and returns
-  /// the exit status.
+  /// Runs the tool with `arguments` (including the program name) on the
+  /// process's standard streams and returns the exit status.
   public static func main(_ arguments: [String]) async -> Int32 {
-    let args = Array(arguments.dropFirst())
-    guard let command = args.first else {
-      print(usage)
+    // Like QEMU's tools: a closed pipe makes writes fail instead of killing us.
+    signal(SIGPIPE, SIG_IGN)
+    return await run(arguments, console: .standardStreams(), input: StandardInput())
+  }
+
+  /// Runs the tool with `arguments` (including the program name), writing to
+  /// `console` and reading commands from `input`; returns the exit status.
+  /// Tests run commands in-process through this.
+  @BlockActor
+  public static func run(_ arguments: [String], console: Console, input: any LineInput) async
+    -> Int32
+  {
+    let invokedAs = arguments.first ?? "spindle"
+    let name = invokedAs.split(separator: "/").last.map(String.init) ?? invokedAs
+    let status: Int32
+    switch name {
+    case "qemu-io":
+      status = await IOTool.run(
+        arguments: arguments, programName: name, console: console, input: input)
+    case "qemu-img":
+      status = await ImageTool.run(arguments: arguments, programName: name, console: console)
+    default:
+      status = await subcommand(Array(arguments.dropFirst()), console: console, input: input)
+    }
+    console.flush()
+    return status
+  }
+
+  @BlockActor
+  private static func subcommand(_ arguments: [String], console: Console, input: any LineInput)
+    async -> Int32
+  {
+    guard let command = arguments.first else {
+      console.writeError(usage)
       return 1
     }
+    let rest = Array(arguments.dropFirst())
     switch command {
+    case "io":
+      return await IOTool.run(
+        arguments: ["qemu-io"] + rest, programName: "qemu-io", console: console, input: input)
+    case "bench":
+      return await BenchTool.run(
+        arguments: ["bench"] + rest, programName: "qemu-img", console: console)
+    case "img":
+      return await ImageTool.run(
+        arguments: ["qemu-img"] + rest, programName: "qemu-img", console: console)
     case "--version", "-V", "version":
-      print("spindle version \(version)")
+      console.write("spindle version \(version)\n")
       return 0
     case "--help", "-h", "help":
-      print(usage)
+      console.write(usage)
       return 0
     default:
-      printError("spindle: unknown command '\(command)'\n\(usage)")
+      console.writeError("spindle: unknown command '\(command)'\n\(usage)")
       return 1
     }
   }
@@ -35,39 +89,23 @@ public enum Spindle {
     qemu-nbd compatible commands.
 
     Commands:
-      --version        print the version
-      --help           print this help
+      io [OPTIONS] [-c CMD]... [FILE]   qemu-io: exercise an image with I/O commands
+      bench [OPTIONS] FILE              qemu-img bench: a simple I/O benchmark
+      img COMMAND [OPTIONS]             qemu-img's commands (so far: bench)
+      --version                         print the version
+      --help                            print this help
+
+    Invoked through a link named qemu-io or qemu-img, spindle behaves as that tool.
+
     """
 }
-
-/// Writes a line to standard error.
-func printError(_ text: String) {
-  var stream = StandardError()
-  print(text, to: &stream)
-}
-
-/// Standard error as a `TextOutputStream`.
-struct StandardError: TextOutputStream {
-  mutating func write(_ string: String) {
-    var bytes = Array(string.utf8)
-    _ = bytes.withUnsafeMutableBytes { buffer in
-      writeAll(fd: 2, buffer: UnsafeRawBufferPointer(buffer))
-    }
-  }
-}
-
-#if canImport(Glibc)
-  import Glibc
-#elseif canImport(Musl)
-  import Musl
-#endif
 
 /// Writes a whole buffer to a file descriptor, retrying on EINTR and short writes.
 @discardableResult
 func writeAll(fd: Int32, buffer: UnsafeRawBufferPointer) -> Bool {
   var done = 0
   while done < buffer.count {
-    let written = Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
+    let written = write(fd, buffer.baseAddress! + done, buffer.count - done)
     if written < 0 {
       if errno == EINTR { continue }
       return false

@@ -1,0 +1,72 @@
+import BlockCore
+
+/// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
+/// Only `bench` exists so far; other commands are "not found", as unknown ones
+/// are in qemu-img.
+@BlockActor
+enum ImageTool {
+  static let longOptions: [Getopt.LongOption] = [
+    .init("help", key: "h"), .init("version", key: "V"), .init("trace", .required, key: "T"),
+  ]
+
+  /// Runs `qemu-img` with `arguments` (`arguments[0]` is the program).
+  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
+    let reporter = Reporter(console: console, programName: programName)
+    func usageError(_ message: String) -> Int32 {
+      reporter.error(message)
+      console.writeError("Try 'qemu-img --help' for more information\n")
+      return 1
+    }
+    var parser = Getopt(arguments: arguments, options: "+:hVT:", longOptions: longOptions) { _ in
+    }
+    while let result = parser.next() {
+      switch result {
+      case .missingArgument:
+        return usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
+      case .invalid:
+        return usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      case .option("h"):
+        console.write(help)
+        return 0
+      case .option("V"):
+        console.write("\(programName) version \(Spindle.version) (Spindle, qemu-img 7.2)\n")
+        return 0
+      default:
+        guard applyTraceOption(parser.optarg ?? "", reporter: reporter) else { return 1 }
+      }
+    }
+    let operands = Array(parser.operands)
+    guard let command = operands.first else { return usageError("Not enough arguments") }
+    switch command {
+    case "bench":
+      return await BenchTool.run(arguments: operands, programName: programName, console: console)
+    default:
+      return usageError("Command not found: \(command)")
+    }
+  }
+
+  /// The help text (`qemu-img --help`), listing the commands Spindle has.
+  static let help = """
+    qemu-img (Spindle \(Spindle.version)): qemu-img 7.2 compatible disk image commands
+    usage: qemu-img [standard options] command [command options]
+
+        '-h', '--help'       display this help and exit
+        '-V', '--version'    output version information and exit
+        '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]
+                             specify tracing options (accepted and ignored)
+
+    Command syntax:
+      bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] \
+    [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] \
+    [-t cache] [-w] [-U] filename
+
+    Command parameters:
+      'filename' is a disk image filename
+      'fmt' is the disk image format. It is guessed automatically in most cases
+      'cache' is the cache mode used to write the output disk image, the valid
+        options are: 'none', 'writeback' (default, except for convert), 'writethrough',
+        'directsync' and 'unsafe' (default for convert)
+
+    """
+}

@@ -1,0 +1,118 @@
+import BlockCore
+import Foundation
+import SpindleCLI
+
+/// What a tool run printed and how it ended.
+struct ToolResult: Sendable, Equatable, CustomStringConvertible {
+  var status: Int32
+  var output: String
+  var error: String
+
+  var description: String {
+    "status \(status)\n--- stdout\n\(output)--- stderr\n\(error)---"
+  }
+
+  /// The result with run-dependent numbers masked (see ``maskTimings(_:)``)
+  /// and `path` replaced by `IMG`.
+  func masked(replacing path: String? = nil) -> ToolResult {
+    func clean(_ text: String) -> String {
+      var text = maskTimings(text)
+      if let path { text = text.replacingOccurrences(of: path, with: "IMG") }
+      return text
+    }
+    return ToolResult(status: status, output: clean(output), error: clean(error))
+  }
+}
+
+/// Replaces what differs between two runs of the same commands: qemu-io's
+/// elapsed times and rates (`00.00 sec (1.816 MiB/sec and 464.8942 ops/sec)`,
+/// `5:42:31.29 (...)`), the time and rates of `-C` lines, and qemu-img bench's
+/// run time. Byte counts, offsets and sizes stay.
+func maskTimings(_ text: String) -> String {
+  var lines: [String] = []
+  for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+    var line = String(line)
+    line.replace(#/\d+\.\d\d sec \(.*\)$/#, with: "TIME")
+    line.replace(#/\d+:\d\d:\d\d\.\d\d \(.*\)$/#, with: "TIME")
+    line.replace(#/^(\d+,\d+),\d+:\d\d:\d\d\.\d\d,[^,]+,[^,]+$/#) { "\($0.output.1),TIME" }
+    line.replace(#/^Run completed in \d+\.\d+ seconds\.$/#, with: "Run completed in TIME")
+    lines.append(line)
+  }
+  return lines.joined(separator: "\n")
+}
+
+/// Runs spindle in this process (``Spindle/run(_:console:input:)``) with
+/// `arguments` (the first being the name it is invoked by, such as `qemu-io`),
+/// commands read from `input`, and its output captured.
+@BlockActor
+func runSpindle(_ arguments: [String], input: String = "") async -> ToolResult {
+  let console = Console.capture()
+  let status = await Spindle.run(arguments, console: console, input: StringLineInput(input))
+  return ToolResult(status: status, output: console.output, error: console.error)
+}
+
+/// The QEMU tools the interoperability tests compare against.
+enum QEMU {
+  /// The path of a program found on `PATH`, if any.
+  static func find(_ name: String) -> String? {
+    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    for directory in path.split(separator: ":") {
+      let candidate = "\(directory)/\(name)"
+      if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+    }
+    return nil
+  }
+
+  static let qemuIO = find("qemu-io")
+  static let qemuImg = find("qemu-img")
+  static var hasQemuIO: Bool { qemuIO != nil }
+  static var hasQemuImg: Bool { qemuImg != nil }
+}
+
+/// Runs a program to completion with `input` on its standard input. The
+/// program is started through `env` so that its `argv[0]` is the bare name
+/// (qemu-io prints it in option errors), exactly as when a user types it.
+func runProcess(
+  _ name: String, _ arguments: [String], input: String = "",
+  environment: [String: String]? = nil
+) async throws -> ToolResult {
+  let process = Process()
+  process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+  process.arguments = [name] + arguments
+  if let environment { process.environment = environment }
+  let stdin = Pipe()
+  let stdout = Pipe()
+  let stderr = Pipe()
+  process.standardInput = stdin
+  process.standardOutput = stdout
+  process.standardError = stderr
+  try process.run()
+  stdout.fileHandleForWriting.closeFile()
+  stderr.fileHandleForWriting.closeFile()
+  stdin.fileHandleForReading.closeFile()
+  // Each pipe is drained on a thread of its own; reads and writes block.
+  async let output = readAll(stdout.fileHandleForReading)
+  async let error = readAll(stderr.fileHandleForReading)
+  let writer = Thread {
+    try? stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
+    try? stdin.fileHandleForWriting.close()
+  }
+  writer.start()
+  let (out, err) = await (output, error)
+  await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+    Thread {
+      process.waitUntilExit()
+      continuation.resume()
+    }.start()
+  }
+  return ToolResult(status: process.terminationStatus, output: out, error: err)
+}
+
+private func readAll(_ handle: FileHandle) async -> String {
+  await withCheckedContinuation { continuation in
+    Thread {
+      let data = handle.readDataToEndOfFile()
+      continuation.resume(returning: String(decoding: data, as: UTF8.self))
+    }.start()
+  }
+}
