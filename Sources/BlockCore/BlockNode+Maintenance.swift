@@ -21,7 +21,7 @@ extension BlockNode {
         await tracked.waitForConflicts(request)
       }
       try await driver.truncate(self, to: newLength, exact: exact, preallocation: preallocation)
-      length = try await driver.length(self)
+      length = Self.sectorRounded(try await driver.length(self))
       writeGeneration &+= 1
     }
   }

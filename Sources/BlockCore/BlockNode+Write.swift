@@ -117,7 +117,7 @@ extension BlockNode {
   /// Records a completed write: the node grows, the highest offset and the
   /// dirty bitmaps are updated.
   func finishWrite(offset: Int64, bytes: Int64) {
-    length = max(length, offset + bytes)
+    length = max(length, Self.sectorRounded(offset + bytes))
     highestOffsetWritten = max(highestOffsetWritten, offset + bytes)
     markDirty(offset: offset, bytes: bytes)
   }

@@ -18,7 +18,7 @@ public final class BlockNode {
   public private(set) var children: [BlockChild] = []
   /// The node's limits, merged from its children and set by its driver.
   public private(set) var limits = BlockLimits()
-  /// The node's length in bytes.
+  /// The node's length in bytes, in whole 512-byte sectors as QEMU reports it.
   public internal(set) var length: Int64 = 0
   /// Bumped after every completed write, zero-write or discard that reached a driver.
   public internal(set) var writeGeneration: UInt64 = 0
@@ -78,7 +78,7 @@ public final class BlockNode {
   /// are attached.
   public func open() async throws {
     refreshLimits()
-    length = try await driver.length(self)
+    length = Self.sectorRounded(try await driver.length(self))
   }
 
   /// The child in a role, if any.
@@ -185,6 +185,10 @@ public final class BlockNode {
     try checkInserted()
     if isReadOnly { throw BlockError(.notPermitted, "Block node is read-only", context: name) }
   }
+
+  /// A driver's length rounded up to whole 512-byte sectors, as QEMU keeps node
+  /// lengths (`total_sectors`): the last partial sector of a file is readable.
+  static func sectorRounded(_ bytes: Int64) -> Int64 { alignUp(bytes, 512) }
 
   /// The largest read or write one request may carry (QEMU's
   /// `BDRV_REQUEST_MAX_BYTES`, 2 GiB - 512).
