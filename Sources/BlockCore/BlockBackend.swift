@@ -55,10 +55,9 @@ public final class BlockBackend: BlockParent {
   public var length: Int64 { root.length }
 
   /// Waits while the graph is drained, then counts the request as in flight.
+  @inline(__always)
   private func request<T>(_ body: () async throws -> T) async throws -> T {
-    while quiesceCounter > 0 {
-      await withCheckedContinuation { quiesceWaiters.append($0) }
-    }
+    if quiesceCounter > 0 { await waitWhileQuiesced() }
     inFlight += 1
     defer { inFlight -= 1 }
     do {
@@ -66,6 +65,12 @@ public final class BlockBackend: BlockParent {
     } catch {
       stats.failedOps += 1
       throw error
+    }
+  }
+
+  private func waitWhileQuiesced() async {
+    while quiesceCounter > 0 {
+      await withCheckedContinuation { quiesceWaiters.append($0) }
     }
   }
 

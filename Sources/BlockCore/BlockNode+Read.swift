@@ -10,18 +10,25 @@ extension BlockNode {
     try checkInserted()
     try Self.checkRange(offset, bytes, limitTo32Bit: true)
     guard bytes > 0 else { return }
-    try await inFlight {
-      var flags = flags.intersection([.copyOnRead, .serialising])
-      if copyOnReadCount > 0 { flags.insert(.copyOnRead) }
-      let padded = PaddedRequest(
-        offset: offset, bytes: bytes, alignment: limits.requestAlignment,
-        memoryAlignment: limits.optMemAlignment, iov: iov)
-      let request = tracked.begin(.read, offset: padded.offset, bytes: padded.bytes)
+    incrementInFlight()
+    defer { decrementInFlight() }
+    var flags = flags.intersection([.copyOnRead, .serialising])
+    if copyOnReadCount > 0 { flags.insert(.copyOnRead) }
+    let align = limits.requestAlignment
+    if offset % align == 0 && bytes % align == 0 {
+      // Aligned: no padding (the common case, kept free of allocations).
+      let request = tracked.begin(.read, offset: offset, bytes: bytes)
       defer { tracked.end(request) }
-      try await alignedRead(
-        request, offset: padded.offset, bytes: padded.bytes, iov: padded.iov,
-        flags: flags)
+      try await alignedRead(request, offset: offset, bytes: bytes, iov: iov, flags: flags)
+      return
     }
+    let padded = PaddedRequest(
+      offset: offset, bytes: bytes, alignment: align,
+      memoryAlignment: limits.optMemAlignment, iov: iov)
+    let request = tracked.begin(.read, offset: padded.offset, bytes: padded.bytes)
+    defer { tracked.end(request) }
+    try await alignedRead(
+      request, offset: padded.offset, bytes: padded.bytes, iov: padded.iov, flags: flags)
   }
 
   /// Convenience: reads `count` bytes at `offset` into a new array.

@@ -19,20 +19,25 @@ extension BlockNode {
       throw BlockError.notSupported("unaligned request with NO_FALLBACK")
     }
     guard bytes > 0 else { return }
-    try await inFlight {
-      let padded = PaddedRequest(
-        offset: offset, bytes: bytes, alignment: align,
-        memoryAlignment: limits.optMemAlignment, iov: iov)
-      let request = tracked.begin(.write, offset: padded.offset, bytes: padded.bytes)
+    incrementInFlight()
+    defer { decrementInFlight() }
+    if offset % align == 0 && bytes % align == 0 {
+      // Aligned: no read-modify-write.
+      let request = tracked.begin(.write, offset: offset, bytes: bytes)
       defer { tracked.end(request) }
-      if padded.isPadded {
-        await tracked.makeSerialising(request, alignment: align)
-        try await readPadding(request, padded, zeroMiddle: false)
-      }
-      try await alignedWrite(
-        request, offset: padded.offset, bytes: padded.bytes, iov: padded.iov,
-        flags: flags)
+      try await alignedWrite(request, offset: offset, bytes: bytes, iov: iov, flags: flags)
+      return
     }
+    // Unaligned: read-modify-write of the head and tail blocks.
+    let padded = PaddedRequest(
+      offset: offset, bytes: bytes, alignment: align,
+      memoryAlignment: limits.optMemAlignment, iov: iov)
+    let request = tracked.begin(.write, offset: padded.offset, bytes: padded.bytes)
+    defer { tracked.end(request) }
+    await tracked.makeSerialising(request, alignment: align)
+    try await readPadding(request, padded, zeroMiddle: false)
+    try await alignedWrite(
+      request, offset: padded.offset, bytes: padded.bytes, iov: padded.iov, flags: flags)
   }
 
   /// Convenience: writes an array of bytes at `offset`.

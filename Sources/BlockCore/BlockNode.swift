@@ -117,7 +117,9 @@ public final class BlockNode {
 
   /// Whether the node (and every child) has a medium.
   public var isInserted: Bool {
-    !isClosed && children.allSatisfy { $0.node.isInserted }
+    if isClosed { return false }
+    for child in children where !child.node.isInserted { return false }
+    return true
   }
 
   /// Whether the node refuses writes.
