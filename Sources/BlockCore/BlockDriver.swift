@@ -32,6 +32,8 @@ public struct DriverCapabilities: Sendable, Equatable {
   /// Whether the driver has backing-file semantics: ranges it reports as neither
   /// DATA nor ZERO read from the backing child, or as zeroes when it has none.
   public var supportsBacking = false
+  /// Whether the driver wants ``BlockDriver/debugEvent(_:_:)`` calls (blkdebug).
+  public var handlesDebugEvents = false
 
   /// Capabilities of a driver of the given kind that supports nothing optional.
   public init(kind: DriverKind) { self.kind = kind }
@@ -142,6 +144,12 @@ public protocol BlockDriver: AnyObject {
   /// Ends a batch started by ``plug(_:)``.
   func unplug(_ node: BlockNode)
 
+  /// A debug event was emitted on this node (see ``BlockDebugEvent``). Called
+  /// only when ``DriverCapabilities/handlesDebugEvents`` is set. May suspend the
+  /// request (breakpoints) or throw to fail it (error injection). Default:
+  /// nothing.
+  func debugEvent(_ node: BlockNode, _ event: BlockDebugEvent) async throws
+
   /// Releases the driver's resources. Called once, after the node is drained and
   /// flushed. Default: nothing to do.
   func close(_ node: BlockNode) async
@@ -175,4 +183,5 @@ extension BlockDriver {
   public func plug(_ node: BlockNode) {}
   public func unplug(_ node: BlockNode) {}
   public func close(_ node: BlockNode) async {}
+  public func debugEvent(_ node: BlockNode, _ event: BlockDebugEvent) async throws {}
 }

@@ -16,8 +16,10 @@ extension BlockNode {
         flushActive = false
         if !flushQueue.isEmpty { flushQueue.removeFirst().resume() }
       }
+      try await file?.emit(.flushToOS)
       try await driver.flushToOS(self)
       if !options.cache.noFlush && flushedGeneration != generation {
+        try await file?.emit(.flushToDisk)
         try await driver.flushToDisk(self)
       }
       var firstError: Error?

@@ -119,6 +119,7 @@ extension BlockNode {
         }
         let buffer = bounce!.slice(0, Int(count))
         try await driver.read(self, offset: chunkOffset, length: count, into: buffer, flags: [])
+        try await emit(.corWrite)
         if capabilities.canWriteZeroes && buffer.isZero() {
           try await pwriteZeroes(offset: chunkOffset, bytes: count, flags: .writeUnchanged)
         } else {

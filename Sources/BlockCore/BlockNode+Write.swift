@@ -56,14 +56,20 @@ extension BlockNode {
     guard let buffer = padded.buffer else { return }
     if padded.head != 0 || padded.mergedReads {
       let count = padded.mergedReads ? Int64(buffer.count) : align
+      if padded.head != 0 { try await emit(.pwritevRmwHead) }
+      if padded.mergedReads && padded.tail != 0 { try await emit(.pwritevRmwTail) }
       try await alignedRead(
         request, offset: padded.offset, bytes: count,
         iov: buffer.slice(0, Int(count)), flags: [])
+      if padded.head != 0 { try await emit(.pwritevRmwAfterHead) }
+      if padded.mergedReads && padded.tail != 0 { try await emit(.pwritevRmwAfterTail) }
     }
     if padded.tail != 0 && !padded.mergedReads, let tailBuffer = padded.tailBuffer {
+      try await emit(.pwritevRmwTail)
       try await alignedRead(
         request, offset: padded.offset + padded.bytes - align, bytes: align,
         iov: tailBuffer, flags: [])
+      try await emit(.pwritevRmwAfterTail)
     }
     if zeroMiddle {
       let middle = buffer.count - Int(padded.head) - Int(padded.tail)
@@ -96,12 +102,14 @@ extension BlockNode {
 
     let maxTransfer = alignDown(BlockLimits.minNonZero(limits.maxTransfer, Int64(Int32.max)), align)
     if flags.contains(.zeroWrite) {
+      try await emit(.pwritevZero)
       try await pwriteZeroes(offset: offset, bytes: bytes, flags: flags)
     } else if flags.contains(.writeCompressed) {
       try await driver.writeCompressed(self, offset: offset, length: bytes, from: iov!)
       writeGeneration &+= 1
     } else {
       let iov = iov!
+      try await emit(.pwritev)
       var done: Int64 = 0
       while done < bytes {
         let count = min(bytes - done, maxTransfer)
@@ -116,6 +124,7 @@ extension BlockNode {
         done += count
       }
     }
+    try await emit(.pwritevDone)
     finishWrite(offset: offset, bytes: bytes)
   }
 
