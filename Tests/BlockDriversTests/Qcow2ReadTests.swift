@@ -164,16 +164,4 @@ struct Qcow2ReadTests {
     #expect(error?.message.hasPrefix("Could not open backing file:") == true)
     #expect(error?.message.contains("gone.qcow2") == true)
   }
-
-  @Test("writes are refused and leave the image untouched")
-  func writesRefused() async throws {
-    let path = scratch.file("disk.qcow2")
-    try await QcowTools.img(["create", "-q", "-f", "qcow2", path, "1M"])
-    let before = try contents(of: path)
-    let node = try await openQcow2(path, readOnly: false)
-    let error = await expectBlockError { try await node.write(at: 0, bytes: [1, 2, 3]) }
-    #expect(error?.code == BlockError.notSupportedCode)
-    await node.close()
-    #expect(try contents(of: path) == before)
-  }
 }

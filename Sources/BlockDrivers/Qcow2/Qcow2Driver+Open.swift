@@ -12,7 +12,7 @@ extension Qcow2Driver {
     let file = try await ImageOpener.openFileChild(&options, context: context)
     var backing: BlockNode?
     do {
-      let header = try await readHeader(file)
+      var header = try await readHeader(file)
       if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly {
         throw BlockError(.permissionDenied, "qcow2: Image is corrupt; cannot be opened read/write")
       }
@@ -21,6 +21,10 @@ extension Qcow2Driver {
         try await file.read(at: Int64(header.l1TableOffset), into: l1Bytes)
       }
       let l1Table = l1Bytes.toArray().bigEndianUInt64s(count: Int(header.l1Size))
+      var refcountTable: [UInt64]?
+      if !context.node.readOnly {
+        refcountTable = try await prepareForWriting(file, header: &header)
+      }
       if let name = header.backingFile {
         var backingContext = context
         backingContext.node.readOnly = true
@@ -33,7 +37,8 @@ extension Qcow2Driver {
           throw BlockError(error.code, "Could not open backing file: \(error)")
         }
       }
-      let driver = Qcow2Driver(header: header, l1Table: l1Table)
+      let driver = Qcow2Driver(
+        header: header, l1Table: l1Table, refcountTable: refcountTable)
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
       node.attach(file, role: .file)
       if let backing { node.attach(backing, role: .backing) }
@@ -44,6 +49,31 @@ extension Qcow2Driver {
       await file.close()
       throw error
     }
+  }
+
+  /// A writable open (QEMU's `qcow2_do_open` for read-write): refuses dirty
+  /// images (their refcounts need a repair this driver cannot do yet), clears
+  /// the autoclear bits of features it does not maintain (all but "raw
+  /// external data": Spindle does not update persistent bitmaps) in the
+  /// header, and loads the refcount table.
+  static func prepareForWriting(_ file: BlockNode, header: inout Qcow2Header) async throws
+    -> [UInt64]
+  {
+    if header.incompatibleFeatures & Qcow2Feature.dirty != 0 {
+      throw BlockError.notSupported(
+        "qcow2: the image is dirty; repair it with 'qemu-img check -r all' before writing")
+    }
+    let kept = header.autoclearFeatures & Qcow2Feature.rawExternalData
+    if header.version >= 3 && kept != header.autoclearFeatures {
+      header.autoclearFeatures = kept
+      var field = [UInt8](repeating: 0, count: 8)
+      field.setUInt64(kept, at: 0)
+      try await file.write(at: 88, bytes: field)
+      try await file.flush()
+    }
+    let entries = Int(header.refcountTableClusters) * Int(header.clusterSize) / 8
+    let bytes = try await file.read(at: Int64(header.refcountTableOffset), count: entries * 8)
+    return bytes.bigEndianUInt64s(count: entries)
   }
 
   /// Reads the first cluster (or the whole file when shorter) and parses it.

@@ -1,26 +1,36 @@
 import BlockCore
 
 /// QEMU's `qcow2` format (block/qcow2.c) over a `file` child, with an optional
-/// `backing` child: the read side (standard, zero, compressed and unallocated
-/// clusters) and block status.
+/// `backing` child: reads of standard, zero, compressed and unallocated
+/// clusters; block status; allocating and in-place writes with QEMU's
+/// copy-on-write, allocation order and metadata ordering; zero-writes and
+/// discards (v3 zero flag).
 ///
-/// Writes are not implemented yet: they fail with ENOTSUP and the image is
-/// never modified, so opening an image read-write is safe. Metadata that later
-/// writes will update across awaits (L2 tables, refcounts) must then be
-/// guarded the way QEMU guards it with `s->lock`.
+/// Metadata (L1/L2 tables, refcounts) changes only under ``lock``, the
+/// equivalent of QEMU's `s->lock`, and reaches the file write-through in
+/// QEMU's dependency order: refcounts before the L2 entries that use the
+/// clusters, L2 tables before the L1 entries that point at them, and L2
+/// entries before the refcount decrements of the clusters they dropped, with
+/// a flush of the file between dependent steps. A crash leaves at worst
+/// leaked clusters.
 @BlockActor
 public final class Qcow2Driver: BlockDriver {
   /// The validated header.
   public let header: Qcow2Header
   /// The active L1 table, decoded.
-  let l1Table: [UInt64]
+  var l1Table: [UInt64]
   /// Decoded L2 tables.
   var l2Cache: Qcow2L2Cache
+  /// Refcounts and the cluster allocator; nil when opened read-only.
+  let refcounts: Qcow2Refcounts?
+  /// Guards metadata across awaits (QEMU's `s->lock`).
+  let lock = Qcow2Lock()
 
   /// Creates a driver for an image whose header and L1 table were read.
-  init(header: Qcow2Header, l1Table: [UInt64]) {
+  init(header: Qcow2Header, l1Table: [UInt64], refcountTable: [UInt64]?) {
     self.header = header
     self.l1Table = l1Table
+    self.refcounts = refcountTable.map { Qcow2Refcounts(header: header, table: $0) }
     // QEMU caches L2 tables covering up to 32 MiB of them (its default
     // l2-cache-size), or the whole disk when that needs less.
     let wholeDisk = Int(header.requiredL1Entries(for: header.size))
@@ -35,6 +45,8 @@ public final class Qcow2Driver: BlockDriver {
     var capabilities = DriverCapabilities(kind: .format)
     capabilities.hasBlockStatus = true
     capabilities.supportsBacking = true
+    capabilities.canWriteZeroes = true
+    capabilities.supportedZeroFlags = [.mayUnmap]
     return capabilities
   }
 
@@ -53,10 +65,23 @@ public final class Qcow2Driver: BlockDriver {
   public func read(
     _ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags
   ) async throws {
+    try await readGuest(node, offset: offset, into: iov, takingLock: true)
+  }
+
+  /// Reads guest bytes: each run's mapping is looked up under the metadata
+  /// lock unless the caller already holds it (copy-on-write reads).
+  func readGuest(_ node: BlockNode, offset: Int64, into iov: IOVector, takingLock: Bool = false)
+    async throws
+  {
+    let length = Int64(iov.count)
     var done: Int64 = 0
     while done < length {
       let position = offset + done
-      let run = try await mapping(node, offset: position, bytes: length - done)
+      let remaining = length - done
+      let run =
+        takingLock
+        ? try await lock.withLock { try await mapping(node, offset: position, bytes: remaining) }
+        : try await mapping(node, offset: position, bytes: remaining)
       let target = iov.slice(Int(done), Int(run.count))
       switch run.type {
       case .unallocated:
@@ -76,11 +101,15 @@ public final class Qcow2Driver: BlockDriver {
     }
   }
 
-  /// Refused: the write path is not implemented yet.
+  /// Writes guest data run by run (see ``writeRun(_:offset:iov:)``).
   public func write(
     _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector, flags: RequestFlags
   ) async throws {
-    throw BlockError.notSupported("qcow2: writing is not supported yet")
+    var done: Int64 = 0
+    while done < length {
+      done += try await writeRun(
+        node, offset: offset + done, iov: iov.slice(Int(done), Int(length - done)))
+    }
   }
 
   /// QEMU's `qcow2_co_block_status`: ZERO for zero clusters, DATA for data,
@@ -89,7 +118,7 @@ public final class Qcow2Driver: BlockDriver {
   public func blockStatus(_ node: BlockNode, wantZero: Bool, offset: Int64, length: Int64)
     async throws -> BlockStatus
   {
-    let run = try await mapping(node, offset: offset, bytes: length)
+    let run = try await lock.withLock { try await mapping(node, offset: offset, bytes: length) }
     var status = BlockStatus(flags: [], count: run.count)
     if run.type == .normal || run.type == .zeroAllocated {
       status.flags.insert(.offsetValid)

@@ -34,6 +34,12 @@ struct Qcow2L2Cache {
     lastUse[offset] = clock
   }
 
+  /// Forgets the table at `offset` (its cluster was freed).
+  mutating func remove(at offset: Int64) {
+    tables[offset] = nil
+    lastUse[offset] = nil
+  }
+
   /// Number of cached tables.
   var count: Int { tables.count }
 }

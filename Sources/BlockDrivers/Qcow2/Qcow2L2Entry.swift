@@ -10,6 +10,10 @@ public enum Qcow2ClusterType: Sendable, Equatable {
   case normal
   /// Deflated data somewhere in the file.
   case compressed
+
+  /// Whether the entry holds references to host clusters (QEMU's
+  /// `qcow2_cluster_is_allocated`).
+  var hasHostCluster: Bool { self == .normal || self == .zeroAllocated || self == .compressed }
 }
 
 /// Bit layout of L1 and standard (64-bit) L2 entries.

@@ -1,0 +1,170 @@
+import BlockCore
+import Foundation
+import Testing
+
+@testable import BlockDrivers
+
+/// A guest request applied both by Spindle and by qemu-io.
+enum GuestOp: Sendable, CustomStringConvertible {
+  case write(Int64, Int, UInt8)
+  case zero(Int64, Int64, unmap: Bool)
+  case discard(Int64, Int64)
+
+  var qemuIO: String {
+    switch self {
+    case .write(let offset, let count, let byte): "write -P \(byte) \(offset) \(count)"
+    case .zero(let offset, let count, let unmap): "write -z \(unmap ? "-u " : "")\(offset) \(count)"
+    case .discard(let offset, let count): "discard \(offset) \(count)"
+    }
+  }
+
+  var description: String { qemuIO }
+
+  @BlockActor
+  func apply(to node: BlockNode) async throws {
+    switch self {
+    case .write(let offset, let count, let byte):
+      try await node.write(at: offset, bytes: [UInt8](repeating: byte, count: count))
+    case .zero(let offset, let count, let unmap):
+      try await node.writeZeroes(at: offset, count: count, flags: unmap ? .mayUnmap : [])
+    case .discard(let offset, let count):
+      try await node.discard(at: offset, count: count)
+    }
+  }
+
+  /// A sequence touching every write path: COW with zeroes and backing data,
+  /// in-place writes, zero clusters with and without unmap, preallocated zero
+  /// clusters written again, discard and reuse of freed clusters.
+  static let mixed: [GuestOp] = [
+    .write(0, 4096, 0x11),
+    .write(100_000, 200_000, 0x22),
+    .write(0, 512, 0x33),
+    .zero(1 << 20, 256 << 10, unmap: false),
+    .write((1 << 20) + 4096, 4096, 0x44),
+    .discard(65536, 65536),
+    .write(3 << 20, 65536, 0x55),
+    .zero(3 << 20, 65536, unmap: true),
+    .write(65536, 4096, 0x66),
+    .zero(131_072, 65536, unmap: false),
+    .write(135_168, 1024, 0x77),
+    .write((2 << 20) + 1000, 300_000, 0x88),
+    .discard(2 << 20, 1 << 20),
+    .write((2 << 20) + 70000, 5000, 0x99),
+  ]
+}
+
+/// Spindle and qemu-io apply the same requests to copies of one image: the
+/// images must read the same, map the same, and Spindle's must check clean.
+@Suite(
+  "qcow2 write interop",
+  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+@BlockActor
+struct Qcow2WriteTests {
+  let scratch: ScratchDirectory
+
+  init() throws { scratch = try ScratchDirectory() }
+
+  func openWritable(_ path: String) async throws -> BlockNode {
+    try await ImageOpener.open(
+      filename: path, context: OpenContext(node: NodeOptions(discard: .unmap)))
+  }
+
+  /// Applies `ops` with Spindle to `spindle` and with qemu-io to `qemu`, then
+  /// compares the two images.
+  func expectSameResult(
+    _ ops: [GuestOp], spindle: String, qemu: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+  ) async throws {
+    let node = try await openWritable(spindle)
+    for op in ops { try await op.apply(to: node) }
+    await node.close()
+    try await QcowTools.io(qemu, ops.map(\.qemuIO))
+
+    let compare = try await QEMUTools.run(QEMUTools.qemuImg, ["compare", spindle, qemu])
+    #expect(compare.status == 0, "\(compare.output)", sourceLocation: sourceLocation)
+    let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", spindle])
+    #expect(check.status == 0, "\(check.output)", sourceLocation: sourceLocation)
+    #expect(
+      check.output.contains("No errors were found"), "\(check.output)",
+      sourceLocation: sourceLocation)
+    #expect(
+      try await QcowTools.map(spindle) == (try await QcowTools.map(qemu)),
+      sourceLocation: sourceLocation)
+  }
+
+  @Test(
+    "mixed requests end as qemu-io's",
+    arguments: [
+      Qcow2Layout(), Qcow2Layout(compat: "0.10"), Qcow2Layout(clusterSize: 4096),
+      Qcow2Layout(clusterSize: 512), Qcow2Layout(refcountBits: 1),
+      Qcow2Layout(clusterSize: 4096, refcountBits: 64), Qcow2Layout(lazyRefcounts: true),
+    ])
+  func mixed(_ layout: Qcow2Layout) async throws {
+    let spindle = scratch.file("spindle.qcow2")
+    let qemu = scratch.file("qemu.qcow2")
+    for path in [spindle, qemu] {
+      try await QcowTools.img(["create", "-q", "-f", "qcow2", "-o", layout.options, path, "4M"])
+    }
+    try await expectSameResult(GuestOp.mixed, spindle: spindle, qemu: qemu)
+  }
+
+  @Test("writes over a backing file copy the rest of the cluster from it")
+  func overBacking() async throws {
+    let base = scratch.file("base.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", base, "3M"])
+    try await QcowTools.io(base, ["write -P 0xab 0 3M"])
+    for name in ["spindle.qcow2", "qemu.qcow2"] {
+      try await QcowTools.img([
+        "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", scratch.file(name), "4M",
+      ])
+    }
+    try await expectSameResult(
+      GuestOp.mixed, spindle: scratch.file("spindle.qcow2"), qemu: scratch.file("qemu.qcow2"))
+  }
+
+  @Test("concurrent allocating writes keep data and metadata consistent")
+  func concurrentWrites() async throws {
+    let path = scratch.file("disk.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "8M"])
+    let node = try await openWritable(path)
+    let writers = (0..<32).map { index in
+      Task { @BlockActor in
+        let offset = Int64(index) * 200_000 + 1000
+        try await node.write(at: offset, bytes: [UInt8](repeating: UInt8(index + 1), count: 10_000))
+      }
+    }
+    for writer in writers { try await writer.value }
+    for index in 0..<32 {
+      let offset = Int64(index) * 200_000 + 1000
+      #expect(
+        try await node.read(at: offset - 1, count: 10_002)
+          == [0] + [UInt8](repeating: UInt8(index + 1), count: 10_000) + [0])
+    }
+    await node.close()
+    let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", path])
+    #expect(check.status == 0, "\(check.output)")
+    let expected = try await QcowTools.guestBytes(path, scratch: scratch)
+    #expect(expected[1000] == 1 && expected[31 * 200_000 + 1000] == 32)
+  }
+
+  @Test("a dirty image is refused for writing, read-only opens work")
+  func dirtyImage() async throws {
+    let path = scratch.file("disk.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", path, "1M"])
+    try patchFile(path, at: 72, bigEndianBytes(Qcow2Feature.dirty, width: 8))
+    let error = await expectBlockError { _ = try await openWritable(path) }
+    #expect(error?.code == BlockError.notSupportedCode)
+    await (try await openQcow2(path)).close()
+  }
+
+  @Test("a writable open clears autoclear bits it does not maintain")
+  func autoclear() async throws {
+    let path = scratch.file("disk.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", path, "1M"])
+    try patchFile(path, at: 88, bigEndianBytes(1 << 40 | Qcow2Feature.bitmaps, width: 8))
+    await (try await openQcow2(path)).close()
+    #expect(Array(try contents(of: path)[88..<96]) == bigEndianBytes(1 << 40 | 1, width: 8))
+    await (try await openWritable(path)).close()
+    #expect(Array(try contents(of: path)[88..<96]) == bigEndianBytes(0, width: 8))
+  }
+}
