@@ -50,6 +50,10 @@ enum GuestOp: Sendable, CustomStringConvertible {
     .write((2 << 20) + 1000, 300_000, 0x88),
     .discard(2 << 20, 1 << 20),
     .write((2 << 20) + 70000, 5000, 0x99),
+    // Partial-cluster zero-writes: over unallocated space, over data.
+    .zero(3_200_000, 1000, unmap: false),
+    .zero(100_000, 1000, unmap: false),
+    .zero((4 << 20) - 1024, 1024, unmap: true),
   ]
 }
 

@@ -3,13 +3,34 @@ import BlockCore
 extension Qcow2Driver {
   /// QEMU's `qcow2_co_pwrite_zeroes` for whole clusters of a v3 image: each
   /// cluster gets the zero flag, keeping its host cluster unless MAY_UNMAP
-  /// (or compression) lets it go. A v2 image has no zero flag: without a
-  /// backing file its clusters are discarded (they then read as zeroes),
-  /// with one the request is ENOTSUP, as for partial clusters: the engine
-  /// then writes zeroes.
+  /// (or compression) lets it go. A partial cluster is zeroed whole when the
+  /// rest of it already reads as zeroes and it holds no data. A v2 image has
+  /// no zero flag: without a backing file its clusters are discarded (they
+  /// then read as zeroes). Anything else is ENOTSUP: the engine then writes
+  /// zeroes.
   public func writeZeroes(_ node: BlockNode, offset: Int64, length: Int64, flags: RequestFlags)
     async throws
   {
+    var offset = offset
+    var length = length
+    let mask = header.clusterSize - 1
+    let head = offset & mask
+    let tail =
+      offset + length == Int64(header.size) ? 0 : (mask + 1 - (offset + length) & mask) & mask
+    if head != 0 || tail != 0 {
+      guard head + length + tail <= header.clusterSize,
+        try await readsAsZero(node, offset: offset - head, bytes: head),
+        try await readsAsZero(node, offset: offset + length, bytes: tail)
+      else { throw BlockError.notSupported() }
+      offset -= head
+      length = min(header.clusterSize, Int64(header.size) - offset)
+      let type = try await lock.withLock {
+        try await mapping(node, offset: offset, bytes: length).type
+      }
+      guard type == .unallocated || type == .zeroPlain || type == .zeroAllocated else {
+        throw BlockError.notSupported()
+      }
+    }
     try checkClusterAligned(node, offset: offset, length: length)
     guard header.version >= 3 else {
       if node.backing != nil { throw BlockError.notSupported() }
@@ -43,6 +64,21 @@ extension Qcow2Driver {
       let allocated = type == .normal || type == .zeroAllocated || type == .compressed
       return hasBacking || allocated ? zero : entry
     }
+  }
+
+  /// Whether the guest range reads as zeroes through the whole backing chain
+  /// (QEMU's `is_zero` in block/qcow2.c), clamped to the image's end.
+  private func readsAsZero(_ node: BlockNode, offset: Int64, bytes: Int64) async throws -> Bool {
+    var offset = offset
+    var remaining = min(bytes, Int64(header.size) - offset)
+    while remaining > 0 {
+      let (status, _) = try await node.blockStatusAbove(
+        base: nil, offset: offset, bytes: remaining, wantZero: true)
+      guard status.flags.contains(.zero), status.count > 0 else { return false }
+      offset += status.count
+      remaining -= status.count
+    }
+    return true
   }
 
   /// Whole clusters, or the partial last cluster of an image whose size is
