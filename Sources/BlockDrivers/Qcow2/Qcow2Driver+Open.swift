@@ -10,6 +10,14 @@ extension Qcow2Driver {
   {
     let imagePath = options["file.filename"] ?? options["file"]
     let file = try await ImageOpener.openFileChild(&options, context: context)
+    return try await open(over: file, imagePath: imagePath, context: context)
+  }
+
+  /// Opens a `qcow2` node over an opened file node; `imagePath` is what
+  /// relative backing names are resolved against. Closes `file` on failure.
+  static func open(over file: BlockNode, imagePath: String?, context: OpenContext) async throws
+    -> BlockNode
+  {
     var backing: BlockNode?
     do {
       var header = try await readHeader(file)
