@@ -62,8 +62,9 @@ struct Qcow2ReadTests {
         let (status, _) = try await node.blockStatusAbove(
           base: nil, offset: offset, bytes: entry.start + entry.length - offset, wantZero: true)
         #expect(status.count > 0, sourceLocation: sourceLocation)
-        #expect(status.flags.contains(.data) == entry.data, "\(entry)", sourceLocation: sourceLocation)
-        #expect(status.flags.contains(.zero) == entry.zero, "\(entry)", sourceLocation: sourceLocation)
+        let flags = status.flags
+        #expect(flags.contains(.data) == entry.data, "\(entry)", sourceLocation: sourceLocation)
+        #expect(flags.contains(.zero) == entry.zero, "\(entry)", sourceLocation: sourceLocation)
         if let mapped = entry.offset {
           #expect(status.mapOffset == mapped + offset - entry.start, sourceLocation: sourceLocation)
         }
