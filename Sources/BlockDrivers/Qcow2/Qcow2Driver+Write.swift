@@ -53,6 +53,8 @@ extension Qcow2Driver {
           node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
           head: Qcow2Entry.type(of: entries[0]) == .zeroAllocated,
           tail: Qcow2Entry.type(of: entries[run - 1]) == .zeroAllocated)
+        // The data must be durable before the entries stop saying "zero".
+        try await file.flush()
         try await writeL2Entries(
           node, l2Offset: l2Offset, first: l2Index,
           entries.map { ($0 & Qcow2Entry.offsetMask) | Qcow2Entry.copied })
@@ -70,6 +72,9 @@ extension Qcow2Driver {
       try await writeWithCOW(
         node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
         head: true, tail: true)
+      // The data must be durable before an L2 entry points at it (QEMU's
+      // qcow2_cache_depends_on_flush on the L2 cache).
+      try await file.flush()
       let old = Array(table[l2Index..<l2Index + run])
       try await writeL2Entries(
         node, l2Offset: l2Offset, first: l2Index,
