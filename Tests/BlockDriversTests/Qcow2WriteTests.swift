@@ -55,6 +55,17 @@ enum GuestOp: Sendable, CustomStringConvertible {
     .zero(100_000, 1000, unmap: false),
     .zero((4 << 20) - 1024, 1024, unmap: true),
   ]
+
+  /// New clusters continue right after the COPIED clusters of the same
+  /// request when free there, even when a lower cluster is free.
+  static let continuation: [GuestOp] = [
+    .write(0, 65536, 0x11),
+    .write(65536, 65536, 0x22),
+    .discard(0, 65536),
+    .write(65536 + 60000, 10000, 0x33),
+    .write(3 * 65536, 4096, 0x44),
+    .write(65536 + 4096, 3 * 65536, 0x55),
+  ]
 }
 
 /// Spindle and qemu-io apply the same requests to copies of one image: the
@@ -110,6 +121,18 @@ struct Qcow2WriteTests {
       try await QcowTools.img(["create", "-q", "-f", "qcow2", "-o", layout.options, path, "4M"])
     }
     try await expectSameResult(GuestOp.mixed, spindle: spindle, qemu: qemu)
+  }
+
+  @Test(
+    "allocations continue after COPIED clusters as QEMU's do",
+    arguments: [Qcow2Layout(), Qcow2Layout(clusterSize: 4096), Qcow2Layout(clusterSize: 512)])
+  func continuation(_ layout: Qcow2Layout) async throws {
+    let spindle = scratch.file("spindle.qcow2")
+    let qemu = scratch.file("qemu.qcow2")
+    for path in [spindle, qemu] {
+      try await QcowTools.img(["create", "-q", "-f", "qcow2", "-o", layout.options, path, "4M"])
+    }
+    try await expectSameResult(GuestOp.continuation, spindle: spindle, qemu: qemu)
   }
 
   @Test("writes over a backing file copy the rest of the cluster from it")

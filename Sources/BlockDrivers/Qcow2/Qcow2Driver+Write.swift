@@ -11,14 +11,18 @@ extension Qcow2Driver {
   }
 
   /// Writes one run of `iov` at guest `offset` (at most one L2 table's worth)
-  /// and returns how many bytes it covered: in place for COPIED clusters,
-  /// else into newly allocated clusters (QEMU's `qcow2_alloc_host_offset` and
-  /// `qcow2_co_pwritev_task`).
-  func writeRun(_ node: BlockNode, offset: Int64, iov: IOVector) async throws -> Int64 {
+  /// and returns how many bytes it covered and the host offset right after
+  /// them: in place for COPIED clusters, else into newly allocated clusters
+  /// (QEMU's `qcow2_alloc_host_offset` and `qcow2_co_pwritev_task`). When the
+  /// previous run of the same request ended at host `continuing`, new clusters
+  /// go there if it is free, as QEMU's `qcow2_alloc_clusters_at` puts them.
+  func writeRun(_ node: BlockNode, offset: Int64, iov: IOVector, continuing: Int64?)
+    async throws -> (bytes: Int64, hostEnd: Int64)
+  {
     let file = try fileNode(node)
     enum Plan {
       case inPlace(host: Int64, bytes: Int64)
-      case done(Int64)
+      case done(Int64, hostEnd: Int64)
     }
     let plan: Plan = try await lock.withLock {
       let clusterSize = header.clusterSize
@@ -58,15 +62,25 @@ extension Qcow2Driver {
         try await writeL2Entries(
           node, l2Offset: l2Offset, first: l2Index,
           entries.map { ($0 & Qcow2Entry.offsetMask) | Qcow2Entry.copied })
-        return .done(bytes)
+        return .done(bytes, hostEnd: host + inCluster + bytes)
       }
 
       // QEMU's handle_alloc: clusters that need allocation, allocated together.
       var run = 1
       while run < clusters, Self.needsAllocation(table[l2Index + run]) { run += 1 }
-      let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
       let refcounts = try refcountsForWrite()
-      let host = try await refcounts.allocate(clusters: Int64(run), file: file)
+      var host: Int64
+      if let continuing, inCluster == 0, continuing & (clusterSize - 1) == 0,
+        case let allocated = try await refcounts.allocate(
+          at: continuing, clusters: Int64(run), file: file),
+        allocated > 0
+      {
+        host = continuing
+        run = Int(allocated)
+      } else {
+        host = try await refcounts.allocate(clusters: Int64(run), file: file)
+      }
+      let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
       // The refcounts must be on disk before an L2 entry points at the clusters.
       try await file.flush()
       try await writeWithCOW(
@@ -80,14 +94,14 @@ extension Qcow2Driver {
         node, l2Offset: l2Offset, first: l2Index,
         (0..<run).map { UInt64(host + Int64($0) * clusterSize) | Qcow2Entry.copied })
       try await releaseClusters(node, oldEntries: old)
-      return .done(bytes)
+      return .done(bytes, hostEnd: host + inCluster + bytes)
     }
     switch plan {
-    case .done(let bytes):
-      return bytes
+    case .done(let bytes, let hostEnd):
+      return (bytes, hostEnd)
     case .inPlace(let host, let bytes):
       try await file.write(at: host, from: iov.slice(0, Int(bytes)))
-      return bytes
+      return (bytes, host + bytes)
     }
   }
 

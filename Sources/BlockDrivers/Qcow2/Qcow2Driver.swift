@@ -101,14 +101,18 @@ public final class Qcow2Driver: BlockDriver {
     }
   }
 
-  /// Writes guest data run by run (see ``writeRun(_:offset:iov:)``).
+  /// Writes guest data run by run (see ``writeRun(_:offset:iov:continuing:)``).
   public func write(
     _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector, flags: RequestFlags
   ) async throws {
     var done: Int64 = 0
+    var hostEnd: Int64?
     while done < length {
-      done += try await writeRun(
-        node, offset: offset + done, iov: iov.slice(Int(done), Int(length - done)))
+      let run = try await writeRun(
+        node, offset: offset + done, iov: iov.slice(Int(done), Int(length - done)),
+        continuing: hostEnd)
+      done += run.bytes
+      hostEnd = run.hostEnd
     }
   }
 

@@ -62,6 +62,24 @@ final class Qcow2Refcounts {
     }
   }
 
+  /// Allocates as many of the `count` clusters from host `offset` on as are
+  /// free, up to the first one in use, and returns how many (QEMU's
+  /// `qcow2_alloc_clusters_at`; the free-cluster index does not move).
+  func allocate(at offset: Int64, clusters count: Int64, file: BlockNode) async throws -> Int64 {
+    let first = offset >> clusterBits
+    while true {
+      var free: Int64 = 0
+      while free < count, try await refcount(of: first + free, file: file) == 0 { free += 1 }
+      guard free > 0 else { return 0 }
+      do {
+        _ = try await update(first, count: free, addend: 1, file: file)
+        return free
+      } catch is Retry {
+        continue
+      }
+    }
+  }
+
   /// Decrements the refcounts of the clusters covering `bytes` at `offset`
   /// (QEMU's `qcow2_free_clusters`); returns the offsets of clusters that
   /// became free.
