@@ -195,3 +195,48 @@ struct Qcow2WriteTests {
     #expect(Array(try contents(of: path)[88..<96]) == bigEndianBytes(0, width: 8))
   }
 }
+
+/// Growing an image as `qemu-img resize` grows it.
+@Suite(
+  "qcow2 resize",
+  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+@BlockActor
+struct Qcow2ResizeTests {
+  let scratch: ScratchDirectory
+
+  init() throws { scratch = try ScratchDirectory() }
+
+  @Test(
+    "growing, with and without a larger L1 table, gives qemu-img resize's file",
+    arguments: [(65536, Int64(100 << 20)), (65536, Int64(3 << 30)), (4096, Int64(100 << 20))])
+  func grow(clusterSize: Int, newSize: Int64) async throws {
+    let spindle = scratch.file("spindle.qcow2")
+    let qemu = scratch.file("qemu.qcow2")
+    try await QcowTools.img([
+      "create", "-q", "-f", "qcow2", "-o", "cluster_size=\(clusterSize)", spindle, "1M",
+    ])
+    try await QcowTools.io(spindle, ["write -P 7 1000 100000"])
+    try FileManager.default.copyItem(atPath: spindle, toPath: qemu)
+    let node = try await ImageOpener.open(filename: spindle)
+    try await node.truncate(to: newSize)
+    #expect(node.length == newSize)
+    try await node.write(at: newSize - 5000, bytes: [UInt8](repeating: 9, count: 5000))
+    await node.close()
+    try await QcowTools.img(["resize", "-q", qemu, String(newSize)])
+    try await QcowTools.io(qemu, ["write -P 9 \(newSize - 5000) 5000"])
+    #expect(try contents(of: spindle) == (try contents(of: qemu)))
+    let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", spindle])
+    #expect(check.status == 0, "\(check.output)")
+  }
+
+  @Test("shrinking is refused")
+  func shrink() async throws {
+    let path = scratch.file("disk.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", path, "1M"])
+    let node = try await ImageOpener.open(filename: path)
+    let error = await expectBlockError { try await node.truncate(to: 512 << 10) }
+    #expect(error?.code == BlockError.notSupportedCode)
+    #expect(node.length == 1 << 20)
+    await node.close()
+  }
+}

@@ -16,7 +16,7 @@ import BlockCore
 @BlockActor
 public final class Qcow2Driver: BlockDriver {
   /// The validated header.
-  public let header: Qcow2Header
+  public internal(set) var header: Qcow2Header
   /// The active L1 table, decoded.
   var l1Table: [UInt64]
   /// Decoded L2 tables.

@@ -84,6 +84,7 @@ final class Qcow2Refcounts {
   /// (QEMU's `qcow2_free_clusters`); returns the offsets of clusters that
   /// became free.
   func free(offset: Int64, bytes: Int64, file: BlockNode) async throws -> [Int64] {
+    guard bytes > 0 else { return [] }
     let first = offset >> clusterBits
     let last = (offset + bytes - 1) >> clusterBits
     return try await update(first, count: last - first + 1, addend: -1, file: file)
