@@ -12,17 +12,18 @@ import BlockCore
 final class Qcow2Refcounts {
   /// A refcount block was allocated where the caller's clusters might go:
   /// search again (QEMU's -EAGAIN from `alloc_refcount_block`).
-  private struct Retry: Error {}
+  struct Retry: Error {}
 
   let clusterBits: Int64
   let refcountBits: Int
   /// log2 of the entries per refcount block.
   let blockBits: Int64
   /// Where the refcount table is.
-  let tableOffset: Int64
+  var tableOffset: Int64
   /// The refcount table's entries (the offsets of refcount blocks).
-  private(set) var table: [UInt64]
-  private var blocks: [Int64: Qcow2RefcountBlock] = [:]
+  var table: [UInt64]
+  /// Cached refcount blocks by offset (always equal to the file's).
+  var blocks: [Int64: Qcow2RefcountBlock] = [:]
   /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
   private(set) var freeClusterIndex: Int64 = 0
 
@@ -35,7 +36,7 @@ final class Qcow2Refcounts {
     self.table = table
   }
 
-  private var clusterSize: Int64 { 1 << clusterBits }
+  var clusterSize: Int64 { 1 << clusterBits }
 
   /// The refcount of `cluster` (QEMU's `qcow2_get_refcount`): 0 for clusters
   /// no refcount block covers.
@@ -44,7 +45,7 @@ final class Qcow2Refcounts {
     guard index < table.count else { return 0 }
     let blockOffset = Int64(table[index] & Qcow2Entry.offsetMask)
     if blockOffset == 0 { return 0 }
-    let block = try await block(at: blockOffset, file: file)
+    let block = try await cachedBlock(at: blockOffset, file: file)
     return block[Int(cluster & ((1 << blockBits) - 1))]
   }
 
@@ -105,18 +106,23 @@ final class Qcow2Refcounts {
   /// Adds `addend` to the refcounts of `count` clusters from `first`, block
   /// by block, writing each changed range of a block; returns the offsets of
   /// clusters whose refcount reached zero.
-  private func update(_ first: Int64, count: Int64, addend: Int64, file: BlockNode) async throws
+  func update(_ first: Int64, count: Int64, addend: Int64, file: BlockNode) async throws
     -> [Int64]
   {
     // Make sure every block exists before changing anything, so that a
-    // retry has nothing to undo.
+    // retry has nothing to undo. On a retry the search starts again at the
+    // same clusters (QEMU: "try the same ones first").
     var cluster = first
-    while cluster < first + count {
-      if try await blockOffset(for: cluster, allocating: addend > 0, file: file) == nil {
-        if cluster > first { freeClusterIndex = min(freeClusterIndex, first) }
-        throw Retry()
+    do {
+      while cluster < first + count {
+        if try await blockOffset(for: cluster, allocating: addend > 0, file: file) == nil {
+          throw Retry()
+        }
+        cluster = ((cluster >> blockBits) + 1) << blockBits
       }
-      cluster = ((cluster >> blockBits) + 1) << blockBits
+    } catch let retry as Retry {
+      freeClusterIndex = min(freeClusterIndex, first)
+      throw retry
     }
     var freed: [Int64] = []
     cluster = first
@@ -125,7 +131,7 @@ final class Qcow2Refcounts {
       guard let offset = try await blockOffset(for: cluster, allocating: false, file: file) else {
         throw BlockError(.ioError, "qcow2: refcount block vanished")
       }
-      var block = try await block(at: offset, file: file)
+      var block = try await cachedBlock(at: offset, file: file)
       let base = (cluster >> blockBits) << blockBits
       for index in cluster..<blockEnd {
         let old = block[Int(index - base)]
@@ -162,9 +168,6 @@ final class Qcow2Refcounts {
     guard allocating else {
       throw BlockError(.ioError, "qcow2: cluster \(cluster) has no refcount block")
     }
-    guard index < table.count else {
-      throw BlockError.notSupported("qcow2: growing the refcount table is not supported yet")
-    }
     let newBlock = try await findFree(1, file: file) << clusterBits
     if newBlock == 0 {
       throw BlockError(.ioError, "qcow2: refusing to put a refcount block at offset 0")
@@ -174,19 +177,23 @@ final class Qcow2Refcounts {
       // The block describes itself.
       block[Int((newBlock >> clusterBits) & ((1 << blockBits) - 1))] = 1
     } else {
-      while true {
-        do {
-          _ = try await update(newBlock >> clusterBits, count: 1, addend: 1, file: file)
-          break
-        } catch is Retry {
-          continue
-        }
-      }
+      // Counted in another block, which may itself need allocating first: a
+      // retry then starts the caller's search over (QEMU's nested -EAGAIN).
+      _ = try await update(newBlock >> clusterBits, count: 1, addend: 1, file: file)
       try await file.flush()
     }
     blocks[newBlock] = block
     try await file.write(at: newBlock, bytes: block.bytes)
     try await file.flush()
+    guard index < table.count else {
+      // The table is full: new refcount structures go past everything in use.
+      let usedBlocks =
+        (max(cluster, newBlock >> clusterBits) + 1 + (1 << blockBits) - 1) >> blockBits
+      try await growTable(
+        areaStart: (usedBlocks << blockBits) << clusterBits, newBlockIndex: index,
+        newBlock: newBlock, file: file)
+      return nil
+    }
     var entry = [UInt8](repeating: 0, count: 8)
     entry.setUInt64(UInt64(newBlock), at: 0)
     try await file.write(at: tableOffset + Int64(index) * 8, bytes: entry)
@@ -196,7 +203,7 @@ final class Qcow2Refcounts {
   }
 
   /// The refcount block at `offset`, from the cache or the file.
-  private func block(at offset: Int64, file: BlockNode) async throws -> Qcow2RefcountBlock {
+  func cachedBlock(at offset: Int64, file: BlockNode) async throws -> Qcow2RefcountBlock {
     if let block = blocks[offset] { return block }
     let bytes = try await file.read(at: offset, count: Int(clusterSize))
     let block = Qcow2RefcountBlock(bytes: bytes, bits: refcountBits)
