@@ -266,3 +266,81 @@ struct Qcow2ResizeTests {
     await node.close()
   }
 }
+
+/// The driver under the engine's concurrency: copy-on-read into the overlay
+/// and many requests of every kind in flight at once.
+@Suite(
+  "qcow2 under the engine",
+  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+@BlockActor
+struct Qcow2EngineTests {
+  let scratch: ScratchDirectory
+
+  init() throws { scratch = try ScratchDirectory() }
+
+  @Test("copy-on-read copies backing clusters into the overlay")
+  func copyOnRead() async throws {
+    let base = scratch.file("base.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", base, "2M"])
+    try await QcowTools.io(base, ["write -P 0x3c 0 2M"])
+    let top = scratch.file("top.qcow2")
+    try await QcowTools.img([
+      "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top, "2M",
+    ])
+    let node = try await ImageOpener.open(
+      filename: top, context: OpenContext(node: NodeOptions(copyOnRead: true)))
+    #expect(try await node.read(at: 70000, count: 1000) == [UInt8](repeating: 0x3c, count: 1000))
+    await node.close()
+    let map = try await QcowTools.map(top)
+    #expect(
+      map.first
+        == MapEntry(
+          start: 0, length: 65536, depth: 1, present: true, zero: false, data: true,
+          offset: map.first?.offset))
+    #expect(map.dropFirst().first?.depth == 0)
+    #expect(map.dropFirst().first?.start == 65536 && map.dropFirst().first?.length == 65536)
+    let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", top])
+    #expect(check.status == 0, "\(check.output)")
+    #expect(
+      try await QcowTools.guestBytes(top, scratch: scratch)
+        == [UInt8](repeating: 0x3c, count: 2 << 20))
+  }
+
+  @Test("concurrent writes, zero-writes and discards on disjoint ranges end as applied one by one")
+  func concurrentMix() async throws {
+    let path = scratch.file("disk.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "8M"])
+    let node = try await ImageOpener.open(
+      filename: path, context: OpenContext(node: NodeOptions(discard: .unmap)))
+    // Prefill so that discards and zero-writes free clusters while others allocate.
+    try await node.write(at: 0, bytes: [UInt8](repeating: 0xee, count: 8 << 20))
+    var model = [UInt8](repeating: 0xee, count: 8 << 20)
+    var ops: [GuestOp] = []
+    for index in 0..<48 {
+      let base = Int64(index) * (160 << 10)
+      switch index % 4 {
+      case 0: ops.append(.write(base + 123, 50_000, UInt8(index)))
+      case 1: ops.append(.zero(base, 64 << 10, unmap: index % 8 == 1))
+      case 2: ops.append(.discard(base, 96 << 10))
+      default: ops.append(.write(base + 4096, 100_000, UInt8(index)))
+      }
+    }
+    for op in ops {
+      switch op {
+      case .write(let offset, let count, let byte):
+        model.replaceSubrange(
+          Int(offset)..<Int(offset) + count, with: repeatElement(byte, count: count))
+      case .zero(let offset, let count, _), .discard(let offset, let count):
+        model.replaceSubrange(
+          Int(offset)..<Int(offset + count), with: repeatElement(0, count: Int(count)))
+      }
+    }
+    let tasks = ops.map { op in Task { @BlockActor in try await op.apply(to: node) } }
+    for task in tasks { try await task.value }
+    #expect(try await node.read(at: 0, count: model.count) == model)
+    await node.close()
+    let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", path])
+    #expect(check.status == 0, "\(check.output)")
+    #expect(try await QcowTools.guestBytes(path, scratch: scratch) == model)
+  }
+}
