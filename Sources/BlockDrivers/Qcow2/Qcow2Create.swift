@@ -54,7 +54,7 @@ public enum Qcow2Create {
   }
 
   /// The image's bytes, validated as QEMU validates the options.
-  static func layout(_ options: Qcow2CreateOptions) throws -> [UInt8] {
+  nonisolated static func layout(_ options: Qcow2CreateOptions) throws -> [UInt8] {
     var header = try header(for: options)
     let clusterSize = Int(header.clusterSize)
     let l1Entries = Int(header.requiredL1Entries(for: header.size))
@@ -83,7 +83,7 @@ public enum Qcow2Create {
   }
 
   /// The header for `options`, with QEMU's option checks.
-  static func header(for options: Qcow2CreateOptions) throws -> Qcow2Header {
+  nonisolated static func header(for options: Qcow2CreateOptions) throws -> Qcow2Header {
     var header = Qcow2Header()
     switch options.compat {
     case "0.10", "v2": header.version = 2
