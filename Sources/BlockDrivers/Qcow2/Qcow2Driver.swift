@@ -46,6 +46,7 @@ public final class Qcow2Driver: BlockDriver {
     capabilities.hasBlockStatus = true
     capabilities.supportsBacking = true
     capabilities.canWriteZeroes = true
+    capabilities.canWriteCompressed = true
     capabilities.supportedZeroFlags = [.mayUnmap]
     return capabilities
   }

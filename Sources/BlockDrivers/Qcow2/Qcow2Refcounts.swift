@@ -26,6 +26,9 @@ final class Qcow2Refcounts {
   var blocks: [Int64: Qcow2RefcountBlock] = [:]
   /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
   private(set) var freeClusterIndex: Int64 = 0
+  /// Where the next compressed cluster may start inside a partly used
+  /// cluster, 0 when none (QEMU's `free_byte_offset`).
+  private var freeByteOffset: Int64 = 0
 
   /// Refcount handling for an image with this header and refcount table.
   init(header: Qcow2Header, table: [UInt64]) {
@@ -80,6 +83,43 @@ final class Qcow2Refcounts {
       }
     }
   }
+
+  /// Allocates `size` bytes (at most a cluster) for compressed data, packed
+  /// after the previous compressed cluster when it fits (QEMU's
+  /// `qcow2_alloc_bytes`): every cluster the bytes touch gains a reference.
+  func allocateBytes(_ size: Int64, file: BlockNode) async throws -> Int64 {
+    var offset = freeByteOffset
+    if offset != 0, try await refcount(of: offset >> clusterBits, file: file) == maxRefcount {
+      offset = 0
+    }
+    var freeInCluster = clusterSize - (offset & (clusterSize - 1))
+    while true {
+      if offset == 0 || freeInCluster < size {
+        let newCluster = try await findFree(1, file: file) << clusterBits
+        if newCluster == 0 {
+          throw BlockError(.ioError, "qcow2: refusing to allocate compressed data at offset 0")
+        }
+        if offset == 0 || (offset + clusterSize - 1) & ~(clusterSize - 1) != newCluster {
+          offset = newCluster
+          freeInCluster = clusterSize
+        } else {
+          freeInCluster += clusterSize
+        }
+      }
+      let first = offset >> clusterBits
+      let last = (offset + size - 1) >> clusterBits
+      do {
+        _ = try await update(first, count: last - first + 1, addend: 1, file: file)
+        break
+      } catch is Retry {
+        offset = 0
+      }
+    }
+    freeByteOffset = (offset + size) & (clusterSize - 1) == 0 ? 0 : offset + size
+    return offset
+  }
+
+  private var maxRefcount: UInt64 { refcountBits == 64 ? .max : (1 << UInt64(refcountBits)) - 1 }
 
   /// Decrements the refcounts of the clusters covering `bytes` at `offset`
   /// (QEMU's `qcow2_free_clusters`); returns the offsets of clusters that
