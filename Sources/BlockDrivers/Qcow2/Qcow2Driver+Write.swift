@@ -47,6 +47,7 @@ extension Qcow2Driver {
           run += 1
         }
         let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
+        try checkNoMetadataOverlap(host, Int64(run) * clusterSize)
         let entries = Array(table[l2Index..<l2Index + run])
         if entries.allSatisfy({ Qcow2Entry.type(of: $0) == .normal }) {
           return .inPlace(host: host + inCluster, bytes: bytes)
@@ -102,6 +103,24 @@ extension Qcow2Driver {
     case .inPlace(let host, let bytes):
       try await file.write(at: host, from: iov.slice(0, Int(bytes)))
       return (bytes, host + bytes)
+    }
+  }
+
+  /// Refuses a data write into the image's fixed metadata (a subset of
+  /// QEMU's `qcow2_pre_write_overlap_check`: header, active L1 table,
+  /// refcount table), which only a corrupt L2 entry can ask for.
+  func checkNoMetadataOverlap(_ host: Int64, _ bytes: Int64) throws {
+    var areas: [(String, Int64, Int64)] = [
+      ("qcow2_header", 0, header.clusterSize),
+      ("active L1 table", Int64(header.l1TableOffset), Int64(l1Table.count) * 8),
+    ]
+    if let refcounts {
+      areas.append(("refcount table", refcounts.tableOffset, Int64(refcounts.table.count) * 8))
+    }
+    for (name, start, length) in areas where length > 0 {
+      if host < start + length && start < host + bytes {
+        throw corruption("Preventing invalid write on metadata (overlaps with \(name))")
+      }
     }
   }
 
