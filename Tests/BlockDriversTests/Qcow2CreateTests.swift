@@ -45,6 +45,16 @@ struct CreateCase: Sendable, CustomStringConvertible {
       $0.clusterSize = 512
     },
     CreateCase(1 << 30, "lazy_refcounts=on") { $0.lazyRefcounts = true },
+    // Metadata that outgrows the first refcount block.
+    CreateCase(1 << 30, "cluster_size=512") { $0.clusterSize = 512 },
+    CreateCase(256 << 20, "cluster_size=512,refcount_bits=64") {
+      $0.clusterSize = 512
+      $0.refcountBits = 64
+    },
+    CreateCase(4 << 40, "cluster_size=4096,refcount_bits=1") {
+      $0.clusterSize = 4096
+      $0.refcountBits = 1
+    },
     CreateCase(2 << 20) {
       $0.backingFile = "base.qcow2"
       $0.backingFormat = "qcow2"

@@ -26,13 +26,29 @@ public struct Qcow2CreateOptions: Sendable, Equatable {
 /// Creates qcow2 images laid out exactly as `qemu-img create -f qcow2` lays
 /// them out (QEMU's `qcow2_co_create`): the header in cluster 0, a
 /// one-cluster refcount table in cluster 1, its first refcount block in
-/// cluster 2, the L1 table from cluster 3, and the file ending where the L1
-/// table ends.
+/// cluster 2, the L1 table from cluster 3 (and, for images whose metadata
+/// outgrows that block, what QEMU's allocator adds), and the file ending
+/// where the L1 table ends.
 @BlockActor
 public enum Qcow2Create {
   /// Creates (or truncates) the file at `path` and writes an empty image.
+  ///
+  /// When all the metadata fits the first refcount block the image is written
+  /// in one go; otherwise, as QEMU does, an empty image is written and then
+  /// grown to its size through the driver, whose allocator lays out the L1
+  /// table and the extra refcount blocks.
   public static func create(at path: String, options: Qcow2CreateOptions) async throws {
-    let image = try layout(options)
+    _ = try header(for: options)
+    let image: [UInt8]
+    var growTo: Int64?
+    do {
+      image = try layout(options)
+    } catch let error as BlockError where error.code == BlockError.notSupportedCode {
+      var empty = options
+      empty.size = 0
+      image = try layout(empty)
+      growTo = options.size
+    }
     try await FileIOPool.run {
       let descriptor = try FileDescriptor.open(
         FilePath(path), .writeOnly, options: [.create, .truncate],
@@ -50,7 +66,18 @@ public enum Qcow2Create {
       await file.close()
       throw error
     }
-    await file.close()
+    guard let growTo else {
+      await file.close()
+      return
+    }
+    let node = try await Qcow2Driver.open(over: file, imagePath: path, context: OpenContext())
+    do {
+      try await node.truncate(to: growTo)
+    } catch {
+      await node.close()
+      throw error
+    }
+    await node.close()
   }
 
   /// The image's bytes, validated as QEMU validates the options.
