@@ -171,6 +171,16 @@ struct Qcow2ReadTests {
     await again.close()
   }
 
+  @Test("the active layer of an image with internal snapshots reads as QEMU reads it")
+  func snapshots() async throws {
+    let path = scratch.file("snap.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", path, "2M"])
+    try await QcowTools.io(path, ["write -P 0x10 0 1M"])
+    try await QcowTools.img(["snapshot", "-c", "first", path])
+    try await QcowTools.io(path, ["write -P 0x20 64k 64k", "write -z 512k 128k"])
+    try await expectSameAsQEMU(path)
+  }
+
   @Test("a missing backing file fails the open with its name")
   func missingBacking() async throws {
     let path = scratch.file("overlay.qcow2")
