@@ -161,6 +161,25 @@ struct Qcow2WriteTests {
     #expect(header.refcountTableOffset != UInt64(layout.clusterSize))
   }
 
+  @Test("writes after an internal snapshot copy shared L2 tables and keep the snapshot")
+  func afterSnapshot() async throws {
+    let spindle = scratch.file("spindle.qcow2")
+    let qemu = scratch.file("qemu.qcow2")
+    try await QcowTools.img([
+      "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", spindle, "4M",
+    ])
+    try await QcowTools.io(spindle, ["write -P 0x10 0 3M", "write -c -P 0x30 3M 4k"])
+    try await QcowTools.img(["snapshot", "-c", "first", spindle])
+    let original = try await QcowTools.guestBytes(spindle, scratch: scratch)
+    try FileManager.default.copyItem(atPath: spindle, toPath: qemu)
+    try await expectSameResult(
+      GuestOp.mixed + [.write(3 << 20, 4096, 0x31)], spindle: spindle, qemu: qemu)
+    try await QcowTools.img(["snapshot", "-a", "first", spindle])
+    #expect(try await QcowTools.guestBytes(spindle, scratch: scratch) == original)
+    let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", spindle])
+    #expect(check.status == 0, "\(check.output)")
+  }
+
   @Test("writes over a backing file copy the rest of the cluster from it")
   func overBacking() async throws {
     let base = scratch.file("base.qcow2")

@@ -1,11 +1,12 @@
 import BlockCore
 
 extension Qcow2Driver {
-  /// The L2 table for guest `offset`, allocated when the L1 entry is empty
-  /// (QEMU's `get_cluster_table` and `l2_allocate`): the table's cluster is
-  /// counted and flushed, the zeroed table written and flushed, and only then
-  /// the L1 entry written (and flushed), so a crash leaks at worst a cluster.
-  /// Call with the metadata lock held.
+  /// The L2 table for guest `offset`, allocated when the L1 entry is empty or
+  /// shared with a snapshot (QEMU's `get_cluster_table` and `l2_allocate`):
+  /// the table's cluster is counted and flushed, the zeroed or copied table
+  /// written and flushed, and only then the L1 entry written (and flushed),
+  /// then a shared old table loses this layer's reference; a crash leaks at
+  /// worst a cluster. Call with the metadata lock held.
   func l2TableForWrite(_ node: BlockNode, offset: Int64) async throws -> Int64 {
     let file = try fileNode(node)
     let l1Index = Int(offset >> (Int64(header.clusterBits) * 2 - 3))
@@ -14,31 +15,40 @@ extension Qcow2Driver {
     }
     let entry = l1Table[l1Index]
     let existing = Int64(entry & Qcow2Entry.offsetMask)
-    if existing != 0 {
-      guard entry & Qcow2Entry.copied != 0 else {
-        throw BlockError.notSupported(
-          "qcow2: writing to shared L2 tables (snapshots) is not supported yet")
-      }
-      if existing & (header.clusterSize - 1) != 0 {
-        throw corruption(
-          "L2 table offset 0x\(String(existing, radix: 16)) unaligned (L1 index: 0x\(String(l1Index, radix: 16)))"
-        )
-      }
-      return existing
+    if existing & (header.clusterSize - 1) != 0 {
+      throw corruption(
+        "L2 table offset 0x\(String(existing, radix: 16)) unaligned (L1 index: 0x\(String(l1Index, radix: 16)))"
+      )
     }
+    if existing != 0 && entry & Qcow2Entry.copied != 0 { return existing }
+    // A new table: zeroed, or a copy of a table shared with a snapshot.
     let refcounts = try refcountsForWrite()
     let l2Offset = try await refcounts.allocate(clusters: 1, file: file)
     try await file.flush()
-    let zeroes = [UInt8](repeating: 0, count: Int(header.clusterSize))
-    try await file.write(at: l2Offset, bytes: zeroes)
+    let table =
+      existing != 0
+      ? try await l2Table(node, at: existing)
+      : [UInt64](repeating: 0, count: Int(header.l2Entries))
+    var bytes = [UInt8](repeating: 0, count: Int(header.clusterSize))
+    for (index, entry) in table.enumerated() where entry != 0 {
+      bytes.setUInt64(entry, at: index * 8)
+    }
+    try await file.write(at: l2Offset, bytes: bytes)
     try await file.flush()
-    l2Cache.insert([UInt64](repeating: 0, count: Int(header.l2Entries)), at: l2Offset)
+    l2Cache.insert(table, at: l2Offset)
     let newEntry = UInt64(l2Offset) | Qcow2Entry.copied
-    var bytes = [UInt8](repeating: 0, count: 8)
-    bytes.setUInt64(newEntry, at: 0)
-    try await file.write(at: Int64(header.l1TableOffset) + Int64(l1Index) * 8, bytes: bytes)
+    var entryBytes = [UInt8](repeating: 0, count: 8)
+    entryBytes.setUInt64(newEntry, at: 0)
+    try await file.write(at: Int64(header.l1TableOffset) + Int64(l1Index) * 8, bytes: entryBytes)
     try await file.flush()
     l1Table[l1Index] = newEntry
+    if existing != 0 {
+      // The snapshot keeps the old table; this layer drops its reference.
+      for freed in try await refcounts.free(offset: existing, bytes: header.clusterSize, file: file)
+      {
+        l2Cache.remove(at: freed)
+      }
+    }
     return l2Offset
   }
 
