@@ -21,11 +21,14 @@ let package = Package(
     // Linux file interfaces Swift's Glibc module does not import (O_DIRECT,
     // SEEK_DATA/SEEK_HOLE, OFD locks, fallocate); used by the file driver.
     .target(name: "CFileSupport"),
+    // zlib for qcow2 compressed clusters (Debian: zlib1g-dev).
+    .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
     .target(
       name: "BlockDrivers",
       dependencies: [
         "BlockCore",
         "CFileSupport",
+        "CZlib",
         .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]
@@ -33,12 +36,17 @@ let package = Package(
     .target(name: "BlockTestSupport", dependencies: ["BlockCore", "BlockDrivers"]),
     .target(
       name: "SpindleCLI",
-      dependencies: ["BlockCore", "BlockDrivers", .product(name: "SystemPackage", package: "swift-system")]
+      dependencies: [
+        "BlockCore", "BlockDrivers", .product(name: "SystemPackage", package: "swift-system"),
+      ]
     ),
     .executableTarget(name: "spindle", dependencies: ["SpindleCLI"]),
-    .testTarget(name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
-    .testTarget(name: "BlockDriversTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
-    .testTarget(name: "SpindleCLITests", dependencies: ["SpindleCLI", "BlockCore", "BlockDrivers"]),
+    .testTarget(
+      name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
+    .testTarget(
+      name: "BlockDriversTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
+    .testTarget(
+      name: "SpindleCLITests", dependencies: ["SpindleCLI", "BlockCore", "BlockDrivers"]),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -43,6 +43,7 @@ public enum ImageOpener {
     "memory": DriverEntry(kind: .protocolDriver, open: openMemory),
     "file": DriverEntry(kind: .protocolDriver, open: FileDriver.openNode),
     "raw": DriverEntry(kind: .format, open: RawDriver.openNode),
+    "qcow2": DriverEntry(kind: .format, open: Qcow2Driver.openNode),
   ]
 
   private static var nodeCounter = 0
@@ -126,7 +127,8 @@ public enum ImageOpener {
     return try await openNode(&child, context: context)
   }
 
-  /// Guesses a format: every image that is not a known format is raw.
+  /// Guesses a format from the image's first bytes (qcow2 by its magic);
+  /// every image that is not a known format is raw.
   static func probe(_ options: inout DriverOptions, context: OpenContext) async throws -> String {
     if let protocolDriver = options["file.driver"],
       drivers[protocolDriver]?.kind == .protocolDriver,
@@ -136,7 +138,24 @@ public enum ImageOpener {
       options.values = options.takeChild("file").values
       return protocolDriver
     }
-    return "raw"
+    return await probeFormat(options, context: context) ?? "raw"
+  }
+
+  /// Opens the `file` child read-only and shared to look at its magic; nil
+  /// when it is no known format or cannot be opened (the real open reports
+  /// why).
+  private static func probeFormat(_ options: DriverOptions, context: OpenContext) async -> String? {
+    var copy = options
+    var child = copy.takeChild("file")
+    if child["driver"] == nil { child["driver"] = "file" }
+    var probeContext = context
+    probeContext.node = NodeOptions(readOnly: true)
+    probeContext.forceShare = true
+    guard let file = try? await openNode(&child, context: probeContext) else { return nil }
+    let magic = try? await file.read(at: 0, count: Int(min(file.length, 4)))
+    await file.close()
+    if magic == [0x51, 0x46, 0x49, 0xFB] { return "qcow2" }
+    return nil
   }
 
   private static func openNull(_ options: inout DriverOptions, _ context: OpenContext) async throws

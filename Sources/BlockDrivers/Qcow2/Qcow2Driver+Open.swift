@@ -1,0 +1,110 @@
+import BlockCore
+
+extension Qcow2Driver {
+  /// Opens a `qcow2` node over its `file` child (the ``ImageOpener`` factory):
+  /// reads and validates the header, loads the L1 table, and opens the backing
+  /// file read-only, its name resolved against the image's folder and its
+  /// format taken from the backing format extension (probed when absent).
+  static func openNode(_ options: inout DriverOptions, _ context: OpenContext) async throws
+    -> BlockNode
+  {
+    let imagePath = options["file.filename"] ?? options["file"]
+    let file = try await ImageOpener.openFileChild(&options, context: context)
+    return try await open(over: file, imagePath: imagePath, context: context)
+  }
+
+  /// Opens a `qcow2` node over an opened file node; `imagePath` is what
+  /// relative backing names are resolved against. Closes `file` on failure.
+  static func open(over file: BlockNode, imagePath: String?, context: OpenContext) async throws
+    -> BlockNode
+  {
+    var backing: BlockNode?
+    do {
+      var header = try await readHeader(file)
+      if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly {
+        throw BlockError(.permissionDenied, "qcow2: Image is corrupt; cannot be opened read/write")
+      }
+      let l1Bytes = IOVector(allocating: Int(header.l1Size) * 8)
+      if header.l1Size > 0 {
+        try await file.read(at: Int64(header.l1TableOffset), into: l1Bytes)
+      }
+      let l1Table = l1Bytes.toArray().bigEndianUInt64s(count: Int(header.l1Size))
+      var refcountTable: [UInt64]?
+      if !context.node.readOnly {
+        refcountTable = try await prepareForWriting(file, header: &header)
+      }
+      if let name = header.backingFile {
+        var backingContext = context
+        backingContext.node.readOnly = true
+        backingContext.node.copyOnRead = false
+        do {
+          backing = try await ImageOpener.open(
+            filename: resolveBackingName(name, relativeTo: imagePath),
+            format: header.backingFormat, context: backingContext)
+        } catch let error as BlockError {
+          throw BlockError(error.code, "Could not open backing file: \(error)")
+        }
+      }
+      let driver = Qcow2Driver(
+        header: header, l1Table: l1Table, refcountTable: refcountTable)
+      let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
+      node.attach(file, role: .file)
+      if let backing { node.attach(backing, role: .backing) }
+      try await node.open()
+      return node
+    } catch {
+      await backing?.close()
+      await file.close()
+      throw error
+    }
+  }
+
+  /// A writable open (QEMU's `qcow2_do_open` for read-write): refuses dirty
+  /// images (their refcounts need a repair this driver cannot do yet), clears
+  /// the autoclear bits of features it does not maintain (all but "raw
+  /// external data": Spindle does not update persistent bitmaps) in the
+  /// header, and loads the refcount table.
+  static func prepareForWriting(_ file: BlockNode, header: inout Qcow2Header) async throws
+    -> [UInt64]
+  {
+    if header.incompatibleFeatures & Qcow2Feature.dirty != 0 {
+      throw BlockError.notSupported(
+        "qcow2: the image is dirty; repair it with 'qemu-img check -r all' before writing")
+    }
+    let kept = header.autoclearFeatures & Qcow2Feature.rawExternalData
+    if header.version >= 3 && kept != header.autoclearFeatures {
+      header.autoclearFeatures = kept
+      var field = [UInt8](repeating: 0, count: 8)
+      field.setUInt64(kept, at: 0)
+      try await file.write(at: 88, bytes: field)
+      try await file.flush()
+    }
+    let entries = Int(header.refcountTableClusters) * Int(header.clusterSize) / 8
+    let bytes = try await file.read(at: Int64(header.refcountTableOffset), count: entries * 8)
+    return bytes.bigEndianUInt64s(count: entries)
+  }
+
+  /// Reads the first cluster (or the whole file when shorter) and parses it.
+  static func readHeader(_ file: BlockNode) async throws -> Qcow2Header {
+    let fileLength = file.length
+    var bytes = try await file.read(at: 0, count: Int(min(fileLength, 4096)))
+    let clusterBits = bytes.count >= 24 ? bytes.uint32(at: 20) : 0
+    if (9...21).contains(clusterBits) {
+      let wanted = min(fileLength, Int64(1) << Int64(clusterBits))
+      if wanted > Int64(bytes.count) {
+        bytes = try await file.read(at: 0, count: Int(wanted))
+      }
+    }
+    return try Qcow2Header.parse(bytes, fileLength: fileLength)
+  }
+
+  /// QEMU's `bdrv_get_full_backing_filename`: a relative name is relative to
+  /// the folder of the image that names it; absolute names and
+  /// `protocol:`/`json:` names stay as they are.
+  static func resolveBackingName(_ name: String, relativeTo imagePath: String?) -> String {
+    if name.hasPrefix("/") || name.hasPrefix("json:") { return name }
+    if let colon = name.firstIndex(of: ":"), !name[..<colon].contains("/") { return name }
+    guard let imagePath, let slash = imagePath.lastIndex(of: "/") else { return name }
+    return String(imagePath[...slash]) + name
+  }
+}

@@ -1,0 +1,66 @@
+import BlockCore
+
+extension Qcow2Driver {
+  /// Grows the disk (QEMU's `qcow2_co_truncate` with preallocation off): a
+  /// larger L1 table when the new size needs one (QEMU's
+  /// `qcow2_grow_l1_table`: new table allocated, written and flushed, the
+  /// header pointed at it, the old table freed), then the new size in the
+  /// header. Shrinking and preallocation are not supported yet.
+  public func truncate(
+    _ node: BlockNode, to length: Int64, exact: Bool, preallocation: PreallocationMode
+  ) async throws {
+    guard preallocation == .off else {
+      throw BlockError.notSupported("qcow2: preallocation is not supported yet")
+    }
+    if length % 512 != 0 {
+      throw BlockError(.invalidArgument, "The new size must be a multiple of 512")
+    }
+    if header.snapshotCount > 0 {
+      throw BlockError.notSupported("Can't resize an image which has snapshots")
+    }
+    if length < Int64(header.size) {
+      throw BlockError.notSupported("qcow2: shrinking is not supported yet")
+    }
+    let file = try fileNode(node)
+    try await lock.withLock {
+      try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
+      var field = [UInt8](repeating: 0, count: 8)
+      field.setUInt64(UInt64(length), at: 0)
+      try await file.write(at: 24, bytes: field)
+      try await file.flush()
+      header.size = UInt64(length)
+    }
+  }
+
+  private func growL1Table(_ file: BlockNode, to entries: Int) async throws {
+    guard entries > l1Table.count else { return }
+    if UInt64(entries) > Qcow2Header.maxL1Bytes / 8 {
+      throw BlockError(.fileTooLarge, "qcow2: the L1 table would be too large")
+    }
+    let refcounts = try refcountsForWrite()
+    let clusterSize = header.clusterSize
+    let clusters = (Int64(entries) * 8 + clusterSize - 1) / clusterSize
+    let newOffset = try await refcounts.allocate(clusters: clusters, file: file)
+    try await file.flush()
+    let table = l1Table + [UInt64](repeating: 0, count: entries - l1Table.count)
+    var bytes = [UInt8](repeating: 0, count: entries * 8)
+    for (index, entry) in table.enumerated() { bytes.setUInt64(entry, at: index * 8) }
+    try await file.write(at: newOffset, bytes: bytes)
+    try await file.flush()
+    var fields = [UInt8](repeating: 0, count: 12)
+    fields.setUInt32(UInt32(entries), at: 0)
+    fields.setUInt64(UInt64(newOffset), at: 4)
+    try await file.write(at: 36, bytes: fields)
+    try await file.flush()
+    let oldOffset = Int64(header.l1TableOffset)
+    let oldSize = Int64(l1Table.count) * 8
+    l1Table = table
+    header.l1Size = UInt32(entries)
+    header.l1TableOffset = UInt64(newOffset)
+    if oldSize > 0 {
+      for freed in try await refcounts.free(offset: oldOffset, bytes: oldSize, file: file) {
+        l2Cache.remove(at: freed)
+      }
+    }
+  }
+}

@@ -1,0 +1,102 @@
+import BlockCore
+
+extension Qcow2Driver {
+  /// The L2 table for guest `offset`, allocated when the L1 entry is empty or
+  /// shared with a snapshot (QEMU's `get_cluster_table` and `l2_allocate`):
+  /// the table's cluster is counted and flushed, the zeroed or copied table
+  /// written and flushed, and only then the L1 entry written (and flushed),
+  /// then a shared old table loses this layer's reference; a crash leaks at
+  /// worst a cluster. Call with the metadata lock held.
+  func l2TableForWrite(_ node: BlockNode, offset: Int64) async throws -> Int64 {
+    let file = try fileNode(node)
+    let l1Index = Int(offset >> (Int64(header.clusterBits) * 2 - 3))
+    guard l1Index < l1Table.count else {
+      throw BlockError(.invalidArgument, "qcow2: write beyond the L1 table")
+    }
+    let entry = l1Table[l1Index]
+    let existing = Int64(entry & Qcow2Entry.offsetMask)
+    if existing & (header.clusterSize - 1) != 0 {
+      throw corruption(
+        "L2 table offset 0x\(String(existing, radix: 16)) unaligned (L1 index: 0x\(String(l1Index, radix: 16)))"
+      )
+    }
+    if existing != 0 && entry & Qcow2Entry.copied != 0 { return existing }
+    // A new table: zeroed, or a copy of a table shared with a snapshot.
+    let refcounts = try refcountsForWrite()
+    let l2Offset = try await refcounts.allocate(clusters: 1, file: file)
+    try await file.flush()
+    let table =
+      existing != 0
+      ? try await l2Table(node, at: existing)
+      : [UInt64](repeating: 0, count: Int(header.l2Entries))
+    var bytes = [UInt8](repeating: 0, count: Int(header.clusterSize))
+    for (index, entry) in table.enumerated() where entry != 0 {
+      bytes.setUInt64(entry, at: index * 8)
+    }
+    try await file.write(at: l2Offset, bytes: bytes)
+    try await file.flush()
+    l2Cache.insert(table, at: l2Offset)
+    let newEntry = UInt64(l2Offset) | Qcow2Entry.copied
+    var entryBytes = [UInt8](repeating: 0, count: 8)
+    entryBytes.setUInt64(newEntry, at: 0)
+    try await file.write(at: Int64(header.l1TableOffset) + Int64(l1Index) * 8, bytes: entryBytes)
+    try await file.flush()
+    l1Table[l1Index] = newEntry
+    if existing != 0 {
+      // The snapshot keeps the old table; this layer drops its reference.
+      for freed in try await refcounts.free(offset: existing, bytes: header.clusterSize, file: file)
+      {
+        l2Cache.remove(at: freed)
+      }
+    }
+    return l2Offset
+  }
+
+  /// Replaces entries `first ..< first + entries.count` of the L2 table at
+  /// `l2Offset`, in the cache and in the file. Call with the lock held.
+  func writeL2Entries(_ node: BlockNode, l2Offset: Int64, first: Int, _ entries: [UInt64])
+    async throws
+  {
+    var table = try await l2Table(node, at: l2Offset)
+    table.replaceSubrange(first..<first + entries.count, with: entries)
+    l2Cache.insert(table, at: l2Offset)
+    var bytes = [UInt8](repeating: 0, count: entries.count * 8)
+    for (index, entry) in entries.enumerated() { bytes.setUInt64(entry, at: index * 8) }
+    try await fileNode(node).write(at: l2Offset + Int64(first) * 8, bytes: bytes)
+  }
+
+  /// Drops the references an old L2 entry held (QEMU's
+  /// `qcow2_free_any_cluster`), after the entry that replaced it was written
+  /// and flushed; freed clusters leave the L2 cache.
+  func releaseClusters(_ node: BlockNode, oldEntries: [UInt64]) async throws {
+    let file = try fileNode(node)
+    var ranges: [(Int64, Int64)] = []
+    for entry in oldEntries {
+      switch Qcow2Entry.type(of: entry) {
+      case .compressed:
+        let descriptor = Qcow2CompressedDescriptor(entry: entry, clusterBits: header.clusterBits)
+        ranges.append((descriptor.offset & ~511, descriptor.length + (descriptor.offset & 511)))
+      case .normal, .zeroAllocated:
+        ranges.append((Int64(entry & Qcow2Entry.offsetMask), header.clusterSize))
+      case .zeroPlain, .unallocated:
+        break
+      }
+    }
+    guard !ranges.isEmpty else { return }
+    try await file.flush()
+    let refcounts = try refcountsForWrite()
+    for (offset, bytes) in ranges {
+      for freed in try await refcounts.free(offset: offset, bytes: bytes, file: file) {
+        l2Cache.remove(at: freed)
+      }
+    }
+  }
+
+  /// The refcount state, present when the image was opened writable.
+  func refcountsForWrite() throws -> Qcow2Refcounts {
+    guard let refcounts else {
+      throw BlockError(.notPermitted, "qcow2: image opened read-only")
+    }
+    return refcounts
+  }
+}

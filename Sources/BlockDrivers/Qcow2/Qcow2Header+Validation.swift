@@ -1,0 +1,99 @@
+import BlockCore
+
+extension Qcow2Header {
+  /// Checks the parsed fields against each other and the file (QEMU's checks
+  /// in `qcow2_do_open`, plus "lies past the end of the file" for the tables
+  /// this driver reads).
+  func validate(fileLength: Int64) throws {
+    let unsupported = incompatibleFeatures & ~Qcow2Feature.supportedIncompatible
+    if unsupported != 0 {
+      throw Qcow2Feature.unsupportedError(unsupported, table: featureNames)
+    }
+    if refcountOrder > 6 {
+      throw BlockError(
+        .invalidArgument, "Reference count entry width too large; may not exceed 64 bits")
+    }
+    if cryptMethod > 2 {
+      throw BlockError(.invalidArgument, "Unsupported encryption method: \(cryptMethod)")
+    }
+    if cryptMethod != 0 {
+      throw BlockError(
+        .notSupported,
+        "qcow2: encrypted images (\(cryptMethod == 1 ? "aes" : "luks")) are not supported")
+    }
+    try validateCompressionType()
+    for ext in extensions where ext.type == Qcow2HeaderExtension.backingFormat {
+      if ext.data.count >= 16 {
+        throw BlockError(
+          .invalidArgument, "ERROR: ext_backing_format: len=\(ext.data.count) too large (>=16)")
+      }
+    }
+
+    if refcountTableClusters == 0 {
+      throw BlockError(.invalidArgument, "Image does not contain a reference count table")
+    }
+    if UInt64(refcountTableClusters) > Self.maxRefcountTableBytes >> UInt64(clusterBits) {
+      throw BlockError(.invalidArgument, "Reference count table too large")
+    }
+    try validateTable(
+      refcountTableOffset, entries: UInt64(refcountTableClusters), entryLength: UInt64(clusterSize),
+      name: "reference count table", fileLength: fileLength)
+
+    if snapshotCount > Self.maxSnapshots {
+      throw BlockError(.invalidArgument, "Too many snapshots")
+    }
+    try validateTable(
+      snapshotsOffset, entries: UInt64(snapshotCount), entryLength: 40, name: "snapshot table",
+      fileLength: nil)
+
+    // QEMU's BDRV_MAX_LENGTH (BlockNode.maxLength, which is actor-isolated).
+    let maxLength = UInt64(Int64.max / 2 - Int64.max / 2 % 512)
+    if size > maxLength {
+      throw BlockError(.fileTooLarge, "Image is too big")
+    }
+    if UInt64(l1Size) > Self.maxL1Bytes / 8 {
+      throw BlockError(.fileTooLarge, "Active L1 table too large")
+    }
+    if UInt64(l1Size) < requiredL1Entries(for: size) {
+      throw BlockError(.invalidArgument, "L1 table is too small")
+    }
+    try validateTable(
+      l1TableOffset, entries: UInt64(l1Size), entryLength: 8, name: "L1 table",
+      fileLength: fileLength)
+  }
+
+  /// L1 entries needed to map `size` bytes (QEMU's `size_to_l1`).
+  func requiredL1Entries(for size: UInt64) -> UInt64 {
+    let shift = UInt64(clusterBits) + UInt64(clusterBits) - 3
+    return (size + (1 << shift) - 1) >> shift
+  }
+
+  private func validateCompressionType() throws {
+    switch compressionType {
+    case 0: break
+    case 1:
+      if incompatibleFeatures & Qcow2Feature.compressionType == 0 {
+        throw BlockError(
+          .invalidArgument, "qcow2: Compression type incompatible feature bit must be set")
+      }
+      throw BlockError(.notSupported, "qcow2: zstd compression is not supported")
+    default:
+      throw BlockError(.notSupported, "qcow2: unknown compression type: \(compressionType)")
+    }
+  }
+
+  /// QEMU's `validate_table_offset`: cluster-aligned and without overflow;
+  /// with `fileLength`, also within the file.
+  private func validateTable(
+    _ offset: UInt64, entries: UInt64, entryLength: UInt64, name: String, fileLength: Int64?
+  ) throws {
+    let invalid = BlockError(.invalidArgument, "Invalid \(name) offset")
+    if entries > UInt64(Int64.max) / entryLength { throw invalid }
+    let bytes = entries * entryLength
+    if UInt64(Int64.max) - bytes < offset { throw invalid }
+    if offset & UInt64(clusterSize - 1) != 0 { throw invalid }
+    if let fileLength, bytes > 0, offset + bytes > UInt64(fileLength) {
+      throw BlockError(.invalidArgument, "The \(name) lies past the end of the image")
+    }
+  }
+}

@@ -1,0 +1,45 @@
+/// A bounded cache of decoded L2 tables, keyed by their host offset, evicting
+/// the least recently used table (QEMU's L2 `Qcow2Cache`, read side).
+///
+/// Tables are immutable values once loaded; the driver replaces a table after
+/// changing it on disk.
+struct Qcow2L2Cache {
+  /// How many tables the cache holds at most.
+  let capacity: Int
+  private var tables: [Int64: [UInt64]] = [:]
+  private var lastUse: [Int64: UInt64] = [:]
+  private var clock: UInt64 = 0
+
+  /// A cache for at most `capacity` tables (at least one).
+  init(capacity: Int) { self.capacity = max(1, capacity) }
+
+  /// The table at `offset`, if cached; marks it recently used.
+  mutating func table(at offset: Int64) -> [UInt64]? {
+    guard let table = tables[offset] else { return nil }
+    clock += 1
+    lastUse[offset] = clock
+    return table
+  }
+
+  /// Caches `table` at `offset`, evicting the least recently used table when full.
+  mutating func insert(_ table: [UInt64], at offset: Int64) {
+    if tables[offset] == nil, tables.count >= capacity,
+      let victim = lastUse.min(by: { $0.value < $1.value })?.key
+    {
+      tables[victim] = nil
+      lastUse[victim] = nil
+    }
+    clock += 1
+    tables[offset] = table
+    lastUse[offset] = clock
+  }
+
+  /// Forgets the table at `offset` (its cluster was freed).
+  mutating func remove(at offset: Int64) {
+    tables[offset] = nil
+    lastUse[offset] = nil
+  }
+
+  /// Number of cached tables.
+  var count: Int { tables.count }
+}

@@ -1,0 +1,254 @@
+import BlockCore
+
+/// The refcount table and a cache of refcount blocks, with QEMU's cluster
+/// allocator (block/qcow2-refcount.c): a free-cluster search from the lowest
+/// cluster that may be free, and refcount blocks allocated on demand.
+///
+/// Blocks are written through: every change reaches the file before the
+/// method returns, and callers flush the file where a later metadata write
+/// depends on it (QEMU's cache dependencies). Every method must be called
+/// with the driver's metadata lock held.
+@BlockActor
+final class Qcow2Refcounts {
+  /// A refcount block was allocated where the caller's clusters might go:
+  /// search again (QEMU's -EAGAIN from `alloc_refcount_block`).
+  struct Retry: Error {}
+
+  let clusterBits: Int64
+  let refcountBits: Int
+  /// log2 of the entries per refcount block.
+  let blockBits: Int64
+  /// Where the refcount table is.
+  var tableOffset: Int64
+  /// The refcount table's entries (the offsets of refcount blocks).
+  var table: [UInt64]
+  /// Cached refcount blocks by offset (always equal to the file's).
+  var blocks: [Int64: Qcow2RefcountBlock] = [:]
+  /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
+  private(set) var freeClusterIndex: Int64 = 0
+  /// Where the next compressed cluster may start inside a partly used
+  /// cluster, 0 when none (QEMU's `free_byte_offset`).
+  private var freeByteOffset: Int64 = 0
+
+  /// Refcount handling for an image with this header and refcount table.
+  init(header: Qcow2Header, table: [UInt64]) {
+    clusterBits = Int64(header.clusterBits)
+    refcountBits = header.refcountBits
+    blockBits = Int64(header.clusterBits) + 3 - Int64(header.refcountOrder)
+    tableOffset = Int64(header.refcountTableOffset)
+    self.table = table
+  }
+
+  var clusterSize: Int64 { 1 << clusterBits }
+
+  /// The refcount of `cluster` (QEMU's `qcow2_get_refcount`): 0 for clusters
+  /// no refcount block covers.
+  func refcount(of cluster: Int64, file: BlockNode) async throws -> UInt64 {
+    let index = Int(cluster >> blockBits)
+    guard index < table.count else { return 0 }
+    let blockOffset = Int64(table[index] & Qcow2Entry.offsetMask)
+    if blockOffset == 0 { return 0 }
+    let block = try await cachedBlock(at: blockOffset, file: file)
+    return block[Int(cluster & ((1 << blockBits) - 1))]
+  }
+
+  /// Allocates `count` contiguous clusters with refcount 1 and returns the
+  /// host offset of the first (QEMU's `qcow2_alloc_clusters`).
+  func allocate(clusters count: Int64, file: BlockNode) async throws -> Int64 {
+    while true {
+      let first = try await findFree(count, file: file)
+      do {
+        _ = try await update(first, count: count, addend: 1, file: file)
+        return first << clusterBits
+      } catch is Retry {
+        continue
+      }
+    }
+  }
+
+  /// Allocates as many of the `count` clusters from host `offset` on as are
+  /// free, up to the first one in use, and returns how many (QEMU's
+  /// `qcow2_alloc_clusters_at`; the free-cluster index does not move).
+  func allocate(at offset: Int64, clusters count: Int64, file: BlockNode) async throws -> Int64 {
+    let first = offset >> clusterBits
+    while true {
+      var free: Int64 = 0
+      while free < count, try await refcount(of: first + free, file: file) == 0 { free += 1 }
+      guard free > 0 else { return 0 }
+      do {
+        _ = try await update(first, count: free, addend: 1, file: file)
+        return free
+      } catch is Retry {
+        continue
+      }
+    }
+  }
+
+  /// Allocates `size` bytes (at most a cluster) for compressed data, packed
+  /// after the previous compressed cluster when it fits (QEMU's
+  /// `qcow2_alloc_bytes`): every cluster the bytes touch gains a reference.
+  func allocateBytes(_ size: Int64, file: BlockNode) async throws -> Int64 {
+    var offset = freeByteOffset
+    if offset != 0, try await refcount(of: offset >> clusterBits, file: file) == maxRefcount {
+      offset = 0
+    }
+    var freeInCluster = clusterSize - (offset & (clusterSize - 1))
+    while true {
+      if offset == 0 || freeInCluster < size {
+        let newCluster = try await findFree(1, file: file) << clusterBits
+        if newCluster == 0 {
+          throw BlockError(.ioError, "qcow2: refusing to allocate compressed data at offset 0")
+        }
+        if offset == 0 || (offset + clusterSize - 1) & ~(clusterSize - 1) != newCluster {
+          offset = newCluster
+          freeInCluster = clusterSize
+        } else {
+          freeInCluster += clusterSize
+        }
+      }
+      let first = offset >> clusterBits
+      let last = (offset + size - 1) >> clusterBits
+      do {
+        _ = try await update(first, count: last - first + 1, addend: 1, file: file)
+        break
+      } catch is Retry {
+        offset = 0
+      }
+    }
+    freeByteOffset = (offset + size) & (clusterSize - 1) == 0 ? 0 : offset + size
+    return offset
+  }
+
+  private var maxRefcount: UInt64 { refcountBits == 64 ? .max : (1 << UInt64(refcountBits)) - 1 }
+
+  /// Decrements the refcounts of the clusters covering `bytes` at `offset`
+  /// (QEMU's `qcow2_free_clusters`); returns the offsets of clusters that
+  /// became free.
+  func free(offset: Int64, bytes: Int64, file: BlockNode) async throws -> [Int64] {
+    guard bytes > 0 else { return [] }
+    let first = offset >> clusterBits
+    let last = (offset + bytes - 1) >> clusterBits
+    return try await update(first, count: last - first + 1, addend: -1, file: file)
+  }
+
+  /// QEMU's `alloc_clusters_noref`: the first run of `count` free clusters
+  /// from ``freeClusterIndex`` on, which moves past it.
+  private func findFree(_ count: Int64, file: BlockNode) async throws -> Int64 {
+    var found: Int64 = 0
+    while found < count {
+      let cluster = freeClusterIndex
+      freeClusterIndex += 1
+      found = try await refcount(of: cluster, file: file) == 0 ? found + 1 : 0
+    }
+    return freeClusterIndex - count
+  }
+
+  /// Adds `addend` to the refcounts of `count` clusters from `first`, block
+  /// by block, writing each changed range of a block; returns the offsets of
+  /// clusters whose refcount reached zero.
+  func update(_ first: Int64, count: Int64, addend: Int64, file: BlockNode) async throws
+    -> [Int64]
+  {
+    // Make sure every block exists before changing anything, so that a
+    // retry has nothing to undo. On a retry the search starts again at the
+    // same clusters (QEMU: "try the same ones first").
+    var cluster = first
+    do {
+      while cluster < first + count {
+        if try await blockOffset(for: cluster, allocating: addend > 0, file: file) == nil {
+          throw Retry()
+        }
+        cluster = ((cluster >> blockBits) + 1) << blockBits
+      }
+    } catch let retry as Retry {
+      freeClusterIndex = min(freeClusterIndex, first)
+      throw retry
+    }
+    var freed: [Int64] = []
+    cluster = first
+    while cluster < first + count {
+      let blockEnd = min(first + count, ((cluster >> blockBits) + 1) << blockBits)
+      guard let offset = try await blockOffset(for: cluster, allocating: false, file: file) else {
+        throw BlockError(.ioError, "qcow2: refcount block vanished")
+      }
+      var block = try await cachedBlock(at: offset, file: file)
+      let base = (cluster >> blockBits) << blockBits
+      for index in cluster..<blockEnd {
+        let old = block[Int(index - base)]
+        let new = Int64(bitPattern: old) + addend
+        if new < 0 || UInt64(new) > block.maxValue {
+          throw BlockError(.invalidArgument, "qcow2: refcount of cluster \(index) out of range")
+        }
+        block[Int(index - base)] = UInt64(new)
+        if new == 0 {
+          freed.append(index << clusterBits)
+          freeClusterIndex = min(freeClusterIndex, index)
+          blocks[index << clusterBits] = nil
+        }
+      }
+      blocks[offset] = block
+      let start = Int(cluster - base) * refcountBits / 8
+      let end = (Int(blockEnd - base) * refcountBits + 7) / 8
+      try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
+      cluster = blockEnd
+    }
+    return freed
+  }
+
+  /// The refcount block covering `cluster`; when there is none and
+  /// `allocating`, allocates one (QEMU's `alloc_refcount_block`) and returns
+  /// nil so that the caller searches again.
+  private func blockOffset(for cluster: Int64, allocating: Bool, file: BlockNode) async throws
+    -> Int64?
+  {
+    let index = Int(cluster >> blockBits)
+    if index < table.count, table[index] & Qcow2Entry.offsetMask != 0 {
+      return Int64(table[index] & Qcow2Entry.offsetMask)
+    }
+    guard allocating else {
+      throw BlockError(.ioError, "qcow2: cluster \(cluster) has no refcount block")
+    }
+    let newBlock = try await findFree(1, file: file) << clusterBits
+    if newBlock == 0 {
+      throw BlockError(.ioError, "qcow2: refusing to put a refcount block at offset 0")
+    }
+    var block = Qcow2RefcountBlock(clusterSize: Int(clusterSize), bits: refcountBits)
+    if (newBlock >> clusterBits) >> blockBits == Int64(index) {
+      // The block describes itself.
+      block[Int((newBlock >> clusterBits) & ((1 << blockBits) - 1))] = 1
+    } else {
+      // Counted in another block, which may itself need allocating first: a
+      // retry then starts the caller's search over (QEMU's nested -EAGAIN).
+      _ = try await update(newBlock >> clusterBits, count: 1, addend: 1, file: file)
+      try await file.flush()
+    }
+    blocks[newBlock] = block
+    try await file.write(at: newBlock, bytes: block.bytes)
+    try await file.flush()
+    guard index < table.count else {
+      // The table is full: new refcount structures go past everything in use.
+      let usedBlocks =
+        (max(cluster, newBlock >> clusterBits) + 1 + (1 << blockBits) - 1) >> blockBits
+      try await growTable(
+        areaStart: (usedBlocks << blockBits) << clusterBits, newBlockIndex: index,
+        newBlock: newBlock, file: file)
+      return nil
+    }
+    var entry = [UInt8](repeating: 0, count: 8)
+    entry.setUInt64(UInt64(newBlock), at: 0)
+    try await file.write(at: tableOffset + Int64(index) * 8, bytes: entry)
+    try await file.flush()
+    table[index] = UInt64(newBlock)
+    return nil
+  }
+
+  /// The refcount block at `offset`, from the cache or the file.
+  func cachedBlock(at offset: Int64, file: BlockNode) async throws -> Qcow2RefcountBlock {
+    if let block = blocks[offset] { return block }
+    let bytes = try await file.read(at: offset, count: Int(clusterSize))
+    let block = Qcow2RefcountBlock(bytes: bytes, bits: refcountBits)
+    if blocks.count >= 64, let victim = blocks.keys.first { blocks[victim] = nil }
+    blocks[offset] = block
+    return block
+  }
+}
