@@ -118,7 +118,11 @@ extension RawDriver {
   {
     let offset = try options.takeSize("offset") ?? 0
     let size = try options.takeSize("size")
-    let file = try await ImageOpener.openFileChild(&options, context: context)
+    // Without a window raw passes its user's permissions through (QEMU treats
+    // it as a filter): the file shares writing as the user does.
+    var childContext = context
+    if offset == 0 && size == nil { childContext.sharesFileWrites = true }
+    let file = try await ImageOpener.openFileChild(&options, context: childContext)
     do {
       let fileLength = file.length
       if offset > fileLength {

@@ -36,17 +36,18 @@ struct FileLockingTests {
   @Test("lock bytes follow QEMU's layout for each way of opening")
   func layout() async throws {
     let path = try scratch.makeFile("disk.img", size: 1 << 20)
-    let writer = try await openFileNode(path)
+    let writer = try await openFileNode(path, underFormat: true)
     #expect(try lockedBytes(path) == [100, 101, 103, 201, 203])
     #expect(writer.fileDriver.permissions.perm == [.consistentRead, .write, .resize])
     await writer.close()
     #expect(try lockedBytes(path) == [])
 
-    let reader = try await openFileNode(path, readOnly: true)
+    let reader = try await openFileNode(path, underFormat: true, readOnly: true)
     #expect(try lockedBytes(path) == [100, 201, 203])
     await reader.close()
 
-    let inspector = try await openFileNode(path, readOnly: true, forceShare: true)
+    let inspector = try await openFileNode(
+      path, underFormat: true, readOnly: true, forceShare: true)
     #expect(try lockedBytes(path) == [100])
     await inspector.close()
 
@@ -59,17 +60,20 @@ struct FileLockingTests {
   @Test("a second user is refused as QEMU refuses it, and a refused open takes no locks")
   func secondUser() async throws {
     let path = try scratch.makeFile("disk.img", size: 1 << 20)
-    let writer = try await openFileNode(path)
+    let writer = try await openFileNode(path, underFormat: true)
 
-    var error = await expectBlockError { _ = try await openFileNode(path) }
+    var error = await expectBlockError { _ = try await openFileNode(path, underFormat: true) }
     #expect(error?.code == .resourceTemporarilyUnavailable)
     #expect(error?.message == "Failed to get \"write\" lock" + hint(path))
-    error = await expectBlockError { _ = try await openFileNode(path, readOnly: true) }
+    error = await expectBlockError {
+      _ = try await openFileNode(path, underFormat: true, readOnly: true)
+    }
     #expect(error?.message == "Failed to get shared \"write\" lock" + hint(path))
     #expect(try lockedBytes(path) == [100, 101, 103, 201, 203])
 
     // Sharing everything (qemu-img -U) and not locking at all both work.
-    let inspector = try await openFileNode(path, readOnly: true, forceShare: true)
+    let inspector = try await openFileNode(
+      path, underFormat: true, readOnly: true, forceShare: true)
     try await writer.write(at: 0, bytes: pattern(512))
     #expect(try await inspector.read(at: 0, count: 512) == pattern(512))
     await inspector.close()
@@ -77,20 +81,20 @@ struct FileLockingTests {
     await unlocked.close()
 
     await writer.close()
-    let next = try await openFileNode(path)
+    let next = try await openFileNode(path, underFormat: true)
     await next.close()
   }
 
   @Test("permission changes lock and unlock bytes and roll back on conflict")
   func permissionChanges() async throws {
     let path = try scratch.makeFile("disk.img", size: 1 << 20)
-    let first = try await openFileNode(path)
+    let first = try await openFileNode(path, underFormat: true)
     let writing = first.fileDriver.permissions
     let sharing = ImagePermissions(perm: .consistentRead, shared: .all)
     try await first.fileDriver.setPermissions(sharing)
     #expect(try lockedBytes(path) == [100])
 
-    let second = try await openFileNode(path)
+    let second = try await openFileNode(path, underFormat: true)
     let error = await expectBlockError { try await first.fileDriver.setPermissions(writing) }
     #expect(error?.message == "Failed to get \"write\" lock" + hint(path))
     #expect(first.fileDriver.permissions == sharing)
@@ -103,11 +107,11 @@ struct FileLockingTests {
   }
 
   @Test(
-    "qemu-io cannot open an image Spindle holds for writing, except with -U -r",
+    "qemu-io cannot open a file Spindle holds for writing under a format, except with -U -r",
     .enabled(if: QEMUTools.hasQemuIO, "qemu-io is not installed"))
   func qemuRefusedBySpindle() async throws {
     let path = try scratch.makeFile("disk.img", size: 1 << 20)
-    let writer = try await openFileNode(path)
+    let writer = try await openFileNode(path, underFormat: true)
     try await writer.write(at: 0, bytes: [UInt8](repeating: 0x5a, count: 512))
     try await writer.flush()
 
@@ -127,7 +131,7 @@ struct FileLockingTests {
   }
 
   @Test(
-    "Spindle cannot open for writing an image qemu-io holds, and says what QEMU says",
+    "Spindle cannot open under a format a file qemu-io holds, and says what QEMU says",
     .enabled(if: QEMUTools.hasQemuIO, "qemu-io is not installed"))
   func spindleRefusedByQemu() async throws {
     let path = try scratch.makeFile("disk.img", size: 1 << 20)
@@ -137,7 +141,7 @@ struct FileLockingTests {
 
     // qemu-io shares everything for a raw image but holds "write"; Spindle
     // does not share writing, so it refuses as any QEMU user that does not.
-    let error = await expectBlockError { _ = try await openFileNode(path) }
+    let error = await expectBlockError { _ = try await openFileNode(path, underFormat: true) }
     let expected = "Failed to get shared \"write\" lock" + hint(path)
     #expect(error?.message == expected)
     if QEMUTools.hasQemuImg {
@@ -149,12 +153,13 @@ struct FileLockingTests {
       #expect(qemu.output.contains("Could not open '\(path)': " + expected))
     }
     // Sharing everything works and sees qemu-io's data.
-    let inspector = try await openFileNode(path, readOnly: true, forceShare: true)
+    let inspector = try await openFileNode(
+      path, underFormat: true, readOnly: true, forceShare: true)
     #expect(try await inspector.read(at: 0, count: 4096) == [UInt8](repeating: 0x33, count: 4096))
     await inspector.close()
 
     #expect(await session.finish() == 0)
-    let writer = try await openFileNode(path)
+    let writer = try await openFileNode(path, underFormat: true)
     await writer.close()
   }
 
@@ -170,13 +175,54 @@ struct FileLockingTests {
     try #require(await session.send("length", until: "1 MiB"), "\(session.transcript)")
     #expect(try lockedBytes(path) == [100, 101, 103, 201, 203])
 
-    var error = await expectBlockError { _ = try await openFileNode(path) }
+    var error = await expectBlockError { _ = try await openFileNode(path, underFormat: true) }
     #expect(error?.code == .resourceTemporarilyUnavailable)
     #expect(error?.message == "Failed to get \"write\" lock" + hint(path))
-    error = await expectBlockError { _ = try await openFileNode(path, readOnly: true) }
+    error = await expectBlockError {
+      _ = try await openFileNode(path, underFormat: true, readOnly: true)
+    }
     #expect(error?.message == "Failed to get shared \"write\" lock" + hint(path))
-    let inspector = try await openFileNode(path, readOnly: true, forceShare: true)
+    let inspector = try await openFileNode(
+      path, underFormat: true, readOnly: true, forceShare: true)
     await inspector.close()
     #expect(await session.finish() == 0)
+  }
+
+  @Test(
+    "through the opener, raw images are shared as qemu-io shares them; qcow2 images are not",
+    .enabled(
+      if: QEMUTools.hasQemuIO && QEMUTools.hasQemuImg, "qemu-io or qemu-img is not installed"))
+  func openerPermissionsMatchQemu() async throws {
+    // A raw writer holds consistent-read and write and shares everything,
+    // exactly the bytes a qemu-io raw writer locks; a second writer is welcome.
+    let raw = try scratch.makeFile("disk.raw", size: 1 << 20)
+    let rawWriter = try await ImageOpener.open(filename: raw, format: "raw")
+    #expect(try lockedBytes(raw) == [100, 101])
+    let alongside = try await QEMUTools.run(
+      QEMUTools.qemuIO, ["-f", "raw", "-c", "write -P 0x11 512 512", raw])
+    #expect(alongside.status == 0, "\(alongside.output)")
+    #expect(try await rawWriter.read(at: 512, count: 512) == [UInt8](repeating: 0x11, count: 512))
+    await rawWriter.close()
+
+    // And the other way round: qemu-io holds the raw image, Spindle opens it too.
+    let session = try QemuIOSession(["-f", "raw", raw])
+    try #require(await session.send("length", until: "1 MiB"), "\(session.transcript)")
+    let second = try await ImageOpener.open(filename: raw, format: "raw")
+    await second.close()
+    #expect(await session.finish() == 0)
+
+    // A qcow2 writer does not share writing: qemu-io is refused as by QEMU.
+    let qcow2 = scratch.file("disk.qcow2")
+    let created = try await QEMUTools.run(
+      QEMUTools.qemuImg, ["create", "-f", "qcow2", qcow2, "1M"])
+    #expect(created.status == 0, "\(created.output)")
+    let qcow2Writer = try await ImageOpener.open(filename: qcow2, format: "qcow2")
+    let refused = try await QEMUTools.run(QEMUTools.qemuIO, ["-c", "read 0 512", qcow2])
+    #expect(refused.status != 0)
+    #expect(refused.output.contains("Failed to get \"write\" lock" + hint(qcow2)))
+    let shared = try await QEMUTools.run(
+      QEMUTools.qemuIO, ["-U", "-r", "-c", "read 0 512", qcow2])
+    #expect(shared.status == 0, "\(shared.output)")
+    await qcow2Writer.close()
   }
 }

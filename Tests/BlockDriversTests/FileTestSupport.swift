@@ -65,17 +65,20 @@ func pattern(_ count: Int, seed: UInt8 = 1) -> [UInt8] {
   (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed) &* 7 &+ ($0 >> 8)) }
 }
 
-/// Opens `path` with the `file` driver directly.
+/// Opens `path` with the `file` driver directly; `underFormat` opens it as a
+/// format such as qcow2 opens its file (not sharing writes).
 @BlockActor
 func openFileNode(
-  _ path: String, readOnly: Bool = false, cache: CacheMode = .writeback,
-  discard: DiscardMode = .unmap, forceShare: Bool = false, extra: [String: String] = [:]
+  _ path: String, underFormat: Bool = false, readOnly: Bool = false,
+  cache: CacheMode = .writeback, discard: DiscardMode = .unmap, forceShare: Bool = false,
+  extra: [String: String] = [:]
 ) async throws -> BlockNode {
   var options = DriverOptions(extra)
   options["filename"] = path
   options["driver"] = "file"
   let context = OpenContext(
     node: NodeOptions(readOnly: readOnly, cache: cache, discard: discard), forceShare: forceShare)
+  if underFormat { return try await ImageOpener.openNode(&options, context: context) }
   return try await ImageOpener.open(filename: nil, options: options, context: context)
 }
 

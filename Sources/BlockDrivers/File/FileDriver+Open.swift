@@ -63,7 +63,9 @@ extension FileDriver {
     -> BlockNode
   {
     let parsed = try FileOpenOptions(parsing: &options)
-    let driver = try await open(parsed, node: context.node, forceShare: context.forceShare)
+    let driver = try await open(
+      parsed, node: context.node, forceShare: context.forceShare,
+      sharesWrites: context.sharesFileWrites)
     let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
     do {
       try await node.open()
@@ -77,7 +79,9 @@ extension FileDriver {
   /// Opens the file: read-only or read-write as `node` says, with O_DIRECT
   /// for cache=none/directsync, locked unless `locking=off` (sharing every
   /// permission with `forceShare`, allowed only read-only).
-  public static func open(_ options: FileOpenOptions, node: NodeOptions, forceShare: Bool)
+  public static func open(
+    _ options: FileOpenOptions, node: NodeOptions, forceShare: Bool, sharesWrites: Bool = false
+  )
     async throws -> FileDriver
   {
     if forceShare && !node.readOnly {
@@ -89,7 +93,8 @@ extension FileDriver {
         .invalidArgument,
         "aio=native was specified, but it requires cache.direct=on, which was not specified.")
     }
-    let permissions = ImagePermissions.forOpen(readOnly: node.readOnly, forceShare: forceShare)
+    let permissions = ImagePermissions.forOpen(
+      readOnly: node.readOnly, forceShare: forceShare, sharesWrites: sharesWrites)
     let useLock = options.locking != .off
     let readOnly = node.readOnly
     let filename = options.filename

@@ -54,7 +54,15 @@ public struct ImagePermissions: Sendable, Hashable {
   /// resizing when writable; others may not write or resize meanwhile (as
   /// QEMU's format drivers ask of their file), unless `forceShare` (qemu-img
   /// -U, read-only only) shares everything.
-  public static func forOpen(readOnly: Bool, forceShare: Bool) -> ImagePermissions {
+  public static func forOpen(readOnly: Bool, forceShare: Bool, sharesWrites: Bool = false)
+    -> ImagePermissions
+  {
+    if sharesWrites {
+      // A raw image or a file opened directly: QEMU's tools share everything
+      // and hold only what they use.
+      return ImagePermissions(
+        perm: readOnly ? .consistentRead : [.consistentRead, .write], shared: .all)
+    }
     if readOnly {
       return ImagePermissions(
         perm: .consistentRead,

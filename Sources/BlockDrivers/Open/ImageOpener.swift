@@ -9,6 +9,11 @@ public struct OpenContext: Sendable {
   public var forceShare: Bool
   /// Whether a missing format may be guessed.
   public var allowProbe: Bool
+  /// Whether a `file` node opened in this context lets other users write and
+  /// resize the image, as QEMU does for a file opened directly and under the
+  /// raw format (qemu-io shares everything); under formats with metadata, such
+  /// as qcow2, it does not (QEMU's `bdrv_default_perms` for storage children).
+  public var sharesFileWrites = false
 
   /// Creates a context.
   public init(node: NodeOptions = NodeOptions(), forceShare: Bool = false, allowProbe: Bool = true)
@@ -78,6 +83,10 @@ public enum ImageOpener {
     if let filename { options["file.filename"] = options["file.filename"] ?? filename }
     if options["driver"] == nil {
       options["driver"] = try await probe(&options, context: context)
+    }
+    var context = context
+    if let driver = options["driver"], drivers[driver]?.kind == .protocolDriver {
+      context.sharesFileWrites = true
     }
     return try await openNode(&options, context: context)
   }
