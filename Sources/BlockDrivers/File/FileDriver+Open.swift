@@ -10,8 +10,10 @@ import SystemPackage
   import Darwin
 #endif
 
-/// How the file driver submits I/O (QEMU's `aio=`). Spindle always uses its
-/// thread pool; the other values are accepted for compatibility.
+/// How the file driver submits I/O (QEMU's `aio=`). `io_uring` submits reads,
+/// writes and fdatasyncs to the process's io_uring (``FileRing``), falling
+/// back to the thread pool when io_uring is unavailable; `threads` and
+/// `native` use the thread pool.
 public enum FileAIOMode: String, Sendable {
   case threads, native
   case ioUring = "io_uring"
@@ -100,7 +102,8 @@ extension FileDriver {
     }
     return FileDriver(
       filename: filename, file: opened.file, direct: direct,
-      alignment: opened.alignment, lock: opened.lock, permissions: permissions)
+      alignment: opened.alignment, lock: opened.lock, permissions: permissions,
+      ring: options.aio == .ioUring ? FileRing.shared : nil)
   }
 }
 
