@@ -39,7 +39,7 @@ public final class FileDriver: BlockDriver {
   var pageCacheError: Errno?
   /// The io_uring that reads, writes and fdatasyncs go through, or nil for
   /// the thread pool (``FileIOPool``).
-  let ring: FileRing?
+  var ring: FileRing?
   /// A test hook: treat the ring as full, so that every request falls back
   /// to the thread pool.
   var ringRefusesRequests = false

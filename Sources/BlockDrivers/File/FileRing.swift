@@ -16,8 +16,9 @@ import CURing
 /// thread waits for CQEs and resumes each awaiting request with the CQE's
 /// result; the request's continuation travels in the SQE's user data as a
 /// retained ``Pending`` box. The ring's submission side is touched only on
-/// ``BlockActor`` and its completion side only on the completion thread, the
-/// one-producer, one-consumer use liburing supports without locks.
+/// ``BlockActor``; its completion queue is drained by the completion thread
+/// and, right after each submission, by the submitter itself for requests the
+/// kernel finished inline (a mutex in the shim serialises the two).
 ///
 /// When the ring cannot take a request (more requests in flight than the
 /// completion queue holds, or no submission entry free) the operation returns
@@ -71,7 +72,9 @@ final class FileRing {
     deinit { vectors?.deallocate() }
   }
 
-  private init?(entries: Int) {
+  /// Sets up a ring of `entries` submission entries and starts its
+  /// completion thread; nil when the kernel refuses.
+  init?(entries: Int) {
     var error: Int32 = 0
     guard let ring = cur_create(UInt32(entries), &error) else {
       Self.setupError = -error
@@ -139,9 +142,33 @@ final class FileRing {
         // this request, so resume it here.
         pending.takeRetainedValue().continuation.resume(returning: Int32.min)
       }
+      // Requests the kernel finished during submission (page cache hits)
+      // resume from here, without waking the completion thread's side.
+      Self.reapReady(ring)
     }
     guard result != Int32.min else { return .busy }
     return result >= 0 ? .done(Int(result)) : .failed(-result)
+  }
+
+  /// Resumes the requests whose CQEs are there already, unless the
+  /// completion thread is taking them.
+  private static func reapReady(_ ring: OpaquePointer) {
+    let batch = 32
+    withUnsafeTemporaryAllocation(of: UInt64.self, capacity: batch) { userData in
+      withUnsafeTemporaryAllocation(of: Int32.self, capacity: batch) { results in
+        let taken = cur_try_reap(ring, userData.baseAddress, results.baseAddress, UInt32(batch))
+        for index in 0..<Int(max(taken, 0)) {
+          resume(userData[index], with: results[index])
+        }
+      }
+    }
+  }
+
+  /// Resumes the request whose user data is `userData` with `result`.
+  private nonisolated static func resume(_ userData: UInt64, with result: Int32) {
+    guard let address = UnsafeRawPointer(bitPattern: UInt(userData)) else { return }
+    Unmanaged<Pending>.fromOpaque(address).takeRetainedValue().continuation.resume(
+      returning: result)
   }
 
   /// Starts the thread that reaps CQEs until the process exits.
@@ -182,9 +209,7 @@ final class FileRing {
       // A failing wait (the ring is unusable) would otherwise spin.
       guard taken >= 0 else { return }
       for index in 0..<Int(taken) {
-        guard let address = UnsafeRawPointer(bitPattern: UInt(userData[index])) else { continue }
-        let pending = Unmanaged<Pending>.fromOpaque(address).takeRetainedValue()
-        pending.continuation.resume(returning: results[index])
+        resume(userData[index], with: results[index])
       }
     }
   }

@@ -9,8 +9,9 @@
 /// liburing's submission helpers are `static inline` functions over a
 /// `struct io_uring`; this shim keeps that struct opaque and exposes the few
 /// operations the driver needs. Submission-side calls (`cur_prep_*`,
-/// `cur_submit`) must come from one thread at a time; `cur_wait` may run
-/// concurrently on one other thread (the completion thread).
+/// `cur_submit`, `cur_try_reap`) must come from one thread at a time;
+/// `cur_wait` may run concurrently on one other thread (the completion
+/// thread). The completion queue's two consumers share a mutex.
 
 typedef struct cur_ring cur_ring;
 
@@ -35,9 +36,18 @@ int cur_prep_fsync(cur_ring *ring, int fd, int datasync, uint64_t user_data);
 /// Returns the number submitted or a negative errno.
 int cur_submit(cur_ring *ring);
 
-/// Waits for at least one completion, then takes up to `max` of them:
+/// Waits for at least one completion (first parking until a request is
+/// pending when the last wait found the submitter had taken them all), then
+/// takes up to `max` of them:
 /// their user data and results (byte counts or negative errnos). Returns
 /// the number taken or a negative errno (EINTR is retried).
 int cur_wait(cur_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
+
+/// Takes up to `max` completions that are already there without waiting
+/// (none when the completion thread is taking them): the submitter's way to
+/// finish requests the kernel completed during submission. Returns the
+/// number taken. Call it after every submission: while nothing is pending
+/// the completion thread is parked, and this wakes it when something is.
+int cur_try_reap(cur_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
 
 #endif
