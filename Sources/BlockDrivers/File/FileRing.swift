@@ -16,9 +16,13 @@ import CURing
 /// thread waits for CQEs and resumes each awaiting request with the CQE's
 /// result; the request's continuation travels in the SQE's user data as a
 /// retained ``Pending`` box. The ring's submission side is touched only on
-/// ``BlockActor``; its completion queue is drained by the completion thread
-/// and, right after each submission, by the submitter itself for requests the
-/// kernel finished inline (a mutex in the shim serialises the two).
+/// ``BlockActor``. Its completion queue is drained right after each
+/// submission by the submitter itself, and otherwise by the completion
+/// thread, which sleeps on an eventfd registered with the ring; the submitter
+/// switches that eventfd's notifications off around its own io_uring_enter,
+/// so that requests the kernel finishes there (page cache hits) resume
+/// without a thread wake-up, as in QEMU's one-thread event loop. A mutex in
+/// the shim serialises the two consumers.
 ///
 /// When the ring cannot take a request (more requests in flight than the
 /// completion queue holds, or no submission entry free) the operation returns
@@ -135,29 +139,31 @@ final class FileRing {
     let result: Int32 = await withUnsafeContinuation { continuation in
       let pending = Unmanaged.passRetained(Pending(continuation, vectors: vectors))
       let userData = UInt64(UInt(bitPattern: pending.toOpaque()))
-      var status = prepare(ring, userData)
-      if status == 0 { status = cur_submit(ring) }
-      if status < 0 {
-        // Not queued (no free SQE) or the ring failed: nothing will complete
+      guard prepare(ring, userData) == 0 else {
+        // No free SQE even after submitting the queue: nothing will complete
         // this request, so resume it here.
         pending.takeRetainedValue().continuation.resume(returning: Int32.min)
+        return
       }
-      // Requests the kernel finished during submission (page cache hits)
-      // resume from here, without waking the completion thread's side.
-      Self.reapReady(ring)
+      // A failed io_uring_enter (not one of the transient errors the shim
+      // retries) leaves the SQE queued for the next submission.
+      Self.submitAndReap(ring)
     }
     guard result != Int32.min else { return .busy }
     return result >= 0 ? .done(Int(result)) : .failed(-result)
   }
 
-  /// Resumes the requests whose CQEs are there already, unless the
-  /// completion thread is taking them.
-  private static func reapReady(_ ring: OpaquePointer) {
+  /// Submits the queued SQEs and resumes the requests whose CQEs are there
+  /// already: those the kernel finished during submission (page cache hits)
+  /// and asynchronous ones it posted meanwhile, without waking the
+  /// completion thread.
+  private static func submitAndReap(_ ring: OpaquePointer) {
     let batch = 32
     withUnsafeTemporaryAllocation(of: UInt64.self, capacity: batch) { userData in
       withUnsafeTemporaryAllocation(of: Int32.self, capacity: batch) { results in
-        let taken = cur_try_reap(ring, userData.baseAddress, results.baseAddress, UInt32(batch))
-        for index in 0..<Int(max(taken, 0)) {
+        var taken: Int32 = 0
+        _ = cur_submit(ring, userData.baseAddress, results.baseAddress, UInt32(batch), &taken)
+        for index in 0..<Int(taken) {
           resume(userData[index], with: results[index])
         }
       }

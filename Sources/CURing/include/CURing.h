@@ -9,9 +9,9 @@
 /// liburing's submission helpers are `static inline` functions over a
 /// `struct io_uring`; this shim keeps that struct opaque and exposes the few
 /// operations the driver needs. Submission-side calls (`cur_prep_*`,
-/// `cur_submit`, `cur_try_reap`) must come from one thread at a time;
-/// `cur_wait` may run concurrently on one other thread (the completion
-/// thread). The completion queue's two consumers share a mutex.
+/// `cur_submit`) must come from one thread at a time; `cur_wait` may run
+/// concurrently on one other thread (the completion thread). The completion
+/// queue's two consumers share a mutex.
 
 typedef struct cur_ring cur_ring;
 
@@ -32,22 +32,18 @@ int cur_prep_rw(cur_ring *ring, int write, int fd, const struct iovec *vectors,
 /// Prepares an fsync (`datasync` 1: fdatasync). 0 or -EBUSY as `cur_prep_rw`.
 int cur_prep_fsync(cur_ring *ring, int fd, int datasync, uint64_t user_data);
 
-/// Hands prepared entries to the kernel, retrying EINTR/EAGAIN/EBUSY.
+/// Hands prepared entries to the kernel (retrying EINTR/EAGAIN/EBUSY), then
+/// takes up to `max` completions that are already there, the ones the kernel
+/// finished during submission among them: their user data and results go to
+/// `user_data` and `results`, their number to `*taken`. The kernel does not
+/// wake the completion thread for completions posted during submission.
 /// Returns the number submitted or a negative errno.
-int cur_submit(cur_ring *ring);
+int cur_submit(cur_ring *ring, uint64_t *user_data, int32_t *results, unsigned max,
+               int *taken);
 
-/// Waits for at least one completion (first parking until a request is
-/// pending when the last wait found the submitter had taken them all), then
-/// takes up to `max` of them:
-/// their user data and results (byte counts or negative errnos). Returns
-/// the number taken or a negative errno (EINTR is retried).
+/// Waits for completions (on the ring's eventfd) and takes up to `max` of
+/// them: their user data and results (byte counts or negative errnos).
+/// Returns the number taken (at least one) or a negative errno.
 int cur_wait(cur_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
-
-/// Takes up to `max` completions that are already there without waiting
-/// (none when the completion thread is taking them): the submitter's way to
-/// finish requests the kernel completed during submission. Returns the
-/// number taken. Call it after every submission: while nothing is pending
-/// the completion thread is parked, and this wakes it when something is.
-int cur_try_reap(cur_ring *ring, uint64_t *user_data, int32_t *results, unsigned max);
 
 #endif
