@@ -34,6 +34,27 @@ struct FileRingTests {
     await node.close()
   }
 
+  @Test("without aio= the ring is used (when there is one); aio=threads keeps the pool")
+  func defaultBackend() async throws {
+    let path = try scratch.makeFile("disk", size: 8192)
+    let hasRing = FileRing.shared != nil
+    for (aio, expected) in [
+      (nil, hasRing && FileOpenOptions.ioURingByDefault), ("threads", false), ("io_uring", hasRing),
+    ] {
+      let node = try await openFileNode(path, aio: aio)
+      #expect(node.fileDriver.usesIOURing == expected, "aio=\(aio ?? "(default)")")
+      try await node.write(at: 0, bytes: pattern(4096))
+      #expect(try await node.read(at: 0, count: 4096) == pattern(4096))
+      try await node.flush()
+      await node.close()
+    }
+    var options = FileOpenOptions(filename: path)
+    #expect(options.aio == .threads)
+    #expect(options.submitsToIOURing == FileOpenOptions.ioURingByDefault)
+    options.aio = .threads
+    #expect(!options.submitsToIOURing)
+  }
+
   @Test("reads, writes and fdatasync return the CQE's result; a read at the end is short")
   func results() async throws {
     guard let ring = sharedRing() else { return }
