@@ -21,6 +21,9 @@ let package = Package(
     // Linux file interfaces Swift's Glibc module does not import (O_DIRECT,
     // SEEK_DATA/SEEK_HOLE, OFD locks, fallocate); used by the file driver.
     .target(name: "CFileSupport"),
+    // io_uring through Debian's liburing (liburing-dev): a small C shim over
+    // liburing's inline submission and completion helpers.
+    .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
     // zlib for qcow2 compressed clusters (Debian: zlib1g-dev).
     .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
     .target(
@@ -28,6 +31,7 @@ let package = Package(
       dependencies: [
         "BlockCore",
         "CFileSupport",
+        "CURing",
         "CZlib",
         .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "NIOPosix", package: "swift-nio"),

@@ -16,19 +16,21 @@ struct FileDirectIOTests {
   init() throws { scratch = try ScratchDirectory() }
 
   /// Opens with cache=none, or checks the refusal and returns nil.
-  func openDirect(_ path: String) async throws -> BlockNode? {
+  func openDirect(_ path: String, backend: FileBackend = .threads) async throws -> BlockNode? {
     do {
-      return try await openFileNode(path, cache: .none)
+      return try await backend.open(path, cache: .none)
     } catch let error as BlockError where error.code == .invalidArgument {
       #expect(error.message == "Could not open '\(path)': filesystem does not support O_DIRECT")
       return nil
     }
   }
 
-  @Test("O_DIRECT opens with a probed alignment and unaligned I/O still round-trips")
-  func directRoundTrip() async throws {
+  @Test(
+    "O_DIRECT opens with a probed alignment and unaligned I/O still round-trips",
+    arguments: FileBackend.allCases)
+  func directRoundTrip(backend: FileBackend) async throws {
     let path = try scratch.makeFile("disk", bytes: pattern(65536), size: 1 << 20)
-    guard let node = try await openDirect(path) else { return }
+    guard let node = try await openDirect(path, backend: backend) else { return }
     let driver = node.fileDriver
     let fd = try #require(driver.file?.fd)
     #expect(fcntl(fd, F_GETFL) & cfs_o_direct() != 0)
@@ -55,10 +57,12 @@ struct FileDirectIOTests {
     #expect(Array(try contents(of: path)[16384..<24576]) == [UInt8](repeating: 7, count: 8192))
   }
 
-  @Test("O_DIRECT reads of a file whose end is not aligned return zeroes past the end")
-  func directShortFile() async throws {
+  @Test(
+    "O_DIRECT reads of a file whose end is not aligned return zeroes past the end",
+    arguments: FileBackend.allCases)
+  func directShortFile(backend: FileBackend) async throws {
     let path = try scratch.makeFile("short", bytes: pattern(1000))
-    guard let node = try await openDirect(path) else { return }
+    guard let node = try await openDirect(path, backend: backend) else { return }
     // The driver reads whole aligned blocks and gets a short read at 1000.
     #expect(node.limits.requestAlignment > 1)
     let bytes = try await node.read(at: 0, count: 4096)

@@ -14,10 +14,10 @@ struct FileDriverTests {
 
   init() throws { scratch = try ScratchDirectory() }
 
-  @Test("unaligned writes and reads round-trip and reach the file")
-  func unalignedRoundTrip() async throws {
+  @Test("unaligned writes and reads round-trip and reach the file", arguments: FileBackend.allCases)
+  func unalignedRoundTrip(backend: FileBackend) async throws {
     let path = try scratch.makeFile("disk", size: 65536)
-    let node = try await openFileNode(path)
+    let node = try await backend.open(path)
     let data = pattern(5000)
     try await node.write(at: 1000, bytes: data)
     #expect(try await node.read(at: 1000, count: 5000) == data)
@@ -28,10 +28,12 @@ struct FileDriverTests {
     #expect(disk.count == 65536)
   }
 
-  @Test("vectored requests with odd segments and more segments than IOV_MAX")
-  func vectored() async throws {
+  @Test(
+    "vectored requests with odd segments and more segments than IOV_MAX",
+    arguments: FileBackend.allCases)
+  func vectored(backend: FileBackend) async throws {
     let path = try scratch.makeFile("disk", size: 1 << 20)
-    let node = try await openFileNode(path)
+    let node = try await backend.open(path)
     let data = pattern(12_000, seed: 3)
     // Write from 1500 segments of 8 bytes (more than one preadv can take).
     var source = IOVector()
@@ -51,11 +53,11 @@ struct FileDriverTests {
     #expect(Array(try contents(of: path)[4096..<16096]) == data)
   }
 
-  @Test("reads past the end of the file return zeroes")
-  func readPastEnd() async throws {
+  @Test("reads past the end of the file return zeroes", arguments: FileBackend.allCases)
+  func readPastEnd(backend: FileBackend) async throws {
     let data = pattern(1000)
     let path = try scratch.makeFile("short", bytes: data)
-    let node = try await openFileNode(path)
+    let node = try await backend.open(path)
     #expect(node.length == 1024)  // whole sectors, as QEMU reports it
     // Through the engine.
     let bytes = try await node.read(at: 500, count: 3000)
@@ -70,10 +72,10 @@ struct FileDriverTests {
     await node.close()
   }
 
-  @Test("concurrent requests run off the actor and all land")
-  func concurrentRequests() async throws {
+  @Test("concurrent requests run off the actor and all land", arguments: FileBackend.allCases)
+  func concurrentRequests(backend: FileBackend) async throws {
     let path = try scratch.makeFile("disk", size: 1 << 20)
-    let node = try await openFileNode(path)
+    let node = try await backend.open(path)
     let writes = (0..<32).map { index in
       Task { @BlockActor in
         try await node.write(
@@ -88,10 +90,10 @@ struct FileDriverTests {
     await node.close()
   }
 
-  @Test("flush reaches the driver and clears the write generation")
-  func flush() async throws {
+  @Test("flush reaches the driver and clears the write generation", arguments: FileBackend.allCases)
+  func flush(backend: FileBackend) async throws {
     let path = try scratch.makeFile("disk", size: 8192)
-    let node = try await openFileNode(path)
+    let node = try await backend.open(path)
     try await node.write(at: 0, bytes: pattern(4096))
     #expect(node.flushedGeneration != node.writeGeneration)
     try await node.flush()

@@ -71,9 +71,10 @@ func pattern(_ count: Int, seed: UInt8 = 1) -> [UInt8] {
 func openFileNode(
   _ path: String, underFormat: Bool = false, readOnly: Bool = false,
   cache: CacheMode = .writeback, discard: DiscardMode = .unmap, forceShare: Bool = false,
-  extra: [String: String] = [:]
+  extra: [String: String] = [:], aio: String? = nil
 ) async throws -> BlockNode {
   var options = DriverOptions(extra)
+  if let aio { options["aio"] = aio }
   options["filename"] = path
   options["driver"] = "file"
   let context = OpenContext(
@@ -101,4 +102,27 @@ func expectBlockError(
     Issue.record("expected a BlockError, got \(error)", sourceLocation: sourceLocation)
   }
   return nil
+}
+
+/// The file driver's I/O backends a test runs over: the thread pool, the
+/// io_uring, and the io_uring with every request refused (the fallback).
+enum FileBackend: String, CaseIterable, Sendable, CustomTestStringConvertible {
+  case threads
+  case ioUring = "io_uring"
+  case ioUringFallback = "io_uring (full, falls back)"
+
+  var testDescription: String { rawValue }
+
+  /// Opens `path` with this backend (cache mode as given).
+  @BlockActor
+  func open(_ path: String, readOnly: Bool = false, cache: CacheMode = .writeback) async throws
+    -> BlockNode
+  {
+    let node = try await openFileNode(
+      path, readOnly: readOnly, cache: cache, aio: self == .threads ? "threads" : "io_uring")
+    let driver = node.fileDriver
+    #expect(driver.usesIOURing == (self != .threads && FileRing.shared != nil))
+    if self == .ioUringFallback { driver.ringRefusesRequests = true }
+    return node
+  }
 }

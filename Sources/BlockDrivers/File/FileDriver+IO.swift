@@ -1,6 +1,12 @@
 import BlockCore
 import SystemPackage
 
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
 extension FileDriver {
   public func read(
     _ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags
@@ -9,11 +15,14 @@ extension FileDriver {
     let direct = direct
     let bounce = needsBounce(iov)
     let target = bounce ? IOVector(allocating: iov.count, alignment: bufferAlignment) : iov
-    try await io {
-      let count = try file.read(into: target, at: offset, direct: direct)
-      // Past the end of the file reads as zeroes.
-      if count < target.count { target.fill(0, at: count) }
+    let count: Int
+    if let ring = usableRing {
+      count = try await ringRead(ring, file, into: target, at: offset)
+    } else {
+      count = try await io { try file.read(into: target, at: offset, direct: direct) }
     }
+    // Past the end of the file reads as zeroes.
+    if count < target.count { target.fill(0, at: count) }
     if bounce { iov.copy(from: target, count: iov.count) }
   }
 
@@ -26,7 +35,11 @@ extension FileDriver {
       source = IOVector(allocating: iov.count, alignment: bufferAlignment)
       source.copy(from: iov, count: iov.count)
     }
-    try await io { [source] in try file.write(from: source, at: offset) }
+    if let ring = usableRing {
+      try await ringWrite(ring, file, from: source, at: offset)
+    } else {
+      try await io { [source] in try file.write(from: source, at: offset) }
+    }
   }
 
   /// fdatasync. After a failure without O_DIRECT the kernel may have marked
@@ -36,10 +49,92 @@ extension FileDriver {
     if let pageCacheError { throw BlockError(pageCacheError, "Earlier flush failed") }
     let file = try openFile()
     do {
-      try await io { try file.dataSync() }
+      if let ring = usableRing {
+        try await ringDataSync(ring, file)
+      } else {
+        try await io { try file.dataSync() }
+      }
     } catch let error as BlockError {
       if !direct { pageCacheError = error.code }
       throw error
+    }
+  }
+
+  /// The ring to submit to, unless the node uses the thread pool.
+  private var usableRing: FileRing? { ringRefusesRequests ? nil : ring }
+
+  /// Reads into `iov` at `offset` through the ring until it is full or the
+  /// file ends, as ``PosixFile/read(into:at:direct:)``: short reads continue
+  /// with the rest, EINTR and EAGAIN are retried, and what the ring cannot
+  /// take (it is full, or the kernel cancelled the request, as when the
+  /// submitting thread exited) is finished on the thread pool.
+  private func ringRead(_ ring: FileRing, _ file: PosixFile, into iov: IOVector, at offset: Int64)
+    async throws -> Int
+  {
+    var done = 0
+    while done < iov.count {
+      let rest = iov.slice(done, iov.count - done)
+      switch await ring.read(file.fd, into: rest, at: offset + Int64(done)) {
+      case .done(let count) where count > 0:
+        done += count
+      case .done:
+        return done
+      case .failed(EINTR):
+        continue
+      case .failed(EINVAL) where direct && done > 0:
+        // O_DIRECT at an unaligned end of file.
+        return done
+      case .failed(ECANCELED), .failed(EAGAIN), .busy:
+        let direct = direct
+        let start = offset + Int64(done)
+        return try await done + io { try file.read(into: rest, at: start, direct: direct) }
+      case .failed(let code):
+        throw BlockError(Errno(rawValue: code))
+      }
+    }
+    return done
+  }
+
+  /// Writes all of `iov` at `offset` through the ring, continuing after
+  /// short writes; falls back to the thread pool as ``ringRead``.
+  private func ringWrite(_ ring: FileRing, _ file: PosixFile, from iov: IOVector, at offset: Int64)
+    async throws
+  {
+    var done = 0
+    while done < iov.count {
+      let rest = iov.slice(done, iov.count - done)
+      switch await ring.write(file.fd, from: rest, at: offset + Int64(done)) {
+      case .done(let count) where count > 0:
+        done += count
+      case .done:
+        // No progress and no error: the file system cannot take more.
+        throw BlockError(Errno.noSpace)
+      case .failed(EINTR):
+        continue
+      case .failed(ECANCELED), .failed(EAGAIN), .busy:
+        let start = offset + Int64(done)
+        try await io { try file.write(from: rest, at: start) }
+        return
+      case .failed(let code):
+        throw BlockError(Errno(rawValue: code))
+      }
+    }
+  }
+
+  /// fdatasync through the ring (the thread pool when it is full).
+  private func ringDataSync(_ ring: FileRing, _ file: PosixFile) async throws {
+    while true {
+      switch await ring.dataSync(file.fd) {
+      case .done:
+        return
+      case .failed(EINTR):
+        continue
+      case .failed(ECANCELED), .failed(EAGAIN), .busy:
+        try await io { try file.dataSync() }
+        return
+      case .failed(let code):
+        throw BlockError(Errno(rawValue: code))
+      }
     }
   }
 

@@ -10,8 +10,11 @@ import SystemPackage
   import Darwin
 #endif
 
-/// How the file driver submits I/O (QEMU's `aio=`). Spindle always uses its
-/// thread pool; the other values are accepted for compatibility.
+/// How the file driver submits I/O (QEMU's `aio=`). `io_uring` (and `native`,
+/// QEMU's Linux AIO, whose place it takes) submits reads, writes and
+/// fdatasyncs to the process's io_uring (``FileRing``), falling back to the
+/// thread pool when io_uring is unavailable; `threads` uses the thread pool.
+/// Without the option, ``FileOpenOptions/ioURingByDefault`` decides.
 public enum FileAIOMode: String, Sendable {
   case threads, native
   case ioUring = "io_uring"
@@ -23,8 +26,26 @@ public struct FileOpenOptions: Sendable, Equatable {
   public var filename: String
   /// Image locking (`locking=on|off|auto`, default auto).
   public var locking: FileLockingMode = .auto
-  /// The AIO mode (`aio=threads|native|io_uring`, default threads).
-  public var aio: FileAIOMode = .threads
+  /// The AIO mode (`aio=threads|native|io_uring`); `threads` when not given,
+  /// as QEMU reports it.
+  public var aio: FileAIOMode {
+    get { aioOption ?? .threads }
+    set { aioOption = newValue }
+  }
+  /// The AIO mode if one was given.
+  private var aioOption: FileAIOMode?
+
+  /// Whether a file opened without `aio=` submits through io_uring rather
+  /// than the thread pool (QEMU's default is threads; Spindle's io_uring path
+  /// measured faster, see docs/ARCHITECTURE.md).
+  public static let ioURingByDefault = true
+
+  /// Whether reads, writes and fdatasyncs go to the io_uring (when the
+  /// kernel offers one).
+  public var submitsToIOURing: Bool {
+    guard let aioOption else { return Self.ioURingByDefault }
+    return aioOption != .threads
+  }
 
   /// Options for a file name with the defaults.
   public init(filename: String) {
@@ -105,7 +126,8 @@ extension FileDriver {
     }
     return FileDriver(
       filename: filename, file: opened.file, direct: direct,
-      alignment: opened.alignment, lock: opened.lock, permissions: permissions)
+      alignment: opened.alignment, lock: opened.lock, permissions: permissions,
+      ring: options.submitsToIOURing ? FileRing.shared : nil)
   }
 }
 

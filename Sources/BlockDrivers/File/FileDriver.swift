@@ -6,8 +6,9 @@ import SystemPackage
 ///
 /// Reads and writes are vectored pread/pwrite calls, zero-writes and discards
 /// go through fallocate, block status comes from lseek(SEEK_DATA/SEEK_HOLE),
-/// and flushes are fdatasync. Every system call runs on the shared
-/// ``FileIOPool``, never on ``BlockActor``. `cache=none`/`directsync` open the
+/// and flushes are fdatasync. Every blocking system call runs on the shared
+/// ``FileIOPool``, never on ``BlockActor``; with `aio=io_uring` reads, writes
+/// and fdatasyncs are submitted to the process's ``FileRing`` instead. `cache=none`/`directsync` open the
 /// file with O_DIRECT and probe the alignment it needs. The image is locked
 /// with QEMU's byte-range lock layout (see ``ImagePermissions``).
 ///
@@ -36,10 +37,19 @@ public final class FileDriver: BlockDriver {
   /// dropped dirty data, so every later flush fails too (QEMU's
   /// `page_cache_inconsistent`).
   var pageCacheError: Errno?
+  /// The io_uring that reads, writes and fdatasyncs go through, or nil for
+  /// the thread pool (``FileIOPool``).
+  var ring: FileRing?
+  /// A test hook: treat the ring as full, so that every request falls back
+  /// to the thread pool.
+  var ringRefusesRequests = false
+
+  /// Whether reads, writes and fdatasyncs go through io_uring.
+  public var usesIOURing: Bool { ring != nil }
 
   init(
     filename: String, file: PosixFile, direct: Bool, alignment: (request: Int64, buffer: Int),
-    lock: ImageLock?, permissions: ImagePermissions
+    lock: ImageLock?, permissions: ImagePermissions, ring: FileRing? = nil
   ) {
     self.filename = filename
     self.file = file
@@ -48,6 +58,7 @@ public final class FileDriver: BlockDriver {
     self.bufferAlignment = alignment.buffer
     self.lock = lock
     self.permissions = permissions
+    self.ring = ring
   }
 
   public nonisolated var formatName: String { "file" }
