@@ -43,7 +43,19 @@ public enum ImageOpener {
     "memory": DriverEntry(kind: .protocolDriver, open: openMemory),
     "file": DriverEntry(kind: .protocolDriver, open: FileDriver.openNode),
     "raw": DriverEntry(kind: .format, open: RawDriver.openNode),
+    "blkdebug": DriverEntry(kind: .filter, open: BlkdebugDriver.openNode),
+    "copy-on-read": DriverEntry(kind: .filter, open: CopyOnReadDriver.openNode),
   ]
+
+  /// Drivers chosen by a filename's `NAME:` prefix (QEMU's protocol names),
+  /// which then parse the whole filename (`blkdebug:CONFIG:IMAGE`).
+  public static var filenamePrefixes: [String: String] = ["blkdebug": "blkdebug"]
+
+  /// The driver a filename's prefix selects, if any.
+  static func driverForPrefix(of filename: String) -> String? {
+    guard let colon = filename.firstIndex(of: ":") else { return nil }
+    return filenamePrefixes[String(filename[..<colon])]
+  }
 
   private static var nodeCounter = 0
 
@@ -117,11 +129,19 @@ public enum ImageOpener {
     if let reference = options.take("file") {
       child["filename"] = reference
     }
+    return try await openChild(&child, role: "file", context: context)
+  }
+
+  /// Opens a child from its options (already taken out of the parent's):
+  /// the driver a filename prefix selects, else `file`.
+  public static func openChild(_ child: inout DriverOptions, role: String, context: OpenContext)
+    async throws -> BlockNode
+  {
     if child["driver"] == nil {
-      guard child["filename"] != nil else {
-        throw BlockError(.invalidArgument, "A block device must be specified for \"file\"")
+      guard let filename = child["filename"] else {
+        throw BlockError(.invalidArgument, "A block device must be specified for \"\(role)\"")
       }
-      child["driver"] = "file"
+      child["driver"] = driverForPrefix(of: filename) ?? "file"
     }
     return try await openNode(&child, context: context)
   }
