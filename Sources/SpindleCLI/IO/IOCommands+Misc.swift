@@ -175,20 +175,6 @@ extension IOSession {
     abort()
   }
 
-  /// `break`, `remove_break`, `resume`: they need a blkdebug node, which
-  /// Spindle does not have, so they fail as qemu-io does without one.
-  func debugCommand(_ prefix: String) -> Int32 {
-    console.write("\(prefix): \(Errno.describe(Errno(rawValue: ENOTSUP)))\n")
-    return -ENOTSUP
-  }
-
-  /// `wait_break`: without a blkdebug node no request can ever be suspended;
-  /// qemu-io would wait forever, Spindle reports it.
-  func waitBreak() -> Int32 {
-    reporter.error("wait_break: no blkdebug node, no request can be suspended")
-    return -ENOTSUP
-  }
-
   /// `reopen`: not supported yet (the engine cannot change a node's options).
   func reopenCommand(_ words: [String]) -> Int32 {
     reporter.error("reopen is not supported by Spindle yet")
