@@ -1,0 +1,145 @@
+import Foundation
+import Testing
+
+/// Differential tests of blkdebug: the real `qemu-io` and `spindle io` run the
+/// same commands on copies of one raw image opened through blkdebug (its
+/// filename syntax, a configuration file, or json: options). Output, errors,
+/// exit status and the resulting images must be identical.
+@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+struct BlkdebugDifferentialTests {
+  /// A script: arguments with `IMG` standing for the image and `CONF` for the
+  /// configuration file (written from `config`), and the commands.
+  struct Script: Sendable, CustomTestStringConvertible {
+    var name: String
+    var arguments: [String]
+    var config = ""
+    var commands: [String]
+
+    var testDescription: String { name }
+  }
+
+  static func json(_ blkdebug: String) -> String {
+    #"json:{"driver":"raw","file":{"driver":"blkdebug","image.filename":"IMG","#
+      + blkdebug + "}}"
+  }
+
+  static let scripts: [Script] = [
+    Script(
+      name: "break, aio_write, wait_break, resume (probed raw)",
+      arguments: ["blkdebug::IMG"],
+      commands: [
+        "break pwritev_done A", "aio_write 0 512", "wait_break A", "resume A", "aio_flush",
+      ]),
+    Script(
+      name: "a suspended request prints before later commands",
+      arguments: ["-f", "raw", "blkdebug::IMG"],
+      commands: [
+        "break pwritev A", "aio_write -P 3 0 512", "length", "wait_break A", "resume A",
+        "aio_flush", "read -P 3 0 512",
+      ]),
+    Script(
+      name: "two breakpoints on one event",
+      arguments: ["-f", "raw", "blkdebug::IMG"],
+      commands: [
+        "break pwritev A", "break pwritev B", "aio_write 0 512", "resume A", "resume B",
+        "aio_flush",
+      ]),
+    Script(
+      name: "breakpoint errors and remove_break",
+      arguments: ["-f", "raw", "blkdebug::IMG"],
+      commands: [
+        "break pwritev A", "remove_break A", "remove_break B", "resume B", "break foo B",
+        "aio_write 0 512", "aio_flush", "break write_aio C", "aio_write 512 512",
+        "wait_break C", "remove_break C", "aio_flush",
+      ]),
+    Script(
+      name: "breakpoints need blkdebug",
+      arguments: ["-f", "raw", "IMG"],
+      commands: ["break pwritev A", "remove_break A", "resume A"]),
+    Script(
+      name: "config file: read_aio once with errno 28",
+      arguments: ["-f", "raw", "blkdebug:CONF:IMG"],
+      config: "[inject-error]\nevent = \"read_aio\"\nerrno = \"28\"\nonce = \"on\"\n",
+      commands: ["read 0 512", "read 0 512", "write 0 512", "aio_read 0 512", "aio_flush"]),
+    Script(
+      name: "config file: set-state after the first write",
+      arguments: ["-f", "raw", "blkdebug:CONF:IMG"],
+      config: """
+        [set-state]
+        event = "pwritev_done"
+        state = "1"
+        new_state = "2"
+
+        [inject-error]
+        event = "pwritev"
+        state = "2"
+        errno = "5"
+
+        """,
+      commands: ["write -P 1 0 4k", "write -P 2 4k 4k", "read -P 1 0 4k", "read -P 0 4k 4k"]),
+    Script(
+      name: "json: inject-error on pwritev once",
+      arguments: [json(#""inject-error":[{"event":"pwritev","once":true}]"#)],
+      commands: ["write 0 512", "write -P 7 0 512", "read -P 7 0 512", "flush"]),
+    Script(
+      name: "json: flush iotype from the open, discards pass",
+      arguments: [
+        json(
+          #""inject-error.0.event":"none","inject-error.0.iotype":"flush","inject-error.0.errno":"5""#
+        )
+      ],
+      commands: ["write 0 512", "discard 0 512", "flush", "read 0 512"]),
+    Script(
+      name: "json: sector rules by offset",
+      arguments: [
+        json(
+          #""inject-error.0.event":"read_aio","inject-error.0.sector":"16","inject-error.0.errno":"28""#
+        )
+      ],
+      commands: ["read 0 4k", "read 4k 4k", "read 8k 4k", "readv 6k 4k", "write 8k 512"]),
+    // Not pwritev_rmw_head: QEMU 7.2 ignores a failed read-modify-write read
+    // and writes its padding buffer's garbage; Spindle fails the write.
+    Script(
+      name: "json: RMW after head with align=4k",
+      arguments: [
+        json(
+          #""align":"4096","inject-error.0.event":"pwritev_rmw_after_head","inject-error.0.once":"on""#
+        )
+      ],
+      commands: ["write -P 1 100 100", "write -P 1 100 100", "read -P 1 100 100", "write 4k 4k"]),
+    Script(
+      name: "open errors",
+      arguments: ["-f", "raw", "blkdebug:IMG"],
+      commands: ["read 0 1"]),
+    Script(
+      name: "missing config file",
+      arguments: ["-f", "raw", "blkdebug:/nonexistent/blkdebug.conf:IMG"],
+      commands: ["read 0 1"]),
+    Script(
+      name: "bad event", arguments: [json(#""inject-error.0.event":"foo""#)],
+      commands: ["read 0 1"]),
+    Script(
+      name: "bad align", arguments: [json(#""align":"3""#)], commands: ["read 0 1"]),
+  ]
+
+  @Test(arguments: scripts)
+  func sameOutputStatusAndImage(_ script: Script) async throws {
+    let fixture = try ImageFixture()
+    let base = try fixture.makeImage("base.raw", size: 1 << 20)
+    let qemuImage = try fixture.copy(base, to: "qemu.raw")
+    let spindleImage = try fixture.copy(base, to: "spindle.raw")
+    let config = fixture.path("blkdebug.conf")
+    try script.config.write(toFile: config, atomically: true, encoding: .utf8)
+    func arguments(_ image: String) -> [String] {
+      script.arguments.map {
+        $0.replacingOccurrences(of: "IMG", with: image).replacingOccurrences(
+          of: "CONF", with: config)
+      } + script.commands.flatMap { ["-c", $0] }
+    }
+    let qemu = try await runProcess("qemu-io", arguments(qemuImage)).masked(replacing: qemuImage)
+    let spindle = await runSpindle(["qemu-io"] + arguments(spindleImage))
+      .masked(replacing: spindleImage)
+    #expect(spindle == qemu)
+    try expectSameImages(qemuImage, spindleImage)
+  }
+}
