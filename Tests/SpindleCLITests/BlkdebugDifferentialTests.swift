@@ -119,6 +119,22 @@ struct BlkdebugDifferentialTests {
       name: "bad event", arguments: [json(#""inject-error.0.event":"foo""#)],
       commands: ["read 0 1"]),
     Script(
+      name: "AIO modes reach the file node under blkdebug",
+      arguments: ["-f", "raw", "-n", "-i", "native", "blkdebug::IMG"],
+      commands: ["write -P 1 0 4k", "read -P 1 0 4k"]),
+    Script(
+      name: "native AIO without cache=none under blkdebug",
+      arguments: ["-f", "raw", "-i", "native", "blkdebug::IMG"], commands: ["read 0 1"]),
+    Script(
+      name: "copy-on-read filter over raw",
+      arguments: [
+        #"json:{"driver":"copy-on-read","file":{"driver":"raw","file":{"driver":"file","filename":"IMG"}}}"#
+      ],
+      commands: [
+        "write -P 1 0 4k", "read -P 1 0 4k", "write -z 4k 4k", "discard 0 512", "map", "flush",
+        "length",
+      ]),
+    Script(
       name: "bad align", arguments: [json(#""align":"3""#)], commands: ["read 0 1"]),
   ]
 

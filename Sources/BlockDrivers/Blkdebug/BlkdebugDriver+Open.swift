@@ -57,7 +57,7 @@ extension BlkdebugDriver {
 
     var child = options.takeChild("image")
     if let reference = options.take("image") { child["filename"] = reference }
-    if child.isEmpty, let image { child["filename"] = image }
+    if let image, child["filename"] == nil { child["filename"] = image }
     let file = try await ImageOpener.openChild(&child, role: "image", context: context)
     do {
       try validate(overrides, childAlignment: file.limits.requestAlignment)

@@ -33,6 +33,11 @@ private func applyAIOMode(_ spec: inout ImageSpec) {
   }
   guard top == nil || top == "raw" else { return }
   if let filename = spec.filename, filename.hasPrefix("json:") { return }
+  if let filename = spec.filename, filename.hasPrefix("blkdebug:") {
+    // blkdebug's image child is the file node.
+    if spec.options["file.image.aio"] == nil { spec.options["file.image.aio"] = mode }
+    return
+  }
   let hasFileChild =
     spec.filename != nil || spec.options["file.filename"] != nil || spec.options["file"] != nil
   let protocolDriver = spec.options["file.driver"] ?? "file"
