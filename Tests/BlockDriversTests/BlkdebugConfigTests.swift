@@ -42,14 +42,24 @@ struct BlkdebugConfigTests {
   }
 
   @Test(
-    "config files with unknown groups, unknown keys or unquoted values are refused",
+    "QEMU's messages for bad config files",
     arguments: [
-      "[bogus]\nevent = \"pwritev\"", "[inject-error]\nbogus = \"1\"",
-      "[inject-error]\nevent = pwritev",
-      "event = \"pwritev\"",
+      ("[bogus]\nevent = \"pwritev\"", "There is no option group 'bogus'"),
+      ("[inject-error]\nbogus = \"1\"", "Invalid parameter 'bogus'"),
+      ("event = \"pwritev\"", "no group defined"),
+      ("[inject-error]\n   ", "parse error"),
     ])
-  func badConfigFiles(_ text: String) {
-    #expect(throws: BlockError.self) { try BlkdebugConfig.parseFile(text) }
+  func badConfigFiles(_ text: String, _ message: String) {
+    #expect(throws: BlockError(.invalidArgument, message)) { try BlkdebugConfig.parseFile(text) }
+  }
+
+  @Test("an unquoted value reads as empty, as QEMU's scanner leaves it")
+  func unquotedValue() throws {
+    let sections = try BlkdebugConfig.parseFile("[inject-error]\nevent = pwritev\n")
+    #expect(sections == [.init(group: "inject-error", options: ["event": ""])])
+    #expect(throws: BlockError(.invalidArgument, "invalid parameter value: ")) {
+      try BlkdebugConfig.rules(from: sections)
+    }
   }
 
   @Test("options give one section or a numbered list; inject-error rules come before set-state")

@@ -116,6 +116,26 @@ struct BlkdebugDifferentialTests {
       arguments: ["-f", "raw", "blkdebug:/nonexistent/blkdebug.conf:IMG"],
       commands: ["read 0 1"]),
     Script(
+      name: "config file with an unknown group",
+      arguments: ["-f", "raw", "blkdebug:CONF:IMG"], config: "[bogus]\nevent = \"x\"\n",
+      commands: ["read 0 1"]),
+    Script(
+      name: "config file with an unknown key",
+      arguments: ["-f", "raw", "blkdebug:CONF:IMG"], config: "[inject-error]\nfoo = \"1\"\n",
+      commands: ["read 0 1"]),
+    Script(
+      name: "config file with an unquoted value",
+      arguments: ["-f", "raw", "blkdebug:CONF:IMG"], config: "[inject-error]\nevent = pwritev\n",
+      commands: ["read 0 1"]),
+    Script(
+      name: "info on blkdebug and copy-on-read",
+      arguments: [#"json:{"driver":"blkdebug","image.filename":"IMG"}"#],
+      commands: ["info", "length"]),
+    Script(
+      name: "info on copy-on-read",
+      arguments: [#"json:{"driver":"copy-on-read","file.filename":"IMG"}"#],
+      commands: ["info"]),
+    Script(
       name: "bad event", arguments: [json(#""inject-error.0.event":"foo""#)],
       commands: ["read 0 1"]),
     Script(

@@ -36,33 +36,48 @@ public enum BlkdebugConfig {
     "set-state": ["event", "state", "new_state"],
   ]
 
-  static let parseError = BlockError(.invalidArgument, "Could not parse blkdebug config file")
+  static let parseError = BlockError(.invalidArgument, "parse error")
 
-  /// Parses a configuration file's text (QEMU's `qemu_config_parse`).
+  /// Parses a configuration file's text (QEMU's `qemu_config_parse`): blank
+  /// lines and lines starting with `#` are skipped, `[group]` (or
+  /// `[group "id"]`) starts a section, `key = "value"` sets an option. As in
+  /// QEMU, a line that is not `key = "value"` sets its first word to an
+  /// empty value.
   public static func parseFile(_ text: String) throws -> [Section] {
     var sections: [Section] = []
     for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+      if rawLine.isEmpty || rawLine.hasPrefix("#") { continue }
       let line = rawLine.trimmingLeadingBlanks()
-      if line.isEmpty || line.hasPrefix("#") { continue }
       if line.hasPrefix("[") {
         guard let close = line.firstIndex(of: "]") else { throw parseError }
         var name = String(line[line.index(after: line.startIndex)..<close])
         // `[group "id"]`: the id is ignored, as blkdebug's groups have none.
         if let space = name.firstIndex(of: " ") { name = String(name[..<space]) }
-        guard groups[name] != nil else { throw parseError }
+        guard groups[name] != nil else {
+          throw BlockError(.invalidArgument, "There is no option group '\(name)'")
+        }
         sections.append(Section(group: name, options: [:]))
         continue
       }
-      guard let equals = line.firstIndex(of: "="), var section = sections.popLast() else {
-        throw parseError
+      // QEMU scans `KEY = "VALUE"`; a line that only starts with a word is
+      // still taken as that word with an empty value.
+      let wordEnd = line.firstIndex { $0 == " " || $0 == "\t" || $0 == "\r" } ?? line.endIndex
+      let key = String(line[..<wordEnd])
+      guard !key.isEmpty else { throw parseError }
+      var value = ""
+      let rest = line[wordEnd...].trimmingLeadingBlanks()
+      if rest.hasPrefix("=") {
+        let quoted = rest.dropFirst().trimmingLeadingBlanks()
+        if quoted.hasPrefix("\""), let close = quoted.dropFirst().firstIndex(of: "\"") {
+          value = String(quoted[quoted.index(after: quoted.startIndex)..<close])
+        }
       }
-      let key = line[..<equals].trimmingBlanks()
-      var value = line[line.index(after: equals)...].trimmingBlanks()
-      guard value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") else {
-        throw parseError
+      guard var section = sections.popLast() else {
+        throw BlockError(.invalidArgument, "no group defined")
       }
-      value = String(value.dropFirst().dropLast())
-      guard groups[section.group]!.contains(key) else { throw parseError }
+      guard groups[section.group]!.contains(key) else {
+        throw BlockError(.invalidArgument, "Invalid parameter '\(key)'")
+      }
       section.options[key] = value
       sections.append(section)
     }
