@@ -113,10 +113,14 @@ public enum ImageOpener {
     let node = try await entry.open(&options, context)
     if let leftover = options.values.keys.sorted().first {
       await node.close()
+      // QEMU's two texts: protocols (drivers with a filename syntax, such as
+      // blkdebug) "don't", formats and format-like filters "do not".
+      let isProtocol = entry.kind == .protocolDriver || filenamePrefixes.values.contains(name)
       throw BlockError(
         .invalidArgument,
-        "Block \(entry.kind == .format ? "format" : "protocol") '\(name)' doesn't support the option '\(leftover)'"
-      )
+        isProtocol
+          ? "Block protocol '\(name)' doesn't support the option '\(leftover)'"
+          : "Block format '\(name)' does not support the option '\(leftover)'")
     }
     return node
   }

@@ -148,6 +148,9 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   }
   try applyGenericOptions(&spec)
   applyAIOMode(&spec)
+  if spec.node.copyOnRead && spec.node.readOnly {
+    throw BlockError(.invalidArgument, "Can't use copy-on-read on read-only device")
+  }
   if spec.forceShare && !spec.node.readOnly {
     throw BlockError(.invalidArgument, "force-share=on can only be used with read-only images")
   }
