@@ -96,7 +96,7 @@ struct IOCommandInfo: Sendable {
     IOCommandInfo(
       name: "reopen", argMin: 0, argMax: -1, args: "[(-r|-w)] [-c cache] [-o options]",
       oneline: "reopens an image with new options", help: reopenHelp,
-      run: { $0.reopenCommand($1) }),
+      run: { await $0.reopenCommand($1) }),
     IOCommandInfo(
       name: "break", argMin: 2, argMax: 2, args: "event tag",
       oneline: "sets a breakpoint on event and tags the stopped request as tag",

@@ -175,12 +175,6 @@ extension IOSession {
     abort()
   }
 
-  /// `reopen`: not supported yet (the engine cannot change a node's options).
-  func reopenCommand(_ words: [String]) -> Int32 {
-    reporter.error("reopen is not supported by Spindle yet")
-    return -ENOTSUP
-  }
-
   /// `close`.
   func closeCommand() async -> Int32 {
     await closeImage()
