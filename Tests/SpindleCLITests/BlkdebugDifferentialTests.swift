@@ -108,6 +108,41 @@ struct BlkdebugDifferentialTests {
       ],
       commands: ["write -P 1 100 100", "write -P 1 100 100", "read -P 1 100 100", "write 4k 4k"]),
     Script(
+      name: "json: limits options split zero-writes, discards and transfers",
+      arguments: [
+        json(
+          #""opt-write-zero":"64k","max-write-zero":"128k","opt-discard":"64k","max-discard":"128k","max-transfer":"64k""#
+        )
+      ],
+      commands: [
+        "write -P 1 0 512k", "write -z 1000 200k", "write -z -u 256k 200k", "discard 4k 300k",
+        "map", "read -P 0 1000 200k", "alloc 0 1M", "info", "truncate 2M", "length", "flush",
+      ]),
+    Script(
+      name: "probed raw over blkdebug: info, map, alloc",
+      arguments: ["blkdebug::IMG"],
+      commands: ["info", "map", "alloc 0 1M", "write -P 5 0 512", "length"]),
+    Script(
+      name: "json: pwritev_zero fails zero-writes",
+      arguments: [json(#""inject-error.0.event":"pwritev_zero","inject-error.0.errno":"28""#)],
+      commands: [
+        "write -z 0 4k", "write -z 0 4k", "write 0 4k", "aio_write -z 8k 4k", "aio_flush",
+      ]),
+    Script(
+      name: "json: block-status iotype",
+      arguments: [
+        json(#""inject-error.0.event":"none","inject-error.0.iotype":"block-status""#)
+      ],
+      commands: ["map", "alloc 0 4k", "read 0 4k"]),
+    Script(
+      name: "json: discard iotype",
+      arguments: [
+        json(
+          #""inject-error.0.event":"none","inject-error.0.iotype":"discard","inject-error.0.errno":"1""#
+        )
+      ],
+      commands: ["discard 0 64k", "write -z -u 0 64k", "read -P 0 0 64k"]),
+    Script(
       name: "open errors",
       arguments: ["-f", "raw", "blkdebug:IMG"],
       commands: ["read 0 1"]),
