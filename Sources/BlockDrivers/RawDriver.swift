@@ -4,7 +4,8 @@ import BlockCore
 /// as they are, optionally a window of them (`offset`, `size`).
 ///
 /// Every request is passed to the file child through its engine, shifted by
-/// the window's offset; block status answers RAW so that the engine asks the
+/// the window's offset (reads and writes emit `read_aio` / `write_aio` on the
+/// file child first, as QEMU's raw does); block status answers RAW so that the engine asks the
 /// file. With `size`, requests must stay inside the window (reads past it fail
 /// with EINVAL, writes with ENOSPC) and the disk cannot be resized.
 @BlockActor
@@ -47,14 +48,18 @@ public final class RawDriver: BlockDriver {
     _ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags
   ) async throws {
     let position = try fileOffset(offset, length, isWrite: false)
-    try await file(of: node).read(at: position, into: iov, flags: flags)
+    let file = try file(of: node)
+    try await file.emit(.readAIO)
+    try await file.read(at: position, into: iov, flags: flags)
   }
 
   public func write(
     _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector, flags: RequestFlags
   ) async throws {
     let position = try fileOffset(offset, length, isWrite: true)
-    try await file(of: node).write(at: position, from: iov, flags: flags)
+    let file = try file(of: node)
+    try await file.emit(.writeAIO)
+    try await file.write(at: position, from: iov, flags: flags)
   }
 
   public func writeZeroes(_ node: BlockNode, offset: Int64, length: Int64, flags: RequestFlags)

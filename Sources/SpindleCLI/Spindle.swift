@@ -22,6 +22,17 @@ public enum Spindle {
 
   /// Runs the tool with `arguments` (including the program name) on the
   /// process's standard streams and returns the exit status.
+  /// The signal mask the program started with (see
+  /// ``recordStartupSignalState()``); empty until recorded.
+  nonisolated(unsafe) static var startupSignalMask = sigset_t()
+
+  /// Records the signal mask the program inherited, for `sigraise`. Call
+  /// first thing on the main thread, before any task runs: the Swift runtime's
+  /// threads block signals that a C program's single thread would not.
+  public static func recordStartupSignalState() {
+    pthread_sigmask(SIG_SETMASK, nil, &startupSignalMask)
+  }
+
   public static func main(_ arguments: [String]) async -> Int32 {
     // Like QEMU's tools: a closed pipe makes writes fail instead of killing us.
     signal(SIGPIPE, SIG_IGN)

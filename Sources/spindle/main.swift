@@ -4,4 +4,5 @@ import SpindleCLI
   import Glibc
 #endif
 
+Spindle.recordStartupSignalState()
 exit(await Spindle.main(CommandLine.arguments))

@@ -107,7 +107,7 @@ struct RawDriverTests {
     }
     #expect(error?.message == "Specified size is not multiple of 512")
     error = await expectBlockError { _ = try await openRaw(path, options: ["bogus": "1"]) }
-    #expect(error?.message == "Block format 'raw' doesn't support the option 'bogus'")
+    #expect(error?.message == "Block format 'raw' does not support the option 'bogus'")
     // A failed open leaves no lock behind: the file opens for writing again.
     let node = try await openRaw(path)
     await node.close()

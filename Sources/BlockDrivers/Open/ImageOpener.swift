@@ -49,7 +49,19 @@ public enum ImageOpener {
     "file": DriverEntry(kind: .protocolDriver, open: FileDriver.openNode),
     "raw": DriverEntry(kind: .format, open: RawDriver.openNode),
     "qcow2": DriverEntry(kind: .format, open: Qcow2Driver.openNode),
+    "blkdebug": DriverEntry(kind: .filter, open: BlkdebugDriver.openNode),
+    "copy-on-read": DriverEntry(kind: .filter, open: CopyOnReadDriver.openNode),
   ]
+
+  /// Drivers chosen by a filename's `NAME:` prefix (QEMU's protocol names),
+  /// which then parse the whole filename (`blkdebug:CONFIG:IMAGE`).
+  public static var filenamePrefixes: [String: String] = ["blkdebug": "blkdebug"]
+
+  /// The driver a filename's prefix selects, if any.
+  static func driverForPrefix(of filename: String) -> String? {
+    guard let colon = filename.firstIndex(of: ":") else { return nil }
+    return filenamePrefixes[String(filename[..<colon])]
+  }
 
   private static var nodeCounter = 0
 
@@ -111,10 +123,14 @@ public enum ImageOpener {
     let node = try await entry.open(&options, context)
     if let leftover = options.values.keys.sorted().first {
       await node.close()
+      // QEMU's two texts: protocols (drivers with a filename syntax, such as
+      // blkdebug) "don't", formats and format-like filters "do not".
+      let isProtocol = entry.kind == .protocolDriver || filenamePrefixes.values.contains(name)
       throw BlockError(
         .invalidArgument,
-        "Block \(entry.kind == .format ? "format" : "protocol") '\(name)' doesn't support the option '\(leftover)'"
-      )
+        isProtocol
+          ? "Block protocol '\(name)' doesn't support the option '\(leftover)'"
+          : "Block format '\(name)' does not support the option '\(leftover)'")
     }
     return node
   }
@@ -127,11 +143,19 @@ public enum ImageOpener {
     if let reference = options.take("file") {
       child["filename"] = reference
     }
+    return try await openChild(&child, role: "file", context: context)
+  }
+
+  /// Opens a child from its options (already taken out of the parent's):
+  /// the driver a filename prefix selects, else `file`.
+  public static func openChild(_ child: inout DriverOptions, role: String, context: OpenContext)
+    async throws -> BlockNode
+  {
     if child["driver"] == nil {
-      guard child["filename"] != nil else {
-        throw BlockError(.invalidArgument, "A block device must be specified for \"file\"")
+      guard let filename = child["filename"] else {
+        throw BlockError(.invalidArgument, "A block device must be specified for \"\(role)\"")
       }
-      child["driver"] = "file"
+      child["driver"] = driverForPrefix(of: filename) ?? "file"
     }
     return try await openNode(&child, context: context)
   }

@@ -33,6 +33,11 @@ private func applyAIOMode(_ spec: inout ImageSpec) {
   }
   guard top == nil || top == "raw" else { return }
   if let filename = spec.filename, filename.hasPrefix("json:") { return }
+  if let filename = spec.filename, filename.hasPrefix("blkdebug:") {
+    // blkdebug's image child is the file node.
+    if spec.options["file.image.aio"] == nil { spec.options["file.image.aio"] = mode }
+    return
+  }
   let hasFileChild =
     spec.filename != nil || spec.options["file.filename"] != nil || spec.options["file"] != nil
   let protocolDriver = spec.options["file.driver"] ?? "file"
@@ -143,6 +148,9 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   }
   try applyGenericOptions(&spec)
   applyAIOMode(&spec)
+  if spec.node.copyOnRead && spec.node.readOnly {
+    throw BlockError(.invalidArgument, "Can't use copy-on-read on read-only device")
+  }
   if spec.forceShare && !spec.node.readOnly {
     throw BlockError(.invalidArgument, "force-share=on can only be used with read-only images")
   }

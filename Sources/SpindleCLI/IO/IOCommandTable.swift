@@ -96,25 +96,23 @@ struct IOCommandInfo: Sendable {
     IOCommandInfo(
       name: "reopen", argMin: 0, argMax: -1, args: "[(-r|-w)] [-c cache] [-o options]",
       oneline: "reopens an image with new options", help: reopenHelp,
-      run: { $0.reopenCommand($1) }),
+      run: { await $0.reopenCommand($1) }),
     IOCommandInfo(
       name: "break", argMin: 2, argMax: 2, args: "event tag",
       oneline: "sets a breakpoint on event and tags the stopped request as tag",
-      run: { session, _ in session.debugCommand("Could not set breakpoint") }),
+      run: { $0.breakCommand($1) }),
     IOCommandInfo(
       name: "remove_break", argMin: 1, argMax: 1, args: "tag",
       oneline: "remove a breakpoint by tag",
-      run: { session, words in
-        session.debugCommand("Could not remove breakpoint \(words[1])")
-      }),
+      run: { $0.removeBreakCommand($1) }),
     IOCommandInfo(
       name: "resume", argMin: 1, argMax: 1, args: "tag",
       oneline: "resumes the request tagged as tag",
-      run: { session, _ in session.debugCommand("Could not resume request") }),
+      run: { await $0.resumeCommand($1) }),
     IOCommandInfo(
       name: "wait_break", argMin: 1, argMax: 1, args: "tag",
       oneline: "waits for the suspension of a request",
-      run: { session, _ in session.waitBreak() }),
+      run: { await $0.waitBreakCommand($1) }),
     IOCommandInfo(
       name: "abort", noFileOK: true, oneline: "simulate a program crash using abort(3)",
       run: { session, _ in session.abortProgram() }),

@@ -17,33 +17,83 @@ import BlockCore
 /// when the tool exits. Callbacks that became ready together run newest first
 /// (QEMU queues bottom halves last-in first-out).
 ///
-/// Spindle models this with one task per request on ``BlockActor``. The command
-/// loop also runs on ``BlockActor``, so a request starts only when the loop
-/// suspends, exactly where QEMU's event loop would run: a synchronous command
-/// whose request really waits (a file's I/O threads), `aio_flush`, reading the
-/// next line, `sleep`, closing. Finished requests leave their report here;
-/// ``deliver()`` prints the reports of the finished ones, newest first, and is
-/// called at those points.
+/// Spindle models this with one task per request on ``BlockActor``, started
+/// immediately (as QEMU enters the request's coroutine): it runs until it
+/// first waits, then continues whenever the command loop, which also runs on
+/// ``BlockActor``, suspends, exactly where QEMU's event loop would run: a
+/// synchronous command whose request really waits (a file's I/O threads),
+/// `aio_flush`, reading the next line, `sleep`, closing. Finished requests
+/// leave their report here; ``deliver()`` prints the reports of the finished
+/// ones, newest first, and is called at those points.
 @BlockActor
 final class AIOQueue {
   private let console: Console
   private var nextSequence = 0
   private var running: [Int: Task<Void, Never>] = [:]
   private var finished: [(sequence: Int, report: String)] = []
+  /// Reports of requests that finished before ``submit(_:)`` returned.
+  private var held: [Int: String] = [:]
+  private var idleHandlers: [@BlockActor () -> Void] = []
 
   init(console: Console) {
     self.console = console
   }
 
   /// Starts a request whose completion produces `body`'s report text.
+  ///
+  /// As QEMU enters a request's coroutine at once, the request runs here
+  /// until it first waits (a file's I/O threads, a blkdebug breakpoint), so
+  /// it is in flight before the next command and what it prints on the way
+  /// comes first.
   func submit(_ body: @escaping @BlockActor @Sendable () async -> String) {
     let sequence = nextSequence
     nextSequence += 1
-    running[sequence] = Task { @BlockActor in
-      let report = await body()
-      self.finished.append((sequence, report))
-      self.running[sequence] = nil
+    let task: Task<Void, Never>
+    if #available(macOS 26, *) {
+      task = Task.immediate { @BlockActor in await self.run(sequence, body) }
+    } else {
+      task = Task { @BlockActor in await self.run(sequence, body) }
     }
+    if let report = held.removeValue(forKey: sequence) {
+      // The request finished without waiting. QEMU then reports it from a
+      // bottom half, when its event loop next runs: a task that can only
+      // start when the command loop suspends does the same.
+      running[sequence] = Task { @BlockActor in
+        self.finished.append((sequence, report))
+        self.finish(sequence)
+      }
+    } else {
+      running[sequence] = task
+    }
+  }
+
+  private func run(_ sequence: Int, _ body: @BlockActor @Sendable () async -> String) async {
+    let report = await body()
+    guard running[sequence] != nil else {
+      held[sequence] = report
+      return
+    }
+    finished.append((sequence, report))
+    finish(sequence)
+  }
+
+  private func finish(_ sequence: Int) {
+    running[sequence] = nil
+    if running.isEmpty { notifyIdle() }
+  }
+
+  /// Whether a request is in flight.
+  var isBusy: Bool { !running.isEmpty }
+
+  /// Calls `handler` once when no request is in flight any more.
+  func whenIdle(_ handler: @escaping @BlockActor () -> Void) {
+    idleHandlers.append(handler)
+  }
+
+  private func notifyIdle() {
+    let handlers = idleHandlers
+    idleHandlers = []
+    for handler in handlers { handler() }
   }
 
   /// Prints the reports of finished requests, newest first.

@@ -28,13 +28,19 @@ extension IOSession {
   func infoCommand() -> Int32 {
     let root = activeBackend.root
     console.write("format name: \(root.driver.formatName)\n")
-    if root.capabilities.kind == .protocolDriver {
+    // blkdebug is a filter that QEMU also registers as a protocol.
+    if root.capabilities.kind == .protocolDriver || root.driver.formatName == "blkdebug" {
       console.write("format name: \(root.driver.formatName)\n")
+    }
+    // Filters answer with their child's information.
+    var answering = root
+    while answering.capabilities.kind == .filter, let child = answering.file {
+      answering = child
     }
     // QEMU's bdrv_get_info: raw and file answer with zeroes; null-co and the
     // others have no answer (ENOTSUP). Spindle has no such driver interface
     // yet, so the answers are those of QEMU's drivers.
-    guard ["raw", "file"].contains(root.driver.formatName) else { return -ENOTSUP }
+    guard ["raw", "file"].contains(answering.driver.formatName) else { return -ENOTSUP }
     console.write("cluster size: \(humanSize(0))\n")
     console.write("vm state offset: \(humanSize(0))\n")
     return 0

@@ -157,7 +157,12 @@ extension IOSession {
     return 0
   }
 
-  /// `sigraise signal`.
+  /// `sigraise signal`: raises the signal as qemu-io 7.2 does. The signals
+  /// qemu-io blocks or ignores itself (SIGBUS, SIGUSR1, SIGPIPE, SIGALRM,
+  /// SIGIO) change nothing; any other acts as the program's startup signal
+  /// mask and dispositions say (see ``Spindle/recordStartupSignalState()``),
+  /// whatever the Swift runtime did to this thread's mask or to the crash
+  /// signals' handlers.
   func sigraiseCommand(_ words: [String]) -> Int32 {
     guard let signal = number(words[1]) else { return -EINVAL }
     if signal > 65 {
@@ -165,34 +170,16 @@ extension IOSession {
       return -EINVAL
     }
     console.flush()
-    raise(Int32(signal))
+    if ![7, 10, 13, 14, 29].contains(signal) { raiseAsAtStartup(Int32(signal)) }
     return 0
   }
 
-  /// `abort`.
+  /// `abort`: ends the program with SIGABRT, without the Swift runtime's
+  /// crash report (qemu-io prints nothing).
   func abortProgram() -> Int32 {
     console.flush()
+    _ = signal(SIGABRT, SIG_DFL)
     abort()
-  }
-
-  /// `break`, `remove_break`, `resume`: they need a blkdebug node, which
-  /// Spindle does not have, so they fail as qemu-io does without one.
-  func debugCommand(_ prefix: String) -> Int32 {
-    console.write("\(prefix): \(Errno.describe(Errno(rawValue: ENOTSUP)))\n")
-    return -ENOTSUP
-  }
-
-  /// `wait_break`: without a blkdebug node no request can ever be suspended;
-  /// qemu-io would wait forever, Spindle reports it.
-  func waitBreak() -> Int32 {
-    reporter.error("wait_break: no blkdebug node, no request can be suspended")
-    return -ENOTSUP
-  }
-
-  /// `reopen`: not supported yet (the engine cannot change a node's options).
-  func reopenCommand(_ words: [String]) -> Int32 {
-    reporter.error("reopen is not supported by Spindle yet")
-    return -ENOTSUP
   }
 
   /// `close`.
@@ -296,4 +283,21 @@ extension IOSession {
 func errorMessage(_ error: any Error) -> String {
   if let error = error as? BlockError { return error.description }
   return "\(error)"
+}
+
+/// Raises `number` on the calling thread as a single-threaded C program
+/// would have: with the signal blocked or not as at startup, and the default
+/// action for the signals whose handlers the Swift runtime replaced (its
+/// backtracer: SIGQUIT and the crash signals).
+private func raiseAsAtStartup(_ number: Int32) {
+  if [SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV].contains(number) {
+    _ = signal(number, SIG_DFL)
+  }
+  var set = sigset_t()
+  sigemptyset(&set)
+  sigaddset(&set, number)
+  var startup = Spindle.startupSignalMask
+  let blocked = sigismember(&startup, number) == 1
+  pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nil)
+  raise(number)
 }
