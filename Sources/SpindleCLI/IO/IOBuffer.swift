@@ -72,6 +72,22 @@ extension IOSession {
   /// qemu-io's `create_iovec`: one buffer for the lengths in `arguments`, each
   /// a segment of the vector. Prints the error and returns nil when a length
   /// does not parse or the total exceeds the request limit.
+  /// The `off len [len...]` operands of readv, writev, aio_read and aio_write:
+  /// the offset and a buffer as long as the lengths together, or nil once
+  /// qemu-io's usage or error message has been printed.
+  func vectorRequest(_ operands: ArraySlice<String>, _ command: IOCommandInfo, fill: UInt8)
+    -> (offset: Int64, buffer: IOBuffer)?
+  {
+    guard operands.count >= 2 else {
+      usage(command)
+      return nil
+    }
+    guard let offset = number(operands.first!),
+      let buffer = vectorBuffer(operands.dropFirst(), fill: fill)
+    else { return nil }
+    return (offset, buffer)
+  }
+
   func vectorBuffer(_ arguments: ArraySlice<String>, fill: UInt8) -> IOBuffer? {
     var lengths: [Int] = []
     var total: Int64 = 0

@@ -140,13 +140,9 @@ extension IOSession {
         return -EINVAL
       }
     }
-    let operands = parser.operands
-    guard operands.count >= 2 else {
-      usage(command)
+    guard let (offset, buffer) = vectorRequest(parser.operands, command, fill: 0xab) else {
       return -EINVAL
     }
-    guard let offset = number(operands.first!) else { return -EINVAL }
-    guard let buffer = vectorBuffer(operands.dropFirst(), fill: 0xab) else { return -EINVAL }
     let backend = activeBackend
     let start = MonotonicInstant.now()
     aio.submit { [pattern, quiet, dump, machineReadable] in

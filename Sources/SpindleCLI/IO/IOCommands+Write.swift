@@ -152,13 +152,9 @@ extension IOSession {
         return -EINVAL
       }
     }
-    let operands = parser.operands
-    guard operands.count >= 2 else {
-      usage(command)
+    guard let (offset, buffer) = vectorRequest(parser.operands, command, fill: pattern) else {
       return -EINVAL
     }
-    guard let offset = number(operands.first!) else { return -EINVAL }
-    guard let buffer = vectorBuffer(operands.dropFirst(), fill: pattern) else { return -EINVAL }
     let size = Int64(buffer.bytes.count)
     let start = MonotonicInstant.now()
     var failure: (any Error)?
