@@ -1,8 +1,8 @@
 import BlockCore
 
 /// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
-/// Only `bench` exists so far; other commands are "not found", as unknown ones
-/// are in qemu-img.
+/// `bench` and `create` exist so far; qemu-img's other commands fail with
+/// "not supported yet", unknown ones are "not found" as in qemu-img.
 @BlockActor
 enum ImageTool {
   static let longOptions: [Getopt.LongOption] = [
@@ -39,8 +39,14 @@ enum ImageTool {
     let operands = Array(parser.operands)
     guard let command = operands.first else { return usageError("Not enough arguments") }
     switch command {
+    case "create":
+      return await CreateTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
+    case "amend", "bitmap", "check", "commit", "compare", "convert", "dd", "info", "map",
+      "measure", "rebase", "resize", "snapshot":
+      reporter.error("Command '\(command)' is not supported by Spindle yet")
+      return 1
     default:
       return usageError("Command not found: \(command)")
     }
@@ -60,6 +66,8 @@ enum ImageTool {
       bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] \
     [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] \
     [-t cache] [-w] [-U] filename
+      create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
+    [-o options] filename [size]
 
     Command parameters:
       'filename' is a disk image filename
