@@ -9,6 +9,10 @@ public struct OpenContext: Sendable {
   public var forceShare: Bool
   /// Whether a missing format may be guessed.
   public var allowProbe: Bool
+  /// Whether formats open their backing files (false: QEMU's
+  /// `BDRV_O_NO_BACKING`, as `qemu-img info` opens images; the node then has
+  /// no backing child and must not be read).
+  public var openBacking = true
 
   /// Creates a context.
   public init(node: NodeOptions = NodeOptions(), forceShare: Bool = false, allowProbe: Bool = true)

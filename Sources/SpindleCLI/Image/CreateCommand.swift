@@ -274,7 +274,8 @@ func createImage(_ request: CreateRequest, console: Console) async throws {
 /// QEMU's `bdrv_get_full_backing_filename_from_filename`: a relative backing
 /// file name is relative to the image's directory.
 func fullBackingPath(_ backing: String, relativeTo image: String) -> String {
-  if backing.hasPrefix("/") || backing.contains(":") { return backing }
+  if backing.hasPrefix("/") || backing.hasPrefix("json:") { return backing }
+  if let colon = backing.firstIndex(of: ":"), !backing[..<colon].contains("/") { return backing }
   guard let slash = image.lastIndex(of: "/") else { return backing }
   return String(image[...slash]) + backing
 }

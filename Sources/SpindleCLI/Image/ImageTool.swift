@@ -1,7 +1,7 @@
 import BlockCore
 
 /// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
-/// `bench` and `create` exist so far; qemu-img's other commands fail with
+/// `bench`, `create` and `info` exist so far; qemu-img's other commands fail with
 /// "not supported yet", unknown ones are "not found" as in qemu-img.
 @BlockActor
 enum ImageTool {
@@ -41,9 +41,11 @@ enum ImageTool {
     switch command {
     case "create":
       return await CreateTool.run(arguments: operands, programName: programName, console: console)
+    case "info":
+      return await InfoTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
-    case "amend", "bitmap", "check", "commit", "compare", "convert", "dd", "info", "map",
+    case "amend", "bitmap", "check", "commit", "compare", "convert", "dd", "map",
       "measure", "rebase", "resize", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
@@ -68,6 +70,7 @@ enum ImageTool {
     [-t cache] [-w] [-U] filename
       create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
     [-o options] filename [size]
+      info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
 
     Command parameters:
       'filename' is a disk image filename
