@@ -89,7 +89,9 @@ enum CreateTool {
     guard let filename = operands.first else { throw usageError("Expecting image file name") }
     var size: UInt64?
     if operands.count > 1 {
-      size = try parseImageSize(operands[1], reporter: reporter)
+      guard let value = parseImageNumber(operands[1], name: "image size", reporter: reporter)
+      else { throw Exit() }
+      size = UInt64(value)
     }
     if operands.count > 2 { throw usageError("Unexpected argument: \(operands[2])") }
 
@@ -104,24 +106,6 @@ enum CreateTool {
       throw Exit()
     }
     return 0
-  }
-
-  /// qemu-img's `cvtnum("image size", ...)`.
-  private static func parseImageSize(_ text: String, reporter: Reporter) throws -> UInt64 {
-    let parsed = parseQEMUSize(text)
-    if case .success(let value) = parsed, value.hexWithSuffix {
-      reporter.warning("Using a multiplier suffix on hex numbers is deprecated: \(text)")
-    }
-    switch parsed {
-    case .success(let value) where value.value <= UInt64(Int64.max):
-      return value.value
-    case .failure(.invalid):
-      reporter.error("Invalid image size specified. You may use k, M, G, T, P or E suffixes for")
-      reporter.error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
-    case .success, .failure(.range):
-      reporter.error("Invalid image size specified. Must be between 0 and \(Int64.max).")
-    }
-    throw Exit()
   }
 
   /// QEMU's `is_valid_option_list`: not empty, and a trailing comma only as

@@ -1,7 +1,7 @@
 import BlockCore
 
 /// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
-/// `bench`, `create` and `info` exist so far; qemu-img's other commands fail with
+/// `bench`, `create`, `info` and `map` exist so far; qemu-img's other commands fail with
 /// "not supported yet", unknown ones are "not found" as in qemu-img.
 @BlockActor
 enum ImageTool {
@@ -43,9 +43,11 @@ enum ImageTool {
       return await CreateTool.run(arguments: operands, programName: programName, console: console)
     case "info":
       return await InfoTool.run(arguments: operands, programName: programName, console: console)
+    case "map":
+      return await MapTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
-    case "amend", "bitmap", "check", "commit", "compare", "convert", "dd", "map",
+    case "amend", "bitmap", "check", "commit", "compare", "convert", "dd",
       "measure", "rebase", "resize", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
@@ -71,6 +73,7 @@ enum ImageTool {
       create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
     [-o options] filename [size]
       info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+      map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
 
     Command parameters:
       'filename' is a disk image filename
