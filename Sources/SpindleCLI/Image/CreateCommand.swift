@@ -227,9 +227,20 @@ func createImage(_ request: CreateRequest, console: Console) async throws {
   guard let size = values.number("size") else {
     throw Failure(message: "Image creation needs a size parameter")
   }
-  if let unsupported = list.options.first(where: { !$0.supported && values.string($0.name) != nil })
-  {
-    throw Failure(message: "Spindle does not support the option '\(unsupported.name)' yet")
+  try checkSupported(values)
+  if !request.quiet {
+    console.write("Formatting '\(request.filename)', fmt=\(request.format) \(values.printed())\n")
+  }
+  try await createFormatted(request.filename, format: request.format, size: size, values: values)
+}
+
+/// Refuses the options QEMU knows and Spindle cannot honour yet.
+func checkSupported(_ values: CreateOptionValues) throws(CreateOptionValues.Failure) {
+  if let unsupported = values.list.options.first(where: {
+    !$0.supported && values.string($0.name) != nil
+  }) {
+    throw CreateOptionValues.Failure(
+      message: "Spindle does not support the option '\(unsupported.name)' yet")
   }
   for key in ["preallocation", "extended_l2", "compression_type", "nocow"] {
     guard let value = values.string(key) else { continue }
@@ -237,20 +248,25 @@ func createImage(_ request: CreateRequest, console: Console) async throws {
       key == "preallocation" || key == "compression_type"
       ? ["off", "zlib"].contains(value) : CreateOptionValues.parseBool(value) == false
     if !isDefault {
-      throw Failure(message: "Spindle does not support \(key)=\(value) yet")
+      throw CreateOptionValues.Failure(message: "Spindle does not support \(key)=\(value) yet")
     }
   }
-  if !request.quiet {
-    console.write("Formatting '\(request.filename)', fmt=\(request.format) \(values.printed())\n")
-  }
+}
+
+/// Creates the image file and, for qcow2, its format (QEMU's `bdrv_create`
+/// once the options are checked); a qcow2 check that fails removes the file.
+@BlockActor
+func createFormatted(_ filename: String, format: String, size: UInt64, values: CreateOptionValues)
+  async throws
+{
   // Both formats start from an empty file, as QEMU's file protocol creates it.
   let rounded = (size + 511) & ~511
-  try await createFile(request.filename, size: request.format == "raw" ? rounded : 0)
-  guard request.format == "qcow2" else { return }
+  try await createFile(filename, size: format == "raw" ? rounded : 0)
+  guard format == "qcow2" else { return }
   do {
-    try await createQcow2(request.filename, size: rounded, values: values)
+    try await createQcow2(filename, size: rounded, values: values)
   } catch {
-    _ = unlink(request.filename)
+    _ = unlink(filename)
     throw error
   }
 }
