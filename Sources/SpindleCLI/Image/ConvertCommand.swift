@@ -159,6 +159,7 @@ enum ConvertTool {
       throw error
     }
     await source.close()
+    meter.report(100)
     meter.end()
     return 0
   }

@@ -203,35 +203,49 @@ final class ImageCopier {
 }
 
 /// QEMU's `qemu_progress_*` for `-p`: `    (NN.NN/100%)` and a carriage
-/// return on standard output whenever the progress moved by more than one
-/// point (or is 0 or 100), computed in `float` as QEMU does; a newline at the
-/// end.
+/// return on standard output whenever the progress moved by more than
+/// `minSkip` points (or is 0 or 100), computed in `float` as QEMU does; a
+/// newline at the end.
 @BlockActor
 final class ProgressMeter {
   let enabled: Bool
   let console: Console
+  let minSkip: Float
+  private var current: Float = 0
   private var lastPrint: Float = 0
 
-  init(enabled: Bool, console: Console) {
+  init(enabled: Bool, console: Console, minSkip: Float = 1) {
     self.enabled = enabled
     self.console = console
+    self.minSkip = minSkip
   }
 
-  /// QEMU's `qemu_progress_print(value, 0)`.
+  /// QEMU's `qemu_progress_print(value, 0)`: the progress is `value`.
   func report(_ value: Float) {
+    current = min(value, 100)
+    printIfMoved()
+  }
+
+  /// QEMU's `qemu_progress_print(delta, 100)`: the progress grows by `delta`.
+  func advance(by delta: Float) {
+    current = min(current + delta, 100)
+    printIfMoved()
+  }
+
+  private func printIfMoved() {
     guard enabled else { return }
-    let current = min(value, 100)
-    if current > lastPrint + 1 || current < lastPrint - 1 || current == 0 || current == 100 {
+    if current > lastPrint + minSkip || current < lastPrint - minSkip || current == 0
+      || current == 100
+    {
       lastPrint = current
       console.write(cFormat("    (%3.2f/100%%)\r", Double(current)))
       console.flush()
     }
   }
 
-  /// 100% once more and a newline (`qemu_progress_print(100, 0)`, `qemu_progress_end`).
+  /// QEMU's `qemu_progress_end`: a newline.
   func end() {
     guard enabled else { return }
-    report(100)
     console.write("\n")
   }
 }

@@ -1,7 +1,7 @@
 import BlockCore
 
 /// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
-/// `bench`, `convert`, `create`, `info` and `map` exist so far; qemu-img's other commands fail with
+/// `bench`, `compare`, `convert`, `create`, `info` and `map` exist so far; qemu-img's other commands fail with
 /// "not supported yet", unknown ones are "not found" as in qemu-img.
 @BlockActor
 enum ImageTool {
@@ -47,9 +47,11 @@ enum ImageTool {
       return await MapTool.run(arguments: operands, programName: programName, console: console)
     case "convert":
       return await ConvertTool.run(arguments: operands, programName: programName, console: console)
+    case "compare":
+      return await CompareTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
-    case "amend", "bitmap", "check", "commit", "compare", "dd",
+    case "amend", "bitmap", "check", "commit", "dd",
       "measure", "rebase", "resize", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
@@ -72,6 +74,7 @@ enum ImageTool {
       bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] \
     [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] \
     [-t cache] [-w] [-U] filename
+      compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
       convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] \
     [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] filename \
     output_filename
