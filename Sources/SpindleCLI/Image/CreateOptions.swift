@@ -165,7 +165,11 @@ struct CreateOptionValues {
     }
     switch option.kind {
     case .size:
-      guard case .success(let size) = parseQEMUSize(value) else {
+      let parsed = parseQEMUSize(value)
+      if case .failure(.range) = parsed {
+        throw Failure(message: "Value '\(value)' is out of range for parameter '\(key)'")
+      }
+      guard case .success(let size) = parsed else {
         throw Failure(
           message: """
             Parameter '\(key)' expects a non-negative number below 2^64
@@ -175,7 +179,11 @@ struct CreateOptionValues {
       }
       numbers[key] = size.value
     case .number:
-      guard case .success(let number) = parseCUnsignedLong(value) else {
+      let parsed = parseCUnsignedLong(value)
+      if case .failure(.range) = parsed {
+        throw Failure(message: "Value '\(value)' is too large for parameter '\(key)'")
+      }
+      guard case .success(let number) = parsed else {
         throw Failure(message: "Parameter '\(key)' expects a number")
       }
       numbers[key] = number
@@ -216,7 +224,7 @@ struct CreateOptionValues {
         parts.append("\(option.name)=\(value.replacing(",", with: ",,"))")
       case .size, .number:
         if let number = numbers[option.name] {
-          parts.append("\(option.name)=\(number)")
+          parts.append("\(option.name)=\(Int64(bitPattern: number))")
         } else {
           parts.append("\(option.name)=\(value)")
         }

@@ -1,7 +1,8 @@
 import BlockCore
 
 /// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
-/// `bench`, `compare`, `convert`, `create`, `info` and `map` exist so far; qemu-img's other commands fail with
+/// `bench`, `compare`, `convert`, `create`, `info`, `map` and `resize` exist
+/// so far; qemu-img's other commands fail with
 /// "not supported yet", unknown ones are "not found" as in qemu-img.
 @BlockActor
 enum ImageTool {
@@ -49,10 +50,12 @@ enum ImageTool {
       return await ConvertTool.run(arguments: operands, programName: programName, console: console)
     case "compare":
       return await CompareTool.run(arguments: operands, programName: programName, console: console)
+    case "resize":
+      return await ResizeTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
     case "amend", "bitmap", "check", "commit", "dd",
-      "measure", "rebase", "resize", "snapshot":
+      "measure", "rebase", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
     default:
@@ -81,6 +84,7 @@ enum ImageTool {
       create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
     [-o options] filename [size]
       info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+      resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
       map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
 
     Command parameters:
