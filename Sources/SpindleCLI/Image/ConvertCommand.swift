@@ -9,8 +9,8 @@ import BlockDrivers
 ///
 /// Options are checked in QEMU's order with its messages; the target is
 /// created (unless `-n`) with `create`'s code and then filled by
-/// ``ImageCopier``. `-m` and `-W` are accepted; requests are issued one at a
-/// time. Several sources, `-B`, `-l`, `-C`, `-r`, `--salvage`, `--bitmaps`,
+/// ``ImageCopier`` with `-m` runs in flight (writes in order unless `-W`).
+/// Several sources, `-B`, `-l`, `-C`, `-r`, `--salvage`, `--bitmaps`,
 /// `--object` and image options are refused as not supported yet.
 @BlockActor
 enum ConvertTool {
@@ -97,7 +97,8 @@ enum ConvertTool {
           throw fail(
             "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16")
         }
-      case .option("W"): break
+        settings.inFlight = value
+      case .option("W"): settings.outOfOrder = true
       case .option("U"): forceShare = true
       case .option("target-is-zero"): targetIsZero = true
       default:

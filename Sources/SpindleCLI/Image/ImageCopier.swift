@@ -3,9 +3,14 @@ import BlockCore
 /// Copies one image into another the way `qemu-img convert` does: driven by
 /// the source's block status through its whole backing chain, ranges that
 /// read as zeroes are skipped (or zero-written when the target does not read
-/// as zeroes already), data is read in chunks of at most 2 MiB into one
-/// reused buffer, and within a chunk runs of `minSparse`-sized all-zero
-/// blocks are treated as zeroes too. Compressed copies go cluster by cluster.
+/// as zeroes already), data is read in chunks of at most 2 MiB, and within a
+/// chunk runs of `minSparse`-sized all-zero blocks are treated as zeroes too.
+/// Compressed copies go cluster by cluster.
+///
+/// Up to `inFlight` runs are copied at once (QEMU's `-m` coroutines), each
+/// with a 2 MiB buffer reused from a pool; reads overlap freely, writes are
+/// issued in image order unless `outOfOrder` (`-W`), so that the target's
+/// layout does not depend on timing.
 @BlockActor
 final class ImageCopier {
   struct Settings {
@@ -17,6 +22,10 @@ final class ImageCopier {
     var targetIsZero = false
     /// The target's cluster size (the unit of compressed writes).
     var clusterSize = 65536
+    /// `-m`: how many runs are copied at once.
+    var inFlight = 8
+    /// `-W`: writes may complete in any order.
+    var outOfOrder = false
   }
 
   /// A failed read or write, with QEMU's wording.
@@ -31,8 +40,11 @@ final class ImageCopier {
   let target: BlockBackend
   let settings: Settings
   let meter: ProgressMeter
-  private let buffer: IOVector
+  private let bufferSize: Int
   private let total: Int64
+  private let sequencer = WriteSequencer()
+  private var copied: Int64 = 0
+  private var dataBytes: Int64 = 0
 
   init(source: BlockBackend, target: BlockBackend, settings: Settings, meter: ProgressMeter) {
     self.source = source
@@ -40,13 +52,11 @@ final class ImageCopier {
     self.settings = settings
     self.meter = meter
     total = source.length
-    let size = max(Self.chunkSize, settings.compressed ? settings.clusterSize : 0)
-    buffer = IOVector(allocating: size)
+    bufferSize = max(Self.chunkSize, settings.compressed ? settings.clusterSize : 0)
   }
 
   func run() async throws {
     // QEMU counts the bytes it will copy first; progress is measured in them.
-    var dataBytes: Int64 = 0
     if meter.enabled {
       var offset: Int64 = 0
       while offset < total {
@@ -55,22 +65,67 @@ final class ImageCopier {
         offset += run.length
       }
     }
-    var offset: Int64 = 0
-    var copied: Int64 = 0
-    while offset < total {
-      let run = try await nextRun(at: offset)
-      if run.zero {
-        try await writeZeroes(at: offset, count: run.length)
-      } else if settings.compressed {
-        try await copyCompressed(at: offset, length: run.length)
+    let slots = max(1, settings.inFlight)
+    var buffers: [IOVector] = []
+    try await withThrowingTaskGroup(of: IOVector?.self) { group in
+      do {
+        var offset: Int64 = 0
+        var index = 0
+        var running = 0
+        while offset < total {
+          let run = try await nextRun(at: offset)
+          if running == slots {
+            if let returned = try await group.next(), let buffer = returned {
+              buffers.append(buffer)
+            }
+            running -= 1
+          }
+          let buffer = run.zero ? nil : (buffers.popLast() ?? IOVector(allocating: bufferSize))
+          let (start, turn) = (offset, index)
+          group.addTask {
+            try await self.copy(run, at: start, turn: turn, buffer: buffer)
+            return buffer
+          }
+          running += 1
+          index += 1
+          offset += run.length
+        }
+        try await group.waitForAll()
+      } catch {
+        sequencer.abort()
+        throw error
+      }
+    }
+  }
+
+  /// Copies one run: reads it (data runs), waits for its turn to write
+  /// (unless out of order), writes, and reports progress.
+  private func copy(
+    _ run: (zero: Bool, length: Int64), at offset: Int64, turn: Int, buffer: IOVector?
+  ) async throws {
+    do {
+      if let buffer {
+        try await read(at: offset, into: buffer.slice(0, Int(run.length)))
+      }
+      if !settings.outOfOrder { try await sequencer.waitForTurn(turn) }
+      if let buffer {
+        let data = buffer.slice(0, Int(run.length))
+        if settings.compressed {
+          try await writeCompressed(at: offset, data: data)
+        } else {
+          try await writeData(at: offset, data: data)
+        }
       } else {
-        try await copyData(at: offset, length: run.length)
+        try await writeZeroes(at: offset, count: run.length)
       }
-      offset += run.length
-      if countsForProgress(run) {
-        copied += run.length
-        meter.report(100 * Float(copied) / Float(dataBytes))
-      }
+      if !settings.outOfOrder { sequencer.done(turn) }
+    } catch {
+      sequencer.abort()
+      throw error
+    }
+    if countsForProgress(run) {
+      copied += run.length
+      meter.report(100 * Float(copied) / Float(dataBytes))
     }
   }
 
@@ -115,12 +170,10 @@ final class ImageCopier {
     return (zero, length)
   }
 
-  /// Copies a data run; within it, runs of `minSparse`-sized blocks (aligned
+  /// Writes a data run; within it, runs of `minSparse`-sized blocks (aligned
   /// in the image) that are all zero are zero-written or skipped.
-  private func copyData(at offset: Int64, length: Int64) async throws {
-    let count = Int(length)
-    let data = buffer.slice(0, count)
-    try await read(at: offset, into: data)
+  private func writeData(at offset: Int64, data: IOVector) async throws {
+    let count = data.count
     guard settings.minSparse > 0 else {
       try await write(at: offset, from: data)
       return
@@ -129,7 +182,7 @@ final class ImageCopier {
     var position = 0
     while position < count {
       let absolute = offset + Int64(position)
-      let blockEnd = Int(min(absolute / granule * granule + granule - offset, length))
+      let blockEnd = Int(min(absolute / granule * granule + granule - offset, Int64(count)))
       let zero = data.isZero(at: position, count: blockEnd - position)
       var end = blockEnd
       while end < count {
@@ -146,26 +199,17 @@ final class ImageCopier {
     }
   }
 
-  /// Copies whole clusters compressed; all-zero clusters are zeroes.
-  private func copyCompressed(at offset: Int64, length: Int64) async throws {
-    let cluster = Int64(settings.clusterSize)
-    var done: Int64 = 0
-    while done < length {
-      let piece = min(cluster, length - done)
-      let data = buffer.slice(0, Int(piece))
-      try await read(at: offset + done, into: data)
-      if data.isZero() {
-        try await writeZeroes(at: offset + done, count: piece)
-      } else {
-        do {
-          try await target.writeCompressed(at: offset + done, from: data)
-        } catch {
-          throw Failure(
-            message:
-              "error while compressing sector \((offset + done) / 512): \(errorMessage(error))")
-        }
-      }
-      done += piece
+  /// Writes one cluster compressed; an all-zero cluster is zeroes.
+  private func writeCompressed(at offset: Int64, data: IOVector) async throws {
+    if data.isZero() {
+      try await writeZeroes(at: offset, count: Int64(data.count))
+      return
+    }
+    do {
+      try await target.writeCompressed(at: offset, from: data)
+    } catch {
+      throw Failure(
+        message: "error while compressing sector \(offset / 512): \(errorMessage(error))")
     }
   }
 
@@ -199,6 +243,36 @@ final class ImageCopier {
     } catch {
       throw Failure(message: "error while writing at byte \(offset): \(errorMessage(error))")
     }
+  }
+}
+
+/// Lets runs write in the order they were started: run `n` waits until run
+/// `n - 1` is done. A failure wakes every waiter with an error.
+@BlockActor
+final class WriteSequencer {
+  private var next = 0
+  private var waiters: [Int: CheckedContinuation<Void, any Error>] = [:]
+  private var failed = false
+
+  /// Returns when it is run `turn`'s turn to write.
+  func waitForTurn(_ turn: Int) async throws {
+    if failed { throw CancellationError() }
+    if turn == next { return }
+    try await withCheckedThrowingContinuation { waiters[turn] = $0 }
+  }
+
+  /// Run `turn` has written; the next one may.
+  func done(_ turn: Int) {
+    next = turn + 1
+    waiters.removeValue(forKey: next)?.resume()
+  }
+
+  /// Ends the sequence after a failure.
+  func abort() {
+    failed = true
+    let pending = waiters.values
+    waiters = [:]
+    for waiter in pending { waiter.resume(throwing: CancellationError()) }
   }
 }
 
