@@ -83,6 +83,10 @@ import Testing
       arguments: [
         "-q", "-p", "-t", "none", "-T", "none", "-m", "4", "-W", "-U", "DIR/top.qcow2", "DIR/out",
       ], source: "top.qcow2"),
+    Run(
+      arguments: ["-W", "-m", "16", "-O", "qcow2", "DIR/top.qcow2", "DIR/out"], format: "qcow2",
+      source: "top.qcow2"),
+    Run(arguments: ["-m", "1", "DIR/top.qcow2", "DIR/out"], source: "top.qcow2"),
     // Into existing images: everything is written, unless the target is said to be zero.
     Run(arguments: ["-n", "DIR/top.qcow2", "DIR/exist.raw"], output: "exist.raw"),
     Run(
@@ -134,5 +138,17 @@ import Testing
       let againstSource = try await runProcess("qemu-img", arguments)
       #expect(againstSource.status == 0, "\(againstSource)")
     }
+  }
+
+  /// Writes go in image order whatever the number in flight, so a raw source
+  /// with several 2 MiB chunks becomes the very qcow2 file qemu-img writes.
+  @Test(
+    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    arguments: [["-m", "1"], ["-m", "8"], ["-m", "16"]])
+  func orderedWritesGiveQEMUsLayout(_ inFlight: [String]) async throws {
+    let run = try await runImageCommand(
+      ["convert", "-O", "qcow2"] + inFlight + ["DIR/big.raw", "DIR/out"], setup: Self.setup)
+    #expect(run.spindle == run.qemu, "\(run)")
+    #expect(run.sameBytes("out"))
   }
 }
