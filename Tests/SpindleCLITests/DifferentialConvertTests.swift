@@ -114,6 +114,11 @@ import Testing
     Run(arguments: ["-m", "17", "DIR/top.qcow2", "DIR/out"], output: nil),
     Run(arguments: ["-Z", "DIR/top.qcow2", "DIR/out"], output: nil),
     Run(arguments: ["-f", "qcow2", "DIR/base.raw", "DIR/out"], output: nil),
+    // The source is locked: converting onto it fails before anything is written.
+    Run(arguments: ["DIR/base.raw", "DIR/base.raw"], output: nil),
+    Run(arguments: ["-O", "qcow2", "DIR/top.qcow2", "DIR/top.qcow2"], output: nil),
+    Run(arguments: ["-O", "raw", "DIR/top.qcow2", "DIR/mid.qcow2"], output: nil),
+    Run(arguments: ["-n", "-f", "raw", "-O", "raw", "DIR/base.raw", "DIR/base.raw"], output: nil),
   ]
 
   @Test(
@@ -123,6 +128,10 @@ import Testing
     let result = try await runImageCommand(["convert"] + run.arguments, setup: Self.setup)
     #expect(result.spindle == result.qemu, "\(result)")
     #expect(try result.spindleFileNames() == result.fileNames())
+    // Sources (and targets a failed command must not touch) stay as they were.
+    for name in try result.fileNames() where name != run.output {
+      #expect(result.sameBytes(name), "\(name) differs")
+    }
     guard let output = run.output else { return }
     let compared = try await result.compareContents(output, format: run.format)
     #expect(compared.status == 0, "\(compared)")

@@ -281,8 +281,25 @@ func fullBackingPath(_ backing: String, relativeTo image: String) -> String {
 }
 
 /// The file protocol's create: opens (creating) the file, empties it and
-/// sets its length.
+/// sets its length. An existing file is first opened for writing through
+/// the file driver, so that one another user (or this process, as the
+/// source of a convert) holds is refused with QEMU's lock error instead of
+/// being truncated.
+@BlockActor
 private func createFile(_ path: String, size: UInt64) async throws {
+  if access(path, F_OK) == 0 {
+    var options = DriverOptions()
+    options["driver"] = "file"
+    options["filename"] = path
+    do {
+      let node = try await ImageOpener.open(filename: nil, options: options)
+      await node.close()
+    } catch let error as BlockError where error.code == .resourceTemporarilyUnavailable {
+      throw CreateOptionValues.Failure(message: errorMessage(error))
+    } catch {
+      // Other failures are reported by the create itself.
+    }
+  }
   let result: Errno? = await Task.detached { () -> Errno? in
     do {
       let descriptor = try FileDescriptor.open(
