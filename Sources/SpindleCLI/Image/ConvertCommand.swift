@@ -113,17 +113,8 @@ enum ConvertTool {
     let sourceCount = operands.count - 1
     let outputFilename = sourceCount >= 1 ? operands.last : nil
     if let options, CreateOptionValues.asksForHelp(options) {
-      guard let list = CreateOptionList.forFormat(outputFormat, withProtocol: outputFilename != nil)
-      else { throw fail("Unknown file format '\(outputFormat)'") }
-      if outputFilename != nil {
-        console.write("Supported options:\n\(list.helpText())")
-      } else {
-        console.write(
-          "Supported \(outputFormat) options:\n\(list.helpText())\n"
-            + "The protocol level may support further options.\n"
-            + "Specify the target filename to include those options.\n")
-      }
-      return 0
+      return CreateTool.printOptionHelp(
+        format: outputFormat, filename: outputFilename, reporter: reporter)
     }
     guard sourceCount >= 1, let outputFilename else {
       throw fail("Must specify image file name")

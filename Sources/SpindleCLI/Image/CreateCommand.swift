@@ -117,7 +117,7 @@ enum CreateTool {
   }
 
   /// QEMU's `print_block_option_help`.
-  private static func printOptionHelp(format: String, filename: String?, reporter: Reporter)
+  static func printOptionHelp(format: String, filename: String?, reporter: Reporter)
     -> Int32
   {
     guard let list = CreateOptionList.forFormat(format, withProtocol: filename != nil) else {
