@@ -35,6 +35,10 @@ import Testing
     try await io("raw", "exist.raw", ["write -P 8 0 5M"])
     try await qemuImg(["create", "-q", "-f", "raw", path("big.raw"), "7M"])
     try await io("raw", "big.raw", ["write -P 8 0 5M"])
+    // Sources to concatenate: a size that is not a multiple of 512, and none.
+    try await qemuImg(["create", "-q", "-f", "raw", path("odd.raw"), "1000"])
+    try await io("raw", "odd.raw", ["write -P 8 0 1000"])
+    try await qemuImg(["create", "-q", "-f", "raw", path("empty.raw"), "0"])
   }
 
   struct Run: Sendable, CustomTestStringConvertible {
@@ -87,6 +91,18 @@ import Testing
       arguments: ["-W", "-m", "16", "-O", "qcow2", "DIR/top.qcow2", "DIR/out"], format: "qcow2",
       source: "top.qcow2"),
     Run(arguments: ["-m", "1", "DIR/top.qcow2", "DIR/out"], source: "top.qcow2"),
+    // Several sources, concatenated.
+    Run(arguments: ["-p", "DIR/base.raw", "DIR/top.qcow2", "DIR/out"]),
+    Run(
+      arguments: ["-p", "-O", "qcow2", "DIR/top.qcow2", "DIR/odd.raw", "DIR/base.raw", "DIR/out"],
+      format: "qcow2"),
+    Run(
+      arguments: [
+        "-p", "-c", "-O", "qcow2", "DIR/odd.raw", "DIR/top.qcow2", "DIR/empty.raw", "DIR/odd.raw",
+        "DIR/out",
+      ], format: "qcow2"),
+    Run(arguments: ["-n", "DIR/base.raw", "DIR/odd.raw", "DIR/exist.raw"], output: "exist.raw"),
+    Run(arguments: ["DIR/base.raw", "DIR/nonexistent", "DIR/out"], output: nil),
     // Into existing images: everything is written, unless the target is said to be zero.
     Run(arguments: ["-n", "DIR/top.qcow2", "DIR/exist.raw"], output: "exist.raw"),
     Run(

@@ -1,16 +1,16 @@
 import BlockCore
 import BlockDrivers
 
-/// `qemu-img convert`, a qemu-img 7.2 work-alike for one source image:
+/// `qemu-img convert`, a qemu-img 7.2 work-alike:
 ///
 ///     convert [-U] [-c] [-p] [-q] [-n] [-f FMT] [-t CACHE] [-T SRC_CACHE] [-O OUTPUT_FMT]
 ///             [-o OPTIONS] [-S SPARSE_SIZE] [-m NUM_COROUTINES] [-W] [--target-is-zero]
-///             FILENAME OUTPUT_FILENAME
+///             FILENAME [FILENAME2 [...]] OUTPUT_FILENAME
 ///
 /// Options are checked in QEMU's order with its messages; the target is
 /// created (unless `-n`) with `create`'s code and then filled by
 /// ``ImageCopier`` with `-m` runs in flight (writes in order unless `-W`).
-/// Several sources, `-B`, `-l`, `-C`, `-r`, `--salvage`, `--bitmaps`,
+/// Several sources are concatenated. `-B`, `-l`, `-C`, `-r`, `--salvage`, `--bitmaps`,
 /// `--object` and image options are refused as not supported yet.
 @BlockActor
 enum ConvertTool {
@@ -122,35 +122,38 @@ enum ConvertTool {
     guard let sourceCacheMode = parseCacheMode(sourceCache) else {
       throw fail("Invalid source cache option: \(sourceCache)")
     }
-    guard sourceCount == 1 else {
-      throw fail("converting several source images is not supported by Spindle yet")
-    }
     if quiet { progress = false }
     let meter = ProgressMeter(enabled: progress, console: console)
     meter.report(0)
 
-    var sourceSpec = ImageSpec()
-    sourceSpec.filename = operands[0]
-    sourceSpec.format = sourceFormat
-    sourceSpec.node.readOnly = true
-    sourceSpec.node.cache = sourceCacheMode
-    sourceSpec.forceShare = forceShare
-    let source: BlockBackend
-    do {
-      source = try await openBackend(sourceSpec)
-    } catch {
-      throw fail("Could not open '\(operands[0])': \(errorMessage(error))")
+    var sources: [BlockBackend] = []
+    func closeSources() async {
+      for source in sources { await source.close() }
+    }
+    for filename in operands.dropLast() {
+      var spec = ImageSpec()
+      spec.filename = filename
+      spec.format = sourceFormat
+      spec.node.readOnly = true
+      spec.node.cache = sourceCacheMode
+      spec.forceShare = forceShare
+      do {
+        sources.append(try await openBackend(spec))
+      } catch {
+        await closeSources()
+        throw fail("Could not open '\(filename)': \(errorMessage(error))")
+      }
     }
     do {
       try await convert(
-        source: source, to: outputFilename, format: outputFormat, options: options,
+        sources: sources, to: outputFilename, format: outputFormat, options: options,
         cache: cache, skipCreate: skipCreate, targetIsZero: targetIsZero, settings: settings,
         meter: meter, reporter: reporter)
     } catch {
-      await source.close()
+      await closeSources()
       throw error
     }
-    await source.close()
+    await closeSources()
     meter.report(100)
     meter.end()
     return 0
@@ -158,7 +161,8 @@ enum ConvertTool {
 
   /// Creates (unless `skipCreate`) and opens the target, then copies.
   private static func convert(
-    source: BlockBackend, to filename: String, format: String, options: String?, cache: String,
+    sources: [BlockBackend], to filename: String, format: String, options: String?,
+    cache: String,
     skipCreate: Bool, targetIsZero: Bool, settings: ImageCopier.Settings, meter: ProgressMeter,
     reporter: Reporter
   ) async throws {
@@ -166,7 +170,8 @@ enum ConvertTool {
       reporter.error(message)
       return Exit()
     }
-    let size = UInt64(source.length)
+    let length = sources.reduce(Int64(0)) { $0 + $1.length }
+    let size = UInt64(length)
     if !skipCreate {
       guard let list = CreateOptionList.forFormat(format, withProtocol: true) else {
         throw fail("Unknown file format '\(format)'")
@@ -206,7 +211,7 @@ enum ConvertTool {
     } catch {
       throw fail("Could not open '\(filename)': \(errorMessage(error))")
     }
-    if skipCreate && target.length < source.length {
+    if skipCreate && target.length < length {
       await target.close()
       throw fail("output file is smaller than input file")
     }
@@ -219,7 +224,7 @@ enum ConvertTool {
     // an existing one only when the user says so; -S 0 writes everything.
     settings.targetIsZero = settings.minSparse > 0 && (!skipCreate || targetIsZero)
     settings.clusterSize = Int(target.root.clusterSize)
-    let copier = ImageCopier(source: source, target: target, settings: settings, meter: meter)
+    let copier = ImageCopier(sources: sources, target: target, settings: settings, meter: meter)
     do {
       try await copier.run()
       try await target.flush()

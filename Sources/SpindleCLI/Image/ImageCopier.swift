@@ -1,7 +1,8 @@
 import BlockCore
 
-/// Copies one image into another the way `qemu-img convert` does: driven by
-/// the source's block status through its whole backing chain, ranges that
+/// Copies images, one after the other, into another the way `qemu-img
+/// convert` does: driven by each source's block status through its whole
+/// backing chain, ranges that
 /// read as zeroes are skipped (or zero-written when the target does not read
 /// as zeroes already), data is read in chunks of at most 2 MiB, and within a
 /// chunk runs of `minSparse`-sized all-zero blocks are treated as zeroes too.
@@ -36,7 +37,9 @@ final class ImageCopier {
   /// QEMU's IO_BUF_SIZE.
   static let chunkSize = 2 << 20
 
-  let source: BlockBackend
+  /// The sources, concatenated, and where each starts in the target.
+  let sources: [BlockBackend]
+  private let starts: [Int64]
   let target: BlockBackend
   let settings: Settings
   let meter: ProgressMeter
@@ -46,12 +49,19 @@ final class ImageCopier {
   private var copied: Int64 = 0
   private var dataBytes: Int64 = 0
 
-  init(source: BlockBackend, target: BlockBackend, settings: Settings, meter: ProgressMeter) {
-    self.source = source
+  init(sources: [BlockBackend], target: BlockBackend, settings: Settings, meter: ProgressMeter) {
+    self.sources = sources
+    var starts: [Int64] = []
+    var end: Int64 = 0
+    for source in sources {
+      starts.append(end)
+      end += source.length
+    }
+    self.starts = starts
     self.target = target
     self.settings = settings
     self.meter = meter
-    total = source.length
+    total = end
     bufferSize = max(Self.chunkSize, settings.compressed ? settings.clusterSize : 0)
   }
 
@@ -140,10 +150,11 @@ final class ImageCopier {
   /// cluster with any data in it being data.
   private func nextRun(at offset: Int64) async throws -> (zero: Bool, length: Int64) {
     let left = total - offset
+    let (source, local) = locate(offset)
     let status: BlockStatus
     do {
       status = try await source.root.blockStatusAbove(
-        base: nil, offset: offset, bytes: min(left, 1 << 30), wantZero: true
+        base: nil, offset: local, bytes: min(source.length - local, 1 << 30), wantZero: true
       ).status
     } catch {
       throw Failure(
@@ -154,7 +165,7 @@ final class ImageCopier {
     // QEMU keeps runs ending on the source's cluster (or request) alignment
     // when they can, so that the next run starts aligned.
     let alignment = max(source.root.clusterSize, 512)
-    let tail = (offset + length) % alignment
+    let tail = (local + length) % alignment
     if length > tail { length -= tail }
     var zero = status.flags.contains(.zero)
     if !zero { length = min(length, Int64(Self.chunkSize)) }
@@ -213,9 +224,22 @@ final class ImageCopier {
     }
   }
 
+  /// The source holding the target's `offset`, and the offset in it.
+  private func locate(_ offset: Int64) -> (BlockBackend, Int64) {
+    let index = starts.lastIndex { $0 <= offset } ?? 0
+    return (sources[index], offset - starts[index])
+  }
+
   private func read(at offset: Int64, into data: IOVector) async throws {
     do {
-      try await source.read(at: offset, into: data)
+      // A compressed cluster may span two sources.
+      var done = 0
+      while done < data.count {
+        let (source, local) = locate(offset + Int64(done))
+        let piece = Int(min(Int64(data.count - done), source.length - local))
+        try await source.read(at: local, into: data.slice(done, piece))
+        done += piece
+      }
     } catch {
       throw Failure(message: "error while reading at byte \(offset): \(errorMessage(error))")
     }

@@ -80,7 +80,7 @@ enum ImageTool {
       compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
       convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] \
     [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] filename \
-    output_filename
+    [filename2 [...]] output_filename
       create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
     [-o options] filename [size]
       info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
