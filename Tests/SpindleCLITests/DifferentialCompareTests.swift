@@ -49,6 +49,12 @@ import Testing
     ["-p", "DIR/big.raw", "DIR/mid.qcow2"], ["DIR/big2.raw", "DIR/mid.qcow2"],
     ["-U", "-f", "qcow2", "-F", "raw", "DIR/mid.qcow2", "DIR/big2.raw"],
     ["-T", "none", "DIR/mid.qcow2", "DIR/mid.raw"],
+    [
+      "--image-opts", "driver=qcow2,file.filename=DIR/mid.qcow2",
+      "driver=raw,file.filename=DIR/mid.raw",
+    ],
+    ["--image-opts", "DIR/a.raw", "DIR/c.qcow2"],
+    ["-U", "--image-opts", "driver=raw,file.filename=DIR/a.raw,force-share=off", "DIR/a.raw"],
     [], ["DIR/a.raw"], ["DIR/a.raw", "DIR/nonexistent"], ["-p", "DIR/nonexistent", "DIR/a.raw"],
     ["-T", "bogus", "DIR/a.raw", "DIR/a.raw"], ["-Z", "DIR/a.raw", "DIR/a.raw"],
   ]

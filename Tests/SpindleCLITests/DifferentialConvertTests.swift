@@ -103,6 +103,12 @@ import Testing
       ], format: "qcow2"),
     Run(arguments: ["-n", "DIR/base.raw", "DIR/odd.raw", "DIR/exist.raw"], output: "exist.raw"),
     Run(arguments: ["DIR/base.raw", "DIR/nonexistent", "DIR/out"], output: nil),
+    Run(
+      arguments: [
+        "--image-opts", "driver=raw,file.filename=DIR/base.raw",
+        "driver=qcow2,file.filename=DIR/top.qcow2", "DIR/out",
+      ]),
+    Run(arguments: ["--image-opts", "DIR/base.raw", "DIR/out"], output: nil),
     // Into existing images: everything is written, unless the target is said to be zero.
     Run(arguments: ["-n", "DIR/top.qcow2", "DIR/exist.raw"], output: "exist.raw"),
     Run(

@@ -48,6 +48,9 @@ import Testing
     ["DIR/empty.qcow2"], ["--output=json", "-U", "DIR/empty.qcow2"],
     ["--start-offset=-1", "DIR/top.qcow2"], ["--max-length=x", "DIR/top.qcow2"],
     ["--output=xml", "DIR/top.qcow2"], ["DIR/nonexistent"], [], ["-Z"],
+    ["--image-opts", "driver=qcow2,file.filename=DIR/top.qcow2"],
+    ["--image-opts", "--output=json", "driver=raw,file.filename=DIR/base.raw"],
+    ["--image-opts", "DIR/base.raw"], ["--image-opts", "-f", "raw", "DIR/base.raw"],
   ]
 
   @Test(

@@ -28,6 +28,9 @@ import Testing
     ["--preallocation=full", "-f", "raw", "DIR/r.raw", "1M"],
     ["--preallocation=off", "-f", "raw", "DIR/r.raw", "3M"],
     ["DIR/nonexistent", "1M"], ["-f", "qcow2", "DIR/r.raw", "1G"],
+    ["--image-opts", "driver=qcow2,file.filename=DIR/q.qcow2", "+1M"],
+    ["--image-opts", "driver=raw,file.filename=DIR/r.raw", "2M"],
+    ["--image-opts", "DIR/r.raw", "2M"],
     [], ["DIR/r.raw"], ["-Z", "DIR/r.raw", "1M"], ["DIR/a", "DIR/b", "1M"],
   ]
 

@@ -54,6 +54,7 @@ enum CompareTool {
     var quiet = false
     var strict = false
     var forceShare = false
+    var imageOpts = false
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -71,8 +72,9 @@ enum CompareTool {
       case .option("q"): quiet = true
       case .option("s"): strict = true
       case .option("U"): forceShare = true
-      case .option("object"), .option("image-opts"):
-        reporter.error("--object and --image-opts are not supported by Spindle yet")
+      case .option("image-opts"): imageOpts = true
+      case .option("object"):
+        reporter.error("--object is not supported by Spindle yet")
         throw Exit(status: 1)
       default:
         throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
@@ -90,18 +92,18 @@ enum CompareTool {
     var backends: [BlockBackend] = []
     for index in 0..<2 {
       var spec = ImageSpec()
-      spec.filename = filenames[index]
       spec.format = formats[index]
       spec.node.readOnly = true
       spec.node.cache = cacheMode
       spec.forceShare = forceShare
-      do {
-        backends.append(try await openBackend(spec))
-      } catch {
-        reporter.error("Could not open '\(filenames[index])': \(errorMessage(error))")
+      guard
+        let backend = await openImage(
+          filenames[index], imageOpts: imageOpts, spec: spec, reporter: reporter)
+      else {
         for backend in backends { await backend.close() }
         throw Exit(status: 2)
       }
+      backends.append(backend)
     }
     let comparison = ImageComparison(
       images: (backends[0], backends[1]), filenames: (filenames[0], filenames[1]), strict: strict,

@@ -10,7 +10,7 @@ import BlockDrivers
 /// Options are checked in QEMU's order with its messages; the target is
 /// created (unless `-n`) with `create`'s code and then filled by
 /// ``ImageCopier`` with `-m` runs in flight (writes in order unless `-W`).
-/// Several sources are concatenated. `-B`, `-l`, `-C`, `-r`, `--salvage`, `--bitmaps`,
+/// Several sources are concatenated; `--image-opts` applies to them. `-B`, `-l`, `-C`, `-r`, `--salvage`, `--bitmaps`,
 /// `--object` and image options are refused as not supported yet.
 @BlockActor
 enum ConvertTool {
@@ -57,6 +57,7 @@ enum ConvertTool {
     var forceShare = false
     var cache = "unsafe"
     var sourceCache = "writeback"
+    var imageOpts = false
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -101,6 +102,7 @@ enum ConvertTool {
       case .option("W"): settings.outOfOrder = true
       case .option("U"): forceShare = true
       case .option("target-is-zero"): targetIsZero = true
+      case .option("image-opts"): imageOpts = true
       default:
         let name = parser.arguments[parser.optind - 1]
         throw fail("\(name) is not supported by Spindle's convert yet")
@@ -132,17 +134,18 @@ enum ConvertTool {
     }
     for filename in operands.dropLast() {
       var spec = ImageSpec()
-      spec.filename = filename
       spec.format = sourceFormat
       spec.node.readOnly = true
       spec.node.cache = sourceCacheMode
       spec.forceShare = forceShare
-      do {
-        sources.append(try await openBackend(spec))
-      } catch {
+      guard
+        let source = await openImage(
+          filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
+      else {
         await closeSources()
-        throw fail("Could not open '\(filename)': \(errorMessage(error))")
+        throw Exit()
       }
+      sources.append(source)
     }
     do {
       try await convert(

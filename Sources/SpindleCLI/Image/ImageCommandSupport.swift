@@ -19,3 +19,43 @@ func parseImageNumber(_ text: String, name: String, reporter: Reporter) -> Int64
   }
   return nil
 }
+
+/// qemu-img's `img_open`: `filename` is a file name, or with `imageOpts` an
+/// option string; the probed-raw warning is printed for writable opens. Nil
+/// after reporting QEMU's error.
+@BlockActor
+func openImage(_ filename: String, imageOpts: Bool, spec: ImageSpec, reporter: Reporter) async
+  -> BlockBackend?
+{
+  var spec = spec
+  if imageOpts {
+    if spec.format != nil {
+      reporter.error("--image-opts and --format are mutually exclusive")
+      return nil
+    }
+    spec.options = parseOptionString(filename, impliedKey: "file", reporter: reporter)
+    if spec.forceShare, let share = spec.options["force-share"], share != "on" {
+      reporter.error("--force-share/-U conflicts with image options")
+      return nil
+    }
+    // `file=NAME` names an existing node in QEMU; qemu-img has none.
+    if let reference = spec.options["file"] {
+      reporter.error(
+        "Could not open '\(filename)': Cannot find device='\(reference)' nor node-name='\(reference)'"
+      )
+      return nil
+    }
+  } else {
+    spec.filename = filename
+  }
+  do {
+    let backend = try await openBackend(spec)
+    if warnsAboutProbedRaw(spec, backend) {
+      reporter.console.writeError(probedRawWarning(filename))
+    }
+    return backend
+  } catch {
+    reporter.error("Could not open '\(filename)': \(errorMessage(error))")
+    return nil
+  }
+}

@@ -42,6 +42,7 @@ enum MapTool {
     var output = "human"
     var startOffset: Int64 = 0
     var maxLength: Int64?
+    var imageOpts = false
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -63,8 +64,9 @@ enum MapTool {
         guard let value = parseImageNumber(argument, name: "max length", reporter: reporter)
         else { throw Exit() }
         maxLength = value
-      case .option("object"), .option("image-opts"):
-        reporter.error("--object and --image-opts are not supported by Spindle yet")
+      case .option("image-opts"): imageOpts = true
+      case .option("object"):
+        reporter.error("--object is not supported by Spindle yet")
         throw Exit()
       default:
         throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
@@ -77,14 +79,10 @@ enum MapTool {
       reporter.error("--output must be used with human or json as argument.")
       throw Exit()
     }
-    spec.filename = filename
-    let backend: BlockBackend
-    do {
-      backend = try await openBackend(spec)
-    } catch {
-      reporter.error("Could not open '\(filename)': \(errorMessage(error))")
-      throw Exit()
-    }
+    guard
+      let backend = await openImage(
+        filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
+    else { throw Exit() }
     let status = await printMap(
       backend.root, start: startOffset, maxLength: maxLength, json: output == "json",
       reporter: reporter)

@@ -49,6 +49,7 @@ enum ResizeTool {
     var quiet = false
     var shrink = false
     var preallocation = PreallocationMode.off
+    var imageOpts = false
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -67,8 +68,9 @@ enum ResizeTool {
           throw fail("Invalid preallocation mode '\(argument)'")
         }
         preallocation = mode
-      case .option("object"), .option("image-opts"):
-        throw fail("--object and --image-opts are not supported by Spindle yet")
+      case .option("image-opts"): imageOpts = true
+      case .option("object"):
+        throw fail("--object is not supported by Spindle yet")
       default:
         throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
@@ -94,15 +96,11 @@ enum ResizeTool {
     let size = sizeOption.number("size") ?? 0
 
     var spec = ImageSpec()
-    spec.filename = filename
     spec.format = format
-    let backend: BlockBackend
-    do {
-      backend = try await openBackend(spec)
-    } catch {
-      throw fail("Could not open '\(filename)': \(errorMessage(error))")
-    }
-    if warnsAboutProbedRaw(spec, backend) { console.writeError(probedRawWarning(filename)) }
+    guard
+      let backend = await openImage(
+        filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
+    else { throw Exit() }
     let current = backend.length
     let (total, overflow): (Int64, Bool) =
       relative == 0
