@@ -109,6 +109,14 @@ import Testing
         "driver=qcow2,file.filename=DIR/top.qcow2", "DIR/out",
       ]),
     Run(arguments: ["--image-opts", "DIR/base.raw", "DIR/out"], output: nil),
+    // With -p, a failure still ends the progress line.
+    Run(arguments: ["-p", "DIR/nonexistent", "DIR/out"], output: nil),
+    Run(
+      arguments: ["-p", "-O", "qcow2", "-o", "cluster_size=3k", "DIR/base.raw", "DIR/out"],
+      output: nil),
+    Run(arguments: ["-p", "-t", "bogus", "DIR/base.raw", "DIR/out"]),
+    Run(
+      arguments: ["-O", "qcow2", "-o", "backing_file=x", "DIR/base.raw", "DIR/out"], output: nil),
     // Into existing images: everything is written, unless the target is said to be zero.
     Run(arguments: ["-n", "DIR/top.qcow2", "DIR/exist.raw"], output: "exist.raw"),
     Run(

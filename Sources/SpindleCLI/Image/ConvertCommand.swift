@@ -128,6 +128,30 @@ enum ConvertTool {
     let meter = ProgressMeter(enabled: progress, console: console)
     meter.report(0)
 
+    // QEMU ends the progress line (a newline) however the command ends.
+    do {
+      try await openAndConvert(
+        operands: operands, outputFilename: outputFilename, sourceFormat: sourceFormat,
+        sourceCache: sourceCacheMode, forceShare: forceShare, imageOpts: imageOpts,
+        outputFormat: outputFormat, options: options, cache: cache, skipCreate: skipCreate,
+        targetIsZero: targetIsZero, settings: settings, meter: meter, reporter: reporter)
+    } catch {
+      meter.end()
+      throw error
+    }
+    meter.report(100)
+    meter.end()
+    return 0
+  }
+
+  /// Opens the sources, then converts.
+  private static func openAndConvert(
+    operands: [String], outputFilename: String, sourceFormat: String?, sourceCache: CacheMode,
+    forceShare: Bool, imageOpts: Bool, outputFormat: String, options: String?, cache: String,
+    skipCreate: Bool, targetIsZero: Bool, settings: ImageCopier.Settings, meter: ProgressMeter,
+    reporter: Reporter
+  ) async throws {
+    let sourceCacheMode = sourceCache
     var sources: [BlockBackend] = []
     func closeSources() async {
       for source in sources { await source.close() }
@@ -157,9 +181,6 @@ enum ConvertTool {
       throw error
     }
     await closeSources()
-    meter.report(100)
-    meter.end()
-    return 0
   }
 
   /// Creates (unless `skipCreate`) and opens the target, then copies.
@@ -183,6 +204,10 @@ enum ConvertTool {
       do {
         if let options { try values.parse(options) }
         try values.set("size", String(size))
+        if values.string("backing_file") != nil && values.string("backing_fmt") == nil {
+          throw CreateOptionValues.Failure(
+            message: "Use of backing file requires explicit backing format")
+        }
         if values.string("backing_file") != nil || values.string("backing_fmt") != nil {
           throw CreateOptionValues.Failure(
             message: "backing files in convert are not supported by Spindle yet")
