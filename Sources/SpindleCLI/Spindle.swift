@@ -13,7 +13,8 @@ import BlockDrivers
 /// on its first argument.
 ///
 /// - invoked as `qemu-io` (a link): qemu-io, messages prefixed `qemu-io:`;
-/// - invoked as `qemu-img`: qemu-img's commands (so far `bench`);
+/// - invoked as `qemu-img`: qemu-img's commands (so far `bench`, `compare`,
+///   `convert`, `create`, `info`, `map`, `resize`);
 /// - `spindle io ...`: qemu-io, named `qemu-io` in messages and the prompt;
 /// - `spindle bench ...`: `qemu-img bench`; `spindle img ...`: qemu-img.
 public enum Spindle {
@@ -102,7 +103,8 @@ public enum Spindle {
     Commands:
       io [OPTIONS] [-c CMD]... [FILE]   qemu-io: exercise an image with I/O commands
       bench [OPTIONS] FILE              qemu-img bench: a simple I/O benchmark
-      img COMMAND [OPTIONS]             qemu-img's commands (so far: bench)
+      img COMMAND [OPTIONS]             qemu-img's commands: bench compare convert
+                                        create info map resize
       --version                         print the version
       --help                            print this help
 

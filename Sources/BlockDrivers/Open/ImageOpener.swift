@@ -14,6 +14,10 @@ public struct OpenContext: Sendable {
   /// raw format (qemu-io shares everything); under formats with metadata, such
   /// as qcow2, it does not (QEMU's `bdrv_default_perms` for storage children).
   public var sharesFileWrites = false
+  /// Whether formats open their backing files (false: QEMU's
+  /// `BDRV_O_NO_BACKING`, as `qemu-img info` opens images; the node then has
+  /// no backing child and must not be read).
+  public var openBacking = true
 
   /// Creates a context.
   public init(node: NodeOptions = NodeOptions(), forceShare: Bool = false, allowProbe: Bool = true)

@@ -33,7 +33,7 @@ extension Qcow2Driver {
       if !context.node.readOnly {
         refcountTable = try await prepareForWriting(file, header: &header)
       }
-      if let name = header.backingFile {
+      if let name = header.backingFile, context.openBacking {
         var backingContext = context
         backingContext.node.readOnly = true
         backingContext.node.copyOnRead = false

@@ -18,6 +18,8 @@ struct ImageSpec {
   var snapshot = false
   /// `-i`/`-k`/`-n`: the AIO mode QEMU passes to its file protocol nodes.
   var aio: String?
+  /// Whether the backing chain is opened (false: `BDRV_O_NO_BACKING`).
+  var openBacking = true
 }
 
 /// Passes the AIO mode to the `file` node of the graph, as QEMU's
@@ -159,7 +161,8 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
     // The image itself is only read; the overlay takes the writes.
     imageNode.readOnly = true
   }
-  let context = OpenContext(node: imageNode, forceShare: spec.forceShare)
+  var context = OpenContext(node: imageNode, forceShare: spec.forceShare)
+  context.openBacking = spec.openBacking
   var root = try await ImageOpener.open(
     filename: spec.filename, format: spec.format, options: spec.options, context: context)
   if spec.snapshot {

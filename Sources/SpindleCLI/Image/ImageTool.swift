@@ -1,8 +1,9 @@
 import BlockCore
 
 /// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
-/// Only `bench` exists so far; other commands are "not found", as unknown ones
-/// are in qemu-img.
+/// `bench`, `compare`, `convert`, `create`, `info`, `map` and `resize` exist
+/// so far; qemu-img's other commands fail with
+/// "not supported yet", unknown ones are "not found" as in qemu-img.
 @BlockActor
 enum ImageTool {
   static let longOptions: [Getopt.LongOption] = [
@@ -39,8 +40,24 @@ enum ImageTool {
     let operands = Array(parser.operands)
     guard let command = operands.first else { return usageError("Not enough arguments") }
     switch command {
+    case "create":
+      return await CreateTool.run(arguments: operands, programName: programName, console: console)
+    case "info":
+      return await InfoTool.run(arguments: operands, programName: programName, console: console)
+    case "map":
+      return await MapTool.run(arguments: operands, programName: programName, console: console)
+    case "convert":
+      return await ConvertTool.run(arguments: operands, programName: programName, console: console)
+    case "compare":
+      return await CompareTool.run(arguments: operands, programName: programName, console: console)
+    case "resize":
+      return await ResizeTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
+    case "amend", "bitmap", "check", "commit", "dd",
+      "measure", "rebase", "snapshot":
+      reporter.error("Command '\(command)' is not supported by Spindle yet")
+      return 1
     default:
       return usageError("Command not found: \(command)")
     }
@@ -60,6 +77,15 @@ enum ImageTool {
       bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] \
     [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] \
     [-t cache] [-w] [-U] filename
+      compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
+      convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] \
+    [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] filename \
+    [filename2 [...]] output_filename
+      create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
+    [-o options] filename [size]
+      info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+      resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
+      map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
 
     Command parameters:
       'filename' is a disk image filename

@@ -1,0 +1,376 @@
+import BlockCore
+import BlockDrivers
+import SystemPackage
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// `qemu-img create`, a qemu-img 7.2 work-alike:
+///
+///     create [--object OBJECTDEF] [-q] [-f FMT] [-b BACKING_FILE [-F BACKING_FMT]]
+///            [-u] [-o OPTIONS] FILENAME [SIZE]
+///
+/// Creates raw images (a file truncated to the size, rounded up to 512 bytes)
+/// and qcow2 images (``Qcow2Create``). Options, their checks, the order of
+/// checks and messages follow QEMU's `img_create` and `bdrv_img_create`: the
+/// `Formatting '...'` line comes after the option and backing-file checks and
+/// before the format's own checks, and a format check that fails removes the
+/// file, as QEMU's qcow2 driver does.
+@BlockActor
+enum CreateTool {
+  static let longOptions: [Getopt.LongOption] = [
+    .init("help", key: "h"), .init("object", .required),
+  ]
+
+  /// A failure reported already; the tool exits with status 1.
+  private struct Exit: Error {}
+
+  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
+    let reporter = Reporter(console: console, programName: programName)
+    do {
+      return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch {
+      return 1
+    }
+  }
+
+  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+    async throws -> Int32
+  {
+    var parser = Getopt(arguments: arguments, options: ":F:b:f:ho:qu", longOptions: longOptions) {
+      _ in
+    }
+    func usageError(_ message: String) -> Exit {
+      reporter.error(message)
+      console.writeError("Try 'qemu-img --help' for more information\n")
+      return Exit()
+    }
+    var format = "raw"
+    var backingFile: String?
+    var backingFormat: String?
+    var options: String?
+    var quiet = false
+    var unsafe = false
+    while let result = parser.next() {
+      let argument = parser.optarg ?? ""
+      switch result {
+      case .missingArgument:
+        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+      case .invalid:
+        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      case .option("h"):
+        console.write(ImageTool.help)
+        return 0
+      case .option("F"): backingFormat = argument
+      case .option("b"): backingFile = argument
+      case .option("f"): format = argument
+      case .option("o"):
+        guard isValidOptionList(argument) else {
+          reporter.error("Invalid option list: \(argument)")
+          throw Exit()
+        }
+        options = options.map { "\($0),\(argument)" } ?? argument
+      case .option("q"): quiet = true
+      case .option("u"): unsafe = true
+      case .option("object"):
+        reporter.error("--object is not supported by Spindle yet")
+        throw Exit()
+      default:
+        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      }
+    }
+    let operands = Array(parser.operands)
+    if let options, CreateOptionValues.asksForHelp(options) {
+      return printOptionHelp(format: format, filename: operands.first, reporter: reporter)
+    }
+    guard let filename = operands.first else { throw usageError("Expecting image file name") }
+    var size: UInt64?
+    if operands.count > 1 {
+      guard let value = parseImageNumber(operands[1], name: "image size", reporter: reporter)
+      else { throw Exit() }
+      size = UInt64(value)
+    }
+    if operands.count > 2 { throw usageError("Unexpected argument: \(operands[2])") }
+
+    let request = CreateRequest(
+      filename: filename, format: format, backingFile: backingFile,
+      backingFormat: backingFormat, options: options, size: size, unsafe: unsafe, quiet: quiet)
+    do {
+      try await createImage(request, console: console)
+    } catch let failure as CreateOptionValues.Failure {
+      console.writeError(
+        "\(reporter.programName): \(filename): \(failure.message)\(failure.newline ? "\n" : "")")
+      throw Exit()
+    }
+    return 0
+  }
+
+  /// QEMU's `is_valid_option_list`: not empty, and a trailing comma only as
+  /// part of an escaped `,,`.
+  static func isValidOptionList(_ text: String) -> Bool {
+    guard !text.isEmpty else { return false }
+    let trailingCommas = text.reversed().prefix { $0 == "," }.count
+    return trailingCommas % 2 == 0
+  }
+
+  /// QEMU's `print_block_option_help`.
+  static func printOptionHelp(format: String, filename: String?, reporter: Reporter)
+    -> Int32
+  {
+    guard let list = CreateOptionList.forFormat(format, withProtocol: filename != nil) else {
+      reporter.error("Unknown file format '\(format)'")
+      return 1
+    }
+    if filename != nil {
+      reporter.console.write("Supported options:\n\(list.helpText())")
+    } else {
+      reporter.console.write(
+        """
+        Supported \(format) options:
+        \(list.helpText())
+        The protocol level may support further options.
+        Specify the target filename to include those options.
+
+        """)
+    }
+    return 0
+  }
+}
+
+/// One `create` as `bdrv_img_create` receives it.
+struct CreateRequest {
+  var filename: String
+  var format: String
+  var backingFile: String?
+  var backingFormat: String?
+  var options: String?
+  /// The size operand (nil when not given).
+  var size: UInt64?
+  /// `-u`: do not open the backing file.
+  var unsafe = false
+  var quiet = false
+}
+
+/// QEMU's `bdrv_img_create` for raw and qcow2: checks options, opens the
+/// backing file (for its size and to see it exists), prints the `Formatting`
+/// line and creates the image. Errors are ``CreateOptionValues/Failure``s
+/// whose message the caller prefixes with the file name.
+@BlockActor
+func createImage(_ request: CreateRequest, console: Console) async throws {
+  typealias Failure = CreateOptionValues.Failure
+  guard let list = CreateOptionList.forFormat(request.format, withProtocol: true) else {
+    throw Failure(message: "Unknown file format '\(request.format)'")
+  }
+  var values = CreateOptionValues(list: list)
+  if let options = request.options {
+    try values.parse(options)
+  }
+  if values.string("size") == nil {
+    if let size = request.size { try values.set("size", String(size)) }
+  } else if request.size != nil {
+    throw Failure(message: "The image size must be specified only once")
+  }
+  let supportsBacking = request.format == "qcow2"
+  if let backing = request.backingFile {
+    guard supportsBacking else {
+      throw Failure(message: "Backing file not supported for file format '\(request.format)'")
+    }
+    try values.set("backing_file", backing)
+  }
+  if let backingFormat = request.backingFormat {
+    guard supportsBacking else {
+      throw Failure(
+        message: "Backing file format not supported for file format '\(request.format)'")
+    }
+    try values.set("backing_fmt", backingFormat)
+  }
+  let backingFile = values.string("backing_file")
+  let backingFormat = values.string("backing_fmt")
+  if let backingFile {
+    if backingFile == request.filename {
+      throw Failure(
+        message: "Error: Trying to create an image with the same filename as the backing file")
+    }
+    if backingFile.isEmpty {
+      throw Failure(message: "Expected backing file name, got empty string")
+    }
+  }
+  if let backingFile, !request.unsafe {
+    let path = fullBackingPath(backingFile, relativeTo: request.filename)
+    var options = DriverOptions()
+    if let backingFormat { options["driver"] = backingFormat }
+    var node = NodeOptions()
+    node.readOnly = true
+    let backing: BlockNode
+    do {
+      backing = try await ImageOpener.open(
+        filename: path, format: nil, options: options,
+        context: OpenContext(node: node, forceShare: true))
+    } catch {
+      throw Failure(message: "\(errorMessage(error))\nCould not open backing image.")
+    }
+    let length = backing.length
+    let detected = backing.driver.formatName
+    await backing.close()
+    guard backingFormat != nil else {
+      throw Failure(
+        message: "Backing file specified without backing format\nDetected format of \(detected).",
+        newline: false)
+    }
+    if values.string("size") == nil { try values.set("size", String(length)) }
+  } else if backingFile != nil && backingFormat == nil {
+    throw Failure(message: "Backing file specified without backing format")
+  }
+  guard let size = values.number("size") else {
+    throw Failure(message: "Image creation needs a size parameter")
+  }
+  try checkSupported(values)
+  if !request.quiet {
+    console.write("Formatting '\(request.filename)', fmt=\(request.format) \(values.printed())\n")
+  }
+  try await createFormatted(request.filename, format: request.format, size: size, values: values)
+}
+
+/// Refuses the options QEMU knows and Spindle cannot honour yet.
+func checkSupported(_ values: CreateOptionValues) throws(CreateOptionValues.Failure) {
+  if let unsupported = values.list.options.first(where: {
+    !$0.supported && values.string($0.name) != nil
+  }) {
+    throw CreateOptionValues.Failure(
+      message: "Spindle does not support the option '\(unsupported.name)' yet")
+  }
+  for key in ["preallocation", "extended_l2", "compression_type", "nocow"] {
+    guard let value = values.string(key) else { continue }
+    let isDefault =
+      key == "preallocation" || key == "compression_type"
+      ? ["off", "zlib"].contains(value) : CreateOptionValues.parseBool(value) == false
+    if !isDefault {
+      throw CreateOptionValues.Failure(message: "Spindle does not support \(key)=\(value) yet")
+    }
+  }
+}
+
+/// Creates the image file and, for qcow2, its format (QEMU's `bdrv_create`
+/// once the options are checked); a qcow2 check that fails removes the file.
+@BlockActor
+func createFormatted(_ filename: String, format: String, size: UInt64, values: CreateOptionValues)
+  async throws
+{
+  // Both formats start from an empty file, as QEMU's file protocol creates it.
+  let rounded = (size + 511) & ~511
+  try await createFile(filename, size: format == "raw" ? rounded : 0)
+  guard format == "qcow2" else { return }
+  do {
+    try await createQcow2(filename, size: rounded, values: values)
+  } catch {
+    _ = unlink(filename)
+    throw error
+  }
+}
+
+/// QEMU's `bdrv_get_full_backing_filename_from_filename`: a relative backing
+/// file name is relative to the image's directory.
+func fullBackingPath(_ backing: String, relativeTo image: String) -> String {
+  if backing.hasPrefix("/") || backing.hasPrefix("json:") { return backing }
+  if let colon = backing.firstIndex(of: ":"), !backing[..<colon].contains("/") { return backing }
+  guard let slash = image.lastIndex(of: "/") else { return backing }
+  return String(image[...slash]) + backing
+}
+
+/// The file protocol's create: opens (creating) the file, empties it and
+/// sets its length. An existing file is first opened for writing through
+/// the file driver, so that one another user (or this process, as the
+/// source of a convert) holds is refused with QEMU's lock error instead of
+/// being truncated.
+@BlockActor
+private func createFile(_ path: String, size: UInt64) async throws {
+  if access(path, F_OK) == 0 {
+    var options = DriverOptions()
+    options["driver"] = "file"
+    options["filename"] = path
+    do {
+      let node = try await ImageOpener.open(filename: nil, options: options)
+      await node.close()
+    } catch let error as BlockError where error.code == .resourceTemporarilyUnavailable {
+      throw CreateOptionValues.Failure(message: errorMessage(error))
+    } catch {
+      // Other failures are reported by the create itself.
+    }
+  }
+  let result: Errno? = await Task.detached { () -> Errno? in
+    do {
+      let descriptor = try FileDescriptor.open(
+        FilePath(path), .readWrite, options: [.create],
+        permissions: [.ownerReadWrite, .groupRead, .otherRead])
+      defer { try? descriptor.close() }
+      guard ftruncate(descriptor.rawValue, 0) == 0, ftruncate(descriptor.rawValue, off_t(size)) == 0
+      else { return Errno(rawValue: errno) }
+      return nil
+    } catch let error as Errno {
+      return error
+    } catch {
+      return Errno.ioError
+    }
+  }.value
+  if let result {
+    throw CreateOptionValues.Failure(
+      message: "Could not create '\(path)': \(Errno.describe(result))")
+  }
+}
+
+/// qcow2's checks, in QEMU's order (`qcow2_co_create_opts`, `qcow2_co_create`),
+/// then ``Qcow2Create``.
+@BlockActor
+private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValues) async throws {
+  typealias Failure = CreateOptionValues.Failure
+  var options = Qcow2CreateOptions(size: Int64(size))
+  let version: Int
+  switch values.string("compat") ?? "v3" {
+  case "0.10", "v2": version = 2
+  case "1.1", "v3": version = 3
+  case let other: throw Failure(message: "Parameter 'version' does not accept value '\(other)'")
+  }
+  options.compat = version == 2 ? "0.10" : "1.1"
+  let clusterSize = values.number("cluster_size") ?? 65536
+  guard clusterSize >= 512, clusterSize <= 2 << 20, clusterSize & (clusterSize - 1) == 0 else {
+    throw Failure(message: "Cluster size must be a power of two between 512 and 2048k")
+  }
+  options.clusterSize = Int64(clusterSize)
+  if values.string("backing_fmt") != nil && values.string("backing_file") == nil {
+    throw Failure(message: "Backing format cannot be used without backing file")
+  }
+  options.lazyRefcounts = values.bool("lazy_refcounts") ?? false
+  if version < 3 && options.lazyRefcounts {
+    throw Failure(
+      message:
+        "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+    )
+  }
+  let bits = values.number("refcount_bits") ?? 16
+  guard bits > 0, bits <= 64, bits & (bits - 1) == 0 else {
+    throw Failure(message: "Refcount width must be a power of two and may not exceed 64 bits")
+  }
+  if version < 3 && bits != 16 {
+    throw Failure(
+      message:
+        "Different refcount widths than 16 bits require compatibility level 1.1 or above (use version=v3 or greater)"
+    )
+  }
+  options.refcountBits = Int(bits)
+  options.backingFile = values.string("backing_file")
+  options.backingFormat = values.string("backing_fmt")
+  do {
+    try await Qcow2Create.create(at: path, options: options)
+  } catch let error as BlockError where error.code == .fileTooLarge {
+    throw Failure(
+      message:
+        "The image size is too large for file format 'qcow2' (try using a larger cluster size)")
+  } catch let error as CreateOptionValues.Failure {
+    throw error
+  } catch {
+    throw Failure(message: errorMessage(error))
+  }
+}

@@ -1,0 +1,61 @@
+import BlockCore
+
+/// qemu-img's `cvtnum`: a size between 0 and `Int64.max`, with its error
+/// messages (`Invalid image size specified. ...`); nil after reporting.
+@BlockActor
+func parseImageNumber(_ text: String, name: String, reporter: Reporter) -> Int64? {
+  let parsed = parseQEMUSize(text)
+  if case .success(let value) = parsed, value.hexWithSuffix {
+    reporter.warning("Using a multiplier suffix on hex numbers is deprecated: \(text)")
+  }
+  switch parsed {
+  case .success(let value) where value.value <= UInt64(Int64.max):
+    return Int64(value.value)
+  case .failure(.invalid):
+    reporter.error("Invalid \(name) specified. You may use k, M, G, T, P or E suffixes for")
+    reporter.error("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.")
+  case .success, .failure(.range):
+    reporter.error("Invalid \(name) specified. Must be between 0 and \(Int64.max).")
+  }
+  return nil
+}
+
+/// qemu-img's `img_open`: `filename` is a file name, or with `imageOpts` an
+/// option string; the probed-raw warning is printed for writable opens. Nil
+/// after reporting QEMU's error.
+@BlockActor
+func openImage(_ filename: String, imageOpts: Bool, spec: ImageSpec, reporter: Reporter) async
+  -> BlockBackend?
+{
+  var spec = spec
+  if imageOpts {
+    if spec.format != nil {
+      reporter.error("--image-opts and --format are mutually exclusive")
+      return nil
+    }
+    spec.options = parseOptionString(filename, impliedKey: "file", reporter: reporter)
+    if spec.forceShare, let share = spec.options["force-share"], share != "on" {
+      reporter.error("--force-share/-U conflicts with image options")
+      return nil
+    }
+    // `file=NAME` names an existing node in QEMU; qemu-img has none.
+    if let reference = spec.options["file"] {
+      reporter.error(
+        "Could not open '\(filename)': Cannot find device='\(reference)' nor node-name='\(reference)'"
+      )
+      return nil
+    }
+  } else {
+    spec.filename = filename
+  }
+  do {
+    let backend = try await openBackend(spec)
+    if warnsAboutProbedRaw(spec, backend) {
+      reporter.console.writeError(probedRawWarning(filename))
+    }
+    return backend
+  } catch {
+    reporter.error("Could not open '\(filename)': \(errorMessage(error))")
+    return nil
+  }
+}

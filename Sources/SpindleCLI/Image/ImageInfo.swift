@@ -1,0 +1,171 @@
+import BlockCore
+import BlockDrivers
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// What `qemu-img info` reports about one image (QEMU's `ImageInfo`, the
+/// members Spindle's formats have).
+struct ImageInfo {
+  var filename: String
+  var format: String
+  var virtualSize: Int64
+  /// Bytes allocated to the image's file (`st_blocks * 512`), nil when unknown.
+  var actualSize: Int64?
+  var clusterSize: Int64?
+  var dirty = false
+  var backingFilename: String?
+  var fullBackingFilename: String?
+  var backingFormat: String?
+  /// `format-specific` data members, in QEMU's order.
+  var formatSpecific: (type: String, data: [(String, QObject)])?
+
+  /// The image as a JSON object, members in QEMU 7.2's order.
+  var qobject: QObject {
+    var members: [(String, QObject)] = []
+    if let backingFormat { members.append(("backing-filename-format", .string(backingFormat))) }
+    members.append(("virtual-size", .int(virtualSize)))
+    members.append(("filename", .string(filename)))
+    if let clusterSize { members.append(("cluster-size", .int(clusterSize))) }
+    members.append(("format", .string(format)))
+    members.append(("actual-size", .int(actualSize ?? -1)))
+    if let formatSpecific {
+      members.append(
+        (
+          "format-specific",
+          .dict([("type", .string(formatSpecific.type)), ("data", .dict(formatSpecific.data))])
+        ))
+    }
+    if let fullBackingFilename {
+      members.append(("full-backing-filename", .string(fullBackingFilename)))
+    }
+    if let backingFilename { members.append(("backing-filename", .string(backingFilename))) }
+    members.append(("dirty-flag", .bool(dirty)))
+    return .dict(members)
+  }
+
+  /// QEMU's `bdrv_image_info_dump`.
+  var humanText: String {
+    var text = """
+      image: \(filename)
+      file format: \(format)
+      virtual size: \(qemuSizeText(UInt64(virtualSize))) (\(virtualSize) bytes)
+      disk size: \(actualSize.map { qemuSizeText(UInt64($0)) } ?? "unavailable")
+
+      """
+    if let clusterSize { text += "cluster_size: \(clusterSize)\n" }
+    if dirty { text += "cleanly shut down: no\n" }
+    if let backingFilename {
+      text += "backing file: \(backingFilename)"
+      if let fullBackingFilename {
+        if fullBackingFilename != backingFilename {
+          text += " (actual path: \(fullBackingFilename))"
+        }
+      } else {
+        text += " (cannot determine actual path)"
+      }
+      text += "\n"
+    }
+    if let backingFormat { text += "backing file format: \(backingFormat)\n" }
+    if let formatSpecific {
+      text += "Format specific information:\n"
+      for (key, value) in formatSpecific.data {
+        text += "    \(key.replacing("-", with: " ")): \(value.humanValue)\n"
+      }
+    }
+    return text
+  }
+}
+
+extension QObject {
+  /// A scalar as QEMU's `dump_qobject` prints it.
+  fileprivate var humanValue: String {
+    switch self {
+    case .int(let value): String(value)
+    case .bool(let value): value ? "true" : "false"
+    case .string(let value): value
+    case .dict, .list: prettyJSON()
+    }
+  }
+}
+
+/// QEMU's `size_to_str`: three significant digits and a binary unit
+/// (`196 KiB`, `1.5 MiB`, `0 B`).
+func qemuSizeText(_ value: UInt64) -> String {
+  let suffixes = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+  var exponent: Int32 = 0
+  _ = frexp(Double(value) / (1000.0 / 1024.0), &exponent)
+  let index = max(0, Int((exponent - 1) / 10))
+  let divisor = Double(UInt64(1) << UInt64(index * 10))
+  return cFormat("%0.3g", Double(value) / divisor) + " \(suffixes[index])B"
+}
+
+/// A failure `info` reports as it is.
+struct ImageInfoFailure: Error, CustomStringConvertible {
+  let message: String
+  var description: String { message }
+}
+
+/// Gathers the information about an opened image (QEMU's
+/// `bdrv_query_image_info`) from the root node of a graph opened without its
+/// backing file.
+@BlockActor
+func collectImageInfo(_ backend: BlockBackend, filename: String) async throws -> ImageInfo {
+  let root = backend.root
+  var info = ImageInfo(
+    filename: filename, format: root.driver.formatName, virtualSize: root.length)
+  let fileNode = root.driver is FileDriver ? root : root.file
+  if let file = fileNode?.driver as? FileDriver {
+    info.actualSize = await allocatedBytes(file.filename)
+  }
+  guard let qcow2 = root.driver as? Qcow2Driver else { return info }
+  let header = qcow2.header
+  if header.snapshotCount > 0 {
+    throw ImageInfoFailure(message: "images with internal snapshots are not supported yet")
+  }
+  if header.extensions.contains(where: { $0.type == 0x2385_2875 }) {
+    throw ImageInfoFailure(message: "images with persistent bitmaps are not supported yet")
+  }
+  if header.cryptMethod != 0 || header.incompatibleFeatures & 0x4 != 0 {
+    throw ImageInfoFailure(
+      message: "encrypted images and external data files are not supported yet")
+  }
+  info.clusterSize = header.clusterSize
+  info.dirty = header.incompatibleFeatures & 0x1 != 0
+  if let backing = header.backingFile {
+    info.backingFilename = backing
+    info.fullBackingFilename = fullBackingPath(backing, relativeTo: filename)
+    info.backingFormat = header.backingFormat
+  }
+  var data: [(String, QObject)] = []
+  if header.version >= 3 {
+    data = [
+      ("compat", .string("1.1")),
+      ("compression-type", .string(header.compressionType == 0 ? "zlib" : "zstd")),
+      ("lazy-refcounts", .bool(header.compatibleFeatures & 0x1 != 0)),
+      ("refcount-bits", .int(Int64(header.refcountBits))),
+      ("corrupt", .bool(header.incompatibleFeatures & 0x2 != 0)),
+      ("extended-l2", .bool(header.incompatibleFeatures & 0x10 != 0)),
+    ]
+  } else {
+    data = [
+      ("compat", .string("0.10")),
+      ("compression-type", .string("zlib")),
+      ("refcount-bits", .int(Int64(header.refcountBits))),
+    ]
+  }
+  info.formatSpecific = ("qcow2", data)
+  return info
+}
+
+/// `st_blocks * 512` of a file, nil when it cannot be read.
+private func allocatedBytes(_ path: String) async -> Int64? {
+  await Task.detached {
+    var status = stat()
+    guard stat(path, &status) == 0 else { return nil }
+    return Int64(status.st_blocks) * 512
+  }.value
+}

@@ -1,0 +1,119 @@
+import BlockCore
+import BlockDrivers
+
+/// `qemu-img info`, a qemu-img 7.2 work-alike:
+///
+///     info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILENAME
+///
+/// Opens the image read-only without its backing file (as QEMU's
+/// `BDRV_O_NO_BACKING`) and prints what QEMU's `bdrv_image_info_dump` or its
+/// JSON output prints; with `--backing-chain`, every image of the chain in
+/// turn, each opened with the backing format its overlay names.
+@BlockActor
+enum InfoTool {
+  static let longOptions: [Getopt.LongOption] = [
+    .init("help", key: "h"), .init("format", .required, key: "f"), .init("output", .required),
+    .init("backing-chain"), .init("object", .required), .init("image-opts"),
+    .init("force-share", key: "U"),
+  ]
+
+  private struct Exit: Error {}
+
+  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
+    let reporter = Reporter(console: console, programName: programName)
+    do {
+      return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch {
+      return 1
+    }
+  }
+
+  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+    async throws -> Int32
+  {
+    var parser = Getopt(arguments: arguments, options: ":f:hU", longOptions: longOptions) { _ in }
+    func usageError(_ message: String) -> Exit {
+      reporter.error(message)
+      console.writeError("Try 'qemu-img --help' for more information\n")
+      return Exit()
+    }
+    var format: String?
+    var output = "human"
+    var chain = false
+    var forceShare = false
+    while let result = parser.next() {
+      let argument = parser.optarg ?? ""
+      switch result {
+      case .missingArgument:
+        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+      case .invalid:
+        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      case .option("h"):
+        console.write(ImageTool.help)
+        return 0
+      case .option("f"): format = argument
+      case .option("U"): forceShare = true
+      case .option("output"): output = argument
+      case .option("backing-chain"): chain = true
+      case .option("object"), .option("image-opts"):
+        reporter.error("--object and --image-opts are not supported by Spindle yet")
+        throw Exit()
+      default:
+        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      }
+    }
+    guard parser.operands.count == 1, var filename = parser.operands.first else {
+      throw usageError("Expecting one image file name")
+    }
+    guard output == "human" || output == "json" else {
+      reporter.error("--output must be used with human or json as argument.")
+      throw Exit()
+    }
+
+    // QEMU's collect_image_info_list.
+    var infos: [ImageInfo] = []
+    var seen: Set<String> = []
+    while true {
+      if seen.contains(filename) {
+        reporter.error("Backing file '\(filename)' creates an infinite loop.")
+        throw Exit()
+      }
+      seen.insert(filename)
+      var spec = ImageSpec()
+      spec.filename = filename
+      spec.format = format
+      spec.node.readOnly = true
+      spec.forceShare = forceShare
+      spec.openBacking = false
+      let backend: BlockBackend
+      do {
+        backend = try await openBackend(spec)
+      } catch {
+        reporter.error("Could not open '\(filename)': \(errorMessage(error))")
+        throw Exit()
+      }
+      let info: ImageInfo
+      do {
+        info = try await collectImageInfo(backend, filename: filename)
+        await backend.close()
+      } catch {
+        await backend.close()
+        reporter.error("\(filename): \(errorMessage(error))")
+        throw Exit()
+      }
+      infos.append(info)
+      guard chain, info.backingFilename != nil else { break }
+      guard let next = info.fullBackingFilename else { break }
+      filename = next
+      if let backingFormat = info.backingFormat { format = backingFormat }
+    }
+
+    if output == "json" {
+      let object: QObject = chain ? .list(infos.map(\.qobject)) : infos[0].qobject
+      console.write(object.prettyJSON() + "\n")
+    } else {
+      console.write(infos.map(\.humanText).joined(separator: "\n"))
+    }
+    return 0
+  }
+}

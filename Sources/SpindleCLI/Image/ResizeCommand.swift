@@ -1,0 +1,136 @@
+import BlockCore
+import BlockDrivers
+
+/// `qemu-img resize`, a qemu-img 7.2 work-alike:
+///
+///     resize [-f FMT] [--preallocation=PREALLOC] [-q] [--shrink] FILENAME [+ | -]SIZE
+///
+/// The size is taken off the end of the command line before options are
+/// parsed (so `-1M` is not an option), as QEMU's `img_resize` does; growing
+/// and (with `--shrink`) shrinking go through the engine's truncate, so what
+/// each format can do is its driver's business (qcow2 grows only, so far).
+@BlockActor
+enum ResizeTool {
+  static let longOptions: [Getopt.LongOption] = [
+    .init("help", key: "h"), .init("object", .required), .init("image-opts"),
+    .init("preallocation", .required), .init("shrink"),
+  ]
+
+  private struct Exit: Error {}
+
+  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
+    let reporter = Reporter(console: console, programName: programName)
+    do {
+      return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch {
+      return 1
+    }
+  }
+
+  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+    async throws -> Int32
+  {
+    func usageError(_ message: String) -> Exit {
+      reporter.error(message)
+      console.writeError("Try 'qemu-img --help' for more information\n")
+      return Exit()
+    }
+    func fail(_ message: String) -> Exit {
+      reporter.error(message)
+      return Exit()
+    }
+    guard arguments.count >= 3, var sizeText = arguments.last else {
+      throw usageError("Not enough arguments")
+    }
+    var parser = Getopt(
+      arguments: Array(arguments.dropLast()), options: ":f:hq", longOptions: longOptions
+    ) { _ in }
+    var format: String?
+    var quiet = false
+    var shrink = false
+    var preallocation = PreallocationMode.off
+    var imageOpts = false
+    while let result = parser.next() {
+      let argument = parser.optarg ?? ""
+      switch result {
+      case .missingArgument:
+        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+      case .invalid:
+        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      case .option("h"):
+        console.write(ImageTool.help)
+        return 0
+      case .option("f"): format = argument
+      case .option("q"): quiet = true
+      case .option("shrink"): shrink = true
+      case .option("preallocation"):
+        guard let mode = PreallocationMode(rawValue: argument) else {
+          throw fail("Invalid preallocation mode '\(argument)'")
+        }
+        preallocation = mode
+      case .option("image-opts"): imageOpts = true
+      case .option("object"):
+        throw fail("--object is not supported by Spindle yet")
+      default:
+        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      }
+    }
+    guard parser.operands.count == 1, let filename = parser.operands.first else {
+      throw usageError("Expecting image file name and size")
+    }
+    var relative: Int64 = 0
+    if sizeText.hasPrefix("+") {
+      relative = 1
+      sizeText.removeFirst()
+    } else if sizeText.hasPrefix("-") {
+      relative = -1
+      sizeText.removeFirst()
+    }
+    var sizeOption = CreateOptionValues(
+      list: CreateOptionList(options: CreateOptionList.rawOptions))
+    do {
+      try sizeOption.set("size", sizeText)
+    } catch {
+      throw fail(error.message)
+    }
+    let size = sizeOption.number("size") ?? 0
+
+    var spec = ImageSpec()
+    spec.format = format
+    guard
+      let backend = await openImage(
+        filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
+    else { throw Exit() }
+    let current = backend.length
+    let (total, overflow): (Int64, Bool) =
+      relative == 0
+      ? (Int64(bitPattern: size), size > UInt64(Int64.max))
+      : current.addingReportingOverflow(relative * Int64(bitPattern: size))
+    do {
+      if total <= 0 || overflow {
+        throw fail("New image size must be positive")
+      }
+      if total <= current && preallocation != .off {
+        throw fail("Preallocation can only be used for growing images")
+      }
+      if total < current && !shrink {
+        reporter.error("Use the --shrink option to perform a shrink operation.")
+        reporter.warning(
+          "Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there."
+        )
+        throw Exit()
+      }
+      do {
+        try await backend.truncate(to: total, exact: false, preallocation: preallocation)
+      } catch {
+        throw fail(errorMessage(error))
+      }
+    } catch {
+      await backend.close()
+      throw error
+    }
+    await backend.close()
+    if !quiet { console.write("Image resized.\n") }
+    return 0
+  }
+}
