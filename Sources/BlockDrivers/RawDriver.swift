@@ -126,7 +126,7 @@ extension RawDriver {
     // Without a window raw passes its user's permissions through (QEMU treats
     // it as a filter): the file shares writing as the user does.
     var childContext = context
-    if offset == 0 && size == nil { childContext.sharesFileWrites = true }
+    if offset == 0 && size == nil { childContext.sharesFileWrites = !context.noShare }
     let file = try await ImageOpener.openFileChild(&options, context: childContext)
     do {
       let fileLength = file.length

@@ -14,6 +14,10 @@ public struct OpenContext: Sendable {
   /// raw format (qemu-io shares everything); under formats with metadata, such
   /// as qcow2, it does not (QEMU's `bdrv_default_perms` for storage children).
   public var sharesFileWrites = false
+  /// Whether the user itself does not share writing with others (QEMU's
+  /// `BDRV_O_NO_SHARE`, as qemu-img opens images): then no file node shares
+  /// writing, whatever the format above it.
+  public var noShare = false
   /// Whether formats open their backing files (false: QEMU's
   /// `BDRV_O_NO_BACKING`, as `qemu-img info` opens images; the node then has
   /// no backing child and must not be read).
@@ -102,7 +106,7 @@ public enum ImageOpener {
     }
     var context = context
     if let driver = options["driver"], drivers[driver]?.kind == .protocolDriver {
-      context.sharesFileWrites = true
+      context.sharesFileWrites = !context.noShare
     }
     return try await openNode(&options, context: context)
   }

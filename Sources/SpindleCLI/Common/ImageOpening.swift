@@ -20,6 +20,9 @@ struct ImageSpec {
   var aio: String?
   /// Whether the backing chain is opened (false: `BDRV_O_NO_BACKING`).
   var openBacking = true
+  /// Whether the tool shares writing with other users: qemu-io does, qemu-img
+  /// does not (`BDRV_O_NO_SHARE`) unless `-U`.
+  var sharesWrites = false
 }
 
 /// Passes the AIO mode to the `file` node of the graph, as QEMU's
@@ -163,6 +166,7 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   }
   var context = OpenContext(node: imageNode, forceShare: spec.forceShare)
   context.openBacking = spec.openBacking
+  context.noShare = !spec.sharesWrites && !spec.forceShare
   var root = try await ImageOpener.open(
     filename: spec.filename, format: spec.format, options: spec.options, context: context)
   if spec.snapshot {

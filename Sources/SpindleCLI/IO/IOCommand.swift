@@ -34,6 +34,7 @@ enum IOTool {
       arguments: arguments, options: "hVc:d:f:rsnCmki:t:T:U", longOptions: longOptions
     ) { console.writeError($0) }
     var spec = ImageSpec()
+    spec.sharesWrites = true  // qemu-io opens without BDRV_O_NO_SHARE
     spec.node.discard = .unmap
     spec.node.cache = .writethrough
     var commands: [String] = []

@@ -193,6 +193,7 @@ extension IOSession {
     let command = findCommand("open")!
     var parser = options(words, "snCro:ki:t:d:U")
     var spec = ImageSpec()
+    spec.sharesWrites = true  // qemu-io opens without BDRV_O_NO_SHARE
     spec.node.discard = .unmap
     spec.node.cache = .writethrough
     var readOnly = false
