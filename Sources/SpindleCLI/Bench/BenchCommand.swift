@@ -21,8 +21,6 @@ enum BenchTool {
   ]
 
   /// A failure the tool reports and exits with status 1 for.
-  private struct Exit: Error {}
-
   /// Runs `bench` with `arguments` (`arguments[0]` is `bench`).
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
@@ -46,16 +44,11 @@ enum BenchTool {
     var imageOpts = false
 
     /// qemu-img's `error_exit`: the message, then where to get help.
-    func usageError(_ message: String) -> Exit {
-      reporter.error(message)
-      console.writeError("Try 'qemu-img --help' for more information\n")
-      return Exit()
-    }
     /// An integer option read with `qemu_strtoul` and checked against a maximum.
     func integer(_ text: String, max: UInt64, _ message: String) throws -> Int {
       guard case .success(let value) = parseCUnsignedLong(text), value <= max else {
         reporter.error(message)
-        throw Exit()
+        throw CommandExit()
       }
       return Int(value)
     }
@@ -75,16 +68,17 @@ enum BenchTool {
       case .success, .failure(.range):
         reporter.error("Invalid \(name) specified. Must be between \(min) and \(max).")
       }
-      throw Exit()
+      throw CommandExit()
     }
 
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
       case .missingArgument:
-        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
       case .invalid:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       case .option("h"):
         console.write(ImageTool.help)
         return 0
@@ -97,14 +91,14 @@ enum BenchTool {
           argument, max: UInt64(Int32.max), "Invalid queue depth specified")
         if parameters.depth == 0 {
           reporter.error("Invalid queue depth specified")
-          throw Exit()
+          throw CommandExit()
         }
       case .option("f"): spec.format = argument
       case .option("n"): spec.aio = combinedAIOMode(spec.aio, "native")
       case .option("i"):
         guard isValidAIOMode(argument) else {
           reporter.error("Invalid aio option: \(argument)")
-          throw Exit()
+          throw CommandExit()
         }
         spec.aio = combinedAIOMode(spec.aio, argument)
       case .option("o"):
@@ -118,7 +112,7 @@ enum BenchTool {
       case .option("t"):
         guard let mode = parseCacheMode(argument) else {
           reporter.error("Invalid cache mode")
-          throw Exit()
+          throw CommandExit()
         }
         spec.node.cache = mode
       case .option("w"):
@@ -134,19 +128,19 @@ enum BenchTool {
       case .option("no-drain"): parameters.drainOnFlush = false
       case .option("image-opts"): imageOpts = true
       default:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
     }
     guard parser.operands.count == 1, let filename = parser.operands.first else {
-      throw usageError("Expecting one image file name")
+      throw reporter.usageError("Expecting one image file name")
     }
     if !parameters.write && parameters.flushInterval != 0 {
       reporter.error("--flush-interval is only available in write tests")
-      throw Exit()
+      throw CommandExit()
     }
     if parameters.flushInterval != 0 && parameters.flushInterval < parameters.depth {
       reporter.error("Flush interval can't be smaller than depth")
-      throw Exit()
+      throw CommandExit()
     }
 
     let backend = try await openImage(
@@ -196,12 +190,12 @@ enum BenchTool {
     if imageOpts {
       if spec.format != nil {
         reporter.error("--image-opts and --format are mutually exclusive")
-        throw Exit()
+        throw CommandExit()
       }
       spec.options = parseOptionString(filename, impliedKey: "file", reporter: reporter)
       if spec.forceShare, let share = spec.options["force-share"], share != "on" {
         reporter.error("--force-share/-U conflicts with image options")
-        throw Exit()
+        throw CommandExit()
       }
     } else {
       spec.filename = filename
@@ -214,7 +208,7 @@ enum BenchTool {
       return backend
     } catch {
       reporter.error("Could not open '\(filename)': \(errorMessage(error))")
-      throw Exit()
+      throw CommandExit()
     }
   }
 }

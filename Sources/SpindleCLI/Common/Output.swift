@@ -84,8 +84,23 @@ struct Reporter {
     console.writeError("\(programName): \(message)\n")
   }
 
+  /// qemu-img's `error_exit`: the message, then the pointer to `--help`.
+  /// Returns the error that ends the command with status 1.
+  @discardableResult
+  func usageError(_ message: String) -> CommandExit {
+    error(message)
+    console.writeError("Try 'qemu-img --help' for more information\n")
+    return CommandExit()
+  }
+
   /// `warn_report`: `name: warning: message` on standard error.
   func warning(_ message: String) {
     console.writeError("\(programName): warning: \(message)\n")
   }
+}
+
+/// Thrown by a command once it has reported why it stops; `status` is its
+/// exit status.
+struct CommandExit: Error {
+  var status: Int32 = 1
 }

@@ -18,11 +18,6 @@ enum CompareTool {
     .init("force-share", key: "U"),
   ]
 
-  /// A result the command ends with (its exit status).
-  private struct Exit: Error {
-    let status: Int32
-  }
-
   /// QEMU's IO_BUF_SIZE.
   static let chunkSize: Int64 = 2 << 20
 
@@ -30,7 +25,7 @@ enum CompareTool {
     let reporter = Reporter(console: console, programName: programName)
     do {
       return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch let exit as Exit {
+    } catch let exit as CommandExit {
       return exit.status
     } catch {
       return 1
@@ -43,11 +38,6 @@ enum CompareTool {
     var parser = Getopt(arguments: arguments, options: ":hf:F:T:pqsU", longOptions: longOptions) {
       _ in
     }
-    func usageError(_ message: String) -> Exit {
-      reporter.error(message)
-      console.writeError("Try 'qemu-img --help' for more information\n")
-      return Exit(status: 1)
-    }
     var formats: [String?] = [nil, nil]
     var cache = "writeback"
     var progress = false
@@ -59,9 +49,10 @@ enum CompareTool {
       let argument = parser.optarg ?? ""
       switch result {
       case .missingArgument:
-        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
       case .invalid:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       case .option("h"):
         console.write(ImageTool.help)
         return 0
@@ -75,19 +66,21 @@ enum CompareTool {
       case .option("image-opts"): imageOpts = true
       case .option("object"):
         reporter.error("--object is not supported by Spindle yet")
-        throw Exit(status: 1)
+        throw CommandExit(status: 1)
       default:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
     }
     if quiet { progress = false }
     let meter = ProgressMeter(enabled: progress, console: console, minSkip: 2)
     defer { meter.end() }
-    guard parser.operands.count == 2 else { throw usageError("Expecting two image file names") }
+    guard parser.operands.count == 2 else {
+      throw reporter.usageError("Expecting two image file names")
+    }
     let filenames = Array(parser.operands)
     guard let cacheMode = parseCacheMode(cache) else {
       reporter.error("Invalid source cache option: \(cache)")
-      throw Exit(status: 2)
+      throw CommandExit(status: 2)
     }
     var backends: [BlockBackend] = []
     for index in 0..<2 {
@@ -101,7 +94,7 @@ enum CompareTool {
           filenames[index], imageOpts: imageOpts, spec: spec, reporter: reporter)
       else {
         for backend in backends { await backend.close() }
-        throw Exit(status: 2)
+        throw CommandExit(status: 2)
       }
       backends.append(backend)
     }

@@ -20,8 +20,6 @@ enum ConvertTool {
     .init("skip-broken-bitmaps"), .init("force-share", key: "U"),
   ]
 
-  private struct Exit: Error {}
-
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
     do {
@@ -37,14 +35,9 @@ enum ConvertTool {
     var parser = Getopt(
       arguments: arguments, options: ":hf:O:B:CcF:o:l:S:pt:T:qnm:WbUr:", longOptions: longOptions
     ) { _ in }
-    func usageError(_ message: String) -> Exit {
+    func fail(_ message: String) -> CommandExit {
       reporter.error(message)
-      console.writeError("Try 'qemu-img --help' for more information\n")
-      return Exit()
-    }
-    func fail(_ message: String) -> Exit {
-      reporter.error(message)
-      return Exit()
+      return CommandExit()
     }
     var sourceFormat: String?
     var outputFormat = "raw"
@@ -62,9 +55,10 @@ enum ConvertTool {
       let argument = parser.optarg ?? ""
       switch result {
       case .missingArgument:
-        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
       case .invalid:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       case .option("h"):
         console.write(ImageTool.help)
         return 0
@@ -80,7 +74,7 @@ enum ConvertTool {
         guard
           let value = parseImageNumber(
             argument, name: "buffer size for sparse output", reporter: reporter)
-        else { throw Exit() }
+        else { throw CommandExit() }
         guard value % 512 == 0, value <= 16 << 20 else {
           throw fail(
             "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output)."
@@ -167,7 +161,7 @@ enum ConvertTool {
           filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
       else {
         await closeSources()
-        throw Exit()
+        throw CommandExit()
       }
       sources.append(source)
     }
@@ -190,9 +184,9 @@ enum ConvertTool {
     skipCreate: Bool, targetIsZero: Bool, settings: ImageCopier.Settings, meter: ProgressMeter,
     reporter: Reporter
   ) async throws {
-    func fail(_ message: String) -> Exit {
+    func fail(_ message: String) -> CommandExit {
       reporter.error(message)
-      return Exit()
+      return CommandExit()
     }
     let length = sources.reduce(Int64(0)) { $0 + $1.length }
     let size = UInt64(length)

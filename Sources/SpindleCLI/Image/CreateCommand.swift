@@ -26,8 +26,6 @@ enum CreateTool {
   ]
 
   /// A failure reported already; the tool exits with status 1.
-  private struct Exit: Error {}
-
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
     do {
@@ -43,11 +41,6 @@ enum CreateTool {
     var parser = Getopt(arguments: arguments, options: ":F:b:f:ho:qu", longOptions: longOptions) {
       _ in
     }
-    func usageError(_ message: String) -> Exit {
-      reporter.error(message)
-      console.writeError("Try 'qemu-img --help' for more information\n")
-      return Exit()
-    }
     var format = "raw"
     var backingFile: String?
     var backingFormat: String?
@@ -58,9 +51,10 @@ enum CreateTool {
       let argument = parser.optarg ?? ""
       switch result {
       case .missingArgument:
-        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
       case .invalid:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       case .option("h"):
         console.write(ImageTool.help)
         return 0
@@ -70,30 +64,32 @@ enum CreateTool {
       case .option("o"):
         guard isValidOptionList(argument) else {
           reporter.error("Invalid option list: \(argument)")
-          throw Exit()
+          throw CommandExit()
         }
         options = options.map { "\($0),\(argument)" } ?? argument
       case .option("q"): quiet = true
       case .option("u"): unsafe = true
       case .option("object"):
         reporter.error("--object is not supported by Spindle yet")
-        throw Exit()
+        throw CommandExit()
       default:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
     }
     let operands = Array(parser.operands)
     if let options, CreateOptionValues.asksForHelp(options) {
       return printOptionHelp(format: format, filename: operands.first, reporter: reporter)
     }
-    guard let filename = operands.first else { throw usageError("Expecting image file name") }
+    guard let filename = operands.first else {
+      throw reporter.usageError("Expecting image file name")
+    }
     var size: UInt64?
     if operands.count > 1 {
       guard let value = parseImageNumber(operands[1], name: "image size", reporter: reporter)
-      else { throw Exit() }
+      else { throw CommandExit() }
       size = UInt64(value)
     }
-    if operands.count > 2 { throw usageError("Unexpected argument: \(operands[2])") }
+    if operands.count > 2 { throw reporter.usageError("Unexpected argument: \(operands[2])") }
 
     let request = CreateRequest(
       filename: filename, format: format, backingFile: backingFile,
@@ -103,7 +99,7 @@ enum CreateTool {
     } catch let failure as CreateOptionValues.Failure {
       console.writeError(
         "\(reporter.programName): \(filename): \(failure.message)\(failure.newline ? "\n" : "")")
-      throw Exit()
+      throw CommandExit()
     }
     return 0
   }

@@ -14,9 +14,7 @@ enum ImageTool {
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
     func usageError(_ message: String) -> Int32 {
-      reporter.error(message)
-      console.writeError("Try 'qemu-img --help' for more information\n")
-      return 1
+      reporter.usageError(message).status
     }
     var parser = Getopt(arguments: arguments, options: "+:hVT:", longOptions: longOptions) { _ in
     }

@@ -17,8 +17,6 @@ enum InfoTool {
     .init("force-share", key: "U"),
   ]
 
-  private struct Exit: Error {}
-
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
     do {
@@ -32,11 +30,6 @@ enum InfoTool {
     async throws -> Int32
   {
     var parser = Getopt(arguments: arguments, options: ":f:hU", longOptions: longOptions) { _ in }
-    func usageError(_ message: String) -> Exit {
-      reporter.error(message)
-      console.writeError("Try 'qemu-img --help' for more information\n")
-      return Exit()
-    }
     var format: String?
     var output = "human"
     var chain = false
@@ -45,9 +38,10 @@ enum InfoTool {
       let argument = parser.optarg ?? ""
       switch result {
       case .missingArgument:
-        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
       case .invalid:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       case .option("h"):
         console.write(ImageTool.help)
         return 0
@@ -57,17 +51,17 @@ enum InfoTool {
       case .option("backing-chain"): chain = true
       case .option("object"), .option("image-opts"):
         reporter.error("--object and --image-opts are not supported by Spindle yet")
-        throw Exit()
+        throw CommandExit()
       default:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
     }
     guard parser.operands.count == 1, var filename = parser.operands.first else {
-      throw usageError("Expecting one image file name")
+      throw reporter.usageError("Expecting one image file name")
     }
     guard output == "human" || output == "json" else {
       reporter.error("--output must be used with human or json as argument.")
-      throw Exit()
+      throw CommandExit()
     }
 
     // QEMU's collect_image_info_list.
@@ -76,7 +70,7 @@ enum InfoTool {
     while true {
       if seen.contains(filename) {
         reporter.error("Backing file '\(filename)' creates an infinite loop.")
-        throw Exit()
+        throw CommandExit()
       }
       seen.insert(filename)
       var spec = ImageSpec()
@@ -90,7 +84,7 @@ enum InfoTool {
         backend = try await openBackend(spec)
       } catch {
         reporter.error("Could not open '\(filename)': \(errorMessage(error))")
-        throw Exit()
+        throw CommandExit()
       }
       let info: ImageInfo
       do {
@@ -99,7 +93,7 @@ enum InfoTool {
       } catch {
         await backend.close()
         reporter.error("\(filename): \(errorMessage(error))")
-        throw Exit()
+        throw CommandExit()
       }
       infos.append(info)
       guard chain, info.backingFilename != nil else { break }

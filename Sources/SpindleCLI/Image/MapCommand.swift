@@ -17,8 +17,6 @@ enum MapTool {
     .init("max-length", .required), .init("force-share", key: "U"),
   ]
 
-  private struct Exit: Error {}
-
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
     do {
@@ -32,11 +30,6 @@ enum MapTool {
     async throws -> Int32
   {
     var parser = Getopt(arguments: arguments, options: ":f:hU", longOptions: longOptions) { _ in }
-    func usageError(_ message: String) -> Exit {
-      reporter.error(message)
-      console.writeError("Try 'qemu-img --help' for more information\n")
-      return Exit()
-    }
     var spec = ImageSpec()
     spec.node.readOnly = true
     var output = "human"
@@ -47,9 +40,10 @@ enum MapTool {
       let argument = parser.optarg ?? ""
       switch result {
       case .missingArgument:
-        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
       case .invalid:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       case .option("h"):
         console.write(ImageTool.help)
         return 0
@@ -58,31 +52,31 @@ enum MapTool {
       case .option("output"): output = argument
       case .option("start-offset"):
         guard let value = parseImageNumber(argument, name: "start offset", reporter: reporter)
-        else { throw Exit() }
+        else { throw CommandExit() }
         startOffset = value
       case .option("max-length"):
         guard let value = parseImageNumber(argument, name: "max length", reporter: reporter)
-        else { throw Exit() }
+        else { throw CommandExit() }
         maxLength = value
       case .option("image-opts"): imageOpts = true
       case .option("object"):
         reporter.error("--object is not supported by Spindle yet")
-        throw Exit()
+        throw CommandExit()
       default:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
     }
     guard parser.operands.count == 1, let filename = parser.operands.first else {
-      throw usageError("Expecting one image file name")
+      throw reporter.usageError("Expecting one image file name")
     }
     guard output == "human" || output == "json" else {
       reporter.error("--output must be used with human or json as argument.")
-      throw Exit()
+      throw CommandExit()
     }
     guard
       let backend = await openImage(
         filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
-    else { throw Exit() }
+    else { throw CommandExit() }
     let status = await printMap(
       backend.root, start: startOffset, maxLength: maxLength, json: output == "json",
       reporter: reporter)

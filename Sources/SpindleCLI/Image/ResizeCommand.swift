@@ -16,8 +16,6 @@ enum ResizeTool {
     .init("preallocation", .required), .init("shrink"),
   ]
 
-  private struct Exit: Error {}
-
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
     do {
@@ -30,17 +28,12 @@ enum ResizeTool {
   private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
-    func usageError(_ message: String) -> Exit {
+    func fail(_ message: String) -> CommandExit {
       reporter.error(message)
-      console.writeError("Try 'qemu-img --help' for more information\n")
-      return Exit()
-    }
-    func fail(_ message: String) -> Exit {
-      reporter.error(message)
-      return Exit()
+      return CommandExit()
     }
     guard arguments.count >= 3, var sizeText = arguments.last else {
-      throw usageError("Not enough arguments")
+      throw reporter.usageError("Not enough arguments")
     }
     var parser = Getopt(
       arguments: Array(arguments.dropLast()), options: ":f:hq", longOptions: longOptions
@@ -54,9 +47,10 @@ enum ResizeTool {
       let argument = parser.optarg ?? ""
       switch result {
       case .missingArgument:
-        throw usageError("missing argument for option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
       case .invalid:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       case .option("h"):
         console.write(ImageTool.help)
         return 0
@@ -72,11 +66,11 @@ enum ResizeTool {
       case .option("object"):
         throw fail("--object is not supported by Spindle yet")
       default:
-        throw usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
     }
     guard parser.operands.count == 1, let filename = parser.operands.first else {
-      throw usageError("Expecting image file name and size")
+      throw reporter.usageError("Expecting image file name and size")
     }
     var relative: Int64 = 0
     if sizeText.hasPrefix("+") {
@@ -100,7 +94,7 @@ enum ResizeTool {
     guard
       let backend = await openImage(
         filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
-    else { throw Exit() }
+    else { throw CommandExit() }
     let current = backend.length
     let (total, overflow): (Int64, Bool) =
       relative == 0
@@ -118,7 +112,7 @@ enum ResizeTool {
         reporter.warning(
           "Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there."
         )
-        throw Exit()
+        throw CommandExit()
       }
       do {
         try await backend.truncate(to: total, exact: false, preallocation: preallocation)
