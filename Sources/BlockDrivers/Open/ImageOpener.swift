@@ -22,6 +22,10 @@ public struct OpenContext: Sendable {
   /// `BDRV_O_NO_BACKING`, as `qemu-img info` opens images; the node then has
   /// no backing child and must not be read).
   public var openBacking = true
+  /// Whether the image is opened to be checked (QEMU's `BDRV_O_CHECK`, as
+  /// `qemu-img check` opens it): formats then open inconsistent images
+  /// (dirty, corrupt) writable without repairing them first.
+  public var forCheck = false
 
   /// Creates a context.
   public init(node: NodeOptions = NodeOptions(), forceShare: Bool = false, allowProbe: Bool = true)

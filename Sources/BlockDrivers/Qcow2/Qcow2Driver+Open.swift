@@ -21,7 +21,9 @@ extension Qcow2Driver {
     var backing: BlockNode?
     do {
       var header = try await readHeader(file)
-      if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly {
+      if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly
+        && !context.forCheck
+      {
         throw BlockError(.permissionDenied, "qcow2: Image is corrupt; cannot be opened read/write")
       }
       let l1Bytes = IOVector(allocating: Int(header.l1Size) * 8)
@@ -51,6 +53,9 @@ extension Qcow2Driver {
       node.attach(file, role: .file)
       if let backing { node.attach(backing, role: .backing) }
       try await node.open()
+      if refcountTable != nil && !context.forCheck {
+        try await driver.repairIfDirty(node)
+      }
       return node
     } catch {
       await backing?.close()
@@ -59,18 +64,13 @@ extension Qcow2Driver {
     }
   }
 
-  /// A writable open (QEMU's `qcow2_do_open` for read-write): refuses dirty
-  /// images (their refcounts need a repair this driver cannot do yet), clears
+  /// A writable open (QEMU's `qcow2_do_open` for read-write): clears
   /// the autoclear bits of features it does not maintain (all but "raw
   /// external data": Spindle does not update persistent bitmaps) in the
   /// header, and loads the refcount table.
   static func prepareForWriting(_ file: BlockNode, header: inout Qcow2Header) async throws
     -> [UInt64]
   {
-    if header.incompatibleFeatures & Qcow2Feature.dirty != 0 {
-      throw BlockError.notSupported(
-        "qcow2: the image is dirty; repair it with 'qemu-img check -r all' before writing")
-    }
     let kept = header.autoclearFeatures & Qcow2Feature.rawExternalData
     if header.version >= 3 && kept != header.autoclearFeatures {
       header.autoclearFeatures = kept

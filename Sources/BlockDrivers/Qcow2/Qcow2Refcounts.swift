@@ -119,6 +119,12 @@ final class Qcow2Refcounts {
     return offset
   }
 
+  /// Starts the free-cluster search from the beginning again.
+  func resetAllocationHints() {
+    freeClusterIndex = 0
+    freeByteOffset = 0
+  }
+
   private var maxRefcount: UInt64 { refcountBits == 64 ? .max : (1 << UInt64(refcountBits)) - 1 }
 
   /// Decrements the refcounts of the clusters covering `bytes` at `offset`

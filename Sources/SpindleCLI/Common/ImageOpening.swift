@@ -23,6 +23,8 @@ struct ImageSpec {
   /// Whether the tool shares writing with other users: qemu-io does, qemu-img
   /// does not (`BDRV_O_NO_SHARE`) unless `-U`.
   var sharesWrites = false
+  /// Whether the image is opened to be checked (`BDRV_O_CHECK`).
+  var forCheck = false
 }
 
 /// Passes the AIO mode to the `file` node of the graph, as QEMU's
@@ -166,6 +168,7 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   }
   var context = OpenContext(node: imageNode, forceShare: spec.forceShare)
   context.openBacking = spec.openBacking
+  context.forCheck = spec.forCheck
   context.noShare = !spec.sharesWrites && !spec.forceShare
   var root = try await ImageOpener.open(
     filename: spec.filename, format: spec.format, options: spec.options, context: context)

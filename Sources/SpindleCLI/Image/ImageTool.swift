@@ -52,7 +52,9 @@ enum ImageTool {
       return await ResizeTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
-    case "amend", "bitmap", "check", "commit", "dd",
+    case "check":
+      return await CheckTool.run(arguments: operands, programName: programName, console: console)
+    case "amend", "bitmap", "commit", "dd",
       "measure", "rebase", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
@@ -75,6 +77,8 @@ enum ImageTool {
       bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] \
     [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] \
     [-t cache] [-w] [-U] filename
+      check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] \
+    [-r [leaks | all]] [-T src_cache] [-U] filename
       compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
       convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] \
     [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] filename \

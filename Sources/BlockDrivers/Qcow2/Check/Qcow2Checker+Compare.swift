@@ -1,0 +1,238 @@
+import BlockCore
+
+/// Comparing the counted references with the stored refcounts and repairing
+/// them (QEMU's `qcow2_check_refcounts`, `compare_refcounts` and
+/// `check_oflag_copied`).
+extension Qcow2Checker {
+  /// The whole refcount check: count, compare, repair or rebuild, then check
+  /// the COPIED flags and compute the image end offset.
+  func checkRefcounts() async throws {
+    let fileClusters = clusters(file.length)
+    if fileClusters > Int64(Int32.max) {
+      result.checkErrors += 1
+      throw Abort(error: BlockError(.fileTooLarge))
+    }
+    references = [UInt64](repeating: 0, count: Int(fileClusters))
+    result.totalClusters = clusters(Int64(header.size))
+    var rebuild = false
+    try await calculateRefcounts(fix: mode, rebuild: &rebuild)
+
+    // Compared once without fixing; when only fixes are due (no rebuild),
+    // compared again from the same counts with them.
+    let beforeCompare = result
+    var highest = try await compareRefcounts(fix: [], rebuild: &rebuild)
+    if rebuild && mode.contains(.fixErrors) {
+      let old = result
+      var freshLeaks: Int64 = 0
+      report("Rebuilding refcount structure")
+      try await rebuildRefcountStructure()
+      result.corruptions = 0
+      result.leaks = 0
+      rebuild = false
+      references = [UInt64](repeating: 0, count: references.count)
+      try await calculateRefcounts(fix: [], rebuild: &rebuild)
+      if mode.contains(.fixLeaks) {
+        // The old structures are leaked now: free them. Leaks that remain
+        // were made by the rebuild itself.
+        let saved = result
+        result = Qcow2CheckResult()
+        result.messages = saved.messages
+        highest = try await compareRefcounts(fix: .fixLeaks, rebuild: &rebuild)
+        if rebuild { report("ERROR rebuilt refcount structure is still broken") }
+        freshLeaks = result.leaks
+        let messages = result.messages
+        result = saved
+        result.messages = messages
+      }
+      if result.corruptions < old.corruptions {
+        result.corruptionsFixed += old.corruptions - result.corruptions
+      }
+      if result.leaks < old.leaks { result.leaksFixed += old.leaks - result.leaks }
+      result.leaks += freshLeaks
+    } else if !mode.isEmpty {
+      if rebuild {
+        report("ERROR need to rebuild refcount structures")
+        result.checkErrors += 1
+        throw Abort(error: BlockError(.ioError))
+      }
+      if result.leaks != 0 || result.corruptions != 0 {
+        let messages = result.messages
+        result = beforeCompare
+        result.messages = messages
+        highest = try await compareRefcounts(fix: mode, rebuild: &rebuild)
+      }
+    }
+    try await checkCopiedFlags()
+    result.imageEndOffset = (highest + 1) * clusterSize
+  }
+
+  /// Compares every cluster's stored refcount with its counted references
+  /// and fixes what `fix` allows (QEMU's `compare_refcounts`); returns the
+  /// highest cluster in use or referenced. A stored refcount of 0 for a
+  /// referenced cluster needs a rebuild.
+  func compareRefcounts(fix: Qcow2CheckMode, rebuild: inout Bool) async throws -> Int64 {
+    var highest: Int64 = 0
+    for cluster in 0..<Int64(references.count) {
+      let stored: UInt64
+      do {
+        stored = try await storedRefcount(of: cluster)
+      } catch let error as BlockError {
+        report("Can't get refcount for cluster \(cluster): \(error.codeDescription)")
+        result.checkErrors += 1
+        continue
+      }
+      let expected = references[Int(cluster)]
+      if stored > 0 || expected > 0 { highest = cluster }
+      guard stored != expected else { continue }
+      enum Repair { case leak, corruption }
+      var repair: Repair?
+      if stored == 0 {
+        rebuild = true
+      } else if stored > expected && fix.contains(.fixLeaks) {
+        repair = .leak
+      } else if stored < expected && fix.contains(.fixErrors) {
+        repair = .corruption
+      }
+      let label = repair != nil ? "Repairing" : stored < expected ? "ERROR" : "Leaked"
+      report("\(label) cluster \(cluster) refcount=\(stored) reference=\(expected)")
+      if let repair {
+        do {
+          try await setStoredRefcount(of: cluster, to: expected)
+          switch repair {
+          case .leak: result.leaksFixed += 1
+          case .corruption: result.corruptionsFixed += 1
+          }
+          continue
+        } catch is BlockError {}
+      }
+      if stored < expected { result.corruptions += 1 } else { result.leaks += 1 }
+    }
+    return highest
+  }
+
+  /// Checks that the COPIED flag of every active L1 entry and data cluster
+  /// entry is set exactly when the refcount is 1, repairing when asked to or
+  /// (with only leaks to fix) when the refcounts are now known right.
+  private func checkCopiedFlags() async throws {
+    let repair =
+      mode.contains(.fixErrors)
+      || (mode.contains(.fixLeaks) && result.checkErrors == 0 && result.corruptions == 0
+        && result.leaks == 0)
+    for index in l1Table.indices {
+      let l1Entry = l1Table[index]
+      let l2Offset = Int64(l1Entry & Qcow2Entry.offsetMask)
+      guard l2Offset != 0 else { continue }
+      guard let refcount = try? await storedRefcount(of: l2Offset >> clusterBits) else {
+        continue
+      }
+      if (refcount == 1) != (l1Entry & Qcow2Entry.copied != 0) {
+        result.corruptions += 1
+        report(
+          "\(repair ? "Repairing" : "ERROR") OFLAG_COPIED L2 cluster: l1_index=\(index) l1_entry=\(hex(l1Entry)) refcount=\(refcount)"
+        )
+        if repair {
+          l1Table[index] =
+            refcount == 1 ? l1Entry | Qcow2Entry.copied : l1Entry & ~Qcow2Entry.copied
+          var bytes = [UInt8](repeating: 0, count: 8)
+          bytes.setUInt64(l1Table[index], at: 0)
+          do {
+            try await file.write(at: Int64(header.l1TableOffset) + Int64(index) * 8, bytes: bytes)
+          } catch let error as BlockError {
+            result.checkErrors += 1
+            throw Abort(error: error)
+          }
+          result.corruptions -= 1
+          result.corruptionsFixed += 1
+        }
+      }
+      var table: [UInt8]
+      do {
+        table = try await readPadded(at: l2Offset, count: Int(clusterSize))
+      } catch let error as BlockError {
+        report("ERROR: Could not read L2 table: \(error.codeDescription)")
+        result.checkErrors += 1
+        throw Abort(error: error)
+      }
+      var dirty: Int64 = 0
+      for slot in 0..<l2Size {
+        let position = slot * Int(l2EntryBytes)
+        let entry = table.uint64(at: position)
+        let type = clusterType(of: entry)
+        guard type == .normal || type == .zeroAllocated else { continue }
+        let refcount: UInt64
+        if hasDataFile {
+          refcount = 1
+        } else {
+          guard
+            let stored = try? await storedRefcount(
+              of: Int64(entry & Qcow2Entry.offsetMask) >> clusterBits)
+          else { continue }
+          refcount = stored
+        }
+        if (refcount == 1) != (entry & Qcow2Entry.copied != 0) {
+          result.corruptions += 1
+          report(
+            "\(repair ? "Repairing" : "ERROR") OFLAG_COPIED data cluster: l2_entry=\(hex(entry)) refcount=\(refcount)"
+          )
+          if repair {
+            table.setUInt64(
+              refcount == 1 ? entry | Qcow2Entry.copied : entry & ~Qcow2Entry.copied,
+              at: position)
+            dirty += 1
+          }
+        }
+      }
+      if dirty > 0 {
+        do {
+          try await file.write(at: l2Offset, bytes: table)
+        } catch let error as BlockError {
+          report("ERROR: Could not write L2 table: \(error.codeDescription)")
+          result.checkErrors += 1
+          throw Abort(error: error)
+        }
+        result.corruptions -= dirty
+        result.corruptionsFixed += dirty
+      }
+    }
+  }
+
+  /// The stored refcount of `cluster` (QEMU's `qcow2_get_refcount`): 0 where
+  /// no refcount block covers it; a misaligned block is an I/O error.
+  func storedRefcount(of cluster: Int64) async throws -> UInt64 {
+    let index = Int(cluster >> blockBits)
+    guard index < storedTable.count else { return 0 }
+    let blockOffset = Int64(bitPattern: storedTable[index] & Self.refcountTableOffsetMask)
+    if blockOffset == 0 { return 0 }
+    if blockOffset & (clusterSize - 1) != 0 { throw BlockError(.ioError) }
+    let block = try await storedBlock(at: blockOffset)
+    return block[Int(cluster & ((1 << blockBits) - 1))]
+  }
+
+  /// Writes `value` as the stored refcount of `cluster`, whose refcount
+  /// block exists.
+  private func setStoredRefcount(of cluster: Int64, to value: UInt64) async throws {
+    let index = Int(cluster >> blockBits)
+    guard index < storedTable.count else { throw BlockError(.ioError) }
+    let blockOffset = Int64(bitPattern: storedTable[index] & Self.refcountTableOffsetMask)
+    guard blockOffset != 0, blockOffset & (clusterSize - 1) == 0 else {
+      throw BlockError(.ioError)
+    }
+    var block = try await storedBlock(at: blockOffset)
+    let entry = Int(cluster & ((1 << blockBits) - 1))
+    block[entry] = value
+    storedBlocks[blockOffset] = block
+    let bits = header.refcountBits
+    let start = entry * bits / 8
+    let end = ((entry + 1) * bits + 7) / 8
+    try await file.write(at: blockOffset + Int64(start), bytes: Array(block.bytes[start..<end]))
+  }
+
+  /// The stored refcount block at `offset`.
+  private func storedBlock(at offset: Int64) async throws -> Qcow2RefcountBlock {
+    if let block = storedBlocks[offset] { return block }
+    let bytes = try await readPadded(at: offset, count: Int(clusterSize))
+    let block = Qcow2RefcountBlock(bytes: bytes, bits: header.refcountBits)
+    storedBlocks[offset] = block
+    return block
+  }
+}

@@ -1,0 +1,149 @@
+import BlockCore
+
+/// One run of QEMU's qcow2 consistency check (`qcow2_check_refcounts` and
+/// `check_oflag_copied`, block/qcow2-refcount.c): counts the references every
+/// host cluster should have from the header, the active and snapshot L1/L2
+/// tables, the snapshot table and the refcount structure itself, compares
+/// them with the stored refcounts and repairs what ``mode`` allows.
+///
+/// The checker reads and writes the `file` node directly; the driver reloads
+/// its cached tables afterwards. Call with the driver's metadata lock held.
+@BlockActor
+final class Qcow2Checker {
+  /// Errors that end the check (QEMU's negative return values).
+  struct Abort: Error {
+    let error: BlockError
+  }
+
+  let file: BlockNode
+  /// The header, updated by repairs (refcount table, feature bits).
+  var header: Qcow2Header
+  let mode: Qcow2CheckMode
+  let clusterBits: Int64
+  let clusterSize: Int64
+  /// The largest refcount an entry of this image holds.
+  let refcountMax: UInt64
+  /// log2 of the entries per refcount block.
+  let blockBits: Int64
+  /// Bytes per L2 entry: 16 with extended L2 entries, else 8.
+  let l2EntryBytes: Int64
+  /// Whether guest data lives in an external data file.
+  let hasDataFile: Bool
+  var result = Qcow2CheckResult()
+
+  /// The references counted so far, one per host cluster (QEMU's in-memory
+  /// refcount table); its count is QEMU's `nb_clusters`.
+  var references: [UInt64] = []
+  /// The stored refcount table, updated by a rebuild.
+  var storedTable: [UInt64] = []
+  /// Stored refcount blocks read so far, by offset.
+  var storedBlocks: [Int64: Qcow2RefcountBlock] = [:]
+  /// The active L1 table, updated by COPIED repairs.
+  var l1Table: [UInt64] = []
+  /// The internal snapshots.
+  var snapshots: [Qcow2SnapshotEntry] = []
+  /// Bytes the snapshot table occupies.
+  var snapshotTableSize: Int64 = 0
+
+  /// A checker of the image in `file`, described by `header`.
+  init(file: BlockNode, header: Qcow2Header, mode: Qcow2CheckMode) {
+    self.file = file
+    self.header = header
+    self.mode = mode
+    clusterBits = Int64(header.clusterBits)
+    clusterSize = header.clusterSize
+    refcountMax = header.refcountBits == 64 ? .max : (1 << UInt64(header.refcountBits)) - 1
+    blockBits = Int64(header.clusterBits) + 3 - Int64(header.refcountOrder)
+    l2EntryBytes = header.incompatibleFeatures & Qcow2Feature.extendedL2 != 0 ? 16 : 8
+    hasDataFile = header.incompatibleFeatures & Qcow2Feature.externalDataFile != 0
+  }
+
+  /// Entries per L2 table.
+  var l2Size: Int { Int(clusterSize / l2EntryBytes) }
+  /// Whether L2 entries carry subcluster bitmaps.
+  var hasSubclusters: Bool { l2EntryBytes == 16 }
+
+  /// Runs the check (QEMU's `qcow2_co_check_locked`) and returns its result.
+  func run() async -> Qcow2CheckResult {
+    do {
+      try await loadMetadata()
+      try await checkRefcounts()
+      if !mode.isEmpty && result.checkErrors == 0 && result.corruptions == 0 {
+        try await markCleanAndConsistent()
+      }
+    } catch let abort as Abort {
+      result.failure = abort.error
+    } catch let error as BlockError {
+      result.failure = error
+    } catch {
+      result.failure = BlockError(.ioError, "\(error)")
+    }
+    return result
+  }
+
+  /// Records a line QEMU prints on standard error.
+  func report(_ line: String) { result.messages.append(line) }
+
+  /// Reads the active L1 table, the refcount table and the snapshot table.
+  private func loadMetadata() async throws {
+    let l1Bytes = try await readPadded(
+      at: Int64(header.l1TableOffset), count: Int(header.l1Size) * 8)
+    l1Table = l1Bytes.bigEndianUInt64s(count: Int(header.l1Size))
+    let entries = Int(header.refcountTableClusters) * Int(clusterSize) / 8
+    storedTable = try await readPadded(at: Int64(header.refcountTableOffset), count: entries * 8)
+      .bigEndianUInt64s(count: entries)
+    do {
+      (snapshots, snapshotTableSize) = try await Qcow2SnapshotEntry.readTable(
+        file, header: header)
+    } catch let error as BlockError {
+      report("ERROR: Failed to read the snapshot table: \(error)")
+      result.checkErrors += 1
+      throw Abort(error: error)
+    }
+  }
+
+  /// Clears the dirty and corrupt bits after a successful repair (QEMU's
+  /// `qcow2_mark_clean` and `qcow2_mark_consistent`).
+  private func markCleanAndConsistent() async throws {
+    let bits = Qcow2Feature.dirty | Qcow2Feature.corrupt
+    guard header.version >= 3, header.incompatibleFeatures & bits != 0 else { return }
+    try await file.flush()
+    header.incompatibleFeatures &= ~bits
+    var field = [UInt8](repeating: 0, count: 8)
+    field.setUInt64(header.incompatibleFeatures, at: 0)
+    try await file.write(at: 72, bytes: field)
+    try await file.flush()
+  }
+
+  /// `count` bytes from `offset`, zeroes where the file ends (as QEMU's reads
+  /// past the end of a file).
+  func readPadded(at offset: Int64, count: Int) async throws -> [UInt8] {
+    guard count > 0 else { return [] }
+    let available = max(0, min(Int64(count), file.length - offset))
+    var bytes = available > 0 ? try await file.read(at: offset, count: Int(available)) : []
+    if bytes.count < count { bytes += [UInt8](repeating: 0, count: count - bytes.count) }
+    return bytes
+  }
+
+  /// The number of clusters `bytes` span, rounded up.
+  func clusters(_ bytes: Int64) -> Int64 { (bytes + clusterSize - 1) >> clusterBits }
+
+  /// The references counted for `cluster`, 0 past the counted range.
+  func counted(_ cluster: Int64) -> UInt64 {
+    cluster >= 0 && cluster < Int64(references.count) ? references[Int(cluster)] : 0
+  }
+
+  /// Grows the counted range to `count` clusters (QEMU's
+  /// `realloc_refcount_array`).
+  func growReferences(to count: Int64) {
+    if count > Int64(references.count) {
+      references += [UInt64](repeating: 0, count: Int(count) - references.count)
+    }
+  }
+}
+
+/// `value` in lower-case hexadecimal, as C's `%x`/`PRIx64`.
+func hex(_ value: UInt64) -> String { String(value, radix: 16) }
+
+/// `value` as C's `%#x`: "0x" and hexadecimal, or "0".
+func alternateHex(_ value: UInt64) -> String { value == 0 ? "0" : "0x" + hex(value) }

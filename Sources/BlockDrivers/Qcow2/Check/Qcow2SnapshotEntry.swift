@@ -1,0 +1,49 @@
+import BlockCore
+
+/// What the consistency check needs of an internal snapshot: its L1 table
+/// and names (qcow2 spec, "Snapshots").
+struct Qcow2SnapshotEntry: Equatable {
+  /// Where the snapshot's L1 table is.
+  var l1TableOffset: UInt64
+  /// Entries in the snapshot's L1 table.
+  var l1Size: UInt32
+  /// The snapshot's unique ID.
+  var id: String
+  /// The snapshot's name.
+  var name: String
+
+  /// Fixed part of a snapshot table entry.
+  static let fixedLength = 40
+
+  /// Reads the snapshot table of the image in `file`: the entries and the
+  /// bytes the table occupies (QEMU's `s->snapshots_size`).
+  @BlockActor static func readTable(_ file: BlockNode, header: Qcow2Header) async throws
+    -> ([Qcow2SnapshotEntry], Int64)
+  {
+    guard header.snapshotCount > 0 else { return ([], 0) }
+    var entries: [Qcow2SnapshotEntry] = []
+    var offset = Int64(header.snapshotsOffset)
+    for _ in 0..<header.snapshotCount {
+      guard offset + Int64(fixedLength) <= file.length else {
+        throw BlockError(.invalidArgument, "Snapshot table lies past the end of the image")
+      }
+      let fixed = try await file.read(at: offset, count: fixedLength)
+      let idLength = Int(fixed.bigEndian(at: 12, width: 2))
+      let nameLength = Int(fixed.bigEndian(at: 14, width: 2))
+      let extraLength = Int(fixed.uint32(at: 36))
+      let variable = extraLength + idLength + nameLength
+      guard extraLength <= 1024, offset + Int64(fixedLength + variable) <= file.length else {
+        throw BlockError(.invalidArgument, "Snapshot table entry is invalid")
+      }
+      let names = try await file.read(
+        at: offset + Int64(fixedLength + extraLength), count: idLength + nameLength)
+      entries.append(
+        Qcow2SnapshotEntry(
+          l1TableOffset: fixed.uint64(at: 0), l1Size: fixed.uint32(at: 8),
+          id: String(decoding: names[0..<idLength], as: UTF8.self),
+          name: String(decoding: names[idLength...], as: UTF8.self)))
+      offset += Int64((fixedLength + variable + 7) & ~7)
+    }
+    return (entries, offset - Int64(header.snapshotsOffset))
+  }
+}
