@@ -98,6 +98,13 @@ extension Qcow2Checker {
       if let repair {
         do {
           try await setStoredRefcount(of: cluster, to: expected)
+          if expected == 0 {
+            // QEMU frees with QCOW2_DISCARD_ALWAYS and its file children
+            // always unmap: the file punches a hole, whatever the node's
+            // own discard option.
+            try? await file.driver.discard(
+              file, offset: cluster << clusterBits, length: clusterSize)
+          }
           switch repair {
           case .leak: result.leaksFixed += 1
           case .corruption: result.corruptionsFixed += 1

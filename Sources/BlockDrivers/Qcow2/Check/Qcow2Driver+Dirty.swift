@@ -21,3 +21,20 @@ extension Qcow2Driver {
     }
   }
 }
+
+extension Qcow2Driver {
+  /// QEMU's `qcow2_inactivate` on close: a writable image left dirty (opened
+  /// for a check that did not repair it) is marked clean, as everything this
+  /// driver wrote is on disk.
+  public func close(_ node: BlockNode) async {
+    guard refcounts != nil, header.incompatibleFeatures & Qcow2Feature.dirty != 0,
+      let file = node.file
+    else { return }
+    header.incompatibleFeatures &= ~Qcow2Feature.dirty
+    var field = [UInt8](repeating: 0, count: 8)
+    field.setUInt64(header.incompatibleFeatures, at: 0)
+    try? await file.flush()
+    try? await file.write(at: 72, bytes: field)
+    try? await file.flush()
+  }
+}
