@@ -78,16 +78,38 @@ import Testing
       try image.write(72, 1, width: 8)
       try image.setRefcount(try image.dataCluster(5), 0)
     },
+    "refcount-table-entry-reserved-bit": { directory in
+      // The rebuild's new block lands on the old one: QEMU's overlap check
+      // marks the image corrupt.
+      try await makeImage(directory, [])
+      let image = try Image("\(directory)/t.qcow2")
+      let table = try image.read(48, width: 8)
+      try image.write(table, try image.read(table, width: 8) | 1, width: 8)
+    },
+    "refcount-block-outside-image": { directory in
+      try await makeImage(directory, [])
+      let image = try Image("\(directory)/t.qcow2")
+      try image.write(try image.read(48, width: 8) + 8, 50 << 20, width: 8)
+    },
+    "data-cluster-misaligned": { directory in
+      try await makeImage(directory, ["-o", "compat=0.10"])
+      let image = try Image("\(directory)/t.qcow2")
+      try image.setL2Entry(1, try image.l2Entry(1) + 512)
+    },
+    "snapshots-refcount-zero": { directory in
+      try await makeImage(directory, ["-o", "cluster_size=4k"])
+      try await qemuImg(["snapshot", "-c", "one", "\(directory)/t.qcow2"])
+      try await qemuIO("\(directory)/t.qcow2", "write -P 1 0 128k")
+      let image = try Image("\(directory)/t.qcow2")
+      try image.setRefcount(try image.dataCluster(40), 0)
+    },
     "corrupt-bit": { directory in
       try await makeImage(directory, [])
       try Image("\(directory)/t.qcow2").write(72, 2, width: 8)
     },
   ]
 
-  static let variants: [[String]] = [
-    [], ["--output=json"], ["-q"], ["-r", "leaks"], ["-r", "all"],
-    ["-r", "all", "--output=json"],
-  ]
+  static let variants: [[String]] = [[], ["--output=json"], ["-r", "leaks"], ["-r", "all"]]
 
   @Test(
     .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
@@ -100,10 +122,13 @@ import Testing
     #expect(run.spindle == run.qemu, "\(run)")
     if options.contains("-r") {
       #expect(run.sameBytes("t.qcow2"), "repaired images differ")
-      let compare = try await run.compareContents("t.qcow2")
-      #expect(compare.status == 0, "\(compare)")
       let qemuCheck = try await runProcess("qemu-img", ["check", "\(run.qemuDirectory)/t.qcow2"])
       let spindleCheck = try await run.checkSpindleImage("t.qcow2")
+      if qemuCheck.status == 0 {
+        // Readable after the repair: the same guest contents.
+        let compare = try await run.compareContents("t.qcow2")
+        #expect(compare.status == 0, "\(compare)")
+      }
       #expect(spindleCheck.status == qemuCheck.status, "\(spindleCheck)")
     }
   }
@@ -112,7 +137,9 @@ import Testing
     ["-r", "bogus", "DIR/t.qcow2"], ["--output=xml", "DIR/t.qcow2"], [],
     ["DIR/t.qcow2", "DIR/t.qcow2"], ["DIR/missing.qcow2"], ["-f", "raw", "DIR/t.qcow2"],
     ["DIR/r.raw"], ["-T", "bogus", "DIR/t.qcow2"], ["-f", "qcow2", "DIR/r.raw"],
-    ["-U", "-r", "all", "DIR/t.qcow2"], ["--image-opts", "driver=qcow2,file.filename=DIR/t.qcow2"],
+    ["-U", "-r", "all", "DIR/t.qcow2"], ["-q", "DIR/t.qcow2"], ["-q", "-r", "all", "DIR/t.qcow2"],
+    ["-r", "all", "--output=json", "DIR/t.qcow2"], ["-r", "leaks", "--output=json", "DIR/t.qcow2"],
+    ["--image-opts", "driver=qcow2,file.filename=DIR/t.qcow2"],
   ]
 
   @Test(
@@ -121,6 +148,10 @@ import Testing
   func usageMatches(_ arguments: [String]) async throws {
     let run = try await runImageCommand(["check"] + arguments) { directory in
       try await Self.makeImage(directory, [])
+      // A leaked and a missing reference: repairs need a rebuild.
+      let image = try Image("\(directory)/t.qcow2")
+      try image.setRefcount(try image.dataCluster(0), 2)
+      try image.setRefcount(try image.dataCluster(1), 0)
       try await qemuImg(["create", "-q", "-f", "raw", "\(directory)/r.raw", "1M"])
     }
     #expect(run.spindle == run.qemu, "\(run)")

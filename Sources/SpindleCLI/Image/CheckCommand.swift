@@ -139,6 +139,7 @@ enum CheckTool {
       console.write(json ? report.json + "\n" : report.human)
     }
     if let failure = result.failure {
+      if let message = result.failureMessage { reporter.error(message) }
       reporter.error("Check failed: \(failure.codeDescription)")
       return 1
     }

@@ -44,6 +44,9 @@ public struct Qcow2CheckResult: Sendable, Equatable {
   /// Why the check could not complete (QEMU's negative return value), if it
   /// could not: `qemu-img check` then reports "Check failed".
   public var failure: BlockError?
+  /// What QEMU reports (`error_report`, with the program name) about the
+  /// failure before "Check failed", if anything.
+  public var failureMessage: String?
 
   /// An empty result.
   public init() {}
@@ -70,6 +73,10 @@ extension Qcow2Driver {
     let file = try fileNode(node)
     let checker = Qcow2Checker(file: file, header: header, mode: mode)
     let result = await checker.run()
+    if checker.header.incompatibleFeatures & Qcow2Feature.corrupt != 0 {
+      // QEMU's fatal corruption signal: the node is unusable from now on.
+      header.incompatibleFeatures |= Qcow2Feature.corrupt
+    }
     if !mode.isEmpty {
       header = checker.header
       l1Table = checker.l1Table

@@ -9,6 +9,7 @@ extension Qcow2Checker {
   /// the header.
   func rebuildRefcountStructure() async throws {
     storedBlocks = [:]
+    oldTable = storedTable
     var newTable: [UInt64] = []
     var grown = try await writeRefcountBlocks(
       from: 0, to: Int64(references.count), table: &newTable)
@@ -25,6 +26,7 @@ extension Qcow2Checker {
 
     var bytes = [UInt8](repeating: 0, count: newTable.count * 8)
     for (index, entry) in newTable.enumerated() { bytes.setUInt64(entry, at: index * 8) }
+    try await checkOverlap(offset: tableOffset, size: Int64(bytes.count), what: "reftable")
     do {
       try await file.write(at: tableOffset, bytes: bytes)
       var field = [UInt8](repeating: 0, count: 12)
@@ -78,6 +80,7 @@ extension Qcow2Checker {
         let value = counted(blockStart + Int64(entry))
         if value != 0 { block[entry] = value }
       }
+      try await checkOverlap(offset: blockOffset, size: clusterSize, what: "refblock")
       do {
         try await file.write(at: blockOffset, bytes: block.bytes)
       } catch let error as BlockError {

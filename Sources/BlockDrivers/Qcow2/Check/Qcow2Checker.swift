@@ -36,6 +36,9 @@ final class Qcow2Checker {
   var references: [UInt64] = []
   /// The stored refcount table, updated by a rebuild.
   var storedTable: [UInt64] = []
+  /// The refcount table the image had when a rebuild started (what QEMU's
+  /// overlap checks look at during the rebuild).
+  var oldTable: [UInt64] = []
   /// Stored refcount blocks read so far, by offset.
   var storedBlocks: [Int64: Qcow2RefcountBlock] = [:]
   /// The active L1 table, updated by COPIED repairs.

@@ -13,6 +13,10 @@ extension Qcow2Driver {
       let bytes = Array((line + "\n").utf8)
       _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
+    if let message = result.failureMessage {
+      let bytes = Array((message + "\n").utf8)
+      _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
     if let failure = result.failure {
       throw BlockError(failure.code, "Could not repair dirty image")
     }
@@ -28,6 +32,7 @@ extension Qcow2Driver {
   /// driver wrote is on disk.
   public func close(_ node: BlockNode) async {
     guard refcounts != nil, header.incompatibleFeatures & Qcow2Feature.dirty != 0,
+      header.incompatibleFeatures & Qcow2Feature.corrupt == 0,
       let file = node.file
     else { return }
     header.incompatibleFeatures &= ~Qcow2Feature.dirty
