@@ -22,7 +22,7 @@ public final class Qcow2Driver: BlockDriver {
   /// Decoded L2 tables.
   var l2Cache: Qcow2L2Cache
   /// Refcounts and the cluster allocator; nil when opened read-only.
-  let refcounts: Qcow2Refcounts?
+  var refcounts: Qcow2Refcounts?
   /// Guards metadata across awaits (QEMU's `s->lock`).
   let lock = Qcow2Lock()
 

@@ -54,7 +54,9 @@ enum ImageTool {
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
     case "check":
       return await CheckTool.run(arguments: operands, programName: programName, console: console)
-    case "amend", "bitmap", "commit", "dd",
+    case "amend":
+      return await AmendTool.run(arguments: operands, programName: programName, console: console)
+    case "bitmap", "commit", "dd",
       "measure", "rebase", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
@@ -74,6 +76,8 @@ enum ImageTool {
                              specify tracing options (accepted and ignored)
 
     Command syntax:
+      amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] \
+    -o options filename
       bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] \
     [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] \
     [-t cache] [-w] [-U] filename

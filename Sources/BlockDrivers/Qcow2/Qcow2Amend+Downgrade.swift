@@ -1,0 +1,83 @@
+import BlockCore
+
+extension Qcow2Driver {
+  /// QEMU's `qcow2_downgrade` to version 2: refused for what version 2
+  /// cannot express; zero clusters become data clusters (or unallocated
+  /// ones without a backing file); feature bits and the feature table go.
+  func downgrade(_ node: BlockNode, file: BlockNode) async throws {
+    if header.refcountOrder != 4 {
+      throw BlockError(.notSupported, "compat=0.10 requires refcount_bits=16")
+    }
+    if header.incompatibleFeatures & Qcow2Feature.externalDataFile != 0 {
+      throw BlockError(.notSupported, "Cannot downgrade an image with a data file")
+    }
+    if header.snapshotCount > 0 {
+      // QEMU checks each snapshot's disk and VM state size; Spindle does not
+      // expand zero clusters of snapshot tables yet.
+      throw BlockError(.notSupported, "Internal snapshots prevent downgrade of image")
+    }
+    let others = header.incompatibleFeatures & ~Qcow2Feature.compressionType
+    if others != 0 {
+      throw BlockError(
+        .notSupported,
+        "Cannot downgrade an image with incompatible features 0x\(String(others, radix: 16)) set")
+    }
+    try await lock.withLock { try await expandZeroClusters(node, file: file) }
+    if header.compressionType != 0 {
+      throw BlockError(
+        .notSupported,
+        "Cannot downgrade an image with zstd compression type and existing compressed clusters")
+    }
+    try await rewriteHeader(file) { header in
+      header.compatibleFeatures = 0
+      header.autoclearFeatures = 0
+      header.version = 2
+      header.headerLength = 72
+      header.extensions.removeAll { $0.type == Qcow2HeaderExtension.featureNameTable }
+    }
+  }
+
+  /// QEMU's `qcow2_expand_zero_clusters` for the active L1 table: plain zero
+  /// clusters without a backing file become unallocated; other zero clusters
+  /// get a zeroed host cluster.
+  private func expandZeroClusters(_ node: BlockNode, file: BlockNode) async throws {
+    let refcounts = try refcountsForWrite()
+    for index in l1Table.indices {
+      let l2Offset = Int64(l1Table[index] & Qcow2Entry.offsetMask)
+      guard l2Offset != 0 else { continue }
+      var table = try await file.read(at: l2Offset, count: Int(header.clusterSize))
+        .bigEndianUInt64s(count: Int(header.l2Entries))
+      let l2Refcount = try await refcounts.refcount(of: l2Offset >> header.clusterBits, file: file)
+      var dirty = false
+      for slot in table.indices {
+        let entry = table[slot]
+        let type = Qcow2Entry.type(of: entry)
+        guard type == .zeroPlain || type == .zeroAllocated else { continue }
+        var offset = Int64(entry & Qcow2Entry.offsetMask)
+        if type == .zeroPlain {
+          if node.backing == nil {
+            table[slot] = 0
+            dirty = true
+            continue
+          }
+          offset = try await refcounts.allocate(clusters: 1, file: file)
+          if l2Refcount > 1 {
+            _ = try await refcounts.update(
+              offset >> header.clusterBits, count: 1, addend: Int64(l2Refcount) - 1, file: file)
+          }
+        }
+        try await file.writeZeroes(at: offset, count: header.clusterSize)
+        table[slot] = l2Refcount == 1 ? UInt64(offset) | Qcow2Entry.copied : UInt64(offset)
+        dirty = true
+      }
+      if dirty {
+        try await file.flush()
+        var bytes = [UInt8](repeating: 0, count: Int(header.clusterSize))
+        for (slot, entry) in table.enumerated() { bytes.setUInt64(entry, at: slot * 8) }
+        try await file.write(at: l2Offset, bytes: bytes)
+        try await file.flush()
+        l2Cache.remove(at: l2Offset)
+      }
+    }
+  }
+}
