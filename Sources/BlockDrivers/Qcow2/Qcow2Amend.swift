@@ -84,7 +84,8 @@ extension Qcow2Driver {
       }
     }
     if let size = options.size, size != 0 {
-      try await node.truncate(to: Int64(size), exact: true)
+      // QEMU passes the size on as a signed 64-bit number.
+      try await node.truncate(to: Int64(bitPattern: size), exact: true)
     }
     if newVersion < oldVersion {
       try await downgrade(node, file: file)

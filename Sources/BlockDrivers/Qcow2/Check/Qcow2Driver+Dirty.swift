@@ -18,10 +18,11 @@ extension Qcow2Driver {
       _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
     if let failure = result.failure {
-      throw BlockError(failure.code, "Could not repair dirty image")
+      throw BlockError(failure.code, "Could not repair dirty image: \(failure.codeDescription)")
     }
     if result.checkErrors != 0 {
-      throw BlockError(.ioError, "Could not repair dirty image")
+      let error = BlockError(.ioError)
+      throw BlockError(.ioError, "Could not repair dirty image: \(error.codeDescription)")
     }
   }
 }

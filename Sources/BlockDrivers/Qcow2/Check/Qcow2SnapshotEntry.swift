@@ -35,6 +35,9 @@ struct Qcow2SnapshotEntry: Equatable {
       guard extraLength <= 1024, offset + Int64(fixedLength + variable) <= file.length else {
         throw BlockError(.invalidArgument, "Snapshot table entry is invalid")
       }
+      guard fixed.uint64(at: 0) < UInt64(1) << 56 else {
+        throw BlockError(.invalidArgument, "Snapshot L1 table offset invalid")
+      }
       let names = try await file.read(
         at: offset + Int64(fixedLength + extraLength), count: idLength + nameLength)
       entries.append(
