@@ -2,9 +2,7 @@ import Foundation
 import Testing
 
 /// `qemu-img amend` against Spindle's on identical copies of qcow2 images:
-/// output, errors, exit status, and the amended images (byte for byte where
-/// Spindle lays them out as QEMU does; otherwise clean, with the same
-/// contents and the same `qemu-img info`).
+/// output, errors, exit status, and the amended images, byte for byte.
 @Suite struct DifferentialAmendTests {
   /// Images `v3.qcow2` (data, a compressed and a zero cluster), `v2.qcow2`
   /// (compat=0.10), `overlay.qcow2` (backing file, zero clusters) and
@@ -60,27 +58,8 @@ import Testing
   func amendMatches(_ arguments: [String]) async throws {
     let run = try await runImageCommand(["amend"] + arguments, setup: Self.setup)
     #expect(run.spindle == run.qemu, "\(run)")
-    for name in try run.fileNames() where !run.sameBytes(name) {
-      // A layout of its own (the rebuilt refcount structure): still a
-      // clean image with the same contents and the same info.
-      let check = try await run.checkSpindleImage(name)
-      #expect(check.status == 0, "\(name): \(check)")
-      let compare = try await run.compareContents(name)
-      #expect(compare.status == 0, "\(name): \(compare)")
-      let infos = try await [run.qemuDirectory, run.spindleDirectory].asyncMap { directory in
-        try await runProcess("qemu-img", ["info", "-U", "\(directory)/\(name)"]).output
-          .split(separator: "\n").filter { !$0.hasPrefix("image:") && !$0.hasPrefix("disk size:") }
-      }
-      #expect(infos[0] == infos[1], "\(name)")
+    for name in try run.fileNames() {
+      #expect(run.sameBytes(name), "\(name) differs")
     }
-  }
-}
-
-extension Array {
-  /// `map` with an async transform, in order.
-  fileprivate func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
-    var results: [T] = []
-    for element in self { results.append(try await transform(element)) }
-    return results
   }
 }

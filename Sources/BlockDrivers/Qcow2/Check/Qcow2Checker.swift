@@ -88,7 +88,7 @@ final class Qcow2Checker {
   func report(_ line: String) { result.messages.append(line) }
 
   /// Reads the active L1 table, the refcount table and the snapshot table.
-  func loadMetadata() async throws {
+  private func loadMetadata() async throws {
     let l1Bytes = try await readPadded(
       at: Int64(header.l1TableOffset), count: Int(header.l1Size) * 8)
     l1Table = l1Bytes.bigEndianUInt64s(count: Int(header.l1Size))
