@@ -47,7 +47,9 @@ import Testing
     ["-f", "qcow2", "-o", "help"], ["-f", "raw", "-o", "help"], ["-o", "?", "DIR/r.raw"],
     ["-o", "size=2M", "DIR/r.raw"], ["DIR/v3.qcow2"], ["-o", "size=32M"],
     ["-o", ",size=32M", "DIR/v3.qcow2"], ["-t", "bogus", "-o", "size=32M", "DIR/v3.qcow2"],
-    ["-p", "-o", "lazy_refcounts=on", "DIR/v3.qcow2"],
+    ["-p", "-o", "lazy_refcounts=on", "DIR/v3.qcow2"], ["-p", "-o", "compat=0.10", "DIR/v3.qcow2"],
+    ["-p", "-o", "refcount_bits=8", "DIR/v3.qcow2"],
+    ["-p", "-o", "compat=1.1,refcount_bits=2", "DIR/v2.qcow2"],
     ["-q", "-p", "-o", "lazy_refcounts=on", "DIR/v3.qcow2"], ["-Z", "DIR/v3.qcow2"],
     ["-o", "size=32M", "DIR/missing.qcow2"],
   ]

@@ -4,7 +4,7 @@ extension Qcow2Driver {
   /// QEMU's `qcow2_downgrade` to version 2: refused for what version 2
   /// cannot express; zero clusters become data clusters (or unallocated
   /// ones without a backing file); feature bits and the feature table go.
-  func downgrade(_ node: BlockNode, file: BlockNode) async throws {
+  func downgrade(_ node: BlockNode, file: BlockNode, status: Qcow2AmendProgress) async throws {
     if header.refcountOrder != 4 {
       throw BlockError(.notSupported, "compat=0.10 requires refcount_bits=16")
     }
@@ -22,7 +22,7 @@ extension Qcow2Driver {
         .notSupported,
         "Cannot downgrade an image with incompatible features 0x\(String(others, radix: 16)) set")
     }
-    try await lock.withLock { try await expandZeroClusters(node, file: file) }
+    try await lock.withLock { try await expandZeroClusters(node, file: file, status: status) }
     if header.compressionType != 0 {
       throw BlockError(
         .notSupported,
@@ -40,10 +40,18 @@ extension Qcow2Driver {
   /// QEMU's `qcow2_expand_zero_clusters` for the active L1 table: plain zero
   /// clusters without a backing file become unallocated; other zero clusters
   /// get a zeroed host cluster.
-  private func expandZeroClusters(_ node: BlockNode, file: BlockNode) async throws {
+  private func expandZeroClusters(
+    _ node: BlockNode, file: BlockNode, status: Qcow2AmendProgress
+  ) async throws {
     let refcounts = try refcountsForWrite()
+    let total = Int64(l1Table.count)
+    var visited: Int64 = 0
     for index in l1Table.indices {
       let l2Offset = Int64(l1Table[index] & Qcow2Entry.offsetMask)
+      defer {
+        visited += 1
+        status.update(visited, of: total)
+      }
       guard l2Offset != 0 else { continue }
       var table = try await file.read(at: l2Offset, count: Int(header.clusterSize))
         .bigEndianUInt64s(count: Int(header.l2Entries))

@@ -8,21 +8,27 @@ extension Qcow2Driver {
   /// nothing more needs allocating; then writes the new blocks and table,
   /// switches the header and frees the old structure. Call with the
   /// metadata lock held.
-  func changeRefcountWidth(_ node: BlockNode, file: BlockNode, order: UInt32) async throws {
+  func changeRefcountWidth(
+    _ node: BlockNode, file: BlockNode, order: UInt32, status: Qcow2AmendProgress
+  ) async throws {
     let old = try refcountsForWrite()
     let oldTableOffset = old.tableOffset
     let newBits = 1 << Int(order)
     let clusterSize = header.clusterSize
     let walk = Qcow2RefcountWalk(
-      old: old, newBits: newBits, newBlockEntries: Int(clusterSize) * 8 / newBits, file: file)
+      old: old, newBits: newBits, newBlockEntries: Int(clusterSize) * 8 / newBits, file: file,
+      status: status)
 
     var newTable: [UInt64] = []
     var newTableOffset: Int64 = 0
     var allocatedTableEntries = 0
     var allocated: Bool
+    var walkIndex = 0
     repeat {
       allocated = false
-      try await walk.run(filling: false) { index, _, empty in
+      let totalWalks = max(walkIndex + 2, 3)
+      defer { walkIndex += 1 }
+      try await walk.run(filling: false, walk: walkIndex, of: totalWalks) { index, _, empty in
         guard !empty else { return }
         if index >= newTable.count {
           let perCluster = Int(clusterSize / 8)
@@ -52,7 +58,7 @@ extension Qcow2Driver {
     } while allocated
     try await file.flush()
 
-    try await walk.run(filling: true) { index, block, _ in
+    try await walk.run(filling: true, walk: walkIndex, of: walkIndex + 1) { index, block, _ in
       guard index < newTable.count, newTable[index] != 0 else { return }
       try await file.write(at: Int64(newTable[index]), bytes: block.bytes)
     }
@@ -89,11 +95,12 @@ struct Qcow2RefcountWalk {
   let newBits: Int
   let newBlockEntries: Int
   let file: BlockNode
+  let status: Qcow2AmendProgress
 
-  /// One pass over the old refcount table (as it is while walking: the
-  /// allocations may grow it).
+  /// Pass `walk` of `total` over the old refcount table (as it is while
+  /// walking: the allocations may grow it).
   func run(
-    filling: Bool,
+    filling: Bool, walk: Int, of total: Int,
     _ operation: (Int, Qcow2RefcountBlock, Bool) async throws -> Void
   ) async throws {
     let oldBlockEntries = Int(1) << Int(old.blockBits)
@@ -111,6 +118,8 @@ struct Qcow2RefcountWalk {
     }
     var oldIndex = 0
     while oldIndex < old.table.count {
+      let size = Int64(old.table.count)
+      status.update(Int64(walk) * size + Int64(oldIndex), of: Int64(total) * size)
       if old.table[oldIndex] & Qcow2Entry.offsetMask != 0 {
         // Read live, as QEMU's cached block: allocations made while
         // walking show up in the entries still to come.
@@ -142,5 +151,7 @@ struct Qcow2RefcountWalk {
       oldIndex += 1
     }
     if position > 0 { try await complete() }
+    let size = Int64(old.table.count)
+    status.update(Int64(walk + 1) * size, of: Int64(total) * size)
   }
 }

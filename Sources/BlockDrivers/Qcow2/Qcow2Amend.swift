@@ -27,8 +27,13 @@ public struct Qcow2AmendOptions: Sendable, Equatable {
 extension Qcow2Driver {
   /// Changes the image's options as QEMU's `qcow2_amend_options` does, in
   /// its order: upgrade, refcount width, header, backing file check, lazy
-  /// refcounts, size, downgrade. Errors carry QEMU's messages.
-  public func amend(_ node: BlockNode, options: Qcow2AmendOptions) async throws {
+  /// refcounts, size, downgrade. Errors carry QEMU's messages. `progress`
+  /// gets the work done and the projected total work, as QEMU's status
+  /// callback.
+  public func amend(
+    _ node: BlockNode, options: Qcow2AmendOptions,
+    progress: @escaping (Int64, Int64) -> Void = { _, _ in }
+  ) async throws {
     let file = try fileNode(node)
     if let bits = options.refcountBits, bits == 0 || bits > 64 || bits & (bits - 1) != 0 {
       throw BlockError(
@@ -45,18 +50,28 @@ extension Qcow2Driver {
     }
     let oldVersion = header.version
     let newVersion = options.version ?? oldVersion
+    let changesWidth = options.refcountBits.map { $0 != UInt64(header.refcountBits) } ?? false
+    let status = Qcow2AmendProgress(
+      totalOperations: (newVersion != oldVersion ? 1 : 0) + (changesWidth ? 1 : 0),
+      report: progress)
     if newVersion > oldVersion {
+      status.current = .upgrading
+      status.update(0, of: 2)
+      status.update(1, of: 2)
       try await rewriteHeader(file) { $0.upgradeToVersion3() }
+      status.update(2, of: 2)
     }
-    if let bits = options.refcountBits, bits != UInt64(header.refcountBits) {
+    if let bits = options.refcountBits, changesWidth {
       if newVersion < 3 && bits != 16 {
         throw BlockError(
           .invalidArgument,
           "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"
         )
       }
+      status.current = .changingRefcountOrder
       try await lock.withLock {
-        try await changeRefcountWidth(node, file: file, order: UInt32(bits.trailingZeroBitCount))
+        try await changeRefcountWidth(
+          node, file: file, order: UInt32(bits.trailingZeroBitCount), status: status)
       }
     }
     try await rewriteHeader(file) { _ in }
@@ -88,7 +103,8 @@ extension Qcow2Driver {
       try await node.truncate(to: Int64(bitPattern: size), exact: true)
     }
     if newVersion < oldVersion {
-      try await downgrade(node, file: file)
+      status.current = .downgrading
+      try await downgrade(node, file: file, status: status)
     }
   }
 

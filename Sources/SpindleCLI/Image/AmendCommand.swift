@@ -157,7 +157,10 @@ enum AmendTool {
     }
     meter.report(0)
     do {
-      try await driver.amend(node, options: changes)
+      try await driver.amend(node, options: changes) { offset, total in
+        // qemu-img's amend_status_cb, in C's float arithmetic.
+        meter.report(100 * Float(offset) / Float(total))
+      }
     } catch {
       reporter.error(errorMessage(error))
       return 1
