@@ -11,9 +11,10 @@ extension Qcow2Driver {
     if header.incompatibleFeatures & Qcow2Feature.externalDataFile != 0 {
       throw BlockError(.notSupported, "Cannot downgrade an image with a data file")
     }
-    if header.snapshotCount > 0 {
-      // QEMU checks each snapshot's disk and VM state size; Spindle does not
-      // expand zero clusters of snapshot tables yet.
+    let (snapshots, _) = try await Qcow2SnapshotEntry.readTable(file, header: header)
+    if snapshots.contains(where: {
+      $0.vmStateSize > UInt64(UInt32.max) || $0.diskSize != header.size
+    }) {
       throw BlockError(.notSupported, "Internal snapshots prevent downgrade of image")
     }
     let others = header.incompatibleFeatures & ~Qcow2Feature.compressionType
@@ -22,7 +23,9 @@ extension Qcow2Driver {
         .notSupported,
         "Cannot downgrade an image with incompatible features 0x\(String(others, radix: 16)) set")
     }
-    try await lock.withLock { try await expandZeroClusters(node, file: file, status: status) }
+    try await lock.withLock {
+      try await expandZeroClusters(node, file: file, snapshots: snapshots, status: status)
+    }
     if header.compressionType != 0 {
       throw BlockError(
         .notSupported,
@@ -37,22 +40,50 @@ extension Qcow2Driver {
     }
   }
 
-  /// QEMU's `qcow2_expand_zero_clusters` for the active L1 table: plain zero
-  /// clusters without a backing file become unallocated; other zero clusters
-  /// get a zeroed host cluster.
+  /// QEMU's `qcow2_expand_zero_clusters`: in the L2 tables of the active
+  /// and then the snapshots' L1 tables, plain zero clusters without a
+  /// backing file become unallocated; other zero clusters get a zeroed host
+  /// cluster (counted once per reference to a shared L2 table).
   private func expandZeroClusters(
-    _ node: BlockNode, file: BlockNode, status: Qcow2AmendProgress
+    _ node: BlockNode, file: BlockNode, snapshots: [Qcow2SnapshotEntry],
+    status: Qcow2AmendProgress
+  ) async throws {
+    let total = Int64(l1Table.count) + snapshots.reduce(0) { $0 + Int64($1.l1Size) }
+    var visited: Int64 = 0
+    try await expandZeroClusters(
+      node, file: file, l1: l1Table, visited: &visited, of: total, status: status)
+    for snapshot in snapshots {
+      let bytes = Int(snapshot.l1Size) * 8
+      guard snapshot.l1TableOffset & UInt64(header.clusterSize - 1) == 0,
+        UInt64(bytes) <= Qcow2Header.maxL1Bytes,
+        Int64(snapshot.l1TableOffset) + Int64(bytes) <= file.length
+      else {
+        throw BlockError(.invalidArgument, "Snapshot L1 table offset invalid")
+      }
+      let l1 = try await file.read(at: Int64(snapshot.l1TableOffset), count: bytes)
+        .bigEndianUInt64s(count: Int(snapshot.l1Size))
+      try await expandZeroClusters(
+        node, file: file, l1: l1, visited: &visited, of: total, status: status)
+    }
+    l2Cache = Qcow2L2Cache(capacity: l2Cache.capacity)
+  }
+
+  /// The expansion for the L2 tables of one L1 table.
+  private func expandZeroClusters(
+    _ node: BlockNode, file: BlockNode, l1: [UInt64], visited: inout Int64, of total: Int64,
+    status: Qcow2AmendProgress
   ) async throws {
     let refcounts = try refcountsForWrite()
-    let total = Int64(l1Table.count)
-    var visited: Int64 = 0
-    for index in l1Table.indices {
-      let l2Offset = Int64(l1Table[index] & Qcow2Entry.offsetMask)
+    for index in l1.indices {
+      let l2Offset = Int64(l1[index] & Qcow2Entry.offsetMask)
       defer {
         visited += 1
         status.update(visited, of: total)
       }
       guard l2Offset != 0 else { continue }
+      if l2Offset & (header.clusterSize - 1) != 0 {
+        throw BlockError(.ioError)
+      }
       var table = try await file.read(at: l2Offset, count: Int(header.clusterSize))
         .bigEndianUInt64s(count: Int(header.l2Entries))
       let l2Refcount = try await refcounts.refcount(of: l2Offset >> header.clusterBits, file: file)
@@ -74,6 +105,7 @@ extension Qcow2Driver {
               offset >> header.clusterBits, count: 1, addend: Int64(l2Refcount) - 1, file: file)
           }
         }
+        if offset & (header.clusterSize - 1) != 0 { throw BlockError(.ioError) }
         try await file.writeZeroes(at: offset, count: header.clusterSize)
         table[slot] = l2Refcount == 1 ? UInt64(offset) | Qcow2Entry.copied : UInt64(offset)
         dirty = true

@@ -11,6 +11,11 @@ struct Qcow2SnapshotEntry: Equatable {
   var id: String
   /// The snapshot's name.
   var name: String
+  /// The guest size when the snapshot was taken (the image's size when the
+  /// entry does not record it).
+  var diskSize: UInt64
+  /// Bytes of saved VM state.
+  var vmStateSize: UInt64
 
   /// Fixed part of a snapshot table entry.
   static let fixedLength = 40
@@ -38,13 +43,16 @@ struct Qcow2SnapshotEntry: Equatable {
       guard fixed.uint64(at: 0) < UInt64(1) << 56 else {
         throw BlockError(.invalidArgument, "Snapshot L1 table offset invalid")
       }
+      let extra = try await file.read(at: offset + Int64(fixedLength), count: extraLength)
       let names = try await file.read(
         at: offset + Int64(fixedLength + extraLength), count: idLength + nameLength)
       entries.append(
         Qcow2SnapshotEntry(
           l1TableOffset: fixed.uint64(at: 0), l1Size: fixed.uint32(at: 8),
           id: String(decoding: names[0..<idLength], as: UTF8.self),
-          name: String(decoding: names[idLength...], as: UTF8.self)))
+          name: String(decoding: names[idLength...], as: UTF8.self),
+          diskSize: extraLength >= 16 ? extra.uint64(at: 8) : header.size,
+          vmStateSize: extraLength >= 8 ? extra.uint64(at: 0) : UInt64(fixed.uint32(at: 32))))
       offset += Int64((fixedLength + variable + 7) & ~7)
     }
     return (entries, offset - Int64(header.snapshotsOffset))
