@@ -133,6 +133,24 @@ import Testing
     }
   }
 
+  /// Persistent bitmaps count as referenced (read-only check; a writable
+  /// open invalidates them in Spindle, see docs/qcow2.md).
+  @Test(
+    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    arguments: [[], ["--output=json"]])
+  func bitmapsAreCounted(_ options: [String]) async throws {
+    let run = try await runImageCommand(["check"] + options + ["DIR/t.qcow2"]) { directory in
+      try await Self.setUpOnce(directory) { directory in
+        try await Self.makeImage(directory, [])
+        try await qemuImg(["bitmap", "--add", "\(directory)/t.qcow2", "b1"])
+        try await qemuImg(["bitmap", "--add", "-g", "512k", "\(directory)/t.qcow2", "b2"])
+        try await Self.qemuIO("\(directory)/t.qcow2", "write -P 1 1M 4M")
+      }
+    }
+    #expect(run.spindle == run.qemu, "\(run)")
+    #expect(run.spindle.status == 0)
+  }
+
   static let usageRuns: [[String]] = [
     ["-r", "bogus", "DIR/t.qcow2"], ["--output=xml", "DIR/t.qcow2"], [],
     ["DIR/t.qcow2", "DIR/t.qcow2"], ["DIR/missing.qcow2"], ["-f", "raw", "DIR/t.qcow2"],

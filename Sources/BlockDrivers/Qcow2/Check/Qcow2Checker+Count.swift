@@ -47,6 +47,7 @@ extension Qcow2Checker {
     try incrementReferences(offset: Int64(header.snapshotsOffset), size: snapshotTableSize)
     try incrementReferences(
       offset: Int64(header.refcountTableOffset), size: Int64(storedTable.count) * 8)
+    try await countBitmaps()
     try await checkRefcountBlocks(fix: fix, rebuild: &rebuild)
   }
 
