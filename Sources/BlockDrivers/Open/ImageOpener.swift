@@ -22,6 +22,12 @@ public struct OpenContext: Sendable {
   /// `BDRV_O_NO_BACKING`, as `qemu-img info` opens images; the node then has
   /// no backing child and must not be read).
   public var openBacking = true
+  /// Where drivers print messages for the user, such as qcow2's corruption
+  /// reports (standard error when nil).
+  public var diagnostics: Diagnostics?
+
+  /// A receiver of driver messages (complete lines).
+  public typealias Diagnostics = @BlockActor @Sendable (String) -> Void
 
   /// Creates a context.
   public init(node: NodeOptions = NodeOptions(), forceShare: Bool = false, allowProbe: Bool = true)

@@ -9,8 +9,11 @@ extension Qcow2Driver {
     -> BlockNode
   {
     let imagePath = options["file.filename"] ?? options["file"]
+    let overlapChecks = try Qcow2OverlapSections.take(from: &options)
     let file = try await ImageOpener.openFileChild(&options, context: context)
-    return try await open(over: file, imagePath: imagePath, context: context)
+    let node = try await open(over: file, imagePath: imagePath, context: context)
+    (node.driver as? Qcow2Driver)?.safety.overlapChecks = overlapChecks
+    return node
   }
 
   /// Opens a `qcow2` node over an opened file node; `imagePath` is what
@@ -30,8 +33,10 @@ extension Qcow2Driver {
       }
       let l1Table = l1Bytes.toArray().bigEndianUInt64s(count: Int(header.l1Size))
       var refcountTable: [UInt64]?
+      var snapshots = Qcow2SnapshotTable()
       if !context.node.readOnly {
         refcountTable = try await prepareForWriting(file, header: &header)
+        snapshots = try await Qcow2SnapshotTable.read(file, header: header)
       }
       if let name = header.backingFile, context.openBacking {
         var backingContext = context
@@ -47,6 +52,9 @@ extension Qcow2Driver {
       }
       let driver = Qcow2Driver(
         header: header, l1Table: l1Table, refcountTable: refcountTable)
+      driver.safety.diagnostics = context.diagnostics
+      driver.safety.snapshotTableSize = snapshots.size
+      driver.safety.inactiveL1Tables = snapshots.l1Tables
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
       node.attach(file, role: .file)
       if let backing { node.attach(backing, role: .backing) }

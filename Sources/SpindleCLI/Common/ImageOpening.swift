@@ -23,6 +23,8 @@ struct ImageSpec {
   /// Whether the tool shares writing with other users: qemu-io does, qemu-img
   /// does not (`BDRV_O_NO_SHARE`) unless `-U`.
   var sharesWrites = false
+  /// Where drivers' messages (qcow2 corruption reports) go.
+  var diagnostics: OpenContext.Diagnostics?
 }
 
 /// Passes the AIO mode to the `file` node of the graph, as QEMU's
@@ -167,6 +169,7 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   var context = OpenContext(node: imageNode, forceShare: spec.forceShare)
   context.openBacking = spec.openBacking
   context.noShare = !spec.sharesWrites && !spec.forceShare
+  context.diagnostics = spec.diagnostics
   var root = try await ImageOpener.open(
     filename: spec.filename, format: spec.format, options: spec.options, context: context)
   if spec.snapshot {
