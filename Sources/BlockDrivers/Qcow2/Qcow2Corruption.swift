@@ -24,6 +24,8 @@ struct Qcow2SafetyState {
   /// A corruption was reported; later ones are not (QEMU's
   /// `signaled_corruption`).
   var signaledCorruption = false
+  /// Which freed clusters are discarded in the file.
+  var discardPassthrough = Qcow2DiscardPassthrough()
   /// Where messages for the user go (standard error when nil).
   var diagnostics: OpenContext.Diagnostics?
 }

@@ -5,7 +5,7 @@ extension Qcow2Driver {
   /// larger L1 table when the new size needs one (QEMU's
   /// `qcow2_grow_l1_table`: new table allocated, written and flushed, the
   /// header pointed at it, the old table freed), then the new size in the
-  /// header. Shrinking and preallocation are not supported yet.
+  /// header; shrinking in ``shrink(_:to:)``. Preallocation is not supported yet.
   public func truncate(
     _ node: BlockNode, to length: Int64, exact: Bool, preallocation: PreallocationMode
   ) async throws {
@@ -19,7 +19,8 @@ extension Qcow2Driver {
       throw BlockError.notSupported("Can't resize an image which has snapshots")
     }
     if length < Int64(header.size) {
-      throw BlockError.notSupported("qcow2: shrinking is not supported yet")
+      try await shrink(node, to: length)
+      return
     }
     let file = try fileNode(node)
     try await lock.withLock {

@@ -76,7 +76,9 @@ extension Qcow2Driver {
   /// Drops the references an old L2 entry held (QEMU's
   /// `qcow2_free_any_cluster`), after the entry that replaced it was written
   /// and flushed; freed clusters leave the L2 cache.
-  func releaseClusters(_ node: BlockNode, oldEntries: [UInt64]) async throws {
+  func releaseClusters(
+    _ node: BlockNode, oldEntries: [UInt64], discard: Qcow2DiscardType = .never
+  ) async throws {
     let file = try fileNode(node)
     var ranges: [(Int64, Int64)] = []
     for entry in oldEntries {
@@ -94,9 +96,9 @@ extension Qcow2Driver {
     try await file.flush()
     let refcounts = try refcountsForWrite()
     for (offset, bytes) in ranges {
-      for freed in try await refcounts.free(offset: offset, bytes: bytes, file: file) {
-        l2Cache.remove(at: freed)
-      }
+      let freed = try await refcounts.free(offset: offset, bytes: bytes, file: file)
+      for cluster in freed { l2Cache.remove(at: cluster) }
+      try await passDiscard(file, freed: freed, type: discard)
     }
   }
 
