@@ -134,6 +134,12 @@ public enum ImageOpener {
       }
     }
     _ = options.take("node-name")
+    var context = context
+    if options["backing"] == "" {
+      // QEMU's `"backing": null` (or the deprecated empty name): no backing.
+      _ = options.take("backing")
+      context.openBacking = false
+    }
     let node = try await entry.open(&options, context)
     if let leftover = options.values.keys.sorted().first {
       await node.close()

@@ -24,6 +24,8 @@ struct Qcow2SafetyState {
   /// A corruption was reported; later ones are not (QEMU's
   /// `signaled_corruption`).
   var signaledCorruption = false
+  /// When the metadata caches are cleaned.
+  var cacheCleaning = Qcow2CacheCleaning()
   /// Which freed clusters are discarded in the file.
   var discardPassthrough = Qcow2DiscardPassthrough()
   /// Where messages for the user go (standard error when nil).

@@ -9,14 +9,27 @@ extension Qcow2Driver {
     -> BlockNode
   {
     let imagePath = options["file.filename"] ?? options["file"]
-    let overlapChecks = try Qcow2OverlapSections.take(from: &options)
+    let runtimeOptions = try Qcow2OpenOptions.take(from: &options)
+    if let reference = options.take("backing") {
+      // A backing node named by reference: Spindle has no named nodes.
+      throw BlockError(
+        .invalidArgument,
+        "Could not open backing file: Cannot find device='\(reference)' nor node-name='\(reference)'"
+      )
+    }
     // QEMU's children of a format unmap on discard whatever the parent's
     // policy: the format decides what reaches them (bdrv_inherited_options).
     var fileContext = context
     fileContext.node.discard = .unmap
     let file = try await ImageOpener.openFileChild(&options, context: fileContext)
     let node = try await open(over: file, imagePath: imagePath, context: context)
-    (node.driver as? Qcow2Driver)?.safety.overlapChecks = overlapChecks
+    do {
+      try (node.driver as? Qcow2Driver)?.apply(
+        runtimeOptions, discardUnmap: context.node.discard == .unmap)
+    } catch {
+      await node.close()
+      throw error
+    }
     return node
   }
 
@@ -57,7 +70,6 @@ extension Qcow2Driver {
       let driver = Qcow2Driver(
         header: header, l1Table: l1Table, refcountTable: refcountTable)
       driver.safety.diagnostics = context.diagnostics
-      driver.safety.discardPassthrough.request = context.node.discard == .unmap
       driver.safety.snapshotTableSize = snapshots.size
       driver.safety.inactiveL1Tables = snapshots.l1Tables
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)

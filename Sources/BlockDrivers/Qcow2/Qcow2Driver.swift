@@ -69,6 +69,7 @@ public final class Qcow2Driver: BlockDriver {
     _ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags
   ) async throws {
     try checkUsable()
+    cleanCachesIfDue()
     try await readGuest(node, offset: offset, into: iov, takingLock: true)
   }
 
@@ -110,6 +111,7 @@ public final class Qcow2Driver: BlockDriver {
     _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector, flags: RequestFlags
   ) async throws {
     try checkUsable()
+    cleanCachesIfDue()
     var done: Int64 = 0
     var hostEnd: Int64?
     while done < length {

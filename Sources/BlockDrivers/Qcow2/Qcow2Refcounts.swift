@@ -24,6 +24,8 @@ final class Qcow2Refcounts {
   var table: [UInt64]
   /// Cached refcount blocks by offset (always equal to the file's).
   var blocks: [Int64: Qcow2RefcountBlock] = [:]
+  /// How many refcount blocks ``blocks`` keeps (`refcount-cache-size`).
+  var blockCacheCapacity = 64
   /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
   private(set) var freeClusterIndex: Int64 = 0
   /// Where the next compressed cluster may start inside a partly used
@@ -247,7 +249,7 @@ final class Qcow2Refcounts {
     if let block = blocks[offset] { return block }
     let bytes = try await file.read(at: offset, count: Int(clusterSize))
     let block = Qcow2RefcountBlock(bytes: bytes, bits: refcountBits)
-    if blocks.count >= 64, let victim = blocks.keys.first { blocks[victim] = nil }
+    if blocks.count >= blockCacheCapacity, let victim = blocks.keys.first { blocks[victim] = nil }
     blocks[offset] = block
     return block
   }
