@@ -20,6 +20,7 @@ struct Qcow2OpenOptionsTests {
     "l2-cache-entry-size=1M", "pass-discard-request=maybe", "pass-discard-other=2",
     "refcount-cache-size=1E", "backing=null", "cache-size=0", "l2-cache-size=1k",
     "l2-cache-size=0,l2-cache-entry-size=512", "cache-clean-interval=0,pass-discard-snapshot=off",
+    "lazy-refcounts=on", "lazy-refcounts=x",
   ]
 
   /// The options as a flat dictionary.

@@ -31,6 +31,9 @@ struct Qcow2OpenOptions {
   var passDiscardRequest: Bool?
   var passDiscardSnapshot = true
   var passDiscardOther = false
+  /// `lazy-refcounts` as given (Spindle never defers refcount updates, so
+  /// it is only checked).
+  var lazyRefcounts: Bool?
 
   /// Takes the options from `options`, with QEMU's messages for bad values.
   static func take(from options: inout DriverOptions) throws -> Qcow2OpenOptions {
@@ -51,6 +54,9 @@ struct Qcow2OpenOptions {
     }
     result.passDiscardSnapshot = try options.takeBool("pass-discard-snapshot", default: true)
     result.passDiscardOther = try options.takeBool("pass-discard-other", default: false)
+    if options["lazy-refcounts"] != nil {
+      result.lazyRefcounts = try options.takeBool("lazy-refcounts", default: false)
+    }
     return result
   }
 
@@ -120,6 +126,11 @@ extension Qcow2Driver {
   /// cleaning interval.
   func apply(_ options: Qcow2OpenOptions, discardUnmap: Bool) throws {
     let sizes = try options.cacheSizes(for: header)
+    if options.lazyRefcounts == true && header.version < 3 {
+      throw BlockError(
+        .invalidArgument,
+        "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level")
+    }
     safety.overlapChecks = options.overlapChecks
     safety.discardPassthrough = Qcow2DiscardPassthrough(
       request: options.passDiscardRequest ?? discardUnmap,
