@@ -129,4 +129,31 @@ struct Qcow2OverlapTests {
     }
     #expect(flag?.message == "Parameter 'overlap-check.active-l2' expects 'on' or 'off'")
   }
+
+  @Test("refcount updates landing on the L1 table are refused before they damage it")
+  func refcountBlockOverlap() async throws {
+    let scratch = try ScratchDirectory()
+    let qemuPath = scratch.file("q.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", qemuPath, "1M"])
+    try await QcowTools.io(qemuPath, ["write -P 1 0 64k"])
+    // The refcount table's first entry now claims the L1 table (0x30000).
+    try patchFile(qemuPath, at: 0x10000, bigEndianBytes(0x30000, width: 8))
+    let spindlePath = scratch.file("s.qcow2")
+    try Data(try contents(of: qemuPath)).write(to: URL(fileURLWithPath: spindlePath))
+
+    let qemu = try await QEMUTools.run(QEMUTools.qemuIO, ["-c", "write 64k 64k", qemuPath])
+    let messages = Messages()
+    let node = try await open(spindlePath, messages)
+    let error = await expectBlockError { try await node.write(at: 65536, bytes: [1]) }
+    await node.close()
+    #expect(error?.code == .ioError)
+    // QEMU's refcount cache is write-back, so QEMU notices the data write
+    // (onto the refcount table); Spindle's refcount write comes first and is
+    // caught on the L1 table. Either way nothing but the corrupt bit changes.
+    let prefix = "qcow2: Marking image as corrupt: Preventing invalid write on metadata"
+    #expect(qemu.output.hasPrefix(prefix))
+    #expect(messages.lines.first?.hasPrefix(prefix) == true)
+    #expect(messages.lines.first?.contains("(overlaps with active L1 table)") == true)
+    #expect(try contents(of: qemuPath) == contents(of: spindlePath))
+  }
 }

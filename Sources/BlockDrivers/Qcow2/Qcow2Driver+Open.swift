@@ -75,6 +75,11 @@ extension Qcow2Driver {
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
       node.attach(file, role: .file)
       if let backing { node.attach(backing, role: .backing) }
+      driver.refcounts?.checkWrite = { [unowned driver, weak node] offset, bytes, ignoring in
+        guard let node else { return }
+        try await driver.checkOverlapBeforeWrite(
+          node, offset: offset, size: bytes, ignoring: ignoring)
+      }
       try await node.open()
       return node
     } catch {
