@@ -103,4 +103,43 @@ struct Qcow2ShrinkTests {
     try await QcowTools.io(path, ["read -P 5 0 1M", "read -P 0 1M 1M"])
     try await QcowTools.img(["check", "-q", path])
   }
+
+  @Test(
+    "resizing over an internal snapshot matches qemu-img",
+    arguments: [
+      (Int64(5) << 20, PreallocationMode.off), (Int64(1) << 20, .off), (Int64(3) << 19, .off),
+      (Int64(6) << 20, .metadata), (Int64(6) << 20, .full),
+    ])
+  func withSnapshot(_ newSize: Int64, _ mode: PreallocationMode) async throws {
+    let scratch = try ScratchDirectory()
+    let qemuPath = scratch.file("q.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", qemuPath, "4M"])
+    try await QcowTools.io(qemuPath, ["write -P 1 0 3M"])
+    try await QcowTools.img(["snapshot", "-c", "one", qemuPath])
+    try await QcowTools.io(qemuPath, ["write -P 2 1M 1M"])
+    let spindlePath = scratch.file("s.qcow2")
+    try Data(try contents(of: qemuPath)).write(to: URL(fileURLWithPath: spindlePath))
+    var arguments = ["resize", "-q"]
+    if newSize < 4 << 20 { arguments.append("--shrink") }
+    if mode != .off { arguments.append("--preallocation=\(mode.rawValue)") }
+    try await QcowTools.img(arguments + [qemuPath, String(newSize)])
+    let node = try await openQcow2(spindlePath, readOnly: false)
+    try await node.truncate(to: newSize, exact: false, preallocation: mode)
+    await node.close()
+    #expect(try contents(of: qemuPath) == contents(of: spindlePath), "files differ")
+    try await QcowTools.img(["check", "-q", spindlePath])
+  }
+
+  @Test("a version 2 image with snapshots is not resized, as in QEMU")
+  func version2Snapshots() async throws {
+    let scratch = try ScratchDirectory()
+    let path = scratch.file("disk.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", "-o", "compat=0.10", path, "1M"])
+    try await QcowTools.img(["snapshot", "-c", "one", path])
+    let qemu = try await QEMUTools.run(QEMUTools.qemuImg, ["resize", path, "2M"])
+    let node = try await openQcow2(path, readOnly: false)
+    let error = await expectBlockError { try await node.truncate(to: 2 << 20, exact: false) }
+    await node.close()
+    #expect(qemu.output == "qemu-img: \(error?.message ?? "")\n")
+  }
 }

@@ -14,8 +14,9 @@ extension Qcow2Driver {
     if length % 512 != 0 {
       throw BlockError(.invalidArgument, "The new size must be a multiple of 512")
     }
-    if header.snapshotCount > 0 {
-      throw BlockError.notSupported("Can't resize an image which has snapshots")
+    if header.snapshotCount > 0 && header.version < 3 {
+      // Version 3 snapshots record their own disk size; version 2 ones do not.
+      throw BlockError.notSupported("Can't resize a v2 image which has snapshots")
     }
     if length < Int64(header.size) {
       if preallocation != .off {
