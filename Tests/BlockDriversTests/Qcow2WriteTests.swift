@@ -278,17 +278,6 @@ struct Qcow2ResizeTests {
     let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", spindle])
     #expect(check.status == 0, "\(check.output)")
   }
-
-  @Test("shrinking is refused")
-  func shrink() async throws {
-    let path = scratch.file("disk.qcow2")
-    try await QcowTools.img(["create", "-q", "-f", "qcow2", path, "1M"])
-    let node = try await ImageOpener.open(filename: path)
-    let error = await expectBlockError { try await node.truncate(to: 512 << 10) }
-    #expect(error?.code == BlockError.notSupportedCode)
-    #expect(node.length == 1 << 20)
-    await node.close()
-  }
 }
 
 /// The driver under the engine's concurrency: copy-on-read into the overlay

@@ -66,7 +66,9 @@ public struct DriverOptions: Sendable, Equatable {
         for (index, inner) in items.enumerated() { flatten(inner, "\(prefix).\(index)") }
       case .bool(let flag): result[prefix] = flag ? "on" : "off"
       case .number(let text), .string(let text): result[prefix] = text
-      case .null: break
+      case .null:
+        // `"backing": null` means no backing file; other nulls are absent.
+        if prefix == "backing" || prefix.hasSuffix(".backing") { result[prefix] = "" }
       }
     }
     flatten(.object(members), "")

@@ -26,6 +26,12 @@ public struct OpenContext: Sendable {
   /// `qemu-img check` opens it): formats then open inconsistent images
   /// (dirty, corrupt) writable without repairing them first.
   public var forCheck = false
+  /// Where drivers print messages for the user, such as qcow2's corruption
+  /// reports (standard error when nil).
+  public var diagnostics: Diagnostics?
+
+  /// A receiver of driver messages (complete lines).
+  public typealias Diagnostics = @BlockActor @Sendable (String) -> Void
 
   /// Creates a context.
   public init(node: NodeOptions = NodeOptions(), forceShare: Bool = false, allowProbe: Bool = true)
@@ -132,6 +138,12 @@ public enum ImageOpener {
       }
     }
     _ = options.take("node-name")
+    var context = context
+    if options["backing"] == "" {
+      // QEMU's `"backing": null` (or the deprecated empty name): no backing.
+      _ = options.take("backing")
+      context.openBacking = false
+    }
     let node = try await entry.open(&options, context)
     if let leftover = options.values.keys.sorted().first {
       await node.close()

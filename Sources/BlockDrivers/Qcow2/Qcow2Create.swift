@@ -1,8 +1,7 @@
 import BlockCore
 import SystemPackage
 
-/// Options of ``Qcow2Create`` (QEMU's `BlockdevCreateOptionsQcow2`, with
-/// preallocation off).
+/// Options of ``Qcow2Create`` (QEMU's `BlockdevCreateOptionsQcow2`).
 public struct Qcow2CreateOptions: Sendable, Equatable {
   /// Virtual disk size in bytes (a multiple of 512).
   public var size: Int64
@@ -18,6 +17,8 @@ public struct Qcow2CreateOptions: Sendable, Equatable {
   public var backingFile: String?
   /// The backing format stored in the backing format extension.
   public var backingFormat: String?
+  /// How the disk's clusters are allocated (QEMU's `preallocation`).
+  public var preallocation: PreallocationMode = .off
 
   /// Options for a disk of `size` bytes with qemu-img's defaults.
   public init(size: Int64) { self.size = size }
@@ -66,13 +67,20 @@ public enum Qcow2Create {
       await file.close()
       throw error
     }
-    guard let growTo else {
+    guard growTo != nil || options.preallocation != .off else {
       await file.close()
       return
     }
     let node = try await Qcow2Driver.open(over: file, imagePath: path, context: OpenContext())
     do {
-      try await node.truncate(to: growTo)
+      if let growTo {
+        try await node.truncate(to: growTo, preallocation: options.preallocation)
+      } else if let driver = node.driver as? Qcow2Driver {
+        // The image already has its size and L1 table, as QEMU's grow from
+        // zero would have laid them out: only the clusters remain.
+        try await driver.preallocate(
+          node, from: 0, to: options.size, mode: options.preallocation)
+      }
     } catch {
       await node.close()
       throw error
@@ -145,6 +153,11 @@ public enum Qcow2Create {
     }
     if options.backingFormat != nil && options.backingFile == nil {
       throw BlockError(.invalidArgument, "Backing format cannot be used without backing file")
+    }
+    if options.backingFile != nil && options.preallocation != .off {
+      throw BlockError(
+        .invalidArgument,
+        "Backing file and preallocation can only be used at the same time if extended_l2 is on")
     }
     header.clusterBits = UInt32(clusterSize.trailingZeroBitCount)
     header.size = UInt64(options.size)

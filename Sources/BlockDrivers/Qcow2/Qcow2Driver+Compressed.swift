@@ -51,6 +51,7 @@ extension Qcow2Driver {
       let refcounts = try refcountsForWrite()
       let host = try await refcounts.allocateBytes(Int64(compressedLength), file: file)
       try await file.flush()
+      try await checkOverlapBeforeWrite(node, offset: host, size: Int64(compressedLength))
       try await file.write(
         at: host,
         from: IOVector(UnsafeMutableRawBufferPointer(rebasing: output.bytes[0..<compressedLength])))

@@ -9,8 +9,28 @@ extension Qcow2Driver {
     -> BlockNode
   {
     let imagePath = options["file.filename"] ?? options["file"]
-    let file = try await ImageOpener.openFileChild(&options, context: context)
-    return try await open(over: file, imagePath: imagePath, context: context)
+    let runtimeOptions = try Qcow2OpenOptions.take(from: &options)
+    if let reference = options.take("backing") {
+      // A backing node named by reference: Spindle has no named nodes.
+      throw BlockError(
+        .invalidArgument,
+        "Could not open backing file: Cannot find device='\(reference)' nor node-name='\(reference)'"
+      )
+    }
+    // QEMU's children of a format unmap on discard whatever the parent's
+    // policy: the format decides what reaches them (bdrv_inherited_options).
+    var fileContext = context
+    fileContext.node.discard = .unmap
+    let file = try await ImageOpener.openFileChild(&options, context: fileContext)
+    let node = try await open(over: file, imagePath: imagePath, context: context)
+    do {
+      try (node.driver as? Qcow2Driver)?.apply(
+        runtimeOptions, discardUnmap: context.node.discard == .unmap)
+    } catch {
+      await node.close()
+      throw error
+    }
+    return node
   }
 
   /// Opens a `qcow2` node over an opened file node; `imagePath` is what
@@ -32,8 +52,10 @@ extension Qcow2Driver {
       }
       let l1Table = l1Bytes.toArray().bigEndianUInt64s(count: Int(header.l1Size))
       var refcountTable: [UInt64]?
+      var snapshots = Qcow2SnapshotTable()
       if !context.node.readOnly {
         refcountTable = try await prepareForWriting(file, header: &header)
+        snapshots = try await Qcow2SnapshotTable.read(file, header: header)
       }
       if let name = header.backingFile, context.openBacking {
         var backingContext = context
@@ -49,9 +71,17 @@ extension Qcow2Driver {
       }
       let driver = Qcow2Driver(
         header: header, l1Table: l1Table, refcountTable: refcountTable)
+      driver.safety.diagnostics = context.diagnostics
+      driver.safety.snapshotTableSize = snapshots.size
+      driver.safety.inactiveL1Tables = snapshots.l1Tables
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
       node.attach(file, role: .file)
       if let backing { node.attach(backing, role: .backing) }
+      driver.refcounts?.checkWrite = { [unowned driver, weak node] offset, bytes, ignoring in
+        guard let node else { return }
+        try await driver.checkOverlapBeforeWrite(
+          node, offset: offset, size: bytes, ignoring: ignoring)
+      }
       try await node.open()
       if refcountTable != nil && !context.forCheck {
         try await driver.repairIfDirty(node)

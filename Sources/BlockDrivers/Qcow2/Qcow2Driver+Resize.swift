@@ -1,29 +1,37 @@
 import BlockCore
 
 extension Qcow2Driver {
-  /// Grows the disk (QEMU's `qcow2_co_truncate` with preallocation off): a
+  /// Grows the disk (QEMU's `qcow2_co_truncate`): a
   /// larger L1 table when the new size needs one (QEMU's
   /// `qcow2_grow_l1_table`: new table allocated, written and flushed, the
   /// header pointed at it, the old table freed), then the new size in the
-  /// header. Shrinking and preallocation are not supported yet.
+  /// header, the new clusters allocated as `preallocation` asks (see
+  /// ``preallocate(_:from:to:mode:)``) in between; shrinking in
+  /// ``shrink(_:to:)``.
   public func truncate(
     _ node: BlockNode, to length: Int64, exact: Bool, preallocation: PreallocationMode
   ) async throws {
-    guard preallocation == .off else {
-      throw BlockError.notSupported("qcow2: preallocation is not supported yet")
-    }
     if length % 512 != 0 {
       throw BlockError(.invalidArgument, "The new size must be a multiple of 512")
     }
-    if header.snapshotCount > 0 {
-      throw BlockError.notSupported("Can't resize an image which has snapshots")
+    if header.snapshotCount > 0 && header.version < 3 {
+      // Version 3 snapshots record their own disk size; version 2 ones do not.
+      throw BlockError.notSupported("Can't resize a v2 image which has snapshots")
     }
     if length < Int64(header.size) {
-      throw BlockError.notSupported("qcow2: shrinking is not supported yet")
+      if preallocation != .off {
+        throw BlockError(.invalidArgument, "Preallocation can't be used for shrinking an image")
+      }
+      try await shrink(node, to: length)
+      return
     }
     let file = try fileNode(node)
+    let oldSize = Int64(header.size)
     try await lock.withLock {
       try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
+    }
+    try await preallocate(node, from: oldSize, to: length, mode: preallocation)
+    try await lock.withLock {
       var field = [UInt8](repeating: 0, count: 8)
       field.setUInt64(UInt64(length), at: 0)
       try await file.write(at: 24, bytes: field)

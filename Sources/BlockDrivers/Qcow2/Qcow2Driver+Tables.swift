@@ -33,12 +33,17 @@ extension Qcow2Driver {
     for (index, entry) in table.enumerated() where entry != 0 {
       bytes.setUInt64(entry, at: index * 8)
     }
+    try await checkOverlapBeforeWrite(
+      node, offset: l2Offset, size: header.clusterSize, ignoring: .activeL2)
     try await file.write(at: l2Offset, bytes: bytes)
     try await file.flush()
     l2Cache.insert(table, at: l2Offset)
     let newEntry = UInt64(l2Offset) | Qcow2Entry.copied
     var entryBytes = [UInt8](repeating: 0, count: 8)
     entryBytes.setUInt64(newEntry, at: 0)
+    try await checkOverlapBeforeWrite(
+      node, offset: Int64(header.l1TableOffset) + Int64(l1Index) * 8, size: 8,
+      ignoring: .activeL1)
     try await file.write(at: Int64(header.l1TableOffset) + Int64(l1Index) * 8, bytes: entryBytes)
     try await file.flush()
     l1Table[l1Index] = newEntry
@@ -57,6 +62,9 @@ extension Qcow2Driver {
   func writeL2Entries(_ node: BlockNode, l2Offset: Int64, first: Int, _ entries: [UInt64])
     async throws
   {
+    try await checkOverlapBeforeWrite(
+      node, offset: l2Offset + Int64(first) * 8, size: Int64(entries.count) * 8,
+      ignoring: .activeL2)
     var table = try await l2Table(node, at: l2Offset)
     table.replaceSubrange(first..<first + entries.count, with: entries)
     l2Cache.insert(table, at: l2Offset)
@@ -68,7 +76,9 @@ extension Qcow2Driver {
   /// Drops the references an old L2 entry held (QEMU's
   /// `qcow2_free_any_cluster`), after the entry that replaced it was written
   /// and flushed; freed clusters leave the L2 cache.
-  func releaseClusters(_ node: BlockNode, oldEntries: [UInt64]) async throws {
+  func releaseClusters(
+    _ node: BlockNode, oldEntries: [UInt64], discard: Qcow2DiscardType = .never
+  ) async throws {
     let file = try fileNode(node)
     var ranges: [(Int64, Int64)] = []
     for entry in oldEntries {
@@ -86,9 +96,9 @@ extension Qcow2Driver {
     try await file.flush()
     let refcounts = try refcountsForWrite()
     for (offset, bytes) in ranges {
-      for freed in try await refcounts.free(offset: offset, bytes: bytes, file: file) {
-        l2Cache.remove(at: freed)
-      }
+      let freed = try await refcounts.free(offset: offset, bytes: bytes, file: file)
+      for cluster in freed { l2Cache.remove(at: cluster) }
+      try await passDiscard(file, freed: freed, type: discard)
     }
   }
 

@@ -47,9 +47,9 @@ extension Qcow2Driver {
           run += 1
         }
         let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
-        try checkNoMetadataOverlap(host, Int64(run) * clusterSize)
         let entries = Array(table[l2Index..<l2Index + run])
         if entries.allSatisfy({ Qcow2Entry.type(of: $0) == .normal }) {
+          try await checkOverlapBeforeWrite(node, offset: host + inCluster, size: bytes)
           return .inPlace(host: host + inCluster, bytes: bytes)
         }
         // Preallocated zero clusters become data: the parts of them the write
@@ -106,24 +106,6 @@ extension Qcow2Driver {
     }
   }
 
-  /// Refuses a data write into the image's fixed metadata (a subset of
-  /// QEMU's `qcow2_pre_write_overlap_check`: header, active L1 table,
-  /// refcount table), which only a corrupt L2 entry can ask for.
-  func checkNoMetadataOverlap(_ host: Int64, _ bytes: Int64) throws {
-    var areas: [(String, Int64, Int64)] = [
-      ("qcow2_header", 0, header.clusterSize),
-      ("active L1 table", Int64(header.l1TableOffset), Int64(l1Table.count) * 8),
-    ]
-    if let refcounts {
-      areas.append(("refcount table", refcounts.tableOffset, Int64(refcounts.table.count) * 8))
-    }
-    for (name, start, length) in areas where length > 0 {
-      if host < start + length && start < host + bytes {
-        throw corruption("Preventing invalid write on metadata (overlaps with \(name))")
-      }
-    }
-  }
-
   /// Writes `data` at guest `guestOffset` into the `clusters` host clusters
   /// from `host`, completing the first (`head`) and last (`tail`) cluster
   /// with the guest's current contents there (QEMU's copy-on-write regions,
@@ -150,6 +132,8 @@ extension Qcow2Driver {
       try await readGuest(node, offset: dataEnd, into: buffer)
       combined.append(buffer)
     }
-    try await fileNode(node).write(at: host + (guestOffset - start - headBytes), from: combined)
+    let hostStart = host + (guestOffset - start - headBytes)
+    try await checkOverlapBeforeWrite(node, offset: hostStart, size: Int64(combined.count))
+    try await fileNode(node).write(at: hostStart, from: combined)
   }
 }

@@ -95,8 +95,9 @@ extension Qcow2Driver {
   /// answer, L2 table by L2 table (QEMU's `zero_in_l2_slice` and
   /// `discard_in_l2_slice`): the entries first, then the refcounts of the
   /// clusters they no longer use.
-  private func rewriteEntries(
-    _ node: BlockNode, offset: Int64, length: Int64, _ transform: (UInt64) -> UInt64
+  func rewriteEntries(
+    _ node: BlockNode, offset: Int64, length: Int64, discard: Qcow2DiscardType = .request,
+    _ transform: (UInt64) -> UInt64
   ) async throws {
     try await lock.withLock {
       let clusterBits = Int64(header.clusterBits)
@@ -114,7 +115,7 @@ extension Qcow2Driver {
           let dropped = zip(old, new).compactMap { old, new in
             Qcow2Entry.type(of: old).hasHostCluster && new & Qcow2Entry.offsetMask == 0 ? old : nil
           }
-          try await releaseClusters(node, oldEntries: dropped)
+          try await releaseClusters(node, oldEntries: dropped, discard: discard)
         }
         cluster += Int64(count)
       }

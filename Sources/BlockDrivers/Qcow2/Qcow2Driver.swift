@@ -25,6 +25,8 @@ public final class Qcow2Driver: BlockDriver {
   var refcounts: Qcow2Refcounts?
   /// Guards metadata across awaits (QEMU's `s->lock`).
   let lock = Qcow2Lock()
+  /// Overlap checks and corruption state.
+  var safety = Qcow2SafetyState()
 
   /// Creates a driver for an image whose header and L1 table were read.
   init(header: Qcow2Header, l1Table: [UInt64], refcountTable: [UInt64]?) {
@@ -66,6 +68,8 @@ public final class Qcow2Driver: BlockDriver {
   public func read(
     _ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags
   ) async throws {
+    try checkUsable()
+    cleanCachesIfDue()
     try await readGuest(node, offset: offset, into: iov, takingLock: true)
   }
 
@@ -106,6 +110,8 @@ public final class Qcow2Driver: BlockDriver {
   public func write(
     _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector, flags: RequestFlags
   ) async throws {
+    try checkUsable()
+    cleanCachesIfDue()
     var done: Int64 = 0
     var hostEnd: Int64?
     while done < length {
@@ -123,6 +129,7 @@ public final class Qcow2Driver: BlockDriver {
   public func blockStatus(_ node: BlockNode, wantZero: Bool, offset: Int64, length: Int64)
     async throws -> BlockStatus
   {
+    try checkUsable()
     let run = try await lock.withLock { try await mapping(node, offset: offset, bytes: length) }
     var status = BlockStatus(flags: [], count: run.count)
     if run.type == .normal || run.type == .zeroAllocated {
@@ -154,6 +161,7 @@ public final class Qcow2Driver: BlockDriver {
   }
 
   func fileNode(_ node: BlockNode) throws -> BlockNode {
+    try checkUsable()
     guard let file = node.file else { throw BlockError(BlockError.noMediumCode) }
     return file
   }

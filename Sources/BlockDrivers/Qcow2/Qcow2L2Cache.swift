@@ -42,4 +42,16 @@ struct Qcow2L2Cache {
 
   /// Number of cached tables.
   var count: Int { tables.count }
+
+  /// The use clock: it advances on every lookup hit and insertion.
+  var useClock: UInt64 { clock }
+
+  /// Forgets the tables not used since the use clock read `mark` (QEMU's
+  /// `qcow2_cache_clean_unused`).
+  mutating func dropUnused(since mark: UInt64) {
+    for (offset, used) in lastUse where used <= mark {
+      tables[offset] = nil
+      lastUse[offset] = nil
+    }
+  }
 }

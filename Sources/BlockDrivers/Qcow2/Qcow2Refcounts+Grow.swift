@@ -35,11 +35,27 @@ extension Qcow2Refcounts {
   func growTable(areaStart: Int64, newBlockIndex: Int, newBlock: Int64, file: BlockNode)
     async throws
   {
+    _ = try await refcountArea(
+      start: areaStart, additionalClusters: 0, exact: false,
+      newBlock: (newBlockIndex, newBlock), file: file)
+  }
+
+  /// QEMU's `qcow2_refcount_area`: a new refcount table (exactly as large as
+  /// needed when `exact`, else half as large again) and the refcount blocks
+  /// missing to count everything up to `start` plus `additionalClusters`
+  /// more, laid out from `start`, which must be free up to the end of the
+  /// file; returns where that area ends.
+  func refcountArea(
+    start areaStart: Int64, additionalClusters: Int64, exact: Bool,
+    newBlock: (index: Int, offset: Int64)?, file: BlockNode
+  ) async throws -> Int64 {
     let refcountsPerBlock = Int64(1) << blockBits
-    let totalBlocks = Int(refcountBlocksNeeded(clusters: areaStart >> clusterBits, generous: true))
+    let totalBlocks = Int(
+      refcountBlocksNeeded(
+        clusters: (areaStart >> clusterBits) + additionalClusters, generous: !exact))
     let areaIndex = Int((areaStart >> clusterBits) / refcountsPerBlock)
     let entriesPerCluster = Int(clusterSize / 8)
-    var tableSize = totalBlocks + (totalBlocks + 1) / 2
+    var tableSize = exact ? totalBlocks : totalBlocks + (totalBlocks + 1) / 2
     tableSize = (tableSize + entriesPerCluster - 1) / entriesPerCluster * entriesPerCluster
     if UInt64(tableSize) * 8 > Qcow2Header.maxRefcountTableBytes {
       throw BlockError(.fileTooLarge, "qcow2: the refcount table would be too large")
@@ -49,7 +65,7 @@ extension Qcow2Refcounts {
     var newTable = [UInt64](repeating: 0, count: tableSize)
     let kept = min(used, tableSize)
     newTable.replaceSubrange(0..<kept, with: table[0..<kept])
-    newTable[newBlockIndex] = UInt64(newBlock)
+    if let newBlock { newTable[newBlock.index] = UInt64(newBlock.offset) }
 
     let missing = (areaIndex..<totalBlocks).filter { newTable[$0] == 0 }.count
     let tableOffset = areaStart + Int64(missing) * clusterSize
@@ -97,5 +113,6 @@ extension Qcow2Refcounts {
     table = newTable
     self.tableOffset = tableOffset
     _ = try await free(offset: oldOffset, bytes: oldBytes, file: file)
+    return areaEnd
   }
 }

@@ -24,6 +24,12 @@ final class Qcow2Refcounts {
   var table: [UInt64]
   /// Cached refcount blocks by offset (always equal to the file's).
   var blocks: [Int64: Qcow2RefcountBlock] = [:]
+  /// How many refcount blocks ``blocks`` keeps (`refcount-cache-size`).
+  var blockCacheCapacity = 64
+  /// Checks a write of refcount metadata (host offset, length, the sections
+  /// it legitimately belongs to) before it reaches the file: the driver's
+  /// overlap check. Nil: unchecked.
+  var checkWrite: (@BlockActor (Int64, Int64, Qcow2OverlapSections) async throws -> Void)?
   /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
   private(set) var freeClusterIndex: Int64 = 0
   /// Where the next compressed cluster may start inside a partly used
@@ -192,9 +198,10 @@ final class Qcow2Refcounts {
           blocks[index << clusterBits] = nil
         }
       }
-      blocks[offset] = block
       let start = Int(cluster - base) * refcountBits / 8
       let end = (Int(blockEnd - base) * refcountBits + 7) / 8
+      try await checkWrite?(offset + Int64(start), Int64(end - start), .refcountBlock)
+      blocks[offset] = block
       try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
       cluster = blockEnd
     }
@@ -228,6 +235,7 @@ final class Qcow2Refcounts {
       _ = try await update(newBlock >> clusterBits, count: 1, addend: 1, file: file)
       try await file.flush()
     }
+    try await checkWrite?(newBlock, clusterSize, .refcountBlock)
     blocks[newBlock] = block
     try await file.write(at: newBlock, bytes: block.bytes)
     try await file.flush()
@@ -242,6 +250,7 @@ final class Qcow2Refcounts {
     }
     var entry = [UInt8](repeating: 0, count: 8)
     entry.setUInt64(UInt64(newBlock), at: 0)
+    try await checkWrite?(tableOffset + Int64(index) * 8, 8, .refcountTable)
     try await file.write(at: tableOffset + Int64(index) * 8, bytes: entry)
     try await file.flush()
     table[index] = UInt64(newBlock)
@@ -253,7 +262,7 @@ final class Qcow2Refcounts {
     if let block = blocks[offset] { return block }
     let bytes = try await file.read(at: offset, count: Int(clusterSize))
     let block = Qcow2RefcountBlock(bytes: bytes, bits: refcountBits)
-    if blocks.count >= 64, let victim = blocks.keys.first { blocks[victim] = nil }
+    if blocks.count >= blockCacheCapacity, let victim = blocks.keys.first { blocks[victim] = nil }
     blocks[offset] = block
     return block
   }

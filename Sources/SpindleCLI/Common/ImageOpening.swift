@@ -25,6 +25,8 @@ struct ImageSpec {
   var sharesWrites = false
   /// Whether the image is opened to be checked (`BDRV_O_CHECK`).
   var forCheck = false
+  /// Where drivers' messages (qcow2 corruption reports) go.
+  var diagnostics: OpenContext.Diagnostics?
 }
 
 /// Passes the AIO mode to the `file` node of the graph, as QEMU's
@@ -170,6 +172,7 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   context.openBacking = spec.openBacking
   context.forCheck = spec.forCheck
   context.noShare = !spec.sharesWrites && !spec.forceShare
+  context.diagnostics = spec.diagnostics
   var root = try await ImageOpener.open(
     filename: spec.filename, format: spec.format, options: spec.options, context: context)
   if spec.snapshot {

@@ -266,6 +266,9 @@ extension IOSession {
       reporter.error("-U conflicts with image options")
       return false
     }
+    var spec = spec
+    let console = console
+    spec.diagnostics = { console.writeError($0) }
     do {
       backend = try await openBackend(spec)
     } catch {

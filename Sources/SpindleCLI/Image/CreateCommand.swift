@@ -238,11 +238,11 @@ func checkSupported(_ values: CreateOptionValues) throws(CreateOptionValues.Fail
     throw CreateOptionValues.Failure(
       message: "Spindle does not support the option '\(unsupported.name)' yet")
   }
-  for key in ["preallocation", "extended_l2", "compression_type", "nocow"] {
+  for key in ["extended_l2", "compression_type", "nocow"] {
     guard let value = values.string(key) else { continue }
     let isDefault =
-      key == "preallocation" || key == "compression_type"
-      ? ["off", "zlib"].contains(value) : CreateOptionValues.parseBool(value) == false
+      key == "compression_type"
+      ? value == "zlib" : CreateOptionValues.parseBool(value) == false
     if !isDefault {
       throw CreateOptionValues.Failure(message: "Spindle does not support \(key)=\(value) yet")
     }
@@ -257,8 +257,16 @@ func createFormatted(_ filename: String, format: String, size: UInt64, values: C
 {
   // Both formats start from an empty file, as QEMU's file protocol creates it.
   let rounded = (size + 511) & ~511
+  let rawPreallocation = format == "raw" ? try preallocationMode(values) : .off
+  if rawPreallocation == .metadata {
+    try await createFile(filename, size: 0)
+    throw CreateOptionValues.Failure(message: "Unsupported preallocation mode: metadata")
+  }
   try await createFile(filename, size: format == "raw" ? rounded : 0)
-  guard format == "qcow2" else { return }
+  guard format == "qcow2" else {
+    try await preallocateRawFile(filename, size: rounded, mode: rawPreallocation)
+    return
+  }
   do {
     try await createQcow2(filename, size: rounded, values: values)
   } catch {
@@ -358,6 +366,7 @@ private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValue
   options.refcountBits = Int(bits)
   options.backingFile = values.string("backing_file")
   options.backingFormat = values.string("backing_fmt")
+  options.preallocation = try preallocationMode(values)
   do {
     try await Qcow2Create.create(at: path, options: options)
   } catch let error as BlockError where error.code == .fileTooLarge {
@@ -369,4 +378,37 @@ private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValue
   } catch {
     throw Failure(message: errorMessage(error))
   }
+}
+
+/// The `preallocation` create option: QEMU's modes, `off` when absent.
+func preallocationMode(_ values: CreateOptionValues) throws(CreateOptionValues.Failure)
+  -> PreallocationMode
+{
+  guard let text = values.string("preallocation") else { return .off }
+  guard let mode = PreallocationMode(rawValue: text) else {
+    throw CreateOptionValues.Failure(
+      message: "Parameter 'preallocation' does not accept value '\(text)'")
+  }
+  return mode
+}
+
+/// The file protocol's preallocation of a new raw image (QEMU's
+/// `raw_co_create`): `falloc` and `full` allocate the whole file.
+@BlockActor
+private func preallocateRawFile(_ path: String, size: UInt64, mode: PreallocationMode)
+  async throws
+{
+  guard mode == .falloc || mode == .full else { return }
+  var options = DriverOptions()
+  options["driver"] = "file"
+  options["filename"] = path
+  let node = try await ImageOpener.open(filename: nil, options: options)
+  do {
+    try await node.truncate(to: 0)
+    try await node.truncate(to: Int64(size), preallocation: mode)
+  } catch {
+    await node.close()
+    throw CreateOptionValues.Failure(message: errorMessage(error))
+  }
+  await node.close()
 }

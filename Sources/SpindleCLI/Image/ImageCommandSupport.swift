@@ -48,6 +48,8 @@ func openImage(_ filename: String, imageOpts: Bool, spec: ImageSpec, reporter: R
   } else {
     spec.filename = filename
   }
+  let console = reporter.console
+  spec.diagnostics = { console.writeError($0) }
   do {
     let backend = try await openBackend(spec)
     if warnsAboutProbedRaw(spec, backend) {
