@@ -101,6 +101,7 @@ extension Qcow2Driver {
     case .done(let bytes, let hostEnd):
       return (bytes, hostEnd)
     case .inPlace(let host, let bytes):
+      try await file.emit(.writeAIO)
       try await file.write(at: host, from: iov.slice(0, Int(bytes)))
       return (bytes, host + bytes)
     }
@@ -139,6 +140,8 @@ extension Qcow2Driver {
     let headBytes = head ? guestOffset - start : 0
     let tailBytes = tail ? start + Int64(clusters) * clusterSize - dataEnd : 0
     var combined = IOVector()
+    let file = try fileNode(node)
+    if headBytes > 0 || tailBytes > 0 { try await file.emit(.cowRead) }
     if headBytes > 0 {
       let buffer = IOVector(allocating: Int(headBytes))
       try await readGuest(node, offset: start, into: buffer)
@@ -150,6 +153,8 @@ extension Qcow2Driver {
       try await readGuest(node, offset: dataEnd, into: buffer)
       combined.append(buffer)
     }
-    try await fileNode(node).write(at: host + (guestOffset - start - headBytes), from: combined)
+    try await file.emit(.writeAIO)
+    if headBytes > 0 || tailBytes > 0 { try await file.emit(.cowWrite) }
+    try await file.write(at: host + (guestOffset - start - headBytes), from: combined)
   }
 }
