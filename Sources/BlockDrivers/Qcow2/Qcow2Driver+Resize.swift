@@ -23,7 +23,11 @@ extension Qcow2Driver {
     }
     let file = try fileNode(node)
     try await lock.withLock {
-      try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
+      do {
+        try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
+      } catch let error as BlockError {
+        throw BlockError(error.code, "Failed to grow the L1 table: \(error.codeDescription)")
+      }
       var field = [UInt8](repeating: 0, count: 8)
       field.setUInt64(UInt64(length), at: 0)
       try await file.write(at: 24, bytes: field)

@@ -61,11 +61,13 @@ extension Qcow2Driver {
   {
     var table = try await l2Table(node, at: l2Offset)
     table.replaceSubrange(first..<first + entries.count, with: entries)
-    l2Cache.insert(table, at: l2Offset)
     var bytes = [UInt8](repeating: 0, count: entries.count * 8)
     for (index, entry) in entries.enumerated() { bytes.setUInt64(entry, at: index * 8) }
     try await fileNode(node).emit(.l2Update)
     try await fileNode(node).write(at: l2Offset + Int64(first) * 8, bytes: bytes)
+    // Cached only once on disk: the cache must never show what a failed
+    // write left out of the file.
+    l2Cache.insert(table, at: l2Offset)
   }
 
   /// Drops the references an old L2 entry held (QEMU's
@@ -89,9 +91,10 @@ extension Qcow2Driver {
     try await file.flush()
     let refcounts = try refcountsForWrite()
     for (offset, bytes) in ranges {
-      for freed in try await refcounts.free(offset: offset, bytes: bytes, file: file) {
-        l2Cache.remove(at: freed)
-      }
+      // As QEMU's qcow2_free_any_cluster: a failed decrement only leaks.
+      guard let freed = try? await refcounts.free(offset: offset, bytes: bytes, file: file)
+      else { continue }
+      for freed in freed { l2Cache.remove(at: freed) }
     }
   }
 

@@ -190,11 +190,12 @@ final class Qcow2Refcounts {
           blocks[index << clusterBits] = nil
         }
       }
-      blocks[offset] = block
       let start = Int(cluster - base) * refcountBits / 8
       let end = (Int(blockEnd - base) * refcountBits + 7) / 8
       try await file.emit(.refblockUpdatePart)
       try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
+      // Cached only once on disk (a failed write leaves the file's counts).
+      blocks[offset] = block
       cluster = blockEnd
     }
     return freed
