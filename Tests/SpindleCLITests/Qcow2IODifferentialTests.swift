@@ -128,13 +128,23 @@ struct Qcow2IODifferentialTests {
         "resume B", "aio_flush", "read -v 0 16", "read -v 2k 16", "read -v 4k 16", "map",
       ]),
     Script(
-      name: "race: both paused, resumed second first",
+      name: "race: copy-on-write from the backing file, first write paused in its copy",
       image: "blkdebug::IMG",
       commands: [
-        "break write_aio A", "aio_write -P 1 64k 4k", "break cow_write B",
-        "aio_write -P 2 66k 4k", "wait_break A", "resume A", "aio_flush", "read -v 64k 16",
-        "read -v 66k 16", "read -v 68k 16", "map",
-      ]),
+        "break cow_write A", "aio_write -P 1 130k 1k", "aio_write -P 2 133632 1k",
+        "wait_break A", "resume A", "aio_flush", "read -v 129k 16", "read -v 130k 16",
+        "read -v 131k 16", "read -v 132k 16", "map",
+      ],
+      backingChain: true),
+    Script(
+      name: "race: copy-on-write, second write paused before its data write",
+      image: "blkdebug::IMG",
+      commands: [
+        "aio_write -P 1 130k 1k", "break write_aio B", "aio_write -P 2 129k 2k",
+        "wait_break B", "resume B", "aio_flush", "read -v 128k 16", "read -v 129k 16",
+        "read -v 130k 16", "read -v 131k 16", "map",
+      ],
+      backingChain: true),
   ]
 
   @Test(arguments: scripts)
