@@ -28,7 +28,7 @@ struct Qcow2BlkdebugDifferentialTests {
     "l2_load", "l2_update", "l2_update_compressed", "l2_alloc_write", "read_aio",
     "read_compressed", "write_aio", "write_compressed", "vmstate_load", "vmstate_save",
     "cow_read", "cow_write", "refblock_load", "refblock_update_part", "cluster_alloc",
-    "cluster_alloc_bytes", "cluster_free", "cluster_alloc_space",
+    "cluster_alloc_bytes", "cluster_free", "cluster_alloc_space", "reftable_load",
   ]
 
   static let injections = events.flatMap { event in
