@@ -103,6 +103,24 @@ struct Qcow2IODifferentialTests {
         "write -P 1 0 128k", "write -z 0 64k", "discard 64k 64k", "read -P 0 0 128k", "map",
       ],
       createOptions: ["-o", "compat=0.10"]),
+    Script(
+      name: "reopen with cache.direct and cache.no-flush",
+      commands: [
+        "write -P 1 0 64k", "reopen -c none", "write -P 3 1 100", "read -P 3 1 100",
+        "write -P 4 100k 3", "reopen -o cache.direct=off", "write -P 5 200k 5",
+        "reopen -c unsafe", "flush", "reopen -o cache.no-flush=off,cache.direct=on",
+        "writev -P 6 513 1 1", "read -v 512 4", "reopen -o cache.direct=on,cache.no-flush=on",
+        "write -c -P 7 512k 64k", "read -P 7 512k 64k", "reopen -c writethrough",
+        "read -P 5 200k 5", "map",
+      ]),
+    Script(
+      name: "reopen over a backing chain, raw image opened with O_DIRECT",
+      options: ["-f", "qcow2", "-t", "none"],
+      commands: [
+        "read -P 0x5a 512k 4k", "write -P 1 130k 1k", "reopen -o cache.direct=off",
+        "read -v 129k 16", "write -P 2 131k 1", "reopen -c directsync", "read -v 131k 4", "map",
+      ],
+      backingChain: true),
     // Races forced with breakpoints: two overlapping allocating writes to
     // one cluster, the first paused before its data write while the second
     // waits for the allocation, in both orders of issue.
