@@ -138,6 +138,10 @@ public protocol BlockDriver: AnyObject {
   /// engine tries the node's file child, then reports ENOTSUP.
   func vmstate(_ node: BlockNode, offset: Int64, iov: IOVector, isLoad: Bool) async throws
 
+  /// Switches the node's use of the host page cache (QEMU's reopen of
+  /// `cache.direct`); called with the node drained. Default: nothing to do.
+  func reopenCache(_ node: BlockNode, direct: Bool) async throws
+
   /// Batching hints: requests issued between `plug` and `unplug` may be
   /// submitted together. Default: nothing to do.
   func plug(_ node: BlockNode)
@@ -180,6 +184,7 @@ extension BlockDriver {
   public func vmstate(_ node: BlockNode, offset: Int64, iov: IOVector, isLoad: Bool) async throws {
     throw BlockError.notSupported()
   }
+  public func reopenCache(_ node: BlockNode, direct: Bool) async throws {}
   public func plug(_ node: BlockNode) {}
   public func unplug(_ node: BlockNode) {}
   public func close(_ node: BlockNode) async {}

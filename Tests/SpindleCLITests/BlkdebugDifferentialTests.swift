@@ -191,6 +191,21 @@ struct BlkdebugDifferentialTests {
       ]),
     Script(
       name: "bad align", arguments: [json(#""align":"3""#)], commands: ["read 0 1"]),
+    Script(
+      name: "take-child-perms and unshare-child-perms",
+      arguments: [
+        json(#""take-child-perms":["write","resize"],"unshare-child-perms":["consistent-read"]"#)
+      ],
+      commands: ["write -P 1 0 512", "read -P 1 0 512"]),
+    Script(
+      name: "take-child-perms write on a read-only image",
+      arguments: ["-r", json(#""take-child-perms":["write-unchanged"]"#)], commands: ["read 0 1"]),
+    Script(
+      name: "unknown child permission",
+      arguments: [json(#""unshare-child-perms":["graph-mod"]"#)], commands: ["read 0 1"]),
+    Script(
+      name: "child permissions must be a list",
+      arguments: [json(#""take-child-perms":"write""#)], commands: ["read 0 1"]),
   ]
 
   @Test(arguments: scripts)

@@ -55,10 +55,15 @@ extension BlkdebugDriver {
     overrides.optDiscard = try options.takeSize("opt-discard") ?? 0
     overrides.maxDiscard = try options.takeSize("max-discard") ?? 0
 
+    let permissions = try BlkdebugChildPermissions(taking: &options)
+    try permissions.check(readOnly: context.node.readOnly)
+    var childContext = context
+    if !permissions.sharesWrites { childContext.sharesFileWrites = false }
+
     var child = options.takeChild("image")
     if let reference = options.take("image") { child["filename"] = reference }
     if let image, child["filename"] == nil { child["filename"] = image }
-    let file = try await ImageOpener.openChild(&child, role: "image", context: context)
+    let file = try await ImageOpener.openChild(&child, role: "image", context: childContext)
     do {
       try validate(overrides, childAlignment: file.limits.requestAlignment)
       let driver = BlkdebugDriver(

@@ -19,11 +19,11 @@ public final class FileDriver: BlockDriver {
   /// The file name as given in the options.
   public let filename: String
   /// Whether the file is open with O_DIRECT.
-  public let direct: Bool
+  public internal(set) var direct: Bool
   /// The alignment O_DIRECT requires of offsets and lengths (1 without it).
-  public let requestAlignment: Int64
+  public internal(set) var requestAlignment: Int64
   /// The alignment O_DIRECT requires of buffer addresses (1 without it).
-  public let bufferAlignment: Int
+  public internal(set) var bufferAlignment: Int
   /// The permissions held on the image, and those shared with others.
   public private(set) var permissions: ImagePermissions
   /// Whether image locking is in use.

@@ -70,6 +70,7 @@ extension Qcow2Driver {
     if let table = l2Cache.table(at: offset) { return table }
     let file = try fileNode(node)
     let iov = IOVector(allocating: Int(header.clusterSize))
+    try await file.emit(.l2Load)
     try await file.read(at: offset, into: iov)
     let table = iov.toArray().bigEndianUInt64s(count: Int(header.l2Entries))
     l2Cache.insert(table, at: offset)

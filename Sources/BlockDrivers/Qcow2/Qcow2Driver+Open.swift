@@ -110,8 +110,14 @@ extension Qcow2Driver {
       try await file.flush()
     }
     let entries = Int(header.refcountTableClusters) * Int(header.clusterSize) / 8
-    let bytes = try await file.read(at: Int64(header.refcountTableOffset), count: entries * 8)
-    return bytes.bigEndianUInt64s(count: entries)
+    do {
+      try await file.emit(.reftableLoad)
+      let bytes = try await file.read(at: Int64(header.refcountTableOffset), count: entries * 8)
+      return bytes.bigEndianUInt64s(count: entries)
+    } catch let error as BlockError {
+      throw BlockError(
+        error.code, "Could not initialize refcount handling: \(error.codeDescription)")
+    }
   }
 
   /// Reads the first cluster (or the whole file when shorter) and parses it.

@@ -28,7 +28,11 @@ extension Qcow2Driver {
     let file = try fileNode(node)
     let oldSize = Int64(header.size)
     try await lock.withLock {
-      try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
+      do {
+        try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
+      } catch let error as BlockError {
+        throw BlockError(error.code, "Failed to grow the L1 table: \(error.codeDescription)")
+      }
     }
     try await preallocate(node, from: oldSize, to: length, mode: preallocation)
     try await lock.withLock {
@@ -40,6 +44,15 @@ extension Qcow2Driver {
     }
   }
 
+  /// Grows the L1 table for a write beyond it (the VM state area), by half
+  /// its size at a time like QEMU's `qcow2_grow_l1_table` without
+  /// `exact_size`. Call with the lock held.
+  func growL1Table(_ file: BlockNode, toAtLeast minimum: Int) async throws {
+    var entries = max(1, l1Table.count)
+    while entries < minimum { entries = (entries * 3 + 1) / 2 }
+    try await growL1Table(file, to: entries)
+  }
+
   private func growL1Table(_ file: BlockNode, to entries: Int) async throws {
     guard entries > l1Table.count else { return }
     if UInt64(entries) > Qcow2Header.maxL1Bytes / 8 {
@@ -48,16 +61,19 @@ extension Qcow2Driver {
     let refcounts = try refcountsForWrite()
     let clusterSize = header.clusterSize
     let clusters = (Int64(entries) * 8 + clusterSize - 1) / clusterSize
+    try await file.emit(.l1GrowAllocTable)
     let newOffset = try await refcounts.allocate(clusters: clusters, file: file)
     try await file.flush()
     let table = l1Table + [UInt64](repeating: 0, count: entries - l1Table.count)
     var bytes = [UInt8](repeating: 0, count: entries * 8)
     for (index, entry) in table.enumerated() { bytes.setUInt64(entry, at: index * 8) }
+    try await file.emit(.l1GrowWriteTable)
     try await file.write(at: newOffset, bytes: bytes)
     try await file.flush()
     var fields = [UInt8](repeating: 0, count: 12)
     fields.setUInt32(UInt32(entries), at: 0)
     fields.setUInt64(UInt64(newOffset), at: 4)
+    try await file.emit(.l1GrowActivateTable)
     try await file.write(at: 36, bytes: fields)
     try await file.flush()
     let oldOffset = Int64(header.l1TableOffset)

@@ -10,9 +10,7 @@ extension Qcow2Driver {
   func l2TableForWrite(_ node: BlockNode, offset: Int64) async throws -> Int64 {
     let file = try fileNode(node)
     let l1Index = Int(offset >> (Int64(header.clusterBits) * 2 - 3))
-    guard l1Index < l1Table.count else {
-      throw BlockError(.invalidArgument, "qcow2: write beyond the L1 table")
-    }
+    if l1Index >= l1Table.count { try await growL1Table(file, toAtLeast: l1Index + 1) }
     let entry = l1Table[l1Index]
     let existing = Int64(entry & Qcow2Entry.offsetMask)
     if existing & (header.clusterSize - 1) != 0 {
@@ -25,6 +23,7 @@ extension Qcow2Driver {
     let refcounts = try refcountsForWrite()
     let l2Offset = try await refcounts.allocate(clusters: 1, file: file)
     try await file.flush()
+    if existing != 0 { try await file.emit(.l2AllocCowRead) }
     let table =
       existing != 0
       ? try await l2Table(node, at: existing)
@@ -35,6 +34,8 @@ extension Qcow2Driver {
     }
     try await checkOverlapBeforeWrite(
       node, offset: l2Offset, size: header.clusterSize, ignoring: .activeL2)
+    try await file.emit(.l2AllocWrite)
+    try await file.emit(.l2Update)
     try await file.write(at: l2Offset, bytes: bytes)
     try await file.flush()
     l2Cache.insert(table, at: l2Offset)
@@ -44,6 +45,7 @@ extension Qcow2Driver {
     try await checkOverlapBeforeWrite(
       node, offset: Int64(header.l1TableOffset) + Int64(l1Index) * 8, size: 8,
       ignoring: .activeL1)
+    try await file.emit(.l1Update)
     try await file.write(at: Int64(header.l1TableOffset) + Int64(l1Index) * 8, bytes: entryBytes)
     try await file.flush()
     l1Table[l1Index] = newEntry
@@ -67,10 +69,13 @@ extension Qcow2Driver {
       ignoring: .activeL2)
     var table = try await l2Table(node, at: l2Offset)
     table.replaceSubrange(first..<first + entries.count, with: entries)
-    l2Cache.insert(table, at: l2Offset)
     var bytes = [UInt8](repeating: 0, count: entries.count * 8)
     for (index, entry) in entries.enumerated() { bytes.setUInt64(entry, at: index * 8) }
+    try await fileNode(node).emit(.l2Update)
     try await fileNode(node).write(at: l2Offset + Int64(first) * 8, bytes: bytes)
+    // Cached only once on disk: the cache must never show what a failed
+    // write left out of the file.
+    l2Cache.insert(table, at: l2Offset)
   }
 
   /// Drops the references an old L2 entry held (QEMU's
@@ -96,7 +101,9 @@ extension Qcow2Driver {
     try await file.flush()
     let refcounts = try refcountsForWrite()
     for (offset, bytes) in ranges {
-      let freed = try await refcounts.free(offset: offset, bytes: bytes, file: file)
+      // As QEMU's qcow2_free_any_cluster: a failed decrement only leaks.
+      guard let freed = try? await refcounts.free(offset: offset, bytes: bytes, file: file)
+      else { continue }
       for cluster in freed { l2Cache.remove(at: cluster) }
       try await passDiscard(file, freed: freed, type: discard)
     }

@@ -82,14 +82,21 @@ extension Qcow2Driver {
         host = try await refcounts.allocate(clusters: Int64(run), file: file)
       }
       let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
-      // The refcounts must be on disk before an L2 entry points at the clusters.
-      try await file.flush()
-      try await writeWithCOW(
-        node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
-        head: true, tail: true)
-      // The data must be durable before an L2 entry points at it (QEMU's
-      // qcow2_cache_depends_on_flush on the L2 cache).
-      try await file.flush()
+      do {
+        // The refcounts must be on disk before an L2 entry points at the clusters.
+        try await file.flush()
+        try await writeWithCOW(
+          node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
+          head: true, tail: true)
+        // The data must be durable before an L2 entry points at it (QEMU's
+        // qcow2_cache_depends_on_flush on the L2 cache).
+        try await file.flush()
+      } catch {
+        // Nothing points at the new clusters yet: give them back (QEMU's
+        // qcow2_alloc_cluster_abort); if that fails too they only leak.
+        _ = try? await refcounts.free(offset: host, bytes: Int64(run) * clusterSize, file: file)
+        throw error
+      }
       let old = Array(table[l2Index..<l2Index + run])
       try await writeL2Entries(
         node, l2Offset: l2Offset, first: l2Index,
@@ -101,6 +108,7 @@ extension Qcow2Driver {
     case .done(let bytes, let hostEnd):
       return (bytes, hostEnd)
     case .inPlace(let host, let bytes):
+      try await file.emit(.writeAIO)
       try await file.write(at: host, from: iov.slice(0, Int(bytes)))
       return (bytes, host + bytes)
     }
@@ -121,6 +129,17 @@ extension Qcow2Driver {
     let headBytes = head ? guestOffset - start : 0
     let tailBytes = tail ? start + Int64(clusters) * clusterSize - dataEnd : 0
     var combined = IOVector()
+    let file = try fileNode(node)
+    if headBytes > 0 || tailBytes > 0,
+      try await zeroInsteadOfCOW(
+        node, guestStart: start, host: host, clusters: clusters, cowHead: headBytes,
+        cowTail: tailBytes)
+    {
+      try await file.emit(.writeAIO)
+      try await file.write(at: host + (guestOffset - start), from: data)
+      return
+    }
+    if headBytes > 0 || tailBytes > 0 { try await file.emit(.cowRead) }
     if headBytes > 0 {
       let buffer = IOVector(allocating: Int(headBytes))
       try await readGuest(node, offset: start, into: buffer)
@@ -134,6 +153,8 @@ extension Qcow2Driver {
     }
     let hostStart = host + (guestOffset - start - headBytes)
     try await checkOverlapBeforeWrite(node, offset: hostStart, size: Int64(combined.count))
-    try await fileNode(node).write(at: hostStart, from: combined)
+    try await file.emit(.writeAIO)
+    if headBytes > 0 || tailBytes > 0 { try await file.emit(.cowWrite) }
+    try await file.write(at: hostStart, from: combined)
   }
 }

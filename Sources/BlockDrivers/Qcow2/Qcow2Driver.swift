@@ -91,6 +91,7 @@ public final class Qcow2Driver: BlockDriver {
       switch run.type {
       case .unallocated:
         if let backing = node.backing {
+          try await fileNode(node).emit(.readBackingAIO)
           try await backing.read(at: position, into: target)
         } else {
           target.fill(0)
@@ -98,6 +99,7 @@ public final class Qcow2Driver: BlockDriver {
       case .zeroPlain, .zeroAllocated:
         target.fill(0)
       case .normal:
+        try await fileNode(node).emit(.readAIO)
         try await fileNode(node).read(at: run.hostOffset, into: target)
       case .compressed:
         try await readCompressed(node, entry: run.entry, offset: position, into: target)
@@ -152,6 +154,7 @@ public final class Qcow2Driver: BlockDriver {
   {
     let descriptor = Qcow2CompressedDescriptor(entry: entry, clusterBits: header.clusterBits)
     let compressed = IOVector(allocating: Int(descriptor.length))
+    try await fileNode(node).emit(.readCompressed)
     try await fileNode(node).read(at: descriptor.offset, into: compressed)
     let cluster = AlignedBuffer(count: Int(header.clusterSize))
     let source = compressed.toArray()

@@ -92,6 +92,7 @@ extension Qcow2Refcounts {
       }
       written.append((offset, block))
     }
+    try await file.emit(.refblockAllocWriteBlocks)
     for (offset, block) in written {
       blocks[offset] = block
       try await file.write(at: offset, bytes: block.bytes)
@@ -100,11 +101,13 @@ extension Qcow2Refcounts {
 
     var tableBytes = [UInt8](repeating: 0, count: tableSize * 8)
     for (index, entry) in newTable.enumerated() { tableBytes.setUInt64(entry, at: index * 8) }
+    try await file.emit(.refblockAllocWriteTable)
     try await file.write(at: tableOffset, bytes: tableBytes)
     try await file.flush()
     var fields = [UInt8](repeating: 0, count: 12)
     fields.setUInt64(UInt64(tableOffset), at: 0)
     fields.setUInt32(UInt32(tableClusters), at: 8)
+    try await file.emit(.refblockAllocSwitchTable)
     try await file.write(at: 48, bytes: fields)
     try await file.flush()
 

@@ -61,6 +61,7 @@ final class Qcow2Refcounts {
   /// Allocates `count` contiguous clusters with refcount 1 and returns the
   /// host offset of the first (QEMU's `qcow2_alloc_clusters`).
   func allocate(clusters count: Int64, file: BlockNode) async throws -> Int64 {
+    try await file.emit(.clusterAlloc)
     while true {
       let first = try await findFree(count, file: file)
       do {
@@ -94,6 +95,7 @@ final class Qcow2Refcounts {
   /// after the previous compressed cluster when it fits (QEMU's
   /// `qcow2_alloc_bytes`): every cluster the bytes touch gains a reference.
   func allocateBytes(_ size: Int64, file: BlockNode) async throws -> Int64 {
+    try await file.emit(.clusterAllocBytes)
     var offset = freeByteOffset
     if offset != 0, try await refcount(of: offset >> clusterBits, file: file) == maxRefcount {
       offset = 0
@@ -138,6 +140,7 @@ final class Qcow2Refcounts {
   /// became free.
   func free(offset: Int64, bytes: Int64, file: BlockNode) async throws -> [Int64] {
     guard bytes > 0 else { return [] }
+    try await file.emit(.clusterFree)
     let first = offset >> clusterBits
     let last = (offset + bytes - 1) >> clusterBits
     return try await update(first, count: last - first + 1, addend: -1, file: file)
@@ -183,6 +186,7 @@ final class Qcow2Refcounts {
       guard let offset = try await blockOffset(for: cluster, allocating: false, file: file) else {
         throw BlockError(.ioError, "qcow2: refcount block vanished")
       }
+      try await file.emit(.refblockLoad)
       var block = try await cachedBlock(at: offset, file: file)
       let base = (cluster >> blockBits) << blockBits
       for index in cluster..<blockEnd {
@@ -201,8 +205,10 @@ final class Qcow2Refcounts {
       let start = Int(cluster - base) * refcountBits / 8
       let end = (Int(blockEnd - base) * refcountBits + 7) / 8
       try await checkWrite?(offset + Int64(start), Int64(end - start), .refcountBlock)
-      blocks[offset] = block
+      try await file.emit(.refblockUpdatePart)
       try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
+      // Cached only once on disk (a failed write leaves the file's counts).
+      blocks[offset] = block
       cluster = blockEnd
     }
     return freed
@@ -221,6 +227,7 @@ final class Qcow2Refcounts {
     guard allocating else {
       throw BlockError(.ioError, "qcow2: cluster \(cluster) has no refcount block")
     }
+    try await file.emit(.refblockAlloc)
     let newBlock = try await findFree(1, file: file) << clusterBits
     if newBlock == 0 {
       throw BlockError(.ioError, "qcow2: refusing to put a refcount block at offset 0")
@@ -237,10 +244,13 @@ final class Qcow2Refcounts {
     }
     try await checkWrite?(newBlock, clusterSize, .refcountBlock)
     blocks[newBlock] = block
+    try await file.emit(.refblockAllocWrite)
+    try await file.emit(.refblockUpdatePart)
     try await file.write(at: newBlock, bytes: block.bytes)
     try await file.flush()
     guard index < table.count else {
       // The table is full: new refcount structures go past everything in use.
+      try await file.emit(.reftableGrow)
       let usedBlocks =
         (max(cluster, newBlock >> clusterBits) + 1 + (1 << blockBits) - 1) >> blockBits
       try await growTable(
@@ -251,6 +261,7 @@ final class Qcow2Refcounts {
     var entry = [UInt8](repeating: 0, count: 8)
     entry.setUInt64(UInt64(newBlock), at: 0)
     try await checkWrite?(tableOffset + Int64(index) * 8, 8, .refcountTable)
+    try await file.emit(.refblockAllocHookup)
     try await file.write(at: tableOffset + Int64(index) * 8, bytes: entry)
     try await file.flush()
     table[index] = UInt64(newBlock)

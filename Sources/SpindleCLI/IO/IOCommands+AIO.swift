@@ -105,11 +105,14 @@ final class AIOQueue {
     finished.removeAll()
   }
 
-  /// Waits for every request, then prints their reports (QEMU's
-  /// `blk_drain_all`).
+  /// Waits for every request, printing reports as requests finish (QEMU's
+  /// `blk_drain_all` runs each completion callback as its request ends):
+  /// the oldest request is awaited first, so one that another waited for
+  /// (a qcow2 allocation the second write depends on) prints first.
   func drain() async {
-    while let task = running.values.first {
+    while let sequence = running.keys.min(), let task = running[sequence] {
       await task.value
+      deliver()
     }
     deliver()
   }

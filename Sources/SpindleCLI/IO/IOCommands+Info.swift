@@ -1,4 +1,5 @@
 import BlockCore
+import BlockDrivers
 import SystemPackage
 
 #if canImport(Glibc)
@@ -40,6 +41,10 @@ extension IOSession {
     // QEMU's bdrv_get_info: raw and file answer with zeroes; null-co and the
     // others have no answer (ENOTSUP). Spindle has no such driver interface
     // yet, so the answers are those of QEMU's drivers.
+    if let qcow2 = answering.driver as? Qcow2Driver {
+      printQcow2Info(qcow2.header)
+      return 0
+    }
     guard ["raw", "file"].contains(answering.driver.formatName) else { return -ENOTSUP }
     console.write("cluster size: \(humanSize(0))\n")
     console.write("vm state offset: \(humanSize(0))\n")

@@ -12,12 +12,13 @@ import BlockDrivers
 extension IOSession {
   /// `reopen [(-r|-w)] [-c cache] [-o options]` (qemu-io's `reopen_f`).
   ///
-  /// The engine cannot change a node's open options yet, so Spindle supports
-  /// what it can express: the write cache (writeback or writethrough, a
-  /// property of the backend), and read-only, which the session enforces as
-  /// QEMU's permission check does (writes are refused with "Block node is
-  /// read-only"); a node opened read-only cannot become writable, and
-  /// `cache.direct` / `cache.no-flush` cannot change. Those fail with an error.
+  /// Spindle supports what the engine can change: the write cache
+  /// (writeback or writethrough, a property of the backend), `cache.direct`
+  /// and `cache.no-flush` of the whole graph (``BlockNode/reopenCache``; not
+  /// both on at once), and read-only, which the session enforces as QEMU's
+  /// permission check does (writes are refused with "Block node is
+  /// read-only"); a node opened read-only cannot become writable. The rest
+  /// fails with an error.
   func reopenCommand(_ words: [String]) async -> Int32 {
     let command = findCommand("reopen")!
     let backend = activeBackend
@@ -82,10 +83,6 @@ extension IOSession {
       if let key = options.values.keys.sorted().first {
         throw BlockError(.invalidArgument, "Cannot change the option '\(key)'")
       }
-      if direct != root.options.cache.direct || noFlush != root.options.cache.noFlush {
-        throw BlockError(
-          .notSupported, "Spindle cannot change cache.direct or cache.no-flush of an open image")
-      }
       if readOnly && !hasReadWriteOption && !(root.isReadOnly || reopenedReadOnly) {
         // Without -r the backend keeps its write permission.
         throw BlockError(
@@ -97,6 +94,9 @@ extension IOSession {
       if readOnly && !reopenedReadOnly && !root.isReadOnly {
         // Dropping the write permission flushes, as QEMU's reopen does.
         try await backend.flush()
+      }
+      if direct != root.options.cache.direct || noFlush != root.options.cache.noFlush {
+        try await root.reopenCache(direct: direct, noFlush: noFlush)
       }
     } catch {
       reporter.error(errorMessage(error))

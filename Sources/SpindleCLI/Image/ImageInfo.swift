@@ -82,7 +82,7 @@ struct ImageInfo {
 
 extension QObject {
   /// A scalar as QEMU's `dump_qobject` prints it.
-  fileprivate var humanValue: String {
+  var humanValue: String {
     switch self {
     case .int(let value): String(value)
     case .bool(let value): value ? "true" : "false"
@@ -140,9 +140,15 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
     info.fullBackingFilename = fullBackingPath(backing, relativeTo: filename)
     info.backingFormat = header.backingFormat
   }
-  var data: [(String, QObject)] = []
+  info.formatSpecific = ("qcow2", qcow2SpecificInfo(header))
+  return info
+}
+
+/// The `format-specific` members of a qcow2 image (QEMU's
+/// `qcow2_get_specific_info`), in QEMU's order.
+func qcow2SpecificInfo(_ header: Qcow2Header) -> [(String, QObject)] {
   if header.version >= 3 {
-    data = [
+    return [
       ("compat", .string("1.1")),
       ("compression-type", .string(header.compressionType == 0 ? "zlib" : "zstd")),
       ("lazy-refcounts", .bool(header.compatibleFeatures & 0x1 != 0)),
@@ -151,14 +157,12 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
       ("extended-l2", .bool(header.incompatibleFeatures & 0x10 != 0)),
     ]
   } else {
-    data = [
+    return [
       ("compat", .string("0.10")),
       ("compression-type", .string("zlib")),
       ("refcount-bits", .int(Int64(header.refcountBits))),
     ]
   }
-  info.formatSpecific = ("qcow2", data)
-  return info
 }
 
 /// `st_blocks * 512` of a file, nil when it cannot be read.
