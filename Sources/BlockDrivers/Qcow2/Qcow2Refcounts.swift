@@ -214,6 +214,10 @@ final class Qcow2Refcounts {
           freed.append(index << clusterBits)
           freeClusterIndex = min(freeClusterIndex, index)
           blocks[index << clusterBits] = nil
+          // Compressed data must not be packed into a cluster that was freed
+          // (and may be reallocated whole). QEMU 7.2 keeps packing there and
+          // only its overlap check stops the write.
+          if freeByteOffset >> clusterBits == index { freeByteOffset = 0 }
         }
       }
       blocks[offset] = block
