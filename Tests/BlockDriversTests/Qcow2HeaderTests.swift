@@ -38,10 +38,10 @@ struct HostileHeader: Sendable, CustomStringConvertible {
     HostileHeader(
       "size past the maximum", 24, 1 << 63, width: 8, .fileTooLarge, "Image is too big"),
     HostileHeader(
-      "unaligned L1", 40, 0x30001, width: 8, .invalidArgument, "Invalid L1 table offset"),
+      "unaligned L1", 40, 0x30001, width: 8, .invalidArgument, "Active L1 table offset invalid"),
     HostileHeader(
       "L1 past EOF", 40, 0x100000, width: 8, .invalidArgument,
-      "The L1 table lies past the end of the image"),
+      "Active L1 table lies past the end of the image"),
     HostileHeader(
       "huge l1_size", 36, 0xFFFF_FFFF, width: 4, .fileTooLarge, "Active L1 table too large"),
     HostileHeader("l1_size 0", 36, 0, width: 4, .invalidArgument, "L1 table is too small"),
@@ -53,12 +53,12 @@ struct HostileHeader: Sendable, CustomStringConvertible {
       "Reference count table too large"),
     HostileHeader(
       "refcount table past EOF", 48, 0x1_0000_0000, width: 8, .invalidArgument,
-      "The reference count table lies past the end of the image"),
+      "Reference count table lies past the end of the image"),
     HostileHeader(
       "refcount_order 7", 96, 7, width: 4, .invalidArgument,
       "Reference count entry width too large; may not exceed 64 bits"),
     HostileHeader(
-      "too many snapshots", 60, 70000, width: 4, .invalidArgument, "Too many snapshots"),
+      "too many snapshots", 60, 70000, width: 4, .invalidArgument, "Snapshot table too large"),
     HostileHeader(
       "backing name of 1024 bytes",
       [(8, bigEndianBytes(0x1000, width: 8)), (16, bigEndianBytes(1024, width: 4))],

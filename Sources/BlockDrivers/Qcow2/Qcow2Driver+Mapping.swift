@@ -68,6 +68,9 @@ extension Qcow2Driver {
   /// The decoded L2 table at `offset`, from the cache or the file.
   func l2Table(_ node: BlockNode, at offset: Int64) async throws -> [UInt64] {
     if let table = l2Cache.table(at: offset) { return table }
+    if let clash = metadataOverlap(offset, length: header.clusterSize) {
+      throw corruption("L2 table offset 0x\(String(offset, radix: 16)) overlaps with \(clash)")
+    }
     let file = try fileNode(node)
     let iov = IOVector(allocating: Int(header.clusterSize))
     try await file.emit(.l2Load)
@@ -75,6 +78,24 @@ extension Qcow2Driver {
     let table = iov.toArray().bigEndianUInt64s(count: Int(header.l2Entries))
     l2Cache.insert(table, at: offset)
     return table
+  }
+
+  /// The metadata structure that `length` bytes at host `offset` would
+  /// overlap (the header, the active L1 table or the refcount table), if any:
+  /// an L2 table there is a corruption, and writing to it would destroy the
+  /// image (QEMU's overlap check for these structures).
+  func metadataOverlap(_ offset: Int64, length: Int64) -> String? {
+    func overlaps(_ start: Int64, _ bytes: Int64) -> Bool {
+      offset < start + bytes && start < offset + length
+    }
+    if overlaps(0, header.clusterSize) { return "qcow2_header" }
+    if overlaps(Int64(header.l1TableOffset), Int64(header.l1Size) * 8) { return "active L1 table" }
+    let tableOffset = refcounts?.tableOffset ?? Int64(header.refcountTableOffset)
+    let tableBytes =
+      refcounts.map { Int64($0.table.count) * 8 }
+      ?? Int64(header.refcountTableClusters) * header.clusterSize
+    if overlaps(tableOffset, tableBytes) { return "refcount table" }
+    return nil
   }
 
   /// The error QEMU's `qcow2_signal_corruption` leads to for a read: EIO with

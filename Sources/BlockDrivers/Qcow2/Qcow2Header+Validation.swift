@@ -37,13 +37,13 @@ extension Qcow2Header {
     }
     try validateTable(
       refcountTableOffset, entries: UInt64(refcountTableClusters), entryLength: UInt64(clusterSize),
-      name: "reference count table", fileLength: fileLength)
+      name: "Reference count table", fileLength: fileLength)
 
     if snapshotCount > Self.maxSnapshots {
-      throw BlockError(.invalidArgument, "Too many snapshots")
+      throw BlockError(.invalidArgument, "Snapshot table too large")
     }
     try validateTable(
-      snapshotsOffset, entries: UInt64(snapshotCount), entryLength: 40, name: "snapshot table",
+      snapshotsOffset, entries: UInt64(snapshotCount), entryLength: 40, name: "Snapshot table",
       fileLength: nil)
 
     // QEMU's BDRV_MAX_LENGTH (BlockNode.maxLength, which is actor-isolated).
@@ -58,7 +58,7 @@ extension Qcow2Header {
       throw BlockError(.invalidArgument, "L1 table is too small")
     }
     try validateTable(
-      l1TableOffset, entries: UInt64(l1Size), entryLength: 8, name: "L1 table",
+      l1TableOffset, entries: UInt64(l1Size), entryLength: 8, name: "Active L1 table",
       fileLength: fileLength)
   }
 
@@ -82,18 +82,20 @@ extension Qcow2Header {
     }
   }
 
-  /// QEMU's `validate_table_offset`: cluster-aligned and without overflow;
-  /// with `fileLength`, also within the file.
+  /// QEMU's `validate_table_offset` and its message ("Active L1 table offset
+  /// invalid"): cluster-aligned and without overflow; with `fileLength`, also
+  /// within the file (Spindle's own check, so that a table is never read or
+  /// allocated out of proportion to the file).
   private func validateTable(
     _ offset: UInt64, entries: UInt64, entryLength: UInt64, name: String, fileLength: Int64?
   ) throws {
-    let invalid = BlockError(.invalidArgument, "Invalid \(name) offset")
+    let invalid = BlockError(.invalidArgument, "\(name) offset invalid")
     if entries > UInt64(Int64.max) / entryLength { throw invalid }
     let bytes = entries * entryLength
     if UInt64(Int64.max) - bytes < offset { throw invalid }
     if offset & UInt64(clusterSize - 1) != 0 { throw invalid }
     if let fileLength, bytes > 0, offset + bytes > UInt64(fileLength) {
-      throw BlockError(.invalidArgument, "The \(name) lies past the end of the image")
+      throw BlockError(.invalidArgument, "\(name) lies past the end of the image")
     }
   }
 }

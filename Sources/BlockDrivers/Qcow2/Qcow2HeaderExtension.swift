@@ -37,10 +37,11 @@ public struct Qcow2HeaderExtension: Sendable, Equatable {
       let type = bytes.uint32(at: offset)
       let length = Int(bytes.uint32(at: offset + 4))
       offset += 8
-      if type == 0 { return extensions }
+      // QEMU checks the length before the type, the end marker's too.
       if length > end - offset {
         throw BlockError(.invalidArgument, "Header extension too large")
       }
+      if type == 0 { return extensions }
       extensions.append(
         Qcow2HeaderExtension(type: type, data: Array(bytes[offset..<offset + length])))
       offset += (length + 7) & ~7

@@ -54,6 +54,7 @@ final class Qcow2Refcounts {
     guard index < table.count else { return 0 }
     let blockOffset = Int64(table[index] & Qcow2Entry.offsetMask)
     if blockOffset == 0 { return 0 }
+    try validateBlockOffset(blockOffset, index: index)
     let block = try await cachedBlock(at: blockOffset, file: file)
     return block[Int(cluster & ((1 << blockBits) - 1))]
   }
@@ -155,7 +156,36 @@ final class Qcow2Refcounts {
       freeClusterIndex += 1
       found = try await refcount(of: cluster, file: file) == 0 ? found + 1 : 0
     }
-    return freeClusterIndex - count
+    let first = freeClusterIndex - count
+    // Cluster 0 (the header) and the refcount table are always in use: free
+    // refcounts there mean the refcounts are corrupt, and allocating would
+    // overwrite them (QEMU: "Preventing invalid allocation").
+    if first == 0 || overlapsTable(first << clusterBits, length: count << clusterBits) {
+      throw BlockError(
+        .ioError,
+        "Image is corrupt: Preventing invalid allocation of a cluster at offset 0x\(String(first << clusterBits, radix: 16))"
+      )
+    }
+    return first
+  }
+
+  /// Whether `length` bytes at `offset` overlap the refcount table.
+  private func overlapsTable(_ offset: Int64, length: Int64) -> Bool {
+    offset < tableOffset + Int64(table.count) * 8 && tableOffset < offset + length
+  }
+
+  /// Refuses a refcount block offset that cannot be one: unaligned (QEMU's
+  /// message), in the header cluster, or inside the refcount table (a loop).
+  private func validateBlockOffset(_ offset: Int64, index: Int) throws {
+    let location = "(reftable index: 0x\(String(index, radix: 16)))"
+    let hex = "0x\(String(offset, radix: 16))"
+    if offset & (clusterSize - 1) != 0 {
+      throw BlockError(.ioError, "Image is corrupt: Refblock offset \(hex) unaligned \(location)")
+    }
+    if offset < clusterSize || overlapsTable(offset, length: clusterSize) {
+      throw BlockError(
+        .ioError, "Image is corrupt: Refblock offset \(hex) overlaps with metadata \(location)")
+    }
   }
 
   /// Adds `addend` to the refcounts of `count` clusters from `first`, block
@@ -200,6 +230,10 @@ final class Qcow2Refcounts {
           freed.append(index << clusterBits)
           freeClusterIndex = min(freeClusterIndex, index)
           blocks[index << clusterBits] = nil
+          // Compressed data must not be packed into a cluster that was freed
+          // (and may be reallocated whole). QEMU 7.2 keeps packing there and
+          // only its overlap check stops the write.
+          if freeByteOffset >> clusterBits == index { freeByteOffset = 0 }
         }
       }
       let start = Int(cluster - base) * refcountBits / 8
@@ -222,7 +256,9 @@ final class Qcow2Refcounts {
   {
     let index = Int(cluster >> blockBits)
     if index < table.count, table[index] & Qcow2Entry.offsetMask != 0 {
-      return Int64(table[index] & Qcow2Entry.offsetMask)
+      let offset = Int64(table[index] & Qcow2Entry.offsetMask)
+      try validateBlockOffset(offset, index: index)
+      return offset
     }
     guard allocating else {
       throw BlockError(.ioError, "qcow2: cluster \(cluster) has no refcount block")
