@@ -50,9 +50,11 @@ enum ImageTool {
       return await CompareTool.run(arguments: operands, programName: programName, console: console)
     case "resize":
       return await ResizeTool.run(arguments: operands, programName: programName, console: console)
+    case "commit":
+      return await CommitTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
-    case "amend", "bitmap", "check", "commit", "dd",
+    case "amend", "bitmap", "check", "dd",
       "measure", "rebase", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
@@ -75,6 +77,8 @@ enum ImageTool {
       bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] \
     [-n] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] \
     [-t cache] [-w] [-U] filename
+      commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] \
+    [-r rate_limit] [-d] [-p] filename
       compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
       convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] \
     [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] filename \
