@@ -52,10 +52,12 @@ enum ImageTool {
       return await ResizeTool.run(arguments: operands, programName: programName, console: console)
     case "commit":
       return await CommitTool.run(arguments: operands, programName: programName, console: console)
+    case "rebase":
+      return await RebaseTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
     case "amend", "bitmap", "check", "dd",
-      "measure", "rebase", "snapshot":
+      "measure", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
     default:
@@ -86,6 +88,8 @@ enum ImageTool {
       create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
     [-o options] filename [size]
       info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+      rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] \
+    [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
       resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
       map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
 
