@@ -54,9 +54,11 @@ enum ImageTool {
       return await CommitTool.run(arguments: operands, programName: programName, console: console)
     case "rebase":
       return await RebaseTool.run(arguments: operands, programName: programName, console: console)
+    case "dd":
+      return await DdTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
-    case "amend", "bitmap", "check", "dd",
+    case "amend", "bitmap", "check",
       "measure", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
@@ -87,6 +89,8 @@ enum ImageTool {
     [filename2 [...]] output_filename
       create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
     [-o options] filename [size]
+      dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] \
+    [skip=blocks] if=input of=output
       info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
       rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] \
     [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
