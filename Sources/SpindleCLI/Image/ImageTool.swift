@@ -56,10 +56,12 @@ enum ImageTool {
       return await RebaseTool.run(arguments: operands, programName: programName, console: console)
     case "dd":
       return await DdTool.run(arguments: operands, programName: programName, console: console)
+    case "measure":
+      return await MeasureTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
     case "amend", "bitmap", "check",
-      "measure", "snapshot":
+      "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
     default:
@@ -92,6 +94,8 @@ enum ImageTool {
       dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] \
     [skip=blocks] if=input of=output
       info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+      measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] \
+    [--image-opts] [-f fmt] [-l snapshot_param] filename]
       rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] \
     [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
       resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size

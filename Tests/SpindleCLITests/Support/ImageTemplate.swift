@@ -30,4 +30,12 @@ final class ImageTemplate: Sendable {
         atPath: "\(directory)/\(name)", toPath: "\(destination)/\(name)")
     }
   }
+
+  /// Links every image into `destination` (for commands that only read).
+  func link(into destination: String) throws {
+    for name in try FileManager.default.contentsOfDirectory(atPath: directory) {
+      try FileManager.default.createSymbolicLink(
+        atPath: "\(destination)/\(name)", withDestinationPath: "\(directory)/\(name)")
+    }
+  }
 }
