@@ -39,6 +39,13 @@ import Testing
     try await overlay("over.qcow2", on: "r.raw", format: "raw")
     try await io("qcow2", "over.qcow2", ["write -P 7 4k 8k", "write -z 512k 128k"])
     try await overlay("empty.qcow2", on: "base.qcow2", format: "qcow2")
+    try await overlay("grow.qcow2", on: "r.raw", format: "raw", size: "3M")
+    try await io("qcow2", "grow.qcow2", ["write -P 8 900k 200k", "write -P 9 2M 1k"])
+    try await qemuImg(["create", "-q", "-f", "qcow2", path("cbase.qcow2"), "1M"])
+    try await qemuImg([
+      "convert", "-q", "-c", "-O", "qcow2", "-B", "cbase.qcow2", "-F", "qcow2", path("r.raw"),
+      path("ctop.qcow2"),
+    ])
     try await qemuImg(["create", "-q", "-f", "qcow2", path("alone.qcow2"), "1M"])
   }
 
@@ -46,7 +53,8 @@ import Testing
     ["DIR/top.qcow2"], ["-d", "DIR/top.qcow2"], ["-b", "DIR/base.qcow2", "DIR/top.qcow2"],
     ["-b", "base.qcow2", "DIR/top.qcow2"], ["-b", "DIR/mid.qcow2", "DIR/top.qcow2"],
     ["-b", "mid.qcow2", "-q", "DIR/top.qcow2"], ["-b", "DIR/x", "DIR/top.qcow2"],
-    ["-b", "top.qcow2", "DIR/top.qcow2"], ["DIR/over.qcow2"], ["-q", "DIR/mid.qcow2"],
+    ["-b", "top.qcow2", "DIR/top.qcow2"], ["DIR/over.qcow2"], ["DIR/grow.qcow2"],
+    ["DIR/ctop.qcow2"], ["-q", "DIR/mid.qcow2"],
     ["-f", "qcow2", "-t", "none", "DIR/mid.qcow2"], ["-r", "1M", "DIR/over.qcow2"],
     ["-p", "DIR/empty.qcow2"], ["-p", "-d", "DIR/empty.qcow2"],
     ["--image-opts", "driver=qcow2,file.filename=DIR/top.qcow2"],

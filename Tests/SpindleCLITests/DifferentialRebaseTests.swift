@@ -37,6 +37,8 @@ import Testing
     try await io("qcow2", "top2.qcow2", ["write -P 5 120k 4k"])
     try await qemuImg(["create", "-q", "-f", "raw", path("r.raw"), "1M"])
     try await io("raw", "r.raw", ["write -P 6 0 1M"])
+    try await create("top3.qcow2", ["-b", "short.qcow2", "-F", "qcow2"], size: "2M")
+    try await io("qcow2", "top3.qcow2", ["write -P 3 1M 4k"])
     try await create("alone.qcow2", [])
     try await io("qcow2", "alone.qcow2", ["write -P 7 0 64k"])
     try await create(
@@ -53,6 +55,7 @@ import Testing
     ["-b", "base.qcow2", "-F", "qcow2", "DIR/top2.qcow2"],
     ["-b", "DIR/base.qcow2", "-F", "qcow2", "DIR/top2.qcow2"],
     ["-b", "r.raw", "-F", "raw", "DIR/top.qcow2"],
+    ["-b", "nb.qcow2", "-F", "qcow2", "DIR/top3.qcow2"], ["-b", "", "DIR/top3.qcow2"],
     ["-b", "nb.qcow2", "-F", "qcow2", "DIR/alone.qcow2"],
     ["-b", "nb.qcow2", "DIR/top.qcow2"], ["-u", "-b", "nb.qcow2", "DIR/top.qcow2"],
     ["-b", "missing", "DIR/top.qcow2"], ["-u", "-b", "missing", "-F", "qcow2", "DIR/top.qcow2"],
