@@ -39,6 +39,7 @@ import Testing
     try await io("raw", "r.raw", ["write -P 6 0 1M"])
     try await create("top3.qcow2", ["-b", "short.qcow2", "-F", "qcow2"], size: "2M")
     try await io("qcow2", "top3.qcow2", ["write -P 3 1M 4k"])
+    try await create("c512.qcow2", ["-o", "cluster_size=512"])
     try await create("alone.qcow2", [])
     try await io("qcow2", "alone.qcow2", ["write -P 7 0 64k"])
     try await create(
@@ -62,6 +63,8 @@ import Testing
     ["-b", "nb.qcow2", "-F", "bogus", "DIR/top.qcow2"],
     ["-b", "nb.qcow2", "-F", "qcow2", "-f", "raw", "DIR/r.raw"],
     ["-u", "-b", String(repeating: "x", count: 1100), "-F", "raw", "DIR/top.qcow2"],
+    ["-u", "-b", String(repeating: "y", count: 300), "-F", "qcow2", "DIR/c512.qcow2"],
+    ["-u", "-b", String(repeating: "y", count: 1000), "-F", "qcow2", "DIR/c512.qcow2"],
     ["-p", "-b", "nb.qcow2", "-F", "qcow2", "DIR/top.qcow2"],
     ["-q", "-p", "-b", "", "DIR/v2.qcow2"], ["-b", "nb.qcow2", "-F", "qcow2", "DIR/v2.qcow2"],
     ["-U", "-t", "none", "-T", "none", "-b", "nb.qcow2", "-F", "qcow2", "DIR/top.qcow2"],

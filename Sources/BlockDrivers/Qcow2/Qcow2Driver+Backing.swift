@@ -19,7 +19,13 @@ extension Qcow2Driver {
       updated.extensions.append(
         Qcow2HeaderExtension(type: Qcow2HeaderExtension.backingFormat, data: Array(format.utf8)))
     }
-    let bytes = try updated.encode()
+    let bytes: [UInt8]
+    do {
+      bytes = try updated.encode()
+    } catch let error as BlockError where error.code == .invalidArgument {
+      // The name's length is fine; it is the header cluster that is full.
+      throw BlockError(.noSpace, "No space left in the file header")
+    }
     let file = try fileNode(node)
     try await lock.withLock {
       try await file.write(at: 0, bytes: bytes)
