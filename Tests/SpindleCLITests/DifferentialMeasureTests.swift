@@ -71,6 +71,9 @@ import Testing
     ["-O", "qcow2", "DIR/missing"], ["-f", "qcow2", "DIR/r.raw"],
     ["-O", "qcow2", "--image-opts", "driver=qcow2,file.filename=DIR/top.qcow2"],
     ["-U", "-O", "qcow2", "DIR/q.qcow2"], ["-O", "qcow2", "-o", "size=5G", "--size", "1G"],
+    ["-O", "qcow2", "-o", "size=5G", "DIR/r.raw"],
+    ["-O", "qcow2", "-o", "size=1000P", "DIR/r.raw"],
+    ["-O", "raw", "-o", "size=1000P", "DIR/r.raw"],
   ]
 
   static let runs: [[String]] =

@@ -112,7 +112,7 @@ enum MeasureTool {
     let measurement: Qcow2Measurement
     do {
       measurement = try await measure(
-        source: source?.root, format: outputFormat, options: options, size: size ?? 0,
+        source: source?.root, format: outputFormat, options: options, size: size,
         reporter: reporter)
     } catch {
       await source?.close()
@@ -136,7 +136,7 @@ enum MeasureTool {
   /// QEMU's `bdrv_measure` for `format`, after its checks of the format and
   /// of the options.
   private static func measure(
-    source: BlockNode?, format: String, options: String?, size: Int64, reporter: Reporter
+    source: BlockNode?, format: String, options: String?, size: Int64?, reporter: Reporter
   ) async throws -> Qcow2Measurement {
     func fail(_ message: String) -> CommandExit {
       reporter.error(message)
@@ -164,11 +164,12 @@ enum MeasureTool {
       }
     }
     if format == "raw" {
-      let required = source?.length ?? (size + 511) / 512 * 512
+      let required = source?.length ?? ((size ?? 0) + 511) / 512 * 512
       return Qcow2Measurement(required: required, fullyAllocated: required, bitmaps: nil)
     }
     var measureOptions = Qcow2MeasureOptions()
-    measureOptions.size = size
+    // --size replaces `-o size`, which qcow2 checks even with a source.
+    measureOptions.size = size ?? Int64(clamping: values.number("size") ?? 0)
     measureOptions.extendedL2 = values.bool("extended_l2") ?? false
     if let clusterSize = values.number("cluster_size") {
       measureOptions.clusterSize = Int64(clamping: clusterSize)
