@@ -77,6 +77,10 @@ enum DdTool {
     spec.format = format
     spec.node.readOnly = true
     spec.forceShare = forceShare
+    // QEMU opens dd's input without BDRV_O_NO_SHARE: a raw input lets the
+    // output be created over it (a qcow2 one still refuses, as its format
+    // does not share writing its file).
+    spec.sharesWrites = true
     guard let source = await openImage(input, imageOpts: imageOpts, spec: spec, reporter: reporter)
     else { throw CommandExit() }
     do {
