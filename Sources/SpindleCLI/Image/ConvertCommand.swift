@@ -10,8 +10,12 @@ import BlockDrivers
 /// Options are checked in QEMU's order with its messages; the target is
 /// created (unless `-n`) with `create`'s code and then filled by
 /// ``ImageCopier`` with `-m` runs in flight (writes in order unless `-W`).
-/// Several sources are concatenated; `--image-opts` applies to them. `-B`, `-l`, `-C`, `-r`, `--salvage`, `--bitmaps`,
-/// `--object` and image options are refused as not supported yet.
+/// Several sources are concatenated; `--image-opts` applies to them,
+/// `--target-image-opts` (with `-n`) to the target. With a target backing
+/// file (`-B`/`-F` or `-o backing_file`) only what the source's top image
+/// allocates is copied. `-C` and `-r` are checked and otherwise ignored, and
+/// `--salvage` is accepted (read errors still fail). `-l`, `--bitmaps` and
+/// `--object` are refused as not supported yet.
 @BlockActor
 enum ConvertTool {
   static let longOptions: [Getopt.LongOption] = [
@@ -24,9 +28,23 @@ enum ConvertTool {
     let reporter = Reporter(console: console, programName: programName)
     do {
       return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch let exit as CommandExit {
+      return exit.status
     } catch {
       return 1
     }
+  }
+
+  /// What the command line says about the target besides its format.
+  struct TargetOptions {
+    /// `-B`: the target's backing file.
+    var backing: String?
+    /// `-F`: the backing file's format.
+    var backingFormat: String?
+    /// `--target-image-opts`: the output name is an option string.
+    var imageOpts = false
+    /// Whether `-O` was given (it conflicts with `--target-image-opts`).
+    var formatGiven = false
   }
 
   private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
@@ -51,6 +69,10 @@ enum ConvertTool {
     var cache = "unsafe"
     var sourceCache = "writeback"
     var imageOpts = false
+    var target = TargetOptions()
+    var copyOffloading = false
+    var salvage = false
+    var explicitSparse = false
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -63,7 +85,6 @@ enum ConvertTool {
         console.write(ImageTool.help)
         return 0
       case .option("f"): sourceFormat = argument
-      case .option("O"): outputFormat = argument
       case .option("c"): settings.compressed = true
       case .option("o"):
         guard CreateTool.isValidOptionList(argument) else {
@@ -81,6 +102,7 @@ enum ConvertTool {
           )
         }
         settings.minSparse = Int(value)
+        explicitSparse = true
       case .option("p"): progress = true
       case .option("t"): cache = argument
       case .option("T"): sourceCache = argument
@@ -97,10 +119,37 @@ enum ConvertTool {
       case .option("U"): forceShare = true
       case .option("target-is-zero"): targetIsZero = true
       case .option("image-opts"): imageOpts = true
+      case .option("B"): target.backing = argument
+      case .option("F"): target.backingFormat = argument
+      case .option("C"): copyOffloading = true
+      case .option("r"):
+        guard parseImageNumber(argument, name: "rate limit", reporter: reporter) != nil else {
+          throw CommandExit()
+        }
+      case .option("salvage"): salvage = true
+      case .option("target-image-opts"): target.imageOpts = true
+      case .option("O"):
+        outputFormat = argument
+        target.formatGiven = true
       default:
         let name = parser.arguments[parser.optind - 1]
         throw fail("\(name) is not supported by Spindle's convert yet")
       }
+    }
+    if settings.compressed && copyOffloading {
+      throw fail("Cannot enable copy offloading when -c is used")
+    }
+    if explicitSparse && copyOffloading {
+      throw fail("Cannot enable copy offloading when -S is used")
+    }
+    if copyOffloading && salvage {
+      throw fail("Cannot use copy offloading in salvaging mode")
+    }
+    if target.imageOpts && !skipCreate {
+      throw fail("--target-image-opts requires use of -n flag")
+    }
+    if skipCreate && options != nil {
+      throw fail("-o has no effect when skipping image creation")
     }
     if targetIsZero && !skipCreate {
       throw fail("--target-is-zero requires use of -n flag")
@@ -128,7 +177,8 @@ enum ConvertTool {
         operands: operands, outputFilename: outputFilename, sourceFormat: sourceFormat,
         sourceCache: sourceCacheMode, forceShare: forceShare, imageOpts: imageOpts,
         outputFormat: outputFormat, options: options, cache: cache, skipCreate: skipCreate,
-        targetIsZero: targetIsZero, settings: settings, meter: meter, reporter: reporter)
+        targetIsZero: targetIsZero, target: target, settings: settings, meter: meter,
+        reporter: reporter)
     } catch {
       meter.end()
       throw error
@@ -142,8 +192,8 @@ enum ConvertTool {
   private static func openAndConvert(
     operands: [String], outputFilename: String, sourceFormat: String?, sourceCache: CacheMode,
     forceShare: Bool, imageOpts: Bool, outputFormat: String, options: String?, cache: String,
-    skipCreate: Bool, targetIsZero: Bool, settings: ImageCopier.Settings, meter: ProgressMeter,
-    reporter: Reporter
+    skipCreate: Bool, targetIsZero: Bool, target: TargetOptions, settings: ImageCopier.Settings,
+    meter: ProgressMeter, reporter: Reporter
   ) async throws {
     let sourceCacheMode = sourceCache
     var sources: [BlockBackend] = []
@@ -168,8 +218,8 @@ enum ConvertTool {
     do {
       try await convert(
         sources: sources, to: outputFilename, format: outputFormat, options: options,
-        cache: cache, skipCreate: skipCreate, targetIsZero: targetIsZero, settings: settings,
-        meter: meter, reporter: reporter)
+        cache: cache, skipCreate: skipCreate, targetIsZero: targetIsZero, targetOptions: target,
+        settings: settings, meter: meter, reporter: reporter)
     } catch {
       await closeSources()
       throw error
@@ -181,8 +231,8 @@ enum ConvertTool {
   private static func convert(
     sources: [BlockBackend], to filename: String, format: String, options: String?,
     cache: String,
-    skipCreate: Bool, targetIsZero: Bool, settings: ImageCopier.Settings, meter: ProgressMeter,
-    reporter: Reporter
+    skipCreate: Bool, targetIsZero: Bool, targetOptions: TargetOptions,
+    settings: ImageCopier.Settings, meter: ProgressMeter, reporter: Reporter
   ) async throws {
     func fail(_ message: String) -> CommandExit {
       reporter.error(message)
@@ -190,25 +240,54 @@ enum ConvertTool {
     }
     let length = sources.reduce(Int64(0)) { $0 + $1.length }
     let size = UInt64(length)
+    var values: CreateOptionValues?
     if !skipCreate {
       guard let list = CreateOptionList.forFormat(format, withProtocol: true) else {
         throw fail("Unknown file format '\(format)'")
       }
-      var values = CreateOptionValues(list: list)
+      var parsed = CreateOptionValues(list: list)
       do {
-        if let options { try values.parse(options) }
-        try values.set("size", String(size))
-        if values.string("backing_file") != nil && values.string("backing_fmt") == nil {
-          throw CreateOptionValues.Failure(
-            message: "Use of backing file requires explicit backing format")
+        if let options { try parsed.parse(options) }
+        try parsed.set("size", String(size))
+        // QEMU's add_old_style_options: -B and -F become creation options.
+        let hasBackingOptions = list.options.contains { $0.name == "backing_file" }
+        if let backing = targetOptions.backing {
+          guard hasBackingOptions else {
+            throw fail("Backing file not supported for file format '\(format)'")
+          }
+          try parsed.set("backing_file", backing)
         }
-        if values.string("backing_file") != nil || values.string("backing_fmt") != nil {
-          throw CreateOptionValues.Failure(
-            message: "backing files in convert are not supported by Spindle yet")
+        if let backingFormat = targetOptions.backingFormat {
+          guard hasBackingOptions else {
+            throw fail("Backing file format not supported for file format '\(format)'")
+          }
+          try parsed.set("backing_fmt", backingFormat)
         }
+      } catch let failure as CreateOptionValues.Failure {
+        throw fail(failure.message)
+      }
+      values = parsed
+    }
+    let backingOption = values?.string("backing_file")
+    let hasBacking = backingOption != nil || targetOptions.backing != nil
+    if targetIsZero && hasBacking {
+      // QEMU reports this and ends successfully.
+      reporter.error("Cannot use --target-is-zero when the destination image has a backing file")
+      throw CommandExit(status: 0)
+    }
+    if sources.count > 1 && hasBacking {
+      throw fail(
+        "Having a backing file for the target makes no sense when concatenating multiple input images"
+      )
+    }
+    if backingOption != nil && values?.string("backing_fmt") == nil {
+      throw fail("Use of backing file requires explicit backing format")
+    }
+    if let values {
+      do {
         try checkSupported(values)
       } catch {
-        throw fail((error as? CreateOptionValues.Failure)?.message ?? errorMessage(error))
+        throw fail(error.message)
       }
       if settings.compressed && format != "qcow2" {
         throw fail("Compression not supported for this file format")
@@ -224,14 +303,23 @@ enum ConvertTool {
       throw fail("Invalid cache option: \(cache)")
     }
     var targetSpec = ImageSpec()
-    targetSpec.filename = filename
-    targetSpec.format = format
     targetSpec.node.cache = cacheMode
     let target: BlockBackend
-    do {
-      target = try await openBackend(targetSpec)
-    } catch {
-      throw fail("Could not open '\(filename)': \(errorMessage(error))")
+    if targetOptions.imageOpts {
+      targetSpec.format = targetOptions.formatGiven ? format : nil
+      guard
+        let opened = await openImage(
+          filename, imageOpts: true, spec: targetSpec, reporter: reporter)
+      else { throw CommandExit() }
+      target = opened
+    } else {
+      targetSpec.filename = filename
+      targetSpec.format = format
+      do {
+        target = try await openBackend(targetSpec)
+      } catch {
+        throw fail("Could not open '\(filename)': \(errorMessage(error))")
+      }
     }
     if skipCreate && target.length < length {
       await target.close()
@@ -244,7 +332,9 @@ enum ConvertTool {
     var settings = settings
     // QEMU's has_zero_init: a new image without backing reads as zeroes,
     // an existing one only when the user says so; -S 0 writes everything.
-    settings.targetIsZero = settings.minSparse > 0 && (!skipCreate || targetIsZero)
+    settings.targetIsZero =
+      settings.minSparse > 0 && !hasBacking && (!skipCreate || targetIsZero)
+    settings.targetHasBacking = hasBacking
     settings.clusterSize = Int(target.root.clusterSize)
     let copier = ImageCopier(sources: sources, target: target, settings: settings, meter: meter)
     do {

@@ -27,7 +27,15 @@ final class ImageCopier {
     var inFlight = 8
     /// `-W`: writes may complete in any order.
     var outOfOrder = false
+    /// `-B`: the target has a backing file (assumed to hold what the
+    /// source's backing chain holds), so only what the source's top image
+    /// allocates is copied.
+    var targetHasBacking = false
   }
+
+  /// A run of the source: data, zeroes, or (with a target backing file)
+  /// left to the backing file.
+  typealias Run = (zero: Bool, length: Int64, backing: Bool)
 
   /// A failed read or write, with QEMU's wording.
   struct Failure: Error {
@@ -90,7 +98,9 @@ final class ImageCopier {
             }
             running -= 1
           }
-          let buffer = run.zero ? nil : (buffers.popLast() ?? IOVector(allocating: bufferSize))
+          let buffer =
+            run.zero || run.backing
+            ? nil : (buffers.popLast() ?? IOVector(allocating: bufferSize))
           let (start, turn) = (offset, index)
           group.addTask {
             try await self.copy(run, at: start, turn: turn, buffer: buffer)
@@ -111,7 +121,7 @@ final class ImageCopier {
   /// Copies one run: reads it (data runs), waits for its turn to write
   /// (unless out of order), writes, and reports progress.
   private func copy(
-    _ run: (zero: Bool, length: Int64), at offset: Int64, turn: Int, buffer: IOVector?
+    _ run: Run, at offset: Int64, turn: Int, buffer: IOVector?
   ) async throws {
     do {
       if let buffer {
@@ -125,7 +135,7 @@ final class ImageCopier {
         } else {
           try await writeData(at: offset, data: data)
         }
-      } else {
+      } else if !run.backing {
         try await writeZeroes(at: offset, count: run.length)
       }
       if !settings.outOfOrder { sequencer.done(turn) }
@@ -140,22 +150,28 @@ final class ImageCopier {
   }
 
   /// Whether QEMU counts a run in its progress: data, and zeroes with `-S 0`.
-  private func countsForProgress(_ run: (zero: Bool, length: Int64)) -> Bool {
-    !run.zero || settings.minSparse == 0
+  private func countsForProgress(_ run: Run) -> Bool {
+    !run.backing && (!run.zero || settings.minSparse == 0)
   }
 
   /// The next run to copy (QEMU's `convert_iteration_sectors`): zeroes as long
   /// as the source's block status says so, data in chunks of at most 2 MiB;
   /// compressed copies go by whole clusters, one at a time for data, a
-  /// cluster with any data in it being data.
-  private func nextRun(at offset: Int64) async throws -> (zero: Bool, length: Int64) {
+  /// cluster with any data in it being data. With a target backing file only
+  /// the source's top image is asked; what it leaves to its backing file is
+  /// left to the target's.
+  private func nextRun(at offset: Int64) async throws -> Run {
     let left = total - offset
     let (source, local) = locate(offset)
     let status: BlockStatus
+    let bytes = min(source.length - local, 1 << 30)
     do {
-      status = try await source.root.blockStatusAbove(
-        base: nil, offset: local, bytes: min(source.length - local, 1 << 30), wantZero: true
-      ).status
+      status =
+        settings.targetHasBacking
+        ? try await source.root.blockStatus(offset: local, bytes: bytes, wantZero: true)
+        : try await source.root.blockStatusAbove(
+          base: nil, offset: local, bytes: bytes, wantZero: true
+        ).status
     } catch {
       throw Failure(
         message:
@@ -168,17 +184,20 @@ final class ImageCopier {
     let tail = (local + length) % alignment
     if length > tail { length -= tail }
     var zero = status.flags.contains(.zero)
-    if !zero { length = min(length, Int64(Self.chunkSize)) }
+    var backing =
+      settings.targetHasBacking && !zero && !status.flags.contains(.data)
+    if !zero && !backing { length = min(length, Int64(Self.chunkSize)) }
     if settings.compressed {
       let cluster = Int64(settings.clusterSize)
-      if !zero || length < cluster {
+      if !(zero || backing) || length < cluster {
         length = min(cluster, left)
         zero = false
+        backing = false
       } else {
         length = length / cluster * cluster
       }
     }
-    return (zero, length)
+    return (zero, length, backing)
   }
 
   /// Writes a data run; within it, runs of `minSparse`-sized blocks (aligned

@@ -50,14 +50,21 @@ enum ImageTool {
       return await CompareTool.run(arguments: operands, programName: programName, console: console)
     case "resize":
       return await ResizeTool.run(arguments: operands, programName: programName, console: console)
+    case "commit":
+      return await CommitTool.run(arguments: operands, programName: programName, console: console)
+    case "rebase":
+      return await RebaseTool.run(arguments: operands, programName: programName, console: console)
+    case "dd":
+      return await DdTool.run(arguments: operands, programName: programName, console: console)
+    case "measure":
+      return await MeasureTool.run(arguments: operands, programName: programName, console: console)
     case "bench":
       return await BenchTool.run(arguments: operands, programName: programName, console: console)
     case "check":
       return await CheckTool.run(arguments: operands, programName: programName, console: console)
     case "amend":
       return await AmendTool.run(arguments: operands, programName: programName, console: console)
-    case "bitmap", "commit", "dd",
-      "measure", "rebase", "snapshot":
+    case "bitmap", "snapshot":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
     default:
@@ -83,13 +90,21 @@ enum ImageTool {
     [-t cache] [-w] [-U] filename
       check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] \
     [-r [leaks | all]] [-T src_cache] [-U] filename
+      commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] \
+    [-r rate_limit] [-d] [-p] filename
       compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2
       convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] \
     [-o options] [-S sparse_size] [-m num_coroutines] [-W] [--target-is-zero] filename \
     [filename2 [...]] output_filename
       create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] \
     [-o options] filename [size]
+      dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] \
+    [skip=blocks] if=input of=output
       info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+      measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] \
+    [--image-opts] [-f fmt] [-l snapshot_param] filename]
+      rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] \
+    [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
       resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
       map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
 

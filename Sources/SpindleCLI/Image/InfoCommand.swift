@@ -3,12 +3,14 @@ import BlockDrivers
 
 /// `qemu-img info`, a qemu-img 7.2 work-alike:
 ///
-///     info [-f FMT] [--output=human|json] [--backing-chain] [-U] FILENAME
+///     info [--image-opts] [-f FMT] [--output=human|json] [--backing-chain] [-U] FILENAME
 ///
 /// Opens the image read-only without its backing file (as QEMU's
 /// `BDRV_O_NO_BACKING`) and prints what QEMU's `bdrv_image_info_dump` or its
 /// JSON output prints; with `--backing-chain`, every image of the chain in
-/// turn, each opened with the backing format its overlay names.
+/// turn, each opened with the backing format its overlay names. An image
+/// named by `--image-opts` or a `json:` name is shown by the name of the
+/// file it reads (QEMU's `bdrv_refresh_filename` for plain options).
 @BlockActor
 enum InfoTool {
   static let longOptions: [Getopt.LongOption] = [
@@ -34,6 +36,7 @@ enum InfoTool {
     var output = "human"
     var chain = false
     var forceShare = false
+    var imageOpts = false
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -49,8 +52,9 @@ enum InfoTool {
       case .option("U"): forceShare = true
       case .option("output"): output = argument
       case .option("backing-chain"): chain = true
-      case .option("object"), .option("image-opts"):
-        reporter.error("--object and --image-opts are not supported by Spindle yet")
+      case .option("image-opts"): imageOpts = true
+      case .option("object"):
+        reporter.error("--object is not supported by Spindle yet")
         throw CommandExit()
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
@@ -74,21 +78,34 @@ enum InfoTool {
       }
       seen.insert(filename)
       var spec = ImageSpec()
-      spec.filename = filename
       spec.format = format
       spec.node.readOnly = true
       spec.forceShare = forceShare
       spec.openBacking = false
       let backend: BlockBackend
-      do {
-        backend = try await openBackend(spec)
-      } catch {
-        reporter.error("Could not open '\(filename)': \(errorMessage(error))")
-        throw CommandExit()
+      if imageOpts {
+        guard
+          let opened = await openImage(
+            filename, imageOpts: true, spec: spec, reporter: reporter)
+        else { throw CommandExit() }
+        backend = opened
+        // The chain below is named by file names.
+        imageOpts = false
+      } else {
+        spec.filename = filename
+        do {
+          backend = try await openBackend(spec)
+        } catch {
+          reporter.error("Could not open '\(filename)': \(errorMessage(error))")
+          throw CommandExit()
+        }
       }
+      let shownName =
+        spec.filename == nil || filename.hasPrefix("json:")
+        ? (CommitTool.imagePath(backend.root) ?? filename) : filename
       let info: ImageInfo
       do {
-        info = try await collectImageInfo(backend, filename: filename)
+        info = try await collectImageInfo(backend, filename: shownName)
         await backend.close()
       } catch {
         await backend.close()

@@ -1,0 +1,253 @@
+import BlockCore
+import BlockDrivers
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// `qemu-img commit`, a qemu-img 7.2 work-alike:
+///
+///     commit [--object OBJECTDEF] [--image-opts] [-q] [-f FMT] [-t CACHE] [-b BASE]
+///            [-r RATE_LIMIT] [-d] [-p] FILENAME
+///
+/// Every range allocated above the base (the backing file, or `-b`'s image
+/// in the chain) is copied into the base, which grows to the image's size
+/// if smaller, as QEMU's active commit does; then, unless `-d` or `-b`
+/// (which implies `-d`), the image is emptied (``Qcow2Driver/makeEmpty(_:)``).
+/// The base, opened read-only with the chain, is reopened writable in place.
+/// `-r` is checked and otherwise ignored.
+@BlockActor
+enum CommitTool {
+  static let longOptions: [Getopt.LongOption] = [
+    .init("help", key: "h"), .init("object", .required), .init("image-opts"),
+  ]
+
+  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
+    let reporter = Reporter(console: console, programName: programName)
+    do {
+      return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch {
+      return 1
+    }
+  }
+
+  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+    async throws -> Int32
+  {
+    func fail(_ message: String) -> CommandExit {
+      reporter.error(message)
+      return CommandExit()
+    }
+    var parser = Getopt(arguments: arguments, options: ":f:ht:b:dpqr:", longOptions: longOptions) {
+      _ in
+    }
+    var format: String?
+    var cache = "writeback"
+    var baseName: String?
+    var drop = false
+    var progress = false
+    var quiet = false
+    var imageOpts = false
+    while let result = parser.next() {
+      let argument = parser.optarg ?? ""
+      switch result {
+      case .missingArgument:
+        throw reporter.usageError(
+          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
+      case .invalid:
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      case .option("h"):
+        console.write(ImageTool.help)
+        return 0
+      case .option("f"): format = argument
+      case .option("t"): cache = argument
+      case .option("b"):
+        baseName = argument
+        // -b implies -d: the image above the base keeps its data.
+        drop = true
+      case .option("d"): drop = true
+      case .option("r"):
+        guard parseImageNumber(argument, name: "rate limit", reporter: reporter) != nil else {
+          throw CommandExit()
+        }
+      case .option("p"): progress = true
+      case .option("q"): quiet = true
+      case .option("image-opts"): imageOpts = true
+      case .option("object"):
+        throw fail("--object is not supported by Spindle yet")
+      default:
+        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
+      }
+    }
+    if quiet { progress = false }
+    guard parser.operands.count == 1, let filename = parser.operands.first else {
+      throw reporter.usageError("Expecting one image file name")
+    }
+    guard let cacheMode = parseCacheMode(cache) else {
+      throw fail("Invalid cache option: \(cache)")
+    }
+    var spec = ImageSpec()
+    spec.format = format
+    spec.node.cache = cacheMode
+    spec.node.discard = .unmap
+    guard
+      let image = await openImage(filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
+    else { throw CommandExit() }
+    let meter = ProgressMeter(enabled: progress, console: console)
+    meter.report(0)
+    do {
+      try await commit(
+        image, filename: filename, baseName: baseName, drop: drop, meter: meter)
+    } catch {
+      await image.close()
+      meter.end()
+      if let failure = error as? ImageCopier.Failure { throw fail(failure.message) }
+      throw fail(errorMessage(error))
+    }
+    await image.close()
+    meter.report(100)
+    meter.end()
+    if !quiet { console.write("Image committed.\n") }
+    return 0
+  }
+
+  /// Finds the base, reopens it writable, copies and empties.
+  private static func commit(
+    _ image: BlockBackend, filename: String, baseName: String?, drop: Bool, meter: ProgressMeter
+  ) async throws {
+    let top = image.root
+    let parent: BlockNode
+    if let baseName {
+      guard let found = findBackingImage(baseName, above: top) else {
+        throw ImageCopier.Failure(
+          message: "Did not find '\(baseName)' in the backing chain of '\(filename)'")
+      }
+      parent = found
+    } else {
+      guard top.backing != nil else {
+        throw ImageCopier.Failure(message: "Image does not have a backing file")
+      }
+      parent = top
+    }
+    let base = try await reopenWritable(backingOf: parent)
+    do {
+      // The job's progress loop reports once before the work is done.
+      meter.report(0)
+      if base.length < top.length {
+        try await base.truncate(to: top.length, exact: false)
+      }
+      try await copyAllocated(from: top, above: base.root, into: base)
+      try await base.flush()
+    } catch {
+      parent.detach(role: .backing)
+      await base.close()
+      throw error
+    }
+    // The chain below the top is done with; a closed child would leave the
+    // top without its medium.
+    parent.detach(role: .backing)
+    await base.close()
+    if !drop, let qcow2 = top.driver as? Qcow2Driver {
+      do {
+        try await qcow2.makeEmpty(top)
+      } catch {
+        throw ImageCopier.Failure(
+          message: "Could not empty \(filename): \(errorMessage(error))")
+      }
+    }
+    try await image.flush()
+  }
+
+  /// Replaces `parent`'s read-only backing node by the same image opened
+  /// writable (QEMU reopens the base read-write for the commit job), and
+  /// returns a backend on it.
+  private static func reopenWritable(backingOf parent: BlockNode) async throws -> BlockBackend {
+    guard let old = parent.backing, let path = imagePath(old) else {
+      throw BlockError(.notSupported, "Spindle can only commit into an image file")
+    }
+    let format = old.driver.formatName
+    parent.detach(role: .backing)
+    await old.close()
+    var spec = ImageSpec()
+    spec.filename = path
+    spec.format = format
+    let base = try await openBackend(spec)
+    parent.attach(base.root, role: .backing)
+    return base
+  }
+
+  /// The file an image node (a format over a file, or a file) reads.
+  static func imagePath(_ node: BlockNode) -> String? {
+    if let file = node.driver as? FileDriver { return file.filename }
+    return (node.file?.driver as? FileDriver)?.filename
+  }
+
+  /// QEMU's `bdrv_find_backing_image`: the image in `top`'s chain that some
+  /// layer names `name` (or, resolved against that layer's folder, the same
+  /// file once both paths are canonical); the node above it is returned.
+  static func findBackingImage(_ name: String, above top: BlockNode) -> BlockNode? {
+    var current = top
+    while let backing = current.backing {
+      let recorded = (current.driver as? Qcow2Driver)?.header.backingFile
+      if recorded == name { return current }
+      if let layerPath = imagePath(current), let backingPath = imagePath(backing) {
+        let wanted = name.hasPrefix("/") ? name : directory(of: layerPath) + name
+        if let wantedReal = realPath(wanted), wantedReal == realPath(backingPath) {
+          return current
+        }
+      }
+      current = backing
+    }
+    return nil
+  }
+
+  private static func directory(of path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "" }
+    return String(path[...slash])
+  }
+
+  private static func realPath(_ path: String) -> String? {
+    guard let resolved = realpath(path, nil) else { return nil }
+    defer { free(resolved) }
+    return String(cString: resolved)
+  }
+
+  /// Copies every range allocated between `top` and `base` (exclusive) into
+  /// `target`: zeroes as zero-writes, data in chunks of at most 2 MiB.
+  private static func copyAllocated(
+    from top: BlockNode, above base: BlockNode, into target: BlockBackend
+  )
+    async throws
+  {
+    let length = top.length
+    let buffer = IOVector(allocating: ImageCopier.chunkSize)
+    var offset: Int64 = 0
+    while offset < length {
+      let (allocation, depth) = try await top.blockStatusAbove(
+        base: base, offset: offset, bytes: length - offset, wantZero: false)
+      let run = max(allocation.count, 1)
+      if depth > 0 && allocation.flags.contains(.allocated) {
+        var done: Int64 = 0
+        while done < run {
+          let position = offset + done
+          let status = try await top.blockStatusAbove(
+            base: nil, offset: position, bytes: run - done, wantZero: true
+          ).status
+          var piece = max(status.count, 1)
+          if status.flags.contains(.zero) {
+            try await target.writeZeroes(at: position, count: piece)
+          } else {
+            piece = min(piece, Int64(ImageCopier.chunkSize))
+            let data = buffer.slice(0, Int(piece))
+            try await top.read(at: position, into: data)
+            try await target.write(at: position, from: data)
+          }
+          done += piece
+        }
+      }
+      offset += run
+    }
+  }
+}
