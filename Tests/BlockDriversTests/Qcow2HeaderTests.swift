@@ -82,9 +82,15 @@ struct HostileHeader: Sendable, CustomStringConvertible {
       "Unsupported qcow2 feature(s): external data file, Unknown incompatible feature: 10000000000"
     ),
     HostileHeader(
-      "zstd compression",
-      [(72, bigEndianBytes(1 << 3, width: 8)), (104, [1])], .notSupported,
-      "qcow2: zstd compression is not supported"),
+      "zstd without the compression bit", 104, 1, width: 1, .invalidArgument,
+      "qcow2: Compression type incompatible feature bit must be set"),
+    HostileHeader(
+      "compression bit with zlib", 72, 1 << 3, width: 8, .invalidArgument,
+      "qcow2: Compression type incompatible feature bit must not be set"),
+    HostileHeader(
+      "unknown compression type",
+      [(72, bigEndianBytes(1 << 3, width: 8)), (104, [2])], .notSupported,
+      "qcow2: unknown compression type: 2"),
     HostileHeader(
       "header extension too large", 0x74, 0xFFFF, width: 4, .invalidArgument,
       "Header extension too large"),

@@ -18,6 +18,8 @@ public struct Qcow2CreateOptions: Sendable, Equatable {
   public var backingFile: String?
   /// The backing format stored in the backing format extension.
   public var backingFormat: String?
+  /// `compression_type`: zstd needs compat 1.1 and sets incompatible bit 3.
+  public var compressionType: Qcow2CompressionType = .zlib
 
   /// Options for a disk of `size` bytes with qemu-img's defaults.
   public init(size: Int64) { self.size = size }
@@ -143,6 +145,12 @@ public enum Qcow2Create {
         "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"
       )
     }
+    if options.compressionType != .zlib && header.version < 3 {
+      throw BlockError(
+        .invalidArgument,
+        "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+      )
+    }
     if options.backingFormat != nil && options.backingFile == nil {
       throw BlockError(.invalidArgument, "Backing format cannot be used without backing file")
     }
@@ -151,6 +159,10 @@ public enum Qcow2Create {
     header.refcountOrder = UInt32(bits.trailingZeroBitCount)
     header.headerLength = header.version == 2 ? 72 : 112
     if options.lazyRefcounts { header.compatibleFeatures = Qcow2Feature.lazyRefcounts }
+    header.compressionType = options.compressionType.rawValue
+    if options.compressionType != .zlib {
+      header.incompatibleFeatures |= Qcow2Feature.compressionType
+    }
     if let format = options.backingFormat {
       header.extensions.append(
         Qcow2HeaderExtension(type: Qcow2HeaderExtension.backingFormat, data: Array(format.utf8)))

@@ -2,7 +2,7 @@ import BlockCore
 
 extension Qcow2Driver {
   /// Writes whole clusters compressed (QEMU's `qcow2_co_pwritev_compressed`):
-  /// each cluster is deflated and packed byte-granular after the previous
+  /// each cluster is compressed (zlib or zstd, by the image's type) and packed byte-granular after the previous
   /// compressed data; a cluster that does not shrink is written normally.
   /// Compressed data cannot overwrite allocated clusters (EIO, as QEMU); the
   /// last cluster of an image whose size is not cluster-aligned is padded
@@ -34,8 +34,8 @@ extension Qcow2Driver {
     data.copyOut(to: UnsafeMutableRawBufferPointer(rebasing: source.bytes[0..<data.count]))
     let output = AlignedBuffer(count: clusterSize - 1)
     guard
-      let compressedLength = try Qcow2Compression.deflate(
-        UnsafeRawBufferPointer(source.bytes), into: output.bytes)
+      let compressedLength = try Qcow2Compression.compress(
+        header.compression, UnsafeRawBufferPointer(source.bytes), into: output.bytes)
     else {
       try await write(node, offset: offset, length: Int64(data.count), from: data, flags: [])
       return

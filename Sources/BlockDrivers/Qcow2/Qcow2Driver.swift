@@ -148,7 +148,9 @@ public final class Qcow2Driver: BlockDriver {
     try await fileNode(node).read(at: descriptor.offset, into: compressed)
     let cluster = AlignedBuffer(count: Int(header.clusterSize))
     let source = compressed.toArray()
-    try source.withUnsafeBytes { try Qcow2Compression.inflate($0, into: cluster.bytes) }
+    try source.withUnsafeBytes {
+      try Qcow2Compression.decompress(header.compression, $0, into: cluster.bytes)
+    }
     let inCluster = Int(offset & (header.clusterSize - 1))
     iov.copyIn(UnsafeRawBufferPointer(rebasing: cluster.bytes[inCluster..<inCluster + iov.count]))
   }

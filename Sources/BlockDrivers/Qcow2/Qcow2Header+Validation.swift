@@ -70,13 +70,16 @@ extension Qcow2Header {
 
   private func validateCompressionType() throws {
     switch compressionType {
-    case 0: break
+    case 0:
+      if incompatibleFeatures & Qcow2Feature.compressionType != 0 {
+        throw BlockError(
+          .invalidArgument, "qcow2: Compression type incompatible feature bit must not be set")
+      }
     case 1:
       if incompatibleFeatures & Qcow2Feature.compressionType == 0 {
         throw BlockError(
           .invalidArgument, "qcow2: Compression type incompatible feature bit must be set")
       }
-      throw BlockError(.notSupported, "qcow2: zstd compression is not supported")
     default:
       throw BlockError(.notSupported, "qcow2: unknown compression type: \(compressionType)")
     }

@@ -68,6 +68,8 @@ public struct Qcow2Header: Sendable, Equatable {
   public var l2Entries: Int64 { clusterSize / 8 }
   /// The refcount width in bits.
   public var refcountBits: Int { 1 << Int(refcountOrder) }
+  /// The compression method of compressed clusters (validated at parse).
+  var compression: Qcow2CompressionType { Qcow2CompressionType(rawValue: compressionType) ?? .zlib }
 
   /// The backing format extension's value, if present.
   public var backingFormat: String? {

@@ -238,11 +238,11 @@ func checkSupported(_ values: CreateOptionValues) throws(CreateOptionValues.Fail
     throw CreateOptionValues.Failure(
       message: "Spindle does not support the option '\(unsupported.name)' yet")
   }
-  for key in ["preallocation", "extended_l2", "compression_type", "nocow"] {
+  for key in ["preallocation", "extended_l2", "nocow"] {
     guard let value = values.string(key) else { continue }
     let isDefault =
-      key == "preallocation" || key == "compression_type"
-      ? ["off", "zlib"].contains(value) : CreateOptionValues.parseBool(value) == false
+      key == "preallocation"
+      ? ["off"].contains(value) : CreateOptionValues.parseBool(value) == false
     if !isDefault {
       throw CreateOptionValues.Failure(message: "Spindle does not support \(key)=\(value) yet")
     }
@@ -356,6 +356,18 @@ private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValue
     )
   }
   options.refcountBits = Int(bits)
+  switch values.string("compression_type") ?? "zlib" {
+  case "zlib": options.compressionType = .zlib
+  case "zstd": options.compressionType = .zstd
+  case let other:
+    throw Failure(message: "Parameter 'compression-type' does not accept value '\(other)'")
+  }
+  if version < 3 && options.compressionType != .zlib {
+    throw Failure(
+      message:
+        "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+    )
+  }
   options.backingFile = values.string("backing_file")
   options.backingFormat = values.string("backing_fmt")
   do {
