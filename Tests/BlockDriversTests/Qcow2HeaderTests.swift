@@ -78,8 +78,8 @@ struct HostileHeader: Sendable, CustomStringConvertible {
       "unnamed incompatible bit", 72, 1 << 40, width: 8, .notSupported,
       "Unsupported qcow2 feature(s): Unknown incompatible feature: 10000000000"),
     HostileHeader(
-      "named and unnamed bits", 72, 1 << 40 | 1 << 2, width: 8, .notSupported,
-      "Unsupported qcow2 feature(s): external data file, Unknown incompatible feature: 10000000000"
+      "named and unnamed bits", 72, 1 << 40 | 1 << 4, width: 8, .notSupported,
+      "Unsupported qcow2 feature(s): extended L2 entries, Unknown incompatible feature: 10000000000"
     ),
     HostileHeader(
       "zstd without the compression bit", 104, 1, width: 1, .invalidArgument,

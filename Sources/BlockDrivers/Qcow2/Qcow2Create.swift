@@ -20,6 +20,12 @@ public struct Qcow2CreateOptions: Sendable, Equatable {
   public var backingFormat: String?
   /// `compression_type`: zstd needs compat 1.1 and sets incompatible bit 3.
   public var compressionType: Qcow2CompressionType = .zlib
+  /// `data_file`: guest data goes to this file (created, or emptied, with the
+  /// image; a relative name is relative to the image's folder).
+  public var dataFile: String?
+  /// `data_file_raw`: keep the data file a valid raw image (every cluster
+  /// mapped to its own offset, as QEMU's metadata preallocation does).
+  public var dataFileRaw = false
 
   /// Options for a disk of `size` bytes with qemu-img's defaults.
   public init(size: Int64) { self.size = size }
@@ -64,17 +70,24 @@ public enum Qcow2Create {
     do {
       try await file.write(at: 0, bytes: image)
       try await file.flush()
+      if let dataFile = options.dataFile {
+        try await createDataFile(
+          Qcow2Driver.resolveBackingName(dataFile, relativeTo: path), size: options.size)
+      }
     } catch {
       await file.close()
       throw error
     }
-    guard let growTo else {
+    guard growTo != nil || options.dataFileRaw else {
       await file.close()
       return
     }
     let node = try await Qcow2Driver.open(over: file, imagePath: path, context: OpenContext())
     do {
-      try await node.truncate(to: growTo)
+      if let growTo { try await node.truncate(to: growTo) }
+      if options.dataFileRaw, let driver = node.driver as? Qcow2Driver {
+        try await driver.mapWholeDataFile(node)
+      }
     } catch {
       await node.close()
       throw error
@@ -151,6 +164,7 @@ public enum Qcow2Create {
         "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"
       )
     }
+    try checkDataFileOptions(options, version: header.version)
     if options.backingFormat != nil && options.backingFile == nil {
       throw BlockError(.invalidArgument, "Backing format cannot be used without backing file")
     }
@@ -167,6 +181,7 @@ public enum Qcow2Create {
       header.extensions.append(
         Qcow2HeaderExtension(type: Qcow2HeaderExtension.backingFormat, data: Array(format.utf8)))
     }
+    addDataFile(options, to: &header)
     // QEMU 7.2 writes its feature-name table into v3 headers of clusters larger
     // than 4 KiB only.
     if header.version == 3 && clusterSize > 4096 {

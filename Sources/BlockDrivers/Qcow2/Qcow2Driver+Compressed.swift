@@ -11,6 +11,10 @@ extension Qcow2Driver {
     _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector
   ) async throws {
     let clusterSize = header.clusterSize
+    if hasDataFile {
+      // QEMU cannot compress into an external data file either.
+      throw BlockError.notSupported("qcow2: compressed writes need the data in the image file")
+    }
     guard offset & (clusterSize - 1) == 0 else {
       throw BlockError(.invalidArgument, "qcow2: compressed writes must be cluster-aligned")
     }

@@ -36,7 +36,7 @@ extension Qcow2Driver {
     }
     let table = try await l2Table(node, at: l2Offset)
     let first = table[l2Index]
-    let type = Qcow2Entry.type(of: first)
+    let type = clusterType(first)
     let firstHost = Int64(first & Qcow2Entry.offsetMask)
     if type == .normal || type == .zeroAllocated, firstHost & (clusterSize - 1) != 0 {
       throw corruption(
@@ -52,7 +52,7 @@ extension Qcow2Driver {
     var clusters = 1
     while clusters < clustersWanted {
       let entry = table[l2Index + clusters]
-      guard Qcow2Entry.type(of: entry) == type else { break }
+      guard clusterType(entry) == type else { break }
       if type == .normal || type == .zeroAllocated,
         Int64(entry & Qcow2Entry.offsetMask) != firstHost + Int64(clusters) * clusterSize
       {

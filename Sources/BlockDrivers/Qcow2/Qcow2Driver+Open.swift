@@ -9,16 +9,22 @@ extension Qcow2Driver {
     -> BlockNode
   {
     let imagePath = options["file.filename"] ?? options["file"]
+    let dataFile = takeDataFileOptions(&options)
     let file = try await ImageOpener.openFileChild(&options, context: context)
-    return try await open(over: file, imagePath: imagePath, context: context)
+    return try await open(
+      over: file, imagePath: imagePath, dataFileOptions: dataFile, context: context)
   }
 
   /// Opens a `qcow2` node over an opened file node; `imagePath` is what
-  /// relative backing names are resolved against. Closes `file` on failure.
-  static func open(over file: BlockNode, imagePath: String?, context: OpenContext) async throws
-    -> BlockNode
-  {
+  /// relative backing and data file names are resolved against;
+  /// `dataFileOptions` override the external data file the header names.
+  /// Closes `file` on failure.
+  static func open(
+    over file: BlockNode, imagePath: String?, dataFileOptions: DriverOptions? = nil,
+    context: OpenContext
+  ) async throws -> BlockNode {
     var backing: BlockNode?
+    var dataFile: BlockNode?
     do {
       var header = try await readHeader(file)
       if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly {
@@ -33,6 +39,8 @@ extension Qcow2Driver {
       if !context.node.readOnly {
         refcountTable = try await prepareForWriting(file, header: &header)
       }
+      dataFile = try await openDataFile(
+        header: header, override: dataFileOptions, imagePath: imagePath, context: context)
       if let name = header.backingFile, context.openBacking {
         var backingContext = context
         backingContext.node.readOnly = true
@@ -49,11 +57,13 @@ extension Qcow2Driver {
         header: header, l1Table: l1Table, refcountTable: refcountTable)
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
       node.attach(file, role: .file)
+      if let dataFile { node.attach(dataFile, role: .data) }
       if let backing { node.attach(backing, role: .backing) }
       try await node.open()
       return node
     } catch {
       await backing?.close()
+      await dataFile?.close()
       await file.close()
       throw error
     }

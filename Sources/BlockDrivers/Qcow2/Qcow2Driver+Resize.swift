@@ -22,6 +22,10 @@ extension Qcow2Driver {
       throw BlockError.notSupported("qcow2: shrinking is not supported yet")
     }
     let file = try fileNode(node)
+    if hasDataFile {
+      // QEMU grows the external data file with the disk.
+      try await dataNode(node).truncate(to: length, exact: exact)
+    }
     try await lock.withLock {
       try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
       var field = [UInt8](repeating: 0, count: 8)

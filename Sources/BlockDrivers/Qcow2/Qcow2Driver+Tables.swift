@@ -72,7 +72,7 @@ extension Qcow2Driver {
     let file = try fileNode(node)
     var ranges: [(Int64, Int64)] = []
     for entry in oldEntries {
-      switch Qcow2Entry.type(of: entry) {
+      switch clusterType(entry) {
       case .compressed:
         let descriptor = Qcow2CompressedDescriptor(entry: entry, clusterBits: header.clusterBits)
         ranges.append((descriptor.offset & ~511, descriptor.length + (descriptor.offset & 511)))
@@ -84,6 +84,12 @@ extension Qcow2Driver {
     }
     guard !ranges.isEmpty else { return }
     try await file.flush()
+    if hasDataFile {
+      // External data clusters carry no refcount (QEMU's qcow2_free_any_cluster
+      // only passes the discard down when pass-discard-request is on).
+      try await discardInDataFile(node, ranges)
+      return
+    }
     let refcounts = try refcountsForWrite()
     for (offset, bytes) in ranges {
       for freed in try await refcounts.free(offset: offset, bytes: bytes, file: file) {

@@ -3,8 +3,8 @@ import BlockCore
 extension Qcow2Driver {
   /// Whether writing to a cluster with this L2 entry needs a new cluster
   /// (QEMU's `cluster_needs_new_alloc`): all but COPIED data clusters do.
-  static func needsAllocation(_ entry: UInt64) -> Bool {
-    switch Qcow2Entry.type(of: entry) {
+  func needsAllocation(_ entry: UInt64) -> Bool {
+    switch clusterType(entry) {
     case .normal, .zeroAllocated: return entry & Qcow2Entry.copied == 0
     case .unallocated, .zeroPlain, .compressed: return true
     }
@@ -20,6 +20,7 @@ extension Qcow2Driver {
     async throws -> (bytes: Int64, hostEnd: Int64)
   {
     let file = try fileNode(node)
+    let data = try dataNode(node)
     enum Plan {
       case inPlace(host: Int64, bytes: Int64)
       case done(Int64, hostEnd: Int64)
@@ -34,14 +35,14 @@ extension Qcow2Driver {
       let clusters = min(wantedClusters, Int(header.l2Entries) - l2Index)
       let first = table[l2Index]
 
-      if !Self.needsAllocation(first) {
+      if !needsAllocation(first) {
         // QEMU's handle_copied: COPIED clusters at contiguous host offsets.
         let host = Int64(first & Qcow2Entry.offsetMask)
         if host & (clusterSize - 1) != 0 {
           throw corruption("Cluster allocation offset 0x\(String(host, radix: 16)) unaligned")
         }
         var run = 1
-        while run < clusters, !Self.needsAllocation(table[l2Index + run]),
+        while run < clusters, !needsAllocation(table[l2Index + run]),
           Int64(table[l2Index + run] & Qcow2Entry.offsetMask) == host + Int64(run) * clusterSize
         {
           run += 1
@@ -49,17 +50,17 @@ extension Qcow2Driver {
         let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
         try checkNoMetadataOverlap(host, Int64(run) * clusterSize)
         let entries = Array(table[l2Index..<l2Index + run])
-        if entries.allSatisfy({ Qcow2Entry.type(of: $0) == .normal }) {
+        if entries.allSatisfy({ clusterType($0) == .normal }) {
           return .inPlace(host: host + inCluster, bytes: bytes)
         }
         // Preallocated zero clusters become data: the parts of them the write
         // does not cover keep reading as zeroes.
         try await writeWithCOW(
           node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
-          head: Qcow2Entry.type(of: entries[0]) == .zeroAllocated,
-          tail: Qcow2Entry.type(of: entries[run - 1]) == .zeroAllocated)
+          head: clusterType(entries[0]) == .zeroAllocated,
+          tail: clusterType(entries[run - 1]) == .zeroAllocated)
         // The data must be durable before the entries stop saying "zero".
-        try await file.flush()
+        try await data.flush()
         try await writeL2Entries(
           node, l2Offset: l2Offset, first: l2Index,
           entries.map { ($0 & Qcow2Entry.offsetMask) | Qcow2Entry.copied })
@@ -68,10 +69,14 @@ extension Qcow2Driver {
 
       // QEMU's handle_alloc: clusters that need allocation, allocated together.
       var run = 1
-      while run < clusters, Self.needsAllocation(table[l2Index + run]) { run += 1 }
+      while run < clusters, needsAllocation(table[l2Index + run]) { run += 1 }
       let refcounts = try refcountsForWrite()
       var host: Int64
-      if let continuing, inCluster == 0, continuing & (clusterSize - 1) == 0,
+      if hasDataFile {
+        // Data clusters of an external data file sit at their guest offset and
+        // are not counted in the image's refcounts.
+        host = offset - inCluster
+      } else if let continuing, inCluster == 0, continuing & (clusterSize - 1) == 0,
         case let allocated = try await refcounts.allocate(
           at: continuing, clusters: Int64(run), file: file),
         allocated > 0
@@ -89,7 +94,7 @@ extension Qcow2Driver {
         head: true, tail: true)
       // The data must be durable before an L2 entry points at it (QEMU's
       // qcow2_cache_depends_on_flush on the L2 cache).
-      try await file.flush()
+      try await data.flush()
       let old = Array(table[l2Index..<l2Index + run])
       try await writeL2Entries(
         node, l2Offset: l2Offset, first: l2Index,
@@ -101,7 +106,7 @@ extension Qcow2Driver {
     case .done(let bytes, let hostEnd):
       return (bytes, hostEnd)
     case .inPlace(let host, let bytes):
-      try await file.write(at: host, from: iov.slice(0, Int(bytes)))
+      try await data.write(at: host, from: iov.slice(0, Int(bytes)))
       return (bytes, host + bytes)
     }
   }
@@ -110,6 +115,7 @@ extension Qcow2Driver {
   /// QEMU's `qcow2_pre_write_overlap_check`: header, active L1 table,
   /// refcount table), which only a corrupt L2 entry can ask for.
   func checkNoMetadataOverlap(_ host: Int64, _ bytes: Int64) throws {
+    if hasDataFile { return }
     var areas: [(String, Int64, Int64)] = [
       ("qcow2_header", 0, header.clusterSize),
       ("active L1 table", Int64(header.l1TableOffset), Int64(l1Table.count) * 8),
@@ -150,6 +156,6 @@ extension Qcow2Driver {
       try await readGuest(node, offset: dataEnd, into: buffer)
       combined.append(buffer)
     }
-    try await fileNode(node).write(at: host + (guestOffset - start - headBytes), from: combined)
+    try await dataNode(node).write(at: host + (guestOffset - start - headBytes), from: combined)
   }
 }

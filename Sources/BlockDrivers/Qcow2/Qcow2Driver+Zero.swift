@@ -32,6 +32,7 @@ extension Qcow2Driver {
       }
     }
     try checkClusterAligned(node, offset: offset, length: length)
+    try await zeroRawDataFile(node, offset: offset, length: length, flags: flags)
     guard header.version >= 3 else {
       if node.backing != nil { throw BlockError.notSupported() }
       try await discardClusters(node, offset: offset, length: length)
@@ -39,7 +40,7 @@ extension Qcow2Driver {
     }
     let unmapAllowed = flags.contains(.mayUnmap)
     try await rewriteEntries(node, offset: offset, length: length) { entry in
-      let type = Qcow2Entry.type(of: entry)
+      let type = clusterType(entry)
       let unmap =
         type == .compressed
         || (unmapAllowed && (type == .normal || type == .zeroAllocated))
@@ -60,7 +61,7 @@ extension Qcow2Driver {
     let hasBacking = node.backing != nil
     let zero = header.version >= 3 ? Qcow2Entry.zero : 0
     try await rewriteEntries(node, offset: offset, length: length) { entry in
-      let type = Qcow2Entry.type(of: entry)
+      let type = clusterType(entry)
       let allocated = type == .normal || type == .zeroAllocated || type == .compressed
       return hasBacking || allocated ? zero : entry
     }
@@ -112,7 +113,7 @@ extension Qcow2Driver {
         if old != new {
           try await writeL2Entries(node, l2Offset: l2Offset, first: first, new)
           let dropped = zip(old, new).compactMap { old, new in
-            Qcow2Entry.type(of: old).hasHostCluster && new & Qcow2Entry.offsetMask == 0 ? old : nil
+            clusterType(old).hasHostCluster && !clusterType(new).hasHostCluster ? old : nil
           }
           try await releaseClusters(node, oldEntries: dropped)
         }

@@ -94,7 +94,7 @@ public final class Qcow2Driver: BlockDriver {
       case .zeroPlain, .zeroAllocated:
         target.fill(0)
       case .normal:
-        try await fileNode(node).read(at: run.hostOffset, into: target)
+        try await dataNode(node).read(at: run.hostOffset, into: target)
       case .compressed:
         try await readCompressed(node, entry: run.entry, offset: position, into: target)
       }
@@ -128,7 +128,7 @@ public final class Qcow2Driver: BlockDriver {
     if run.type == .normal || run.type == .zeroAllocated {
       status.flags.insert(.offsetValid)
       status.mapOffset = run.hostOffset
-      status.file = node.file
+      status.file = try dataNode(node)
     }
     switch run.type {
     case .zeroPlain, .zeroAllocated: status.flags.insert(.zero)
@@ -143,6 +143,9 @@ public final class Qcow2Driver: BlockDriver {
   private func readCompressed(_ node: BlockNode, entry: UInt64, offset: Int64, into iov: IOVector)
     async throws
   {
+    if hasDataFile {
+      throw corruption("Compressed cluster entry found in image with external data file")
+    }
     let descriptor = Qcow2CompressedDescriptor(entry: entry, clusterBits: header.clusterBits)
     let compressed = IOVector(allocating: Int(descriptor.length))
     try await fileNode(node).read(at: descriptor.offset, into: compressed)
@@ -158,5 +161,22 @@ public final class Qcow2Driver: BlockDriver {
   func fileNode(_ node: BlockNode) throws -> BlockNode {
     guard let file = node.file else { throw BlockError(BlockError.noMediumCode) }
     return file
+  }
+
+  /// Where guest data lives: the external data file, else the image file.
+  func dataNode(_ node: BlockNode) throws -> BlockNode {
+    if hasDataFile {
+      guard let data = node.child(.data) else { throw BlockError(BlockError.noMediumCode) }
+      return data
+    }
+    return try fileNode(node)
+  }
+
+  /// Whether guest data lives in an external data file (incompatible bit 2).
+  var hasDataFile: Bool { header.incompatibleFeatures & Qcow2Feature.externalDataFile != 0 }
+
+  /// The type of an L2 entry of this image.
+  func clusterType(_ entry: UInt64) -> Qcow2ClusterType {
+    Qcow2Entry.type(of: entry, dataFile: hasDataFile)
   }
 }

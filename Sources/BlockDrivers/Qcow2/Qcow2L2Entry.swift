@@ -27,11 +27,14 @@ enum Qcow2Entry {
   /// Bit 0: the cluster reads as zeroes (v3).
   static let zero: UInt64 = 1
 
-  /// The type of a standard L2 entry (QEMU's `qcow2_get_cluster_type`).
-  static func type(of entry: UInt64) -> Qcow2ClusterType {
+  /// The type of a standard L2 entry (QEMU's `qcow2_get_cluster_type`). In
+  /// an image with an external data file, host offset 0 is a real offset:
+  /// there a COPIED entry with offset 0 is data, not unallocated.
+  static func type(of entry: UInt64, dataFile: Bool = false) -> Qcow2ClusterType {
     if entry & compressed != 0 { return .compressed }
     if entry & zero != 0 { return entry & offsetMask != 0 ? .zeroAllocated : .zeroPlain }
-    return entry & offsetMask != 0 ? .normal : .unallocated
+    if entry & offsetMask != 0 || (dataFile && entry & copied != 0) { return .normal }
+    return .unallocated
   }
 }
 

@@ -370,6 +370,8 @@ private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValue
   }
   options.backingFile = values.string("backing_file")
   options.backingFormat = values.string("backing_fmt")
+  options.dataFile = values.string("data_file")
+  options.dataFileRaw = values.bool("data_file_raw") ?? false
   do {
     try await Qcow2Create.create(at: path, options: options)
   } catch let error as BlockError where error.code == .fileTooLarge {
