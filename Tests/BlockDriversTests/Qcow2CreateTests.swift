@@ -46,6 +46,11 @@ struct CreateCase: Sendable, CustomStringConvertible {
     },
     CreateCase(1 << 30, "lazy_refcounts=on") { $0.lazyRefcounts = true },
     CreateCase(1 << 30, "compression_type=zstd") { $0.compressionType = .zstd },
+    CreateCase(1 << 30, "extended_l2=on") { $0.extendedL2 = true },
+    CreateCase(100 << 30, "extended_l2=on,cluster_size=16384") {
+      $0.extendedL2 = true
+      $0.clusterSize = 16384
+    },
     CreateCase(3 << 20, "compression_type=zstd,cluster_size=4096") {
       $0.compressionType = .zstd
       $0.clusterSize = 4096

@@ -71,14 +71,17 @@ struct HostileHeader: Sendable, CustomStringConvertible {
       "qcow2: encrypted images (aes) are not supported"),
     HostileHeader(
       "unknown encryption", 32, 3, width: 4, .invalidArgument, "Unsupported encryption method: 3"),
+    // Every bit QEMU 7.2 names is supported: the image's feature-name table
+    // (from 0x78, 48 bytes an entry) is patched to name bit 5 instead of 4.
     HostileHeader(
-      "named incompatible bit", 72, 1 << 4, width: 8, .notSupported,
-      "Unsupported qcow2 feature(s): extended L2 entries"),
+      "named incompatible bit", [(0x139, [5]), (72, bigEndianBytes(1 << 5, width: 8))],
+      .notSupported, "Unsupported qcow2 feature(s): extended L2 entries"),
     HostileHeader(
       "unnamed incompatible bit", 72, 1 << 40, width: 8, .notSupported,
       "Unsupported qcow2 feature(s): Unknown incompatible feature: 10000000000"),
     HostileHeader(
-      "named and unnamed bits", 72, 1 << 40 | 1 << 4, width: 8, .notSupported,
+      "named and unnamed bits", [(0x139, [5]), (72, bigEndianBytes(1 << 40 | 1 << 5, width: 8))],
+      .notSupported,
       "Unsupported qcow2 feature(s): extended L2 entries, Unknown incompatible feature: 10000000000"
     ),
     HostileHeader(

@@ -20,6 +20,9 @@ public struct Qcow2CreateOptions: Sendable, Equatable {
   public var backingFormat: String?
   /// `compression_type`: zstd needs compat 1.1 and sets incompatible bit 3.
   public var compressionType: Qcow2CompressionType = .zlib
+  /// `extended_l2`: 128-bit L2 entries with 32 subclusters per cluster
+  /// (compat 1.1, clusters of at least 16 KiB).
+  public var extendedL2 = false
   /// `data_file`: guest data goes to this file (created, or emptied, with the
   /// image; a relative name is relative to the image's folder).
   public var dataFile: String?
@@ -137,6 +140,20 @@ public enum Qcow2Create {
     guard clusterSize >= 512, clusterSize <= 2 << 20, clusterSize & (clusterSize - 1) == 0 else {
       throw BlockError(
         .invalidArgument, "Cluster size must be a power of two between 512 and 2048k")
+    }
+    if options.extendedL2 {
+      if header.version < 3 {
+        throw BlockError(
+          .invalidArgument,
+          "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+        )
+      }
+      if clusterSize < 16384 {
+        throw BlockError(
+          .invalidArgument,
+          "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+      }
+      header.incompatibleFeatures |= Qcow2Feature.extendedL2
     }
     if options.size < 0 || options.size % 512 != 0 {
       throw BlockError(.invalidArgument, "Image size must be a multiple of 512 bytes")

@@ -48,7 +48,7 @@ extension Qcow2Driver {
     try await lock.withLock {
       let l2Offset = try await l2TableForWrite(node, offset: offset)
       let l2Index = Int((offset >> Int64(header.clusterBits)) & (header.l2Entries - 1))
-      let existing = try await l2Table(node, at: l2Offset)[l2Index]
+      let existing = l2Entry(try await l2Table(node, at: l2Offset), l2Index)
       if existing & Qcow2Entry.offsetMask != 0 {
         throw BlockError(.ioError, "qcow2: compressed data cannot overwrite an allocated cluster")
       }
@@ -62,7 +62,8 @@ extension Qcow2Driver {
       let sizeShift = 62 - (UInt64(header.clusterBits) - 8)
       let extraSectors = UInt64(((host + Int64(compressedLength) - 1) >> 9) - (host >> 9))
       let entry = Qcow2Entry.compressed | extraSectors << sizeShift | UInt64(host)
-      try await writeL2Entries(node, l2Offset: l2Offset, first: l2Index, [entry])
+      try await writeL2Entries(
+        node, l2Offset: l2Offset, first: l2Index, [entry], bitmaps: [0])
     }
     withExtendedLifetime(output) {}
   }

@@ -92,6 +92,7 @@ extension Qcow2Driver {
         let entries = (0..<count).map {
           UInt64((cluster + Int64($0)) * clusterSize) | Qcow2Entry.copied
         }
+        // QEMU's preallocation leaves extended L2 bitmaps empty.
         try await writeL2Entries(node, l2Offset: l2Offset, first: first, entries)
         cluster += Int64(count)
       }

@@ -19,7 +19,7 @@ extension Qcow2Driver {
   func mapping(_ node: BlockNode, offset: Int64, bytes: Int64) async throws -> Qcow2Mapping {
     let clusterSize = header.clusterSize
     let inCluster = offset & (clusterSize - 1)
-    let l2Bits = Int64(header.clusterBits) - 3
+    let l2Bits = header.l2Bits
     let clusterIndex = offset >> Int64(header.clusterBits)
     let l1Index = Int(clusterIndex >> l2Bits)
     let l2Index = Int(clusterIndex & ((1 << l2Bits) - 1))
@@ -35,6 +35,10 @@ extension Qcow2Driver {
       )
     }
     let table = try await l2Table(node, at: l2Offset)
+    if header.extendedL2 {
+      return try subclusterMapping(
+        table: table, l2Offset: l2Offset, l2Index: l2Index, offset: offset, wanted: wanted)
+    }
     let first = table[l2Index]
     let type = clusterType(first)
     let firstHost = Int64(first & Qcow2Entry.offsetMask)
@@ -71,7 +75,7 @@ extension Qcow2Driver {
     let file = try fileNode(node)
     let iov = IOVector(allocating: Int(header.clusterSize))
     try await file.read(at: offset, into: iov)
-    let table = iov.toArray().bigEndianUInt64s(count: Int(header.l2Entries))
+    let table = iov.toArray().bigEndianUInt64s(count: Int(header.clusterSize / 8))
     l2Cache.insert(table, at: offset)
     return table
   }

@@ -5,7 +5,7 @@ extension Qcow2Driver {
   /// (QEMU's `cluster_needs_new_alloc`): all but COPIED data clusters do.
   func needsAllocation(_ entry: UInt64) -> Bool {
     switch clusterType(entry) {
-    case .normal, .zeroAllocated: return entry & Qcow2Entry.copied == 0
+    case .normal, .zeroAllocated, .unallocatedAllocated: return entry & Qcow2Entry.copied == 0
     case .unallocated, .zeroPlain, .compressed: return true
     }
   }
@@ -16,6 +16,8 @@ extension Qcow2Driver {
   /// (QEMU's `qcow2_alloc_host_offset` and `qcow2_co_pwritev_task`). When the
   /// previous run of the same request ended at host `continuing`, new clusters
   /// go there if it is free, as QEMU's `qcow2_alloc_clusters_at` puts them.
+  /// With extended L2 entries only the subclusters the write touches are
+  /// completed (copy-on-write) and marked allocated.
   func writeRun(_ node: BlockNode, offset: Int64, iov: IOVector, continuing: Int64?)
     async throws -> (bytes: Int64, hostEnd: Int64)
   {
@@ -33,7 +35,7 @@ extension Qcow2Driver {
       let l2Index = Int((offset >> Int64(header.clusterBits)) & (header.l2Entries - 1))
       let wantedClusters = Int((inCluster + Int64(iov.count) + clusterSize - 1) / clusterSize)
       let clusters = min(wantedClusters, Int(header.l2Entries) - l2Index)
-      let first = table[l2Index]
+      let first = l2Entry(table, l2Index)
 
       if !needsAllocation(first) {
         // QEMU's handle_copied: COPIED clusters at contiguous host offsets.
@@ -42,34 +44,39 @@ extension Qcow2Driver {
           throw corruption("Cluster allocation offset 0x\(String(host, radix: 16)) unaligned")
         }
         var run = 1
-        while run < clusters, !needsAllocation(table[l2Index + run]),
-          Int64(table[l2Index + run] & Qcow2Entry.offsetMask) == host + Int64(run) * clusterSize
+        while run < clusters, !needsAllocation(l2Entry(table, l2Index + run)),
+          Int64(l2Entry(table, l2Index + run) & Qcow2Entry.offsetMask)
+            == host + Int64(run) * clusterSize
         {
           run += 1
         }
         let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
         try checkNoMetadataOverlap(host, Int64(run) * clusterSize)
-        let entries = Array(table[l2Index..<l2Index + run])
-        if entries.allSatisfy({ clusterType($0) == .normal }) {
+        guard
+          let cow = try keptClustersCOW(
+            table, l2Index: l2Index, clusters: run, offset: offset, bytes: bytes)
+        else {
           return .inPlace(host: host + inCluster, bytes: bytes)
         }
-        // Preallocated zero clusters become data: the parts of them the write
-        // does not cover keep reading as zeroes.
+        // Preallocated zero (sub)clusters become data: the parts of them the
+        // write does not cover keep reading as they did.
         try await writeWithCOW(
-          node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
-          head: clusterType(entries[0]) == .zeroAllocated,
-          tail: clusterType(entries[run - 1]) == .zeroAllocated)
+          node, guestOffset: offset, host: host, data: iov.slice(0, Int(bytes)),
+          cowStart: cow.start, cowEnd: cow.end)
         // The data must be durable before the entries stop saying "zero".
         try await data.flush()
+        let entries = (0..<run).map { l2Entry(table, l2Index + $0) }
         try await writeL2Entries(
           node, l2Offset: l2Offset, first: l2Index,
-          entries.map { ($0 & Qcow2Entry.offsetMask) | Qcow2Entry.copied })
+          entries.map { ($0 & Qcow2Entry.offsetMask) | Qcow2Entry.copied },
+          bitmaps: writtenBitmaps(
+            table, l2Index: l2Index, clusters: run, from: cow.start, to: cow.end))
         return .done(bytes, hostEnd: host + inCluster + bytes)
       }
 
       // QEMU's handle_alloc: clusters that need allocation, allocated together.
       var run = 1
-      while run < clusters, needsAllocation(table[l2Index + run]) { run += 1 }
+      while run < clusters, needsAllocation(l2Entry(table, l2Index + run)) { run += 1 }
       let refcounts = try refcountsForWrite()
       var host: Int64
       if hasDataFile {
@@ -89,16 +96,20 @@ extension Qcow2Driver {
       let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
       // The refcounts must be on disk before an L2 entry points at the clusters.
       try await file.flush()
+      let cow = try newClustersCOW(
+        table, l2Index: l2Index, clusters: run, offset: offset, bytes: bytes)
       try await writeWithCOW(
-        node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
-        head: true, tail: true)
+        node, guestOffset: offset, host: host, data: iov.slice(0, Int(bytes)),
+        cowStart: cow.start, cowEnd: cow.end)
       // The data must be durable before an L2 entry points at it (QEMU's
       // qcow2_cache_depends_on_flush on the L2 cache).
       try await data.flush()
-      let old = Array(table[l2Index..<l2Index + run])
+      let old = (0..<run).map { l2Entry(table, l2Index + $0) }
       try await writeL2Entries(
         node, l2Offset: l2Offset, first: l2Index,
-        (0..<run).map { UInt64(host + Int64($0) * clusterSize) | Qcow2Entry.copied })
+        (0..<run).map { UInt64(host + Int64($0) * clusterSize) | Qcow2Entry.copied },
+        bitmaps: writtenBitmaps(
+          table, l2Index: l2Index, clusters: run, from: cow.start, to: cow.end))
       try await releaseClusters(node, oldEntries: old)
       return .done(bytes, hostEnd: host + inCluster + bytes)
     }
@@ -130,32 +141,29 @@ extension Qcow2Driver {
     }
   }
 
-  /// Writes `data` at guest `guestOffset` into the `clusters` host clusters
-  /// from `host`, completing the first (`head`) and last (`tail`) cluster
-  /// with the guest's current contents there (QEMU's copy-on-write regions,
-  /// read through the old mapping: backing file, zeroes or data), in one
-  /// write. Call with the lock held.
-  private func writeWithCOW(
-    _ node: BlockNode, guestOffset: Int64, host: Int64, clusters: Int, data: IOVector,
-    head: Bool, tail: Bool
+  /// Writes `data` at guest `guestOffset` into the host clusters from `host`
+  /// (the host cluster of the guest cluster holding `guestOffset`), completing
+  /// it with the guest's current contents from `cowStart` and up to `cowEnd`
+  /// (QEMU's copy-on-write regions, read through the old mapping: backing
+  /// file, zeroes or data), in one write. Call with the lock held.
+  func writeWithCOW(
+    _ node: BlockNode, guestOffset: Int64, host: Int64, data: IOVector, cowStart: Int64,
+    cowEnd: Int64
   ) async throws {
-    let clusterSize = header.clusterSize
-    let start = guestOffset & ~(clusterSize - 1)
+    let clusterStart = guestOffset & ~(header.clusterSize - 1)
     let dataEnd = guestOffset + Int64(data.count)
-    let headBytes = head ? guestOffset - start : 0
-    let tailBytes = tail ? start + Int64(clusters) * clusterSize - dataEnd : 0
     var combined = IOVector()
-    if headBytes > 0 {
-      let buffer = IOVector(allocating: Int(headBytes))
-      try await readGuest(node, offset: start, into: buffer)
+    if cowStart < guestOffset {
+      let buffer = IOVector(allocating: Int(guestOffset - cowStart))
+      try await readGuest(node, offset: cowStart, into: buffer)
       combined.append(buffer)
     }
     combined.append(data)
-    if tailBytes > 0 {
-      let buffer = IOVector(allocating: Int(tailBytes))
+    if cowEnd > dataEnd {
+      let buffer = IOVector(allocating: Int(cowEnd - dataEnd))
       try await readGuest(node, offset: dataEnd, into: buffer)
       combined.append(buffer)
     }
-    try await dataNode(node).write(at: host + (guestOffset - start - headBytes), from: combined)
+    try await dataNode(node).write(at: host + (cowStart - clusterStart), from: combined)
   }
 }

@@ -53,7 +53,7 @@ public final class Qcow2Driver: BlockDriver {
 
   /// QEMU's `qcow2_refresh_limits`: zero-writes and discards by cluster.
   public func refreshLimits(_ limits: inout BlockLimits, node: BlockNode) {
-    limits.pwriteZeroesAlignment = header.clusterSize
+    limits.pwriteZeroesAlignment = header.subclusterSize
     limits.pdiscardAlignment = header.clusterSize
   }
 
@@ -85,7 +85,7 @@ public final class Qcow2Driver: BlockDriver {
         : try await mapping(node, offset: position, bytes: remaining)
       let target = iov.slice(Int(done), Int(run.count))
       switch run.type {
-      case .unallocated:
+      case .unallocated, .unallocatedAllocated:
         if let backing = node.backing {
           try await backing.read(at: position, into: target)
         } else {
@@ -125,7 +125,7 @@ public final class Qcow2Driver: BlockDriver {
   {
     let run = try await lock.withLock { try await mapping(node, offset: offset, bytes: length) }
     var status = BlockStatus(flags: [], count: run.count)
-    if run.type == .normal || run.type == .zeroAllocated {
+    if run.type.hasHostOffset {
       status.flags.insert(.offsetValid)
       status.mapOffset = run.hostOffset
       status.file = try dataNode(node)
@@ -133,7 +133,7 @@ public final class Qcow2Driver: BlockDriver {
     switch run.type {
     case .zeroPlain, .zeroAllocated: status.flags.insert(.zero)
     case .normal, .compressed: status.flags.insert(.data)
-    case .unallocated: break
+    case .unallocated, .unallocatedAllocated: break
     }
     return status
   }
@@ -177,6 +177,6 @@ public final class Qcow2Driver: BlockDriver {
 
   /// The type of an L2 entry of this image.
   func clusterType(_ entry: UInt64) -> Qcow2ClusterType {
-    Qcow2Entry.type(of: entry, dataFile: hasDataFile)
+    Qcow2Entry.type(of: entry, dataFile: hasDataFile, extendedL2: header.extendedL2)
   }
 }

@@ -49,7 +49,7 @@ public enum Qcow2Feature {
 
   /// Incompatible bits this driver can open images with.
   public static let supportedIncompatible: UInt64 =
-    dirty | corrupt | externalDataFile | compressionType
+    dirty | corrupt | externalDataFile | compressionType | extendedL2
 
   /// The feature-name table QEMU 7.2 writes, in its order.
   public static let nameTable: [Qcow2FeatureName] = [

@@ -238,7 +238,7 @@ func checkSupported(_ values: CreateOptionValues) throws(CreateOptionValues.Fail
     throw CreateOptionValues.Failure(
       message: "Spindle does not support the option '\(unsupported.name)' yet")
   }
-  for key in ["preallocation", "extended_l2", "nocow"] {
+  for key in ["preallocation", "nocow"] {
     guard let value = values.string(key) else { continue }
     let isDefault =
       key == "preallocation"
@@ -370,6 +370,17 @@ private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValue
   }
   options.backingFile = values.string("backing_file")
   options.backingFormat = values.string("backing_fmt")
+  options.extendedL2 = values.bool("extended_l2") ?? false
+  if options.extendedL2 && version < 3 {
+    throw Failure(
+      message:
+        "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+    )
+  }
+  if options.extendedL2 && clusterSize < 16384 {
+    throw Failure(
+      message: "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+  }
   options.dataFile = values.string("data_file")
   options.dataFileRaw = values.bool("data_file_raw") ?? false
   do {
