@@ -30,9 +30,11 @@ struct Qcow2DataFileTests {
     return path
   }
 
-  @Test("images qemu-io wrote read and map as QEMU's", arguments: [false, true])
-  func readInterop(raw: Bool) async throws {
-    let path = try await makeImage("disk.qcow2", data: "disk.data", raw: raw)
+  @Test(
+    "images qemu-io wrote read and map as QEMU's",
+    arguments: [(false, ""), (true, ""), (false, ",extended_l2=on"), (true, ",extended_l2=on")])
+  func readInterop(raw: Bool, extra: String) async throws {
+    let path = try await makeImage("disk.qcow2", data: "disk.data", raw: raw, extra: extra)
     try await QcowTools.io(
       path,
       [
@@ -54,10 +56,11 @@ struct Qcow2DataFileTests {
 
   @Test(
     "mixed requests end as qemu-io's, and a raw data file stays the guest disk",
-    arguments: [false, true])
-  func writeInterop(raw: Bool) async throws {
-    let spindle = try await makeImage("spindle.qcow2", data: "spindle.data", raw: raw)
-    let qemu = try await makeImage("qemu.qcow2", data: "qemu.data", raw: raw)
+    arguments: [(false, ""), (true, ""), (false, ",extended_l2=on"), (true, ",extended_l2=on")])
+  func writeInterop(raw: Bool, extra: String) async throws {
+    let spindle = try await makeImage(
+      "spindle.qcow2", data: "spindle.data", raw: raw, extra: extra)
+    let qemu = try await makeImage("qemu.qcow2", data: "qemu.data", raw: raw, extra: extra)
     let ops = GuestOp.mixed + [.write(0, 70000, 0x5a), .zero(65536, 65536, unmap: true)]
     try await Qcow2WriteTests().expectSameResult(ops, spindle: spindle, qemu: qemu)
     let guest = try await QcowTools.guestBytes(spindle, scratch: scratch)

@@ -124,8 +124,10 @@ struct Qcow2SubclusterTests {
       Self.subclusterOps(clusterSize: clusterSize), spindle: spindle, qemu: qemu)
   }
 
-  @Test("random requests end as qemu-io's", arguments: [UInt64(1), 2, 3])
-  func randomRequests(seed: UInt64) async throws {
+  @Test(
+    "random requests end as qemu-io's",
+    arguments: [(UInt64(1), false), (2, false), (3, true), (4, true)])
+  func randomRequests(seed: UInt64, withBacking: Bool) async throws {
     let clusterSize: Int64 = 32768
     let size = 12 * clusterSize
     var state = seed &* 0x9E37_79B9_7F4A_7C15
@@ -151,8 +153,11 @@ struct Qcow2SubclusterTests {
         ops.append(.discard(start, min(size - start, 2 * clusterSize)))
       }
     }
-    let spindle = try await makeImage("spindle.qcow2", clusterSize: clusterSize, size: size)
-    let qemu = try await makeImage("qemu.qcow2", clusterSize: clusterSize, size: size)
+    let backing = withBacking ? try await makeBase(size: size) : nil
+    let spindle = try await makeImage(
+      "spindle.qcow2", clusterSize: clusterSize, size: size, backing: backing)
+    let qemu = try await makeImage(
+      "qemu.qcow2", clusterSize: clusterSize, size: size, backing: backing)
     try await Qcow2WriteTests().expectSameResult(ops, spindle: spindle, qemu: qemu)
   }
 
