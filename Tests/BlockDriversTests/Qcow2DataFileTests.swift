@@ -151,6 +151,22 @@ struct Qcow2DataFileTests {
     #expect(required?.message == "'data-file' is required for this image")
   }
 
+  @Test("an L2 entry pointing elsewhere than its guest offset fails reads with EIO")
+  func mismatchedOffset() async throws {
+    let path = try await makeImage("disk.qcow2", data: "disk.data", raw: false)
+    try await QcowTools.io(path, ["write -P 1 0 4096"])
+    let node = try await openQcow2(path)
+    let driver = try #require(node.driver as? Qcow2Driver)
+    let l2Offset = Int(driver.l1Table[0] & Qcow2Entry.offsetMask)
+    await node.close()
+    try patchFile(path, at: l2Offset, bigEndianBytes(Qcow2Entry.copied | 65536, width: 8))
+    let reopened = try await openQcow2(path)
+    let error = await expectBlockError { _ = try await reopened.read(at: 0, count: 512) }
+    #expect(error?.code == .ioError)
+    #expect(error?.message.contains("does not match guest cluster offset") == true)
+    await reopened.close()
+  }
+
   @Test("compressed writes are refused, as QEMU refuses them")
   func compressedRefused() async throws {
     let path = try await makeImage("disk.qcow2", data: "disk.data", raw: false)

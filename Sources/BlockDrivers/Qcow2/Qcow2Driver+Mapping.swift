@@ -36,8 +36,10 @@ extension Qcow2Driver {
     }
     let table = try await l2Table(node, at: l2Offset)
     if header.extendedL2 {
-      return try subclusterMapping(
-        table: table, l2Offset: l2Offset, l2Index: l2Index, offset: offset, wanted: wanted)
+      return try checkDataFileOffset(
+        subclusterMapping(
+          table: table, l2Offset: l2Offset, l2Index: l2Index, offset: offset, wanted: wanted),
+        guestOffset: offset, l2Index: l2Index)
     }
     let first = table[l2Index]
     let type = clusterType(first)
@@ -66,7 +68,21 @@ extension Qcow2Driver {
     }
     let count = min(wanted, Int64(clusters) * clusterSize - inCluster)
     let host = type == .normal || type == .zeroAllocated ? firstHost + inCluster : 0
-    return Qcow2Mapping(type: type, hostOffset: host, entry: first, count: count)
+    return try checkDataFileOffset(
+      Qcow2Mapping(type: type, hostOffset: host, entry: first, count: count),
+      guestOffset: offset, l2Index: l2Index)
+  }
+
+  /// In an image with an external data file, data sits at its guest offset:
+  /// any other host offset is corruption (QEMU's `qcow2_get_host_offset`).
+  private func checkDataFileOffset(_ run: Qcow2Mapping, guestOffset: Int64, l2Index: Int) throws
+    -> Qcow2Mapping
+  {
+    guard hasDataFile, run.type.hasHostOffset, run.hostOffset != guestOffset else { return run }
+    let mask = header.clusterSize - 1
+    throw corruption(
+      "External data file host cluster offset 0x\(String(run.hostOffset & ~mask, radix: 16)) does not match guest cluster offset: 0x\(String(guestOffset & ~mask, radix: 16)), L2 index: 0x\(String(l2Index, radix: 16)))"
+    )
   }
 
   /// The decoded L2 table at `offset`, from the cache or the file.
