@@ -227,3 +227,40 @@ struct Qcow2SubclusterTests {
     await reopened.close()
   }
 }
+
+/// The extended L2 bitmap rules, without QEMU.
+@Suite("qcow2 subcluster bitmaps")
+struct Qcow2SubclusterBitmapTests {
+  @Test("entry types: data at offset 0 in a data file, no zero flag with extended entries")
+  func entryTypes() {
+    #expect(Qcow2Entry.type(of: Qcow2Entry.copied) == .unallocated)
+    #expect(Qcow2Entry.type(of: Qcow2Entry.copied, dataFile: true) == .normal)
+    #expect(Qcow2Entry.type(of: Qcow2Entry.copied | 1, dataFile: true) == .zeroPlain)
+    #expect(Qcow2Entry.type(of: 0x50000 | 1, extendedL2: true) == .normal)
+    #expect(Qcow2Entry.type(of: 1, extendedL2: true) == .unallocated)
+  }
+
+  @Test("subcluster types and runs")
+  func runs() {
+    let host = Qcow2Entry.copied | 0x50000
+    // Subclusters 0-3 data, 4-5 zero, 6-31 unallocated.
+    let bitmap = Qcow2SubclusterBitmap.allocated(0, 4) | Qcow2SubclusterBitmap.zeroes(4, 6)
+    func run(_ entry: UInt64, _ bitmap: UInt64, _ from: Int) -> (Qcow2ClusterType, Int)? {
+      Qcow2SubclusterBitmap.run(entry: entry, bitmap: bitmap, from: from, dataFile: false)
+        .map { ($0.type, $0.count) }
+    }
+    #expect(run(host, bitmap, 0)! == (.normal, 4))
+    #expect(run(host, bitmap, 2)! == (.normal, 2))
+    #expect(run(host, bitmap, 4)! == (.zeroAllocated, 2))
+    #expect(run(host, bitmap, 6)! == (.unallocatedAllocated, 26))
+    #expect(run(0, Qcow2SubclusterBitmap.zeroes(0, 32), 5)! == (.zeroPlain, 27))
+    #expect(run(0, Qcow2SubclusterBitmap.zeroes(8, 9), 0)! == (.unallocated, 8))
+    #expect(run(0, 0, 31)! == (.unallocated, 1))
+    // Allocation bits without a host cluster, or a subcluster both
+    // allocated and zero, are invalid.
+    #expect(run(0, 1, 3) == nil)
+    #expect(run(host, 1 | 1 << 32, 9) == nil)
+    let compressed = Qcow2Entry.compressed | 0x1234
+    #expect(run(compressed, 0, 7)! == (.compressed, 25))
+  }
+}
