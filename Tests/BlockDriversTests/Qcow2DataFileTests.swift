@@ -74,6 +74,23 @@ struct Qcow2DataFileTests {
   }
 
   @Test(
+    "writes over a backing file copy the rest of the cluster into the data file",
+    arguments: ["", ",extended_l2=on"])
+  func overBacking(extra: String) async throws {
+    let base = scratch.file("base.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", base, "4M"])
+    try await QcowTools.io(base, ["write -P 0xab 0 4M"])
+    for name in ["spindle", "qemu"] {
+      try await QcowTools.img([
+        "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", "-o",
+        "data_file=\(scratch.file("\(name).data"))\(extra)", scratch.file("\(name).qcow2"), "4M",
+      ])
+    }
+    try await Qcow2WriteTests().expectSameResult(
+      GuestOp.mixed, spindle: scratch.file("spindle.qcow2"), qemu: scratch.file("qemu.qcow2"))
+  }
+
+  @Test(
     "create gives qemu-img's image and data file",
     arguments: [(false, "3M"), (true, "3M"), (true, "2G"), (false, "2G")])
   func create(raw: Bool, size: String) async throws {
