@@ -26,6 +26,8 @@ let package = Package(
     .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
     // zlib for qcow2 compressed clusters (Debian: zlib1g-dev).
     .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+    // zstd for qcow2 images with compression_type=zstd (Debian: libzstd-dev).
+    .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
     .target(
       name: "BlockDrivers",
       dependencies: [
@@ -33,6 +35,7 @@ let package = Package(
         "CFileSupport",
         "CURing",
         "CZlib",
+        "CZstd",
         .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]

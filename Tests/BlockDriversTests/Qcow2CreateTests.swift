@@ -45,6 +45,16 @@ struct CreateCase: Sendable, CustomStringConvertible {
       $0.clusterSize = 512
     },
     CreateCase(1 << 30, "lazy_refcounts=on") { $0.lazyRefcounts = true },
+    CreateCase(1 << 30, "compression_type=zstd") { $0.compressionType = .zstd },
+    CreateCase(1 << 30, "extended_l2=on") { $0.extendedL2 = true },
+    CreateCase(100 << 30, "extended_l2=on,cluster_size=16384") {
+      $0.extendedL2 = true
+      $0.clusterSize = 16384
+    },
+    CreateCase(3 << 20, "compression_type=zstd,cluster_size=4096") {
+      $0.compressionType = .zstd
+      $0.clusterSize = 4096
+    },
     // Metadata that outgrows the first refcount block.
     CreateCase(1 << 30, "cluster_size=512") { $0.clusterSize = 512 },
     CreateCase(256 << 20, "cluster_size=512,refcount_bits=64") {
@@ -156,6 +166,15 @@ struct Qcow2CreateTests {
           return o
         }(),
         "Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"
+      ),
+      (
+        {
+          var o = Qcow2CreateOptions(size: 1 << 20)
+          o.compat = "0.10"
+          o.compressionType = .zstd
+          return o
+        }(),
+        "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"
       ),
       (
         {

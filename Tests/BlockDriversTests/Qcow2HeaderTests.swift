@@ -71,20 +71,29 @@ struct HostileHeader: Sendable, CustomStringConvertible {
       "qcow2: encrypted images (aes) are not supported"),
     HostileHeader(
       "unknown encryption", 32, 3, width: 4, .invalidArgument, "Unsupported encryption method: 3"),
+    // Every bit QEMU 7.2 names is supported: the image's feature-name table
+    // (from 0x78, 48 bytes an entry) is patched to name bit 5 instead of 4.
     HostileHeader(
-      "named incompatible bit", 72, 1 << 4, width: 8, .notSupported,
-      "Unsupported qcow2 feature(s): extended L2 entries"),
+      "named incompatible bit", [(0x139, [5]), (72, bigEndianBytes(1 << 5, width: 8))],
+      .notSupported, "Unsupported qcow2 feature(s): extended L2 entries"),
     HostileHeader(
       "unnamed incompatible bit", 72, 1 << 40, width: 8, .notSupported,
       "Unsupported qcow2 feature(s): Unknown incompatible feature: 10000000000"),
     HostileHeader(
-      "named and unnamed bits", 72, 1 << 40 | 1 << 2, width: 8, .notSupported,
-      "Unsupported qcow2 feature(s): external data file, Unknown incompatible feature: 10000000000"
+      "named and unnamed bits", [(0x139, [5]), (72, bigEndianBytes(1 << 40 | 1 << 5, width: 8))],
+      .notSupported,
+      "Unsupported qcow2 feature(s): extended L2 entries, Unknown incompatible feature: 10000000000"
     ),
     HostileHeader(
-      "zstd compression",
-      [(72, bigEndianBytes(1 << 3, width: 8)), (104, [1])], .notSupported,
-      "qcow2: zstd compression is not supported"),
+      "zstd without the compression bit", 104, 1, width: 1, .invalidArgument,
+      "qcow2: Compression type incompatible feature bit must be set"),
+    HostileHeader(
+      "compression bit with zlib", 72, 1 << 3, width: 8, .invalidArgument,
+      "qcow2: Compression type incompatible feature bit must not be set"),
+    HostileHeader(
+      "unknown compression type",
+      [(72, bigEndianBytes(1 << 3, width: 8)), (104, [2])], .notSupported,
+      "qcow2: unknown compression type: 2"),
     HostileHeader(
       "header extension too large", 0x74, 0xFFFF, width: 4, .invalidArgument,
       "Header extension too large"),

@@ -28,6 +28,9 @@ import Testing
     ["-f", "qcow2", "-o", "compat=v2", "-o", "cluster_size=1k", "DIR/a", "64k"],
     ["-f", "qcow2", "-o", "size=2M", "DIR/a"],
     ["-f", "qcow2", "-o", "preallocation=off,size=2M,lazy_refcounts=yes", "DIR/a"],
+    ["-f", "qcow2", "-o", "compression_type=zstd", "DIR/a", "1M"],
+    ["-f", "qcow2", "-o", "extended_l2=on", "DIR/a", "1G"],
+    ["-f", "qcow2", "-o", "extended_l2=on,cluster_size=16k,compression_type=zstd", "DIR/a", "5G"],
     ["-f", "raw", "-o", "preallocation=off,nocow=off,extent_size_hint=1M", "DIR/a", "1M"],
     // Backing files: opened for their size and format unless -u.
     ["-f", "qcow2", "-b", "DIR/base.raw", "-F", "raw", "DIR/o.qcow2"],
@@ -51,6 +54,11 @@ import Testing
     ["-f", "qcow2", "-o", "compat=0.10,lazy_refcounts=on", "DIR/old", "1M"],
     ["-f", "qcow2", "-o", "compat=0.10,refcount_bits=8", "DIR/old", "1M"],
     ["-f", "qcow2", "-o", "cluster_size=512", "DIR/old", "1P"],
+    ["-f", "qcow2", "-o", "compat=0.10,compression_type=zstd", "DIR/old", "1M"],
+    ["-f", "qcow2", "-o", "compression_type=lz4", "DIR/old", "1M"],
+    ["-f", "qcow2", "-o", "compat=0.10,extended_l2=on", "DIR/old", "1M"],
+    ["-f", "qcow2", "-o", "extended_l2=on,cluster_size=8k", "DIR/old", "1M"],
+    ["-f", "qcow2", "-o", "data_file_raw=on", "DIR/old", "1M"],
     ["-f", "qcow2", "DIR/nonexistent/a", "1M"],
     ["-f", "raw", "DIR/old", "1M"],
     // Option errors, before anything is written.

@@ -19,6 +19,17 @@ public struct Qcow2CreateOptions: Sendable, Equatable {
   public var backingFormat: String?
   /// How the disk's clusters are allocated (QEMU's `preallocation`).
   public var preallocation: PreallocationMode = .off
+  /// `compression_type`: zstd needs compat 1.1 and sets incompatible bit 3.
+  public var compressionType: Qcow2CompressionType = .zlib
+  /// `extended_l2`: 128-bit L2 entries with 32 subclusters per cluster
+  /// (compat 1.1, clusters of at least 16 KiB).
+  public var extendedL2 = false
+  /// `data_file`: guest data goes to this file (created, or emptied, with the
+  /// image; a relative name is relative to the image's folder).
+  public var dataFile: String?
+  /// `data_file_raw`: keep the data file a valid raw image (every cluster
+  /// mapped to its own offset, as QEMU's metadata preallocation does).
+  public var dataFileRaw = false
 
   /// Options for a disk of `size` bytes with qemu-img's defaults.
   public init(size: Int64) { self.size = size }
@@ -63,11 +74,15 @@ public enum Qcow2Create {
     do {
       try await file.write(at: 0, bytes: image)
       try await file.flush()
+      if let dataFile = options.dataFile {
+        try await createDataFile(
+          Qcow2Driver.resolveBackingName(dataFile, relativeTo: path), size: options.size)
+      }
     } catch {
       await file.close()
       throw error
     }
-    guard growTo != nil || options.preallocation != .off else {
+    guard growTo != nil || options.preallocation != .off || options.dataFileRaw else {
       await file.close()
       return
     }
@@ -75,11 +90,14 @@ public enum Qcow2Create {
     do {
       if let growTo {
         try await node.truncate(to: growTo, preallocation: options.preallocation)
-      } else if let driver = node.driver as? Qcow2Driver {
+      } else if options.preallocation != .off, let driver = node.driver as? Qcow2Driver {
         // The image already has its size and L1 table, as QEMU's grow from
         // zero would have laid them out: only the clusters remain.
         try await driver.preallocate(
           node, from: 0, to: options.size, mode: options.preallocation)
+      }
+      if options.dataFileRaw, let driver = node.driver as? Qcow2Driver {
+        try await driver.mapWholeDataFile(node)
       }
     } catch {
       await node.close()
@@ -131,6 +149,20 @@ public enum Qcow2Create {
       throw BlockError(
         .invalidArgument, "Cluster size must be a power of two between 512 and 2048k")
     }
+    if options.extendedL2 {
+      if header.version < 3 {
+        throw BlockError(
+          .invalidArgument,
+          "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+        )
+      }
+      if clusterSize < 16384 {
+        throw BlockError(
+          .invalidArgument,
+          "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+      }
+      header.incompatibleFeatures |= Qcow2Feature.extendedL2
+    }
     if options.size < 0 || options.size % 512 != 0 {
       throw BlockError(.invalidArgument, "Image size must be a multiple of 512 bytes")
     }
@@ -151,6 +183,13 @@ public enum Qcow2Create {
         "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"
       )
     }
+    if options.compressionType != .zlib && header.version < 3 {
+      throw BlockError(
+        .invalidArgument,
+        "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+      )
+    }
+    try checkDataFileOptions(options, version: header.version)
     if options.backingFormat != nil && options.backingFile == nil {
       throw BlockError(.invalidArgument, "Backing format cannot be used without backing file")
     }
@@ -164,10 +203,15 @@ public enum Qcow2Create {
     header.refcountOrder = UInt32(bits.trailingZeroBitCount)
     header.headerLength = header.version == 2 ? 72 : 112
     if options.lazyRefcounts { header.compatibleFeatures = Qcow2Feature.lazyRefcounts }
+    header.compressionType = options.compressionType.rawValue
+    if options.compressionType != .zlib {
+      header.incompatibleFeatures |= Qcow2Feature.compressionType
+    }
     if let format = options.backingFormat {
       header.extensions.append(
         Qcow2HeaderExtension(type: Qcow2HeaderExtension.backingFormat, data: Array(format.utf8)))
     }
+    addDataFile(options, to: &header)
     // QEMU 7.2 writes its feature-name table into v3 headers of clusters larger
     // than 4 KiB only.
     if header.version == 3 && clusterSize > 4096 {

@@ -1,25 +1,26 @@
 import BlockCore
 
 extension Qcow2Driver {
-  /// QEMU's `handle_alloc_space`: when the parts of new clusters that a write
-  /// does not cover (`cowHead` bytes before it, `cowTail` after it) read as
-  /// zeroes, the clusters are zeroed on the file with NO_FALLBACK (the
-  /// `cluster_alloc_space` event) instead of writing zero buffers; returns
-  /// whether that happened, false when the file cannot zero cheaply (the
-  /// caller then copies as usual). Call with the lock held.
+  /// QEMU's `handle_alloc_space`: when the parts of the `span` bytes from
+  /// guest `guestStart` (host `host`) that a write does not cover (`cowHead`
+  /// bytes before it, `cowTail` after it) read as zeroes, the span is zeroed
+  /// on the data file with NO_FALLBACK (the `cluster_alloc_space` event)
+  /// instead of writing zero buffers; returns whether that happened, false
+  /// when the file cannot zero cheaply (the caller then copies as usual).
+  /// Call with the lock held.
   func zeroInsteadOfCOW(
-    _ node: BlockNode, guestStart: Int64, host: Int64, clusters: Int, cowHead: Int64,
+    _ node: BlockNode, guestStart: Int64, host: Int64, span: Int64, cowHead: Int64,
     cowTail: Int64
   ) async throws -> Bool {
     let file = try fileNode(node)
-    guard file.capabilities.supportedZeroFlags.contains(.noFallback) else { return false }
-    let span = Int64(clusters) * header.clusterSize
+    let target = try dataNode(node)
+    guard target.capabilities.supportedZeroFlags.contains(.noFallback) else { return false }
     guard try await readsAsZeroLocked(node, offset: guestStart, bytes: cowHead),
       try await readsAsZeroLocked(node, offset: guestStart + span - cowTail, bytes: cowTail)
     else { return false }
     try await file.emit(.clusterAllocSpace)
     do {
-      try await file.writeZeroes(at: host, count: span, flags: .noFallback)
+      try await target.writeZeroes(at: host, count: span, flags: .noFallback)
     } catch let error as BlockError where error.code == BlockError.notSupportedCode {
       return false
     }
@@ -41,7 +42,7 @@ extension Qcow2Driver {
         break
       case .normal, .compressed:
         return false
-      case .unallocated:
+      case .unallocated, .unallocatedAllocated:
         if let backing = node.backing {
           var position = offset
           while position < min(offset + run.count, backing.length) {

@@ -2,7 +2,7 @@ import BlockCore
 
 extension Qcow2Driver {
   /// Writes whole clusters compressed (QEMU's `qcow2_co_pwritev_compressed`):
-  /// each cluster is deflated and packed byte-granular after the previous
+  /// each cluster is compressed (zlib or zstd, by the image's type) and packed byte-granular after the previous
   /// compressed data; a cluster that does not shrink is written normally.
   /// Compressed data cannot overwrite allocated clusters (EIO, as QEMU); the
   /// last cluster of an image whose size is not cluster-aligned is padded
@@ -11,6 +11,10 @@ extension Qcow2Driver {
     _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector
   ) async throws {
     let clusterSize = header.clusterSize
+    if hasDataFile {
+      // QEMU cannot compress into an external data file either.
+      throw BlockError.notSupported("qcow2: compressed writes need the data in the image file")
+    }
     guard offset & (clusterSize - 1) == 0 else {
       throw BlockError(.invalidArgument, "qcow2: compressed writes must be cluster-aligned")
     }
@@ -34,8 +38,8 @@ extension Qcow2Driver {
     data.copyOut(to: UnsafeMutableRawBufferPointer(rebasing: source.bytes[0..<data.count]))
     let output = AlignedBuffer(count: clusterSize - 1)
     guard
-      let compressedLength = try Qcow2Compression.deflate(
-        UnsafeRawBufferPointer(source.bytes), into: output.bytes)
+      let compressedLength = try Qcow2Compression.compress(
+        header.compression, UnsafeRawBufferPointer(source.bytes), into: output.bytes)
     else {
       try await write(node, offset: offset, length: Int64(data.count), from: data, flags: [])
       return
@@ -44,7 +48,7 @@ extension Qcow2Driver {
     try await lock.withLock {
       let l2Offset = try await l2TableForWrite(node, offset: offset)
       let l2Index = Int((offset >> Int64(header.clusterBits)) & (header.l2Entries - 1))
-      let existing = try await l2Table(node, at: l2Offset)[l2Index]
+      let existing = l2Entry(try await l2Table(node, at: l2Offset), l2Index)
       if existing & Qcow2Entry.offsetMask != 0 {
         throw BlockError(.ioError, "qcow2: compressed data cannot overwrite an allocated cluster")
       }
@@ -61,7 +65,8 @@ extension Qcow2Driver {
       let sizeShift = 62 - (UInt64(header.clusterBits) - 8)
       let extraSectors = UInt64(((host + Int64(compressedLength) - 1) >> 9) - (host >> 9))
       let entry = Qcow2Entry.compressed | extraSectors << sizeShift | UInt64(host)
-      try await writeL2Entries(node, l2Offset: l2Offset, first: l2Index, [entry])
+      try await writeL2Entries(
+        node, l2Offset: l2Offset, first: l2Index, [entry], bitmaps: [0])
     }
     withExtendedLifetime(output) {}
   }

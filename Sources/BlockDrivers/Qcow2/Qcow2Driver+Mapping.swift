@@ -19,7 +19,7 @@ extension Qcow2Driver {
   func mapping(_ node: BlockNode, offset: Int64, bytes: Int64) async throws -> Qcow2Mapping {
     let clusterSize = header.clusterSize
     let inCluster = offset & (clusterSize - 1)
-    let l2Bits = Int64(header.clusterBits) - 3
+    let l2Bits = header.l2Bits
     let clusterIndex = offset >> Int64(header.clusterBits)
     let l1Index = Int(clusterIndex >> l2Bits)
     let l2Index = Int(clusterIndex & ((1 << l2Bits) - 1))
@@ -35,8 +35,14 @@ extension Qcow2Driver {
       )
     }
     let table = try await l2Table(node, at: l2Offset)
+    if header.extendedL2 {
+      return try checkDataFileOffset(
+        subclusterMapping(
+          table: table, l2Offset: l2Offset, l2Index: l2Index, offset: offset, wanted: wanted),
+        guestOffset: offset, l2Index: l2Index)
+    }
     let first = table[l2Index]
-    let type = Qcow2Entry.type(of: first)
+    let type = clusterType(first)
     let firstHost = Int64(first & Qcow2Entry.offsetMask)
     if type == .normal || type == .zeroAllocated, firstHost & (clusterSize - 1) != 0 {
       throw corruption(
@@ -52,7 +58,7 @@ extension Qcow2Driver {
     var clusters = 1
     while clusters < clustersWanted {
       let entry = table[l2Index + clusters]
-      guard Qcow2Entry.type(of: entry) == type else { break }
+      guard clusterType(entry) == type else { break }
       if type == .normal || type == .zeroAllocated,
         Int64(entry & Qcow2Entry.offsetMask) != firstHost + Int64(clusters) * clusterSize
       {
@@ -62,7 +68,21 @@ extension Qcow2Driver {
     }
     let count = min(wanted, Int64(clusters) * clusterSize - inCluster)
     let host = type == .normal || type == .zeroAllocated ? firstHost + inCluster : 0
-    return Qcow2Mapping(type: type, hostOffset: host, entry: first, count: count)
+    return try checkDataFileOffset(
+      Qcow2Mapping(type: type, hostOffset: host, entry: first, count: count),
+      guestOffset: offset, l2Index: l2Index)
+  }
+
+  /// In an image with an external data file, data sits at its guest offset:
+  /// any other host offset is corruption (QEMU's `qcow2_get_host_offset`).
+  private func checkDataFileOffset(_ run: Qcow2Mapping, guestOffset: Int64, l2Index: Int) throws
+    -> Qcow2Mapping
+  {
+    guard hasDataFile, run.type.hasHostOffset, run.hostOffset != guestOffset else { return run }
+    let mask = header.clusterSize - 1
+    throw corruption(
+      "External data file host cluster offset 0x\(String(run.hostOffset & ~mask, radix: 16)) does not match guest cluster offset: 0x\(String(guestOffset & ~mask, radix: 16)), L2 index: 0x\(String(l2Index, radix: 16)))"
+    )
   }
 
   /// The decoded L2 table at `offset`, from the cache or the file.
@@ -75,7 +95,7 @@ extension Qcow2Driver {
     let iov = IOVector(allocating: Int(header.clusterSize))
     try await file.emit(.l2Load)
     try await file.read(at: offset, into: iov)
-    let table = iov.toArray().bigEndianUInt64s(count: Int(header.l2Entries))
+    let table = iov.toArray().bigEndianUInt64s(count: Int(header.clusterSize / 8))
     l2Cache.insert(table, at: offset)
     return table
   }

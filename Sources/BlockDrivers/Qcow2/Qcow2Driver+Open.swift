@@ -17,12 +17,14 @@ extension Qcow2Driver {
         "Could not open backing file: Cannot find device='\(reference)' nor node-name='\(reference)'"
       )
     }
+    let dataFile = takeDataFileOptions(&options)
     // QEMU's children of a format unmap on discard whatever the parent's
     // policy: the format decides what reaches them (bdrv_inherited_options).
     var fileContext = context
     fileContext.node.discard = .unmap
     let file = try await ImageOpener.openFileChild(&options, context: fileContext)
-    let node = try await open(over: file, imagePath: imagePath, context: context)
+    let node = try await open(
+      over: file, imagePath: imagePath, dataFileOptions: dataFile, context: context)
     do {
       try (node.driver as? Qcow2Driver)?.apply(
         runtimeOptions, discardUnmap: context.node.discard == .unmap)
@@ -34,11 +36,15 @@ extension Qcow2Driver {
   }
 
   /// Opens a `qcow2` node over an opened file node; `imagePath` is what
-  /// relative backing names are resolved against. Closes `file` on failure.
-  static func open(over file: BlockNode, imagePath: String?, context: OpenContext) async throws
-    -> BlockNode
-  {
+  /// relative backing and data file names are resolved against;
+  /// `dataFileOptions` override the external data file the header names.
+  /// Closes `file` on failure.
+  static func open(
+    over file: BlockNode, imagePath: String?, dataFileOptions: DriverOptions? = nil,
+    context: OpenContext
+  ) async throws -> BlockNode {
     var backing: BlockNode?
+    var dataFile: BlockNode?
     do {
       var header = try await readHeader(file)
       if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly
@@ -57,6 +63,8 @@ extension Qcow2Driver {
         refcountTable = try await prepareForWriting(file, header: &header)
         snapshots = try await Qcow2SnapshotTable.read(file, header: header)
       }
+      dataFile = try await openDataFile(
+        header: header, override: dataFileOptions, imagePath: imagePath, context: context)
       if let name = header.backingFile, context.openBacking {
         var backingContext = context
         backingContext.node.readOnly = true
@@ -76,6 +84,7 @@ extension Qcow2Driver {
       driver.safety.inactiveL1Tables = snapshots.l1Tables
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
       node.attach(file, role: .file)
+      if let dataFile { node.attach(dataFile, role: .data) }
       if let backing { node.attach(backing, role: .backing) }
       driver.refcounts?.checkWrite = { [unowned driver, weak node] offset, bytes, ignoring in
         guard let node else { return }
@@ -89,6 +98,7 @@ extension Qcow2Driver {
       return node
     } catch {
       await backing?.close()
+      await dataFile?.close()
       await file.close()
       throw error
     }

@@ -58,14 +58,14 @@ extension Qcow2Driver {
     let l2Index = Int((offset >> Int64(header.clusterBits)) & (header.l2Entries - 1))
     let wanted = Int((inCluster + bytes + clusterSize - 1) / clusterSize)
     let clusters = min(wanted, Int(header.l2Entries) - l2Index)
-    if fixedHost == nil && !Self.needsAllocation(table[l2Index]) {
+    if fixedHost == nil && !needsAllocation(l2Entry(table, l2Index)) {
       var run = 1
-      while run < clusters, !Self.needsAllocation(table[l2Index + run]) { run += 1 }
-      let host = Int64(table[l2Index + run - 1] & Qcow2Entry.offsetMask)
+      while run < clusters, !needsAllocation(l2Entry(table, l2Index + run)) { run += 1 }
+      let host = Int64(l2Entry(table, l2Index + run - 1) & Qcow2Entry.offsetMask)
       return (min(bytes, Int64(run) * clusterSize - inCluster), host + clusterSize, false)
     }
     var run = fixedHost == nil ? 1 : clusters
-    while run < clusters, Self.needsAllocation(table[l2Index + run]) { run += 1 }
+    while run < clusters, needsAllocation(l2Entry(table, l2Index + run)) { run += 1 }
     var host: Int64
     if let fixedHost {
       host = fixedHost
@@ -87,7 +87,7 @@ extension Qcow2Driver {
     try await copyOnPreallocation(
       node, offset: offset, bytes: bytes, host: host, clusters: run,
       tail: fixedHost == nil)
-    let old = Array(table[l2Index..<l2Index + run])
+    let old = (0..<run).map { l2Entry(table, l2Index + $0) }
     try await writeL2Entries(
       node, l2Offset: l2Offset, first: l2Index,
       (0..<run).map { UInt64(host + Int64($0) * clusterSize) | Qcow2Entry.copied })

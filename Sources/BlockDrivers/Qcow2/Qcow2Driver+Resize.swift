@@ -26,6 +26,10 @@ extension Qcow2Driver {
       return
     }
     let file = try fileNode(node)
+    if hasDataFile {
+      // QEMU grows the external data file with the disk.
+      try await dataNode(node).truncate(to: length, exact: exact)
+    }
     let oldSize = Int64(header.size)
     try await lock.withLock {
       do {

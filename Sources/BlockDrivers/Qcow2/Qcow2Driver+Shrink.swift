@@ -14,9 +14,11 @@ extension Qcow2Driver {
     let oldSize = Int64(header.size)
     let discardStart = (length + clusterSize - 1) & ~(clusterSize - 1)
     if discardStart < oldSize {
-      try await rewriteEntries(
-        node, offset: discardStart, length: oldSize - discardStart, discard: .always
-      ) { _ in 0 }
+      try await lock.withLock {
+        try await rewriteEntries(
+          node, offset: discardStart, length: oldSize - discardStart, discard: .always
+        ) { _ in (0, 0) }
+      }
     }
     try await lock.withLock {
       try await shrinkL1Table(node, to: Int(header.requiredL1Entries(for: UInt64(length))))

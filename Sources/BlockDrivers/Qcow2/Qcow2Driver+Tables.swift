@@ -9,7 +9,7 @@ extension Qcow2Driver {
   /// worst a cluster. Call with the metadata lock held.
   func l2TableForWrite(_ node: BlockNode, offset: Int64) async throws -> Int64 {
     let file = try fileNode(node)
-    let l1Index = Int(offset >> (Int64(header.clusterBits) * 2 - 3))
+    let l1Index = Int(offset >> (Int64(header.clusterBits) + header.l2Bits))
     if l1Index >= l1Table.count { try await growL1Table(file, toAtLeast: l1Index + 1) }
     let entry = l1Table[l1Index]
     let existing = Int64(entry & Qcow2Entry.offsetMask)
@@ -27,7 +27,7 @@ extension Qcow2Driver {
     let table =
       existing != 0
       ? try await l2Table(node, at: existing)
-      : [UInt64](repeating: 0, count: Int(header.l2Entries))
+      : [UInt64](repeating: 0, count: Int(header.clusterSize / 8))
     var bytes = [UInt8](repeating: 0, count: Int(header.clusterSize))
     for (index, entry) in table.enumerated() where entry != 0 {
       bytes.setUInt64(entry, at: index * 8)
@@ -60,19 +60,27 @@ extension Qcow2Driver {
   }
 
   /// Replaces entries `first ..< first + entries.count` of the L2 table at
-  /// `l2Offset`, in the cache and in the file. Call with the lock held.
-  func writeL2Entries(_ node: BlockNode, l2Offset: Int64, first: Int, _ entries: [UInt64])
-    async throws
-  {
-    try await checkOverlapBeforeWrite(
-      node, offset: l2Offset + Int64(first) * 8, size: Int64(entries.count) * 8,
-      ignoring: .activeL2)
+  /// `l2Offset`, in the cache and in the file; with extended L2 entries also
+  /// their subcluster bitmaps (kept as they are when `bitmaps` is nil). Call
+  /// with the lock held.
+  func writeL2Entries(
+    _ node: BlockNode, l2Offset: Int64, first: Int, _ entries: [UInt64],
+    bitmaps: [UInt64]? = nil
+  ) async throws {
     var table = try await l2Table(node, at: l2Offset)
-    table.replaceSubrange(first..<first + entries.count, with: entries)
-    var bytes = [UInt8](repeating: 0, count: entries.count * 8)
-    for (index, entry) in entries.enumerated() { bytes.setUInt64(entry, at: index * 8) }
+    let words = header.l2EntryWords
+    for (index, entry) in entries.enumerated() {
+      table[(first + index) * words] = entry
+      if words == 2, let bitmaps { table[(first + index) * 2 + 1] = bitmaps[index] }
+    }
+    let range = first * words..<(first + entries.count) * words
+    try await checkOverlapBeforeWrite(
+      node, offset: l2Offset + Int64(range.lowerBound) * 8, size: Int64(range.count) * 8,
+      ignoring: .activeL2)
+    var bytes = [UInt8](repeating: 0, count: range.count * 8)
+    for (index, word) in table[range].enumerated() { bytes.setUInt64(word, at: index * 8) }
     try await fileNode(node).emit(.l2Update)
-    try await fileNode(node).write(at: l2Offset + Int64(first) * 8, bytes: bytes)
+    try await fileNode(node).write(at: l2Offset + Int64(range.lowerBound) * 8, bytes: bytes)
     // Cached only once on disk: the cache must never show what a failed
     // write left out of the file.
     l2Cache.insert(table, at: l2Offset)
@@ -87,11 +95,11 @@ extension Qcow2Driver {
     let file = try fileNode(node)
     var ranges: [(Int64, Int64)] = []
     for entry in oldEntries {
-      switch Qcow2Entry.type(of: entry) {
+      switch clusterType(entry) {
       case .compressed:
         let descriptor = Qcow2CompressedDescriptor(entry: entry, clusterBits: header.clusterBits)
         ranges.append((descriptor.offset & ~511, descriptor.length + (descriptor.offset & 511)))
-      case .normal, .zeroAllocated:
+      case .normal, .zeroAllocated, .unallocatedAllocated:
         ranges.append((Int64(entry & Qcow2Entry.offsetMask), header.clusterSize))
       case .zeroPlain, .unallocated:
         break
@@ -99,6 +107,12 @@ extension Qcow2Driver {
     }
     guard !ranges.isEmpty else { return }
     try await file.flush()
+    if hasDataFile {
+      // External data clusters carry no refcount (QEMU's qcow2_free_any_cluster
+      // only passes the discard down when pass-discard-request is on).
+      try await discardInDataFile(node, ranges)
+      return
+    }
     let refcounts = try refcountsForWrite()
     for (offset, bytes) in ranges {
       // As QEMU's qcow2_free_any_cluster: a failed decrement only leaks.

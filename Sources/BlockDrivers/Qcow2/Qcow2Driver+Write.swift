@@ -3,9 +3,9 @@ import BlockCore
 extension Qcow2Driver {
   /// Whether writing to a cluster with this L2 entry needs a new cluster
   /// (QEMU's `cluster_needs_new_alloc`): all but COPIED data clusters do.
-  static func needsAllocation(_ entry: UInt64) -> Bool {
-    switch Qcow2Entry.type(of: entry) {
-    case .normal, .zeroAllocated: return entry & Qcow2Entry.copied == 0
+  func needsAllocation(_ entry: UInt64) -> Bool {
+    switch clusterType(entry) {
+    case .normal, .zeroAllocated, .unallocatedAllocated: return entry & Qcow2Entry.copied == 0
     case .unallocated, .zeroPlain, .compressed: return true
     }
   }
@@ -16,10 +16,13 @@ extension Qcow2Driver {
   /// (QEMU's `qcow2_alloc_host_offset` and `qcow2_co_pwritev_task`). When the
   /// previous run of the same request ended at host `continuing`, new clusters
   /// go there if it is free, as QEMU's `qcow2_alloc_clusters_at` puts them.
+  /// With extended L2 entries only the subclusters the write touches are
+  /// completed (copy-on-write) and marked allocated.
   func writeRun(_ node: BlockNode, offset: Int64, iov: IOVector, continuing: Int64?)
     async throws -> (bytes: Int64, hostEnd: Int64)
   {
     let file = try fileNode(node)
+    let data = try dataNode(node)
     enum Plan {
       case inPlace(host: Int64, bytes: Int64)
       case done(Int64, hostEnd: Int64)
@@ -32,46 +35,57 @@ extension Qcow2Driver {
       let l2Index = Int((offset >> Int64(header.clusterBits)) & (header.l2Entries - 1))
       let wantedClusters = Int((inCluster + Int64(iov.count) + clusterSize - 1) / clusterSize)
       let clusters = min(wantedClusters, Int(header.l2Entries) - l2Index)
-      let first = table[l2Index]
+      let first = l2Entry(table, l2Index)
 
-      if !Self.needsAllocation(first) {
+      if !needsAllocation(first) {
         // QEMU's handle_copied: COPIED clusters at contiguous host offsets.
         let host = Int64(first & Qcow2Entry.offsetMask)
         if host & (clusterSize - 1) != 0 {
           throw corruption("Cluster allocation offset 0x\(String(host, radix: 16)) unaligned")
         }
         var run = 1
-        while run < clusters, !Self.needsAllocation(table[l2Index + run]),
-          Int64(table[l2Index + run] & Qcow2Entry.offsetMask) == host + Int64(run) * clusterSize
+        while run < clusters, !needsAllocation(l2Entry(table, l2Index + run)),
+          Int64(l2Entry(table, l2Index + run) & Qcow2Entry.offsetMask)
+            == host + Int64(run) * clusterSize
         {
           run += 1
         }
         let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
-        let entries = Array(table[l2Index..<l2Index + run])
-        if entries.allSatisfy({ Qcow2Entry.type(of: $0) == .normal }) {
-          try await checkOverlapBeforeWrite(node, offset: host + inCluster, size: bytes)
+        guard
+          let cow = try keptClustersCOW(
+            table, l2Index: l2Index, clusters: run, offset: offset, bytes: bytes)
+        else {
+          if !hasDataFile {
+            try await checkOverlapBeforeWrite(node, offset: host + inCluster, size: bytes)
+          }
           return .inPlace(host: host + inCluster, bytes: bytes)
         }
-        // Preallocated zero clusters become data: the parts of them the write
-        // does not cover keep reading as zeroes.
+        // Preallocated zero (sub)clusters become data: the parts of them the
+        // write does not cover keep reading as they did.
         try await writeWithCOW(
-          node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
-          head: Qcow2Entry.type(of: entries[0]) == .zeroAllocated,
-          tail: Qcow2Entry.type(of: entries[run - 1]) == .zeroAllocated)
+          node, guestOffset: offset, host: host, data: iov.slice(0, Int(bytes)),
+          cowStart: cow.start, cowEnd: cow.end)
         // The data must be durable before the entries stop saying "zero".
-        try await file.flush()
+        try await data.flush()
+        let entries = (0..<run).map { l2Entry(table, l2Index + $0) }
         try await writeL2Entries(
           node, l2Offset: l2Offset, first: l2Index,
-          entries.map { ($0 & Qcow2Entry.offsetMask) | Qcow2Entry.copied })
+          entries.map { ($0 & Qcow2Entry.offsetMask) | Qcow2Entry.copied },
+          bitmaps: writtenBitmaps(
+            table, l2Index: l2Index, clusters: run, from: cow.start, to: cow.end))
         return .done(bytes, hostEnd: host + inCluster + bytes)
       }
 
       // QEMU's handle_alloc: clusters that need allocation, allocated together.
       var run = 1
-      while run < clusters, Self.needsAllocation(table[l2Index + run]) { run += 1 }
+      while run < clusters, needsAllocation(l2Entry(table, l2Index + run)) { run += 1 }
       let refcounts = try refcountsForWrite()
       var host: Int64
-      if let continuing, inCluster == 0, continuing & (clusterSize - 1) == 0,
+      if hasDataFile {
+        // Data clusters of an external data file sit at their guest offset and
+        // are not counted in the image's refcounts.
+        host = offset - inCluster
+      } else if let continuing, inCluster == 0, continuing & (clusterSize - 1) == 0,
         case let allocated = try await refcounts.allocate(
           at: continuing, clusters: Int64(run), file: file),
         allocated > 0
@@ -82,25 +96,31 @@ extension Qcow2Driver {
         host = try await refcounts.allocate(clusters: Int64(run), file: file)
       }
       let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
+      let cow = try newClustersCOW(
+        table, l2Index: l2Index, clusters: run, offset: offset, bytes: bytes)
       do {
         // The refcounts must be on disk before an L2 entry points at the clusters.
         try await file.flush()
         try await writeWithCOW(
-          node, guestOffset: offset, host: host, clusters: run, data: iov.slice(0, Int(bytes)),
-          head: true, tail: true)
+          node, guestOffset: offset, host: host, data: iov.slice(0, Int(bytes)),
+          cowStart: cow.start, cowEnd: cow.end)
         // The data must be durable before an L2 entry points at it (QEMU's
         // qcow2_cache_depends_on_flush on the L2 cache).
-        try await file.flush()
+        try await data.flush()
       } catch {
         // Nothing points at the new clusters yet: give them back (QEMU's
         // qcow2_alloc_cluster_abort); if that fails too they only leak.
-        _ = try? await refcounts.free(offset: host, bytes: Int64(run) * clusterSize, file: file)
+        if !hasDataFile {
+          _ = try? await refcounts.free(offset: host, bytes: Int64(run) * clusterSize, file: file)
+        }
         throw error
       }
-      let old = Array(table[l2Index..<l2Index + run])
+      let old = (0..<run).map { l2Entry(table, l2Index + $0) }
       try await writeL2Entries(
         node, l2Offset: l2Offset, first: l2Index,
-        (0..<run).map { UInt64(host + Int64($0) * clusterSize) | Qcow2Entry.copied })
+        (0..<run).map { UInt64(host + Int64($0) * clusterSize) | Qcow2Entry.copied },
+        bitmaps: writtenBitmaps(
+          table, l2Index: l2Index, clusters: run, from: cow.start, to: cow.end))
       try await releaseClusters(node, oldEntries: old)
       return .done(bytes, hostEnd: host + inCluster + bytes)
     }
@@ -109,52 +129,55 @@ extension Qcow2Driver {
       return (bytes, hostEnd)
     case .inPlace(let host, let bytes):
       try await file.emit(.writeAIO)
-      try await file.write(at: host, from: iov.slice(0, Int(bytes)))
+      try await data.write(at: host, from: iov.slice(0, Int(bytes)))
       return (bytes, host + bytes)
     }
   }
 
-  /// Writes `data` at guest `guestOffset` into the `clusters` host clusters
-  /// from `host`, completing the first (`head`) and last (`tail`) cluster
-  /// with the guest's current contents there (QEMU's copy-on-write regions,
-  /// read through the old mapping: backing file, zeroes or data), in one
-  /// write. Call with the lock held.
-  private func writeWithCOW(
-    _ node: BlockNode, guestOffset: Int64, host: Int64, clusters: Int, data: IOVector,
-    head: Bool, tail: Bool
+  /// Writes `data` at guest `guestOffset` into the host clusters from `host`
+  /// (the host cluster of the guest cluster holding `guestOffset`), completing
+  /// it with the guest's current contents from `cowStart` and up to `cowEnd`
+  /// (QEMU's copy-on-write regions, read through the old mapping: backing
+  /// file, zeroes or data), in one write; when the regions to copy read as
+  /// zeroes, the range is zeroed cheaply instead (QEMU's
+  /// `handle_alloc_space`). Call with the lock held.
+  func writeWithCOW(
+    _ node: BlockNode, guestOffset: Int64, host: Int64, data: IOVector, cowStart: Int64,
+    cowEnd: Int64
   ) async throws {
-    let clusterSize = header.clusterSize
-    let start = guestOffset & ~(clusterSize - 1)
+    let clusterStart = guestOffset & ~(header.clusterSize - 1)
     let dataEnd = guestOffset + Int64(data.count)
-    let headBytes = head ? guestOffset - start : 0
-    let tailBytes = tail ? start + Int64(clusters) * clusterSize - dataEnd : 0
     var combined = IOVector()
     let file = try fileNode(node)
-    if headBytes > 0 || tailBytes > 0,
+    let target = try dataNode(node)
+    let hostStart = host + (cowStart - clusterStart)
+    let copies = cowStart < guestOffset || dataEnd < cowEnd
+    if copies,
       try await zeroInsteadOfCOW(
-        node, guestStart: start, host: host, clusters: clusters, cowHead: headBytes,
-        cowTail: tailBytes)
+        node, guestStart: cowStart, host: hostStart, span: cowEnd - cowStart,
+        cowHead: guestOffset - cowStart, cowTail: cowEnd - dataEnd)
     {
       try await file.emit(.writeAIO)
-      try await file.write(at: host + (guestOffset - start), from: data)
+      try await target.write(at: host + (guestOffset - clusterStart), from: data)
       return
     }
-    if headBytes > 0 || tailBytes > 0 { try await file.emit(.cowRead) }
-    if headBytes > 0 {
-      let buffer = IOVector(allocating: Int(headBytes))
-      try await readGuest(node, offset: start, into: buffer)
+    if copies { try await file.emit(.cowRead) }
+    if cowStart < guestOffset {
+      let buffer = IOVector(allocating: Int(guestOffset - cowStart))
+      try await readGuest(node, offset: cowStart, into: buffer)
       combined.append(buffer)
     }
     combined.append(data)
-    if tailBytes > 0 {
-      let buffer = IOVector(allocating: Int(tailBytes))
+    if cowEnd > dataEnd {
+      let buffer = IOVector(allocating: Int(cowEnd - dataEnd))
       try await readGuest(node, offset: dataEnd, into: buffer)
       combined.append(buffer)
     }
-    let hostStart = host + (guestOffset - start - headBytes)
-    try await checkOverlapBeforeWrite(node, offset: hostStart, size: Int64(combined.count))
+    if !hasDataFile {
+      try await checkOverlapBeforeWrite(node, offset: hostStart, size: Int64(combined.count))
+    }
     try await file.emit(.writeAIO)
-    if headBytes > 0 || tailBytes > 0 { try await file.emit(.cowWrite) }
-    try await file.write(at: hostStart, from: combined)
+    if copies { try await file.emit(.cowWrite) }
+    try await target.write(at: hostStart, from: combined)
   }
 }

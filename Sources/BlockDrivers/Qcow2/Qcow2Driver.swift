@@ -55,7 +55,7 @@ public final class Qcow2Driver: BlockDriver {
 
   /// QEMU's `qcow2_refresh_limits`: zero-writes and discards by cluster.
   public func refreshLimits(_ limits: inout BlockLimits, node: BlockNode) {
-    limits.pwriteZeroesAlignment = header.clusterSize
+    limits.pwriteZeroesAlignment = header.subclusterSize
     limits.pdiscardAlignment = header.clusterSize
   }
 
@@ -89,7 +89,7 @@ public final class Qcow2Driver: BlockDriver {
         : try await mapping(node, offset: position, bytes: remaining)
       let target = iov.slice(Int(done), Int(run.count))
       switch run.type {
-      case .unallocated:
+      case .unallocated, .unallocatedAllocated:
         if let backing = node.backing {
           try await fileNode(node).emit(.readBackingAIO)
           try await backing.read(at: position, into: target)
@@ -100,7 +100,7 @@ public final class Qcow2Driver: BlockDriver {
         target.fill(0)
       case .normal:
         try await fileNode(node).emit(.readAIO)
-        try await fileNode(node).read(at: run.hostOffset, into: target)
+        try await dataNode(node).read(at: run.hostOffset, into: target)
       case .compressed:
         try await readCompressed(node, entry: run.entry, offset: position, into: target)
       }
@@ -134,15 +134,15 @@ public final class Qcow2Driver: BlockDriver {
     try checkUsable()
     let run = try await lock.withLock { try await mapping(node, offset: offset, bytes: length) }
     var status = BlockStatus(flags: [], count: run.count)
-    if run.type == .normal || run.type == .zeroAllocated {
+    if run.type.hasHostOffset {
       status.flags.insert(.offsetValid)
       status.mapOffset = run.hostOffset
-      status.file = node.file
+      status.file = try dataNode(node)
     }
     switch run.type {
     case .zeroPlain, .zeroAllocated: status.flags.insert(.zero)
     case .normal, .compressed: status.flags.insert(.data)
-    case .unallocated: break
+    case .unallocated, .unallocatedAllocated: break
     }
     return status
   }
@@ -152,13 +152,18 @@ public final class Qcow2Driver: BlockDriver {
   private func readCompressed(_ node: BlockNode, entry: UInt64, offset: Int64, into iov: IOVector)
     async throws
   {
+    if hasDataFile {
+      throw corruption("Compressed cluster entry found in image with external data file")
+    }
     let descriptor = Qcow2CompressedDescriptor(entry: entry, clusterBits: header.clusterBits)
     let compressed = IOVector(allocating: Int(descriptor.length))
     try await fileNode(node).emit(.readCompressed)
     try await fileNode(node).read(at: descriptor.offset, into: compressed)
     let cluster = AlignedBuffer(count: Int(header.clusterSize))
     let source = compressed.toArray()
-    try source.withUnsafeBytes { try Qcow2Compression.inflate($0, into: cluster.bytes) }
+    try source.withUnsafeBytes {
+      try Qcow2Compression.decompress(header.compression, $0, into: cluster.bytes)
+    }
     let inCluster = Int(offset & (header.clusterSize - 1))
     iov.copyIn(UnsafeRawBufferPointer(rebasing: cluster.bytes[inCluster..<inCluster + iov.count]))
   }
@@ -167,5 +172,22 @@ public final class Qcow2Driver: BlockDriver {
     try checkUsable()
     guard let file = node.file else { throw BlockError(BlockError.noMediumCode) }
     return file
+  }
+
+  /// Where guest data lives: the external data file, else the image file.
+  func dataNode(_ node: BlockNode) throws -> BlockNode {
+    if hasDataFile {
+      guard let data = node.child(.data) else { throw BlockError(BlockError.noMediumCode) }
+      return data
+    }
+    return try fileNode(node)
+  }
+
+  /// Whether guest data lives in an external data file (incompatible bit 2).
+  var hasDataFile: Bool { header.incompatibleFeatures & Qcow2Feature.externalDataFile != 0 }
+
+  /// The type of an L2 entry of this image.
+  func clusterType(_ entry: UInt64) -> Qcow2ClusterType {
+    Qcow2Entry.type(of: entry, dataFile: hasDataFile, extendedL2: header.extendedL2)
   }
 }

@@ -48,7 +48,8 @@ public enum Qcow2Feature {
   public static let rawExternalData: UInt64 = 1 << 1
 
   /// Incompatible bits this driver can open images with.
-  public static let supportedIncompatible: UInt64 = dirty | corrupt | compressionType
+  public static let supportedIncompatible: UInt64 =
+    dirty | corrupt | externalDataFile | compressionType | extendedL2
 
   /// The feature-name table QEMU 7.2 writes, in its order.
   public static let nameTable: [Qcow2FeatureName] = [

@@ -22,6 +22,9 @@ extension Qcow2Header {
         "qcow2: encrypted images (\(cryptMethod == 1 ? "aes" : "luks")) are not supported")
     }
     try validateCompressionType()
+    if subclusterSize < 512 {
+      throw BlockError(.invalidArgument, "Unsupported subcluster size: \(subclusterSize)")
+    }
     for ext in extensions where ext.type == Qcow2HeaderExtension.backingFormat {
       if ext.data.count >= 16 {
         throw BlockError(
@@ -64,19 +67,22 @@ extension Qcow2Header {
 
   /// L1 entries needed to map `size` bytes (QEMU's `size_to_l1`).
   func requiredL1Entries(for size: UInt64) -> UInt64 {
-    let shift = UInt64(clusterBits) + UInt64(clusterBits) - 3
+    let shift = UInt64(clusterBits) + UInt64(l2Bits)
     return (size + (1 << shift) - 1) >> shift
   }
 
   private func validateCompressionType() throws {
     switch compressionType {
-    case 0: break
+    case 0:
+      if incompatibleFeatures & Qcow2Feature.compressionType != 0 {
+        throw BlockError(
+          .invalidArgument, "qcow2: Compression type incompatible feature bit must not be set")
+      }
     case 1:
       if incompatibleFeatures & Qcow2Feature.compressionType == 0 {
         throw BlockError(
           .invalidArgument, "qcow2: Compression type incompatible feature bit must be set")
       }
-      throw BlockError(.notSupported, "qcow2: zstd compression is not supported")
     default:
       throw BlockError(.notSupported, "qcow2: unknown compression type: \(compressionType)")
     }

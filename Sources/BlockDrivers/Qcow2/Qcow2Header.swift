@@ -64,10 +64,23 @@ public struct Qcow2Header: Sendable, Equatable {
 
   /// The cluster size in bytes.
   public var clusterSize: Int64 { 1 << Int64(clusterBits) }
-  /// Entries of an L2 table (standard 64-bit entries).
-  public var l2Entries: Int64 { clusterSize / 8 }
+  /// Whether L2 entries are 128 bits with subcluster bitmaps (incompatible
+  /// bit 4).
+  public var extendedL2: Bool { incompatibleFeatures & Qcow2Feature.extendedL2 != 0 }
+  /// 64-bit words per L2 entry: 2 with extended L2 entries, else 1.
+  var l2EntryWords: Int { extendedL2 ? 2 : 1 }
+  /// Entries of an L2 table.
+  public var l2Entries: Int64 { clusterSize / Int64(8 * l2EntryWords) }
+  /// log2 of ``l2Entries``.
+  var l2Bits: Int64 { Int64(clusterBits) - (extendedL2 ? 4 : 3) }
+  /// Subclusters per cluster: 32 with extended L2 entries, else 1.
+  var subclustersPerCluster: Int { extendedL2 ? 32 : 1 }
+  /// The subcluster size in bytes (the cluster size without extended L2).
+  public var subclusterSize: Int64 { clusterSize / Int64(subclustersPerCluster) }
   /// The refcount width in bits.
   public var refcountBits: Int { 1 << Int(refcountOrder) }
+  /// The compression method of compressed clusters (validated at parse).
+  var compression: Qcow2CompressionType { Qcow2CompressionType(rawValue: compressionType) ?? .zlib }
 
   /// The backing format extension's value, if present.
   public var backingFormat: String? {

@@ -10,10 +10,22 @@ public enum Qcow2ClusterType: Sendable, Equatable {
   case normal
   /// Deflated data somewhere in the file.
   case compressed
+  /// Extended L2 entries only: a subcluster of a host cluster that was never
+  /// written; reads fall through to the backing file, or read zeroes.
+  case unallocatedAllocated
 
   /// Whether the entry holds references to host clusters (QEMU's
   /// `qcow2_cluster_is_allocated`).
-  var hasHostCluster: Bool { self == .normal || self == .zeroAllocated || self == .compressed }
+  var hasHostCluster: Bool {
+    self == .normal || self == .zeroAllocated || self == .compressed
+      || self == .unallocatedAllocated
+  }
+
+  /// Whether the data of the run sits at a host offset of its own (block
+  /// status OFFSET_VALID).
+  var hasHostOffset: Bool {
+    self == .normal || self == .zeroAllocated || self == .unallocatedAllocated
+  }
 }
 
 /// Bit layout of L1 and standard (64-bit) L2 entries.
@@ -27,11 +39,19 @@ enum Qcow2Entry {
   /// Bit 0: the cluster reads as zeroes (v3).
   static let zero: UInt64 = 1
 
-  /// The type of a standard L2 entry (QEMU's `qcow2_get_cluster_type`).
-  static func type(of entry: UInt64) -> Qcow2ClusterType {
+  /// The type of a standard L2 entry (QEMU's `qcow2_get_cluster_type`). In
+  /// an image with an external data file, host offset 0 is a real offset:
+  /// there a COPIED entry with offset 0 is data, not unallocated.
+  /// With extended L2 entries bit 0 is reserved: zeroes are in the bitmap.
+  static func type(of entry: UInt64, dataFile: Bool = false, extendedL2: Bool = false)
+    -> Qcow2ClusterType
+  {
     if entry & compressed != 0 { return .compressed }
-    if entry & zero != 0 { return entry & offsetMask != 0 ? .zeroAllocated : .zeroPlain }
-    return entry & offsetMask != 0 ? .normal : .unallocated
+    if entry & zero != 0 && !extendedL2 {
+      return entry & offsetMask != 0 ? .zeroAllocated : .zeroPlain
+    }
+    if entry & offsetMask != 0 || (dataFile && entry & copied != 0) { return .normal }
+    return .unallocated
   }
 }
 

@@ -238,11 +238,9 @@ func checkSupported(_ values: CreateOptionValues) throws(CreateOptionValues.Fail
     throw CreateOptionValues.Failure(
       message: "Spindle does not support the option '\(unsupported.name)' yet")
   }
-  for key in ["extended_l2", "compression_type", "nocow"] {
+  for key in ["nocow"] {
     guard let value = values.string(key) else { continue }
-    let isDefault =
-      key == "compression_type"
-      ? value == "zlib" : CreateOptionValues.parseBool(value) == false
+    let isDefault = CreateOptionValues.parseBool(value) == false
     if !isDefault {
       throw CreateOptionValues.Failure(message: "Spindle does not support \(key)=\(value) yet")
     }
@@ -364,9 +362,34 @@ private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValue
     )
   }
   options.refcountBits = Int(bits)
+  switch values.string("compression_type") ?? "zlib" {
+  case "zlib": options.compressionType = .zlib
+  case "zstd": options.compressionType = .zstd
+  case let other:
+    throw Failure(message: "Parameter 'compression-type' does not accept value '\(other)'")
+  }
+  if version < 3 && options.compressionType != .zlib {
+    throw Failure(
+      message:
+        "Non-zlib compression type is only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+    )
+  }
   options.backingFile = values.string("backing_file")
   options.backingFormat = values.string("backing_fmt")
   options.preallocation = try preallocationMode(values)
+  options.extendedL2 = values.bool("extended_l2") ?? false
+  if options.extendedL2 && version < 3 {
+    throw Failure(
+      message:
+        "Extended L2 entries are only supported with compatibility level 1.1 and above (use version=v3 or greater)"
+    )
+  }
+  if options.extendedL2 && clusterSize < 16384 {
+    throw Failure(
+      message: "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
+  }
+  options.dataFile = values.string("data_file")
+  options.dataFileRaw = values.bool("data_file_raw") ?? false
   do {
     try await Qcow2Create.create(at: path, options: options)
   } catch let error as BlockError where error.code == .fileTooLarge {

@@ -44,11 +44,10 @@ struct CreateOptionList: Sendable {
     .init(name: "backing_file", kind: .string, help: "File name of a base image"),
     .init(name: "backing_fmt", kind: .string, help: "Image format of the base image"),
     .init(
-      name: "data_file", kind: .string, help: "File name of an external data file",
-      supported: false),
+      name: "data_file", kind: .string, help: "File name of an external data file"),
     .init(
       name: "data_file_raw", kind: .bool,
-      help: "The external data file must stay valid as a raw image", supported: false),
+      help: "The external data file must stay valid as a raw image"),
     .init(
       name: "encryption", kind: .bool,
       help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",

@@ -129,9 +129,8 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
   if header.extensions.contains(where: { $0.type == 0x2385_2875 }) {
     throw ImageInfoFailure(message: "images with persistent bitmaps are not supported yet")
   }
-  if header.cryptMethod != 0 || header.incompatibleFeatures & 0x4 != 0 {
-    throw ImageInfoFailure(
-      message: "encrypted images and external data files are not supported yet")
+  if header.cryptMethod != 0 {
+    throw ImageInfoFailure(message: "encrypted images are not supported yet")
   }
   info.clusterSize = header.clusterSize
   info.dirty = header.incompatibleFeatures & 0x1 != 0
@@ -148,14 +147,21 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
 /// `qcow2_get_specific_info`), in QEMU's order.
 func qcow2SpecificInfo(_ header: Qcow2Header) -> [(String, QObject)] {
   if header.version >= 3 {
-    return [
+    var data: [(String, QObject)] = [
       ("compat", .string("1.1")),
       ("compression-type", .string(header.compressionType == 0 ? "zlib" : "zstd")),
       ("lazy-refcounts", .bool(header.compatibleFeatures & 0x1 != 0)),
       ("refcount-bits", .int(Int64(header.refcountBits))),
+    ]
+    if let name = header.dataFileName { data.append(("data-file", .string(name))) }
+    if header.incompatibleFeatures & 0x4 != 0 {
+      data.append(("data-file-raw", .bool(header.dataFileIsRaw)))
+    }
+    data += [
       ("corrupt", .bool(header.incompatibleFeatures & 0x2 != 0)),
       ("extended-l2", .bool(header.incompatibleFeatures & 0x10 != 0)),
     ]
+    return data
   } else {
     return [
       ("compat", .string("0.10")),

@@ -183,7 +183,7 @@ extension Qcow2Checker {
         if !hasDataFile { try incrementReferences(offset: offset, size: clusterSize) }
       case .zeroPlain:
         break
-      case .unallocated:
+      case .unallocated, .unallocatedAllocated:
         if bitmap & Self.allSubclustersAllocated != 0 {
           result.corruptions += 1
           report("ERROR: Unallocated cluster has non-zero subcluster allocation bitmap")
