@@ -221,6 +221,7 @@ extension Qcow2Driver {
     }
   }
 
+  /// The type of the subcluster holding guest `offset` in entry `index`.
   private func typeAt(_ table: [UInt64], _ index: Int, _ offset: Int64) throws
     -> Qcow2ClusterType
   {
@@ -231,6 +232,8 @@ extension Qcow2Driver {
     return type
   }
 
+  /// The corruption error for an entry whose bitmap contradicts itself or
+  /// its offset.
   private func invalidEntry(_ index: Int) -> BlockError {
     corruption("Invalid cluster entry found (L2 index: 0x\(String(index, radix: 16)))")
   }
