@@ -109,6 +109,7 @@ struct Qcow2RefcountWalk {
     var position = 0
     var empty = true
     var tableIndex = 0
+    /// Hands the finished new block to `operation` and starts the next.
     func complete() async throws {
       try await operation(tableIndex, block, empty)
       tableIndex += 1

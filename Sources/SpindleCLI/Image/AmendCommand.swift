@@ -43,6 +43,7 @@ enum AmendTool {
     .init(name: "refcount_bits", kind: .number, help: "Width of a reference count entry in bits"),
   ]
 
+  /// Runs the command (`arguments[0]` is its name) and returns the exit status.
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
     do {
@@ -54,6 +55,7 @@ enum AmendTool {
     }
   }
 
+  /// Parses the options as qemu-img does, then runs the command.
   private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {

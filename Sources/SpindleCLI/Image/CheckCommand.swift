@@ -18,6 +18,7 @@ enum CheckTool {
     .init("object", .required), .init("image-opts"), .init("force-share", key: "U"),
   ]
 
+  /// Runs the command (`arguments[0]` is its name) and returns the exit status.
   static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: programName)
     do {
@@ -29,6 +30,7 @@ enum CheckTool {
     }
   }
 
+  /// Parses the options as qemu-img does, then runs the command.
   private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {

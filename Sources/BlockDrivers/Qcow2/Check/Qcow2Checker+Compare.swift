@@ -84,6 +84,7 @@ extension Qcow2Checker {
       let expected = references[Int(cluster)]
       if stored > 0 || expected > 0 { highest = cluster }
       guard stored != expected else { continue }
+      /// What a mismatch may be repaired as.
       enum Repair { case leak, corruption }
       var repair: Repair?
       if stored == 0 {

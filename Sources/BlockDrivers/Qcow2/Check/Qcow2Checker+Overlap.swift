@@ -29,6 +29,7 @@ extension Qcow2Checker {
     guard size > 0 else { return nil }
     let start = offset & ~(clusterSize - 1)
     let end = (offset + size + clusterSize - 1) & ~(clusterSize - 1)
+    /// Whether `length` bytes at `other` meet the cluster-aligned range.
     func overlaps(_ other: Int64, _ length: Int64) -> Bool {
       length > 0 && other < end && start < other + length
     }
