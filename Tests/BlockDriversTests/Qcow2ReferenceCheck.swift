@@ -25,7 +25,9 @@ struct Qcow2ReferenceCheck {
     let clusterBits = Int64(header.clusterBits)
     let clusterSize = header.clusterSize
     let fileClusters = (Int64(bytes.count) + clusterSize - 1) >> clusterBits
-    var references: [Int64: Int] = [:]
+    // References per host cluster, indexed by cluster (arrays, not
+    // dictionaries: the crash tests run this thousands of times).
+    var references = [Int32](repeating: 0, count: Int(fileClusters))
     func reference(_ offset: Int64, _ length: Int64, _ what: String) {
       guard length > 0 else { return }
       let first = offset >> clusterBits
@@ -36,7 +38,7 @@ struct Qcow2ReferenceCheck {
             "\(what) at 0x\(String(offset, radix: 16)) lies past the end of the file")
           return
         }
-        references[cluster, default: 0] += 1
+        references[Int(cluster)] += 1
       }
     }
     func uint64(_ offset: Int64) -> UInt64 {
@@ -74,7 +76,8 @@ struct Qcow2ReferenceCheck {
     }
     let bits = header.refcountBits
     let perBlock = Int64(clusterSize) * 8 / Int64(bits)
-    for (cluster, count) in references.sorted(by: { $0.key < $1.key }) {
+    for (index, count) in references.enumerated() where count > 0 {
+      let cluster = Int64(index)
       let blockIndex = Int(cluster / perBlock)
       var refcount: UInt64 = 0
       if blockIndex < blocks.count, blocks[blockIndex] != 0 {

@@ -49,16 +49,16 @@ struct Qcow2WriteLogTests {
     // qemu-img check runs on a sample of the crash images (it takes a
     // process each); the in-process reference check on all of them.
     var sampled = Set(
-      (0..<min(16, flushes + 1)).map { _ in Int.random(in: 0...flushes, using: &random) })
+      (0..<min(6, flushes + 1)).map { _ in Int.random(in: 0...flushes, using: &random) })
     sampled.insert(flushes)
     var durableBytes = disk.initial
     var crashImages = 0
     for flush in 0...flushes {
       let window = disk.window(afterFlush: flush)
       // Long workloads (hundreds of flushes, mostly the same steps again)
-      // are sampled, about 80 crash points each, to keep the suite fast.
+      // are sampled, about 50 crash points each, to keep the suite fast.
       guard
-        flushes <= 80 || sampled.contains(flush) || Int.random(in: 0..<flushes, using: &random) < 80
+        flushes <= 50 || sampled.contains(flush) || Int.random(in: 0..<flushes, using: &random) < 50
       else {
         disk.applyWindow(afterFlush: flush, to: &durableBytes) { _ in true }
         continue
@@ -102,7 +102,7 @@ struct Qcow2WriteLogTests {
       disk.applyWindow(afterFlush: flush, to: &durableBytes) { _ in true }
     }
     #expect(flushes > workload.ops.count, "the workload flushed its metadata steps")
-    #expect(crashImages > 3 * min(flushes, 80))
+    #expect(crashImages > 3 * min(flushes, 50))
   }
 
   /// Reads the replayed image through Spindle and compares the bytes the

@@ -102,6 +102,16 @@ struct WriteLogWorkload: Sendable, CustomStringConvertible {
         .discard(65536, 16384), .compressed(65536, clusters: 1, 0x36),
         .write(70000, 5000, 0x37), .compressed(2 << 20, clusters: 3, 0x38),
       ]),
+    // The host cluster holding the last compressed data is freed (zeroed),
+    // reused whole for an L2 table, and must not receive the next
+    // compressed data (QEMU 7.2 packs it there; only its overlap check
+    // stops the write).
+    WriteLogWorkload(
+      name: "compressed cluster freed and reused", clusterSize: 4096, size: 4 << 20,
+      ops: [
+        .compressed(0, clusters: 1, 0x51), .zero(0, 4096, unmap: false),
+        .write(1 << 20, 8192, 0x52), .compressed(2 << 20, clusters: 2, 0x53),
+      ]),
     // QEMU's defaults: 64 KiB clusters, copy-on-write, zero clusters, reuse.
     WriteLogWorkload(
       name: "64 KiB clusters, mixed", clusterSize: 65536, size: 4 << 20,
