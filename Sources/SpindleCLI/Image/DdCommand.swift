@@ -211,7 +211,8 @@ enum DdTool {
       reporter.error("\(input): cannot skip to specified offset")
       position = size
     }
-    let buffer = IOVector(allocating: Int(blockSize))
+    // No block is longer than the input.
+    let buffer = IOVector(allocating: Int(max(1, min(blockSize, size))))
     var written: Int64 = 0
     while position < size {
       let bytes = Int(min(blockSize, size - position))
