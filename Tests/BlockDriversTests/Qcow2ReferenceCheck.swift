@@ -69,7 +69,7 @@ struct Qcow2ReferenceCheck {
         case .compressed:
           let descriptor = Qcow2CompressedDescriptor(entry: entry, clusterBits: header.clusterBits)
           reference(descriptor.offset, descriptor.length, what)
-        case .zeroPlain, .unallocated:
+        case .zeroPlain, .unallocated, .unallocatedAllocated:
           break
         }
       }

@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -187,8 +188,8 @@ struct Qcow2SubclusterTests {
     var options = Qcow2CreateOptions(size: 4 << 20)
     options.clusterSize = 16384
     options.extendedL2 = true
-    let disk = VolatileCacheDisk(try Qcow2Create.layout(options))
-    let file = BlockNode(name: "volatile", driver: disk)
+    let disk = WriteLogDriver(try Qcow2Create.layout(options))
+    let file = BlockNode(name: "write-log", driver: disk)
     try await file.open()
     let node = try await Qcow2Driver.open(
       over: file, imagePath: nil, context: OpenContext(node: NodeOptions(discard: .unmap)))
@@ -200,7 +201,7 @@ struct Qcow2SubclusterTests {
         ("every third", { $0 % 3 == 0 }),
       ]
       for (name, keep) in survivors {
-        try Data(disk.afterCrash(keep: keep)).write(to: URL(fileURLWithPath: path))
+        try Data(disk.image(afterFlush: disk.flushCount, keeping: keep)).write(to: URL(fileURLWithPath: path))
         let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", path])
         // 0: clean, 3: leaked clusters only; 2 would be corruption.
         #expect(
