@@ -147,13 +147,14 @@ struct Qcow2OverlapTests {
     let error = await expectBlockError { try await node.write(at: 65536, bytes: [1]) }
     await node.close()
     #expect(error?.code == .ioError)
-    // QEMU's refcount cache is write-back, so QEMU notices the data write
-    // (onto the refcount table); Spindle's refcount write comes first and is
-    // caught on the L1 table. Either way nothing but the corrupt bit changes.
+    // The refcounts claim the refcount table's cluster is free: QEMU allocates
+    // it and its overlap check catches the data write; Spindle's allocator
+    // refuses the cluster through the same check. Either way the message is
+    // the same and nothing but the corrupt bit changes.
     let prefix = "qcow2: Marking image as corrupt: Preventing invalid write on metadata"
     #expect(qemu.output.hasPrefix(prefix))
     #expect(messages.lines.first?.hasPrefix(prefix) == true)
-    #expect(messages.lines.first?.contains("(overlaps with active L1 table)") == true)
+    #expect(messages.lines.first.map { qemu.output.hasPrefix($0) } == true)
     #expect(try contents(of: qemuPath) == contents(of: spindlePath))
   }
 }

@@ -159,8 +159,11 @@ final class Qcow2Refcounts {
     let first = freeClusterIndex - count
     // Cluster 0 (the header) and the refcount table are always in use: free
     // refcounts there mean the refcounts are corrupt, and allocating would
-    // overwrite them (QEMU: "Preventing invalid allocation").
+    // overwrite them. The overlap check reports it as QEMU's does when the
+    // write lands there (marking the image corrupt); without overlap checks
+    // the allocation fails all the same.
     if first == 0 || overlapsTable(first << clusterBits, length: count << clusterBits) {
+      try await checkWrite?(first << clusterBits, count << clusterBits, [])
       throw BlockError(
         .ioError,
         "Image is corrupt: Preventing invalid allocation of a cluster at offset 0x\(String(first << clusterBits, radix: 16))"
