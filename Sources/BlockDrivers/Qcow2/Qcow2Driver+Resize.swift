@@ -27,8 +27,12 @@ extension Qcow2Driver {
     }
     let file = try fileNode(node)
     let oldSize = Int64(header.size)
-    try await lock.withLock {
-      try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
+    do {
+      try await lock.withLock {
+        try await growL1Table(node, to: Int(header.requiredL1Entries(for: UInt64(length))))
+      }
+    } catch let error as BlockError {
+      throw BlockError(error.code, "Failed to grow the L1 table: \(error)")
     }
     try await preallocate(node, from: oldSize, to: length, mode: preallocation)
     try await lock.withLock {
@@ -40,10 +44,11 @@ extension Qcow2Driver {
     }
   }
 
-  private func growL1Table(_ file: BlockNode, to entries: Int) async throws {
+  private func growL1Table(_ node: BlockNode, to entries: Int) async throws {
+    let file = try fileNode(node)
     guard entries > l1Table.count else { return }
     if UInt64(entries) > Qcow2Header.maxL1Bytes / 8 {
-      throw BlockError(.fileTooLarge, "qcow2: the L1 table would be too large")
+      throw BlockError(.fileTooLarge)
     }
     let refcounts = try refcountsForWrite()
     let clusterSize = header.clusterSize
@@ -53,6 +58,7 @@ extension Qcow2Driver {
     let table = l1Table + [UInt64](repeating: 0, count: entries - l1Table.count)
     var bytes = [UInt8](repeating: 0, count: entries * 8)
     for (index, entry) in table.enumerated() { bytes.setUInt64(entry, at: index * 8) }
+    try await checkOverlapBeforeWrite(node, offset: newOffset, size: Int64(bytes.count))
     try await file.write(at: newOffset, bytes: bytes)
     try await file.flush()
     var fields = [UInt8](repeating: 0, count: 12)
