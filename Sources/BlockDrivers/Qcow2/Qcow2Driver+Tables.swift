@@ -17,7 +17,7 @@ extension Qcow2Driver {
     let existing = Int64(entry & Qcow2Entry.offsetMask)
     if existing & (header.clusterSize - 1) != 0 {
       throw corruption(
-        "L2 table offset 0x\(String(existing, radix: 16)) unaligned (L1 index: 0x\(String(l1Index, radix: 16)))"
+        "L2 table offset \(Self.alternateHex(existing)) unaligned (L1 index: \(Self.alternateHex(l1Index)))"
       )
     }
     if existing != 0 && entry & Qcow2Entry.copied != 0 { return existing }
