@@ -157,4 +157,45 @@ struct Qcow2OverlapTests {
     #expect(messages.lines.first.map { qemu.output.hasPrefix($0) } == true)
     #expect(try contents(of: qemuPath) == contents(of: spindlePath))
   }
+
+  @Test("a new L1 table landing on an L2 table is refused as qemu-img refuses it")
+  func l1GrowthOverlap() async throws {
+    let scratch = try ScratchDirectory()
+    let qemuPath = scratch.file("q.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", qemuPath, "1M"])
+    try await QcowTools.io(qemuPath, ["write -P 1 0 64k"])
+    // The L2 table's cluster (4) counts as free: the new L1 table goes there.
+    try patchFile(qemuPath, at: 0x20008, [0, 0])
+    let spindlePath = scratch.file("s.qcow2")
+    try Data(try contents(of: qemuPath)).write(to: URL(fileURLWithPath: spindlePath))
+    let qemu = try await QEMUTools.run(QEMUTools.qemuImg, ["resize", qemuPath, "1T"])
+    let messages = Messages()
+    let node = try await open(spindlePath, messages)
+    let error = await expectBlockError { try await node.truncate(to: 1 << 40, exact: false) }
+    await node.close()
+    #expect(qemu.output == messages.lines.joined() + "qemu-img: \(error?.description ?? "")\n")
+    #expect(try contents(of: qemuPath) == contents(of: spindlePath))
+  }
+
+  @Test("a shrink whose new L2 table lands on the L1 table fails as qemu-img's does")
+  func shrinkOverlap() async throws {
+    let scratch = try ScratchDirectory()
+    let qemuPath = scratch.file("q.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", qemuPath, "1M"])
+    try await QcowTools.io(qemuPath, ["write -P 1 0 1M"])
+    // The L1 table's cluster (3) counts as free and its entry lost COPIED:
+    // the discard copies the L2 table there.
+    try patchFile(qemuPath, at: 0x20006, [0, 0])
+    try patchFile(qemuPath, at: 0x30000, [0])
+    let spindlePath = scratch.file("s.qcow2")
+    try Data(try contents(of: qemuPath)).write(to: URL(fileURLWithPath: spindlePath))
+    let qemu = try await QEMUTools.run(
+      QEMUTools.qemuImg, ["resize", "--shrink", qemuPath, "512k"])
+    let messages = Messages()
+    let node = try await open(spindlePath, messages)
+    let error = await expectBlockError { try await node.truncate(to: 512 << 10, exact: false) }
+    await node.close()
+    #expect(qemu.output == messages.lines.joined() + "qemu-img: \(error?.description ?? "")\n")
+    #expect(try contents(of: qemuPath) == contents(of: spindlePath))
+  }
 }

@@ -18,6 +18,11 @@ struct DifferentialOverlapTests {
     var target: UInt64
     var openOptions: [String] = []
     var commands: [String] = ["write -P 7 0 4k", "read -P 7 0 4k", "write 64k 4k"]
+    /// Which table entry is redirected: the first L2 entry, or with
+    /// 0x30000 the first L1 entry.
+    var entryOffset: UInt64 = 0x40000
+    /// Options before the image (such as `-r`).
+    var toolOptions: [String] = []
     var testDescription: String { name }
   }
 
@@ -39,19 +44,38 @@ struct DifferentialOverlapTests {
     Case(
       name: "bad overlap-check value", target: 0x30000, openOptions: ["overlap-check=foo"]),
     Case(
+      name: "unaligned data cluster, read-only", target: 0x50200,
+      commands: ["read 0 512", "read 0 512", "map"], toolOptions: ["-r"]),
+    Case(
+      name: "unaligned data cluster, writable", target: 0x50200,
+      commands: ["read 0 512", "read 0 512"]),
+    Case(name: "unaligned data cluster, written", target: 0x50200, commands: ["write 0 512"]),
+    Case(name: "unaligned data cluster, mapped", target: 0x50200, commands: ["map"]),
+    Case(
+      name: "unaligned L2 table, zero-written", target: 0x40200,
+      commands: ["write -z 0 64k", "read 0 1"], entryOffset: 0x30000),
+    Case(
+      name: "unaligned L2 table, discarded", target: 0x40200, commands: ["discard 0 64k"],
+      entryOffset: 0x30000),
+    Case(
+      name: "unaligned L2 table, written", target: 0x40200, commands: ["write 0 1"],
+      entryOffset: 0x30000),
+    Case(
       name: "conflicting template", target: 0x30000,
       openOptions: ["overlap-check=all", "overlap-check.template=none"]),
   ]
 
   /// Makes the corrupt image in `directory`: 64 KiB written at 0, then its
   /// L2 entry pointed (COPIED) at `target`.
-  private func makeImage(in directory: String, target: UInt64) async throws -> String {
+  private func makeImage(in directory: String, target: UInt64, entryOffset: UInt64 = 0x40000)
+    async throws -> String
+  {
     let path = "\(directory)/img.qcow2"
     _ = try await runProcess("qemu-img", ["create", "-q", "-f", "qcow2", path, "1M"])
     _ = try await runProcess("qemu-io", ["-c", "write -P 1 0 64k", path])
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
     defer { try? handle.close() }
-    try handle.seek(toOffset: 0x40000)
+    try handle.seek(toOffset: entryOffset)
     let entry = target | 1 << 63
     try handle.write(
       contentsOf: Data((0..<8).map { UInt8(truncatingIfNeeded: entry >> (56 - $0 * 8)) }))
@@ -65,10 +89,13 @@ struct DifferentialOverlapTests {
     var images: [String] = []
     for (index, directory) in [fixture.path("q"), fixture.path("s")].enumerated() {
       try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-      let image = try await makeImage(in: directory, target: testCase.target)
+      let image = try await makeImage(
+        in: directory, target: testCase.target, entryOffset: testCase.entryOffset)
       let options = (["driver=qcow2", "file.filename=\(image)"] + testCase.openOptions)
         .joined(separator: ",")
-      let arguments = ["--image-opts"] + testCase.commands.flatMap { ["-c", $0] } + [options]
+      let arguments =
+        testCase.toolOptions + ["--image-opts"] + testCase.commands.flatMap { ["-c", $0] }
+        + [options]
       // A second run: a corrupt image must not open read/write again.
       let again = ["-c", "read 0 512", image]
       let result =

@@ -73,6 +73,49 @@ extension Qcow2Driver {
     }
   }
 
+  /// Zero-writes (``zeroClusters(_:offset:length:flags:)``), reporting the
+  /// corruptions they find.
+  public func writeZeroes(_ node: BlockNode, offset: Int64, length: Int64, flags: RequestFlags)
+    async throws
+  {
+    try checkUsable()
+    try await reportingCorruption(node) {
+      try await zeroClusters(node, offset: offset, length: length, flags: flags)
+    }
+  }
+
+  /// Discards (``discardRequest(_:offset:length:)``), reporting the
+  /// corruptions they find.
+  public func discard(_ node: BlockNode, offset: Int64, length: Int64) async throws {
+    try checkUsable()
+    try await reportingCorruption(node) {
+      try await discardRequest(node, offset: offset, length: length)
+    }
+  }
+
+  /// Runs a request, reporting the corruptions it finds in the tables
+  /// (errors from ``corruption(_:)``) as QEMU's `qcow2_signal_corruption`
+  /// does for them: fatal, so a writable image is marked corrupt.
+  func reportingCorruption<T>(_ node: BlockNode, _ body: () async throws -> T) async throws -> T {
+    do {
+      return try await body()
+    } catch let error as BlockError
+      where error.code == .ioError && error.message.hasPrefix(Self.corruptionPrefix)
+    {
+      await signalCorruption(
+        node, fatal: true, String(error.message.dropFirst(Self.corruptionPrefix.count)))
+      throw error
+    }
+  }
+
+  /// A number as C's `%#x` prints it: `0x` and hex digits, but a bare `0`.
+  static func alternateHex(_ value: some BinaryInteger) -> String {
+    value == 0 ? "0" : "0x" + String(value, radix: 16)
+  }
+
+  /// How ``corruption(_:)`` messages begin.
+  static let corruptionPrefix = "Image is corrupt: "
+
   /// Fails when a fatal corruption made the node unusable (QEMU's requests on
   /// a node whose driver was removed fail with ENOMEDIUM).
   func checkUsable() throws {

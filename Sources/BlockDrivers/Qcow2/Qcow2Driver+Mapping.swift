@@ -31,7 +31,7 @@ extension Qcow2Driver {
     }
     if l2Offset & (clusterSize - 1) != 0 {
       throw corruption(
-        "L2 table offset 0x\(String(l2Offset, radix: 16)) unaligned (L1 index: 0x\(String(l1Index, radix: 16)))"
+        "L2 table offset \(Self.alternateHex(l2Offset)) unaligned (L1 index: \(Self.alternateHex(l1Index)))"
       )
     }
     let table = try await l2Table(node, at: l2Offset)
@@ -46,7 +46,7 @@ extension Qcow2Driver {
     let firstHost = Int64(first & Qcow2Entry.offsetMask)
     if type == .normal || type == .zeroAllocated, firstHost & (clusterSize - 1) != 0 {
       throw corruption(
-        "Cluster allocation offset 0x\(String(firstHost, radix: 16)) unaligned (L2 offset: 0x\(String(l2Offset, radix: 16)), L2 index: 0x\(String(l2Index, radix: 16)))"
+        "Cluster allocation offset \(Self.alternateHex(firstHost)) unaligned (L2 offset: \(Self.alternateHex(l2Offset)), L2 index: \(Self.alternateHex(l2Index)))"
       )
     }
     if type == .compressed {
@@ -121,6 +121,6 @@ extension Qcow2Driver {
   /// The error QEMU's `qcow2_signal_corruption` leads to for a read: EIO with
   /// the corruption's description.
   func corruption(_ message: String) -> BlockError {
-    BlockError(.ioError, "Image is corrupt: \(message)")
+    BlockError(.ioError, Self.corruptionPrefix + message)
   }
 }

@@ -31,12 +31,12 @@ extension Qcow2Driver {
       try await dataNode(node).truncate(to: length, exact: exact)
     }
     let oldSize = Int64(header.size)
-    try await lock.withLock {
-      do {
-        try await growL1Table(file, to: Int(header.requiredL1Entries(for: UInt64(length))))
-      } catch let error as BlockError {
-        throw BlockError(error.code, "Failed to grow the L1 table: \(error.codeDescription)")
+    do {
+      try await lock.withLock {
+        try await growL1Table(node, to: Int(header.requiredL1Entries(for: UInt64(length))))
       }
+    } catch let error as BlockError {
+      throw BlockError(error.code, "Failed to grow the L1 table: \(error.codeDescription)")
     }
     try await preallocate(node, from: oldSize, to: length, mode: preallocation)
     try await lock.withLock {
@@ -51,16 +51,17 @@ extension Qcow2Driver {
   /// Grows the L1 table for a write beyond it (the VM state area), by half
   /// its size at a time like QEMU's `qcow2_grow_l1_table` without
   /// `exact_size`. Call with the lock held.
-  func growL1Table(_ file: BlockNode, toAtLeast minimum: Int) async throws {
+  func growL1Table(_ node: BlockNode, toAtLeast minimum: Int) async throws {
     var entries = max(1, l1Table.count)
     while entries < minimum { entries = (entries * 3 + 1) / 2 }
-    try await growL1Table(file, to: entries)
+    try await growL1Table(node, to: entries)
   }
 
-  private func growL1Table(_ file: BlockNode, to entries: Int) async throws {
+  private func growL1Table(_ node: BlockNode, to entries: Int) async throws {
+    let file = try fileNode(node)
     guard entries > l1Table.count else { return }
     if UInt64(entries) > Qcow2Header.maxL1Bytes / 8 {
-      throw BlockError(.fileTooLarge, "qcow2: the L1 table would be too large")
+      throw BlockError(.fileTooLarge)
     }
     let refcounts = try refcountsForWrite()
     let clusterSize = header.clusterSize
@@ -71,6 +72,7 @@ extension Qcow2Driver {
     let table = l1Table + [UInt64](repeating: 0, count: entries - l1Table.count)
     var bytes = [UInt8](repeating: 0, count: entries * 8)
     for (index, entry) in table.enumerated() { bytes.setUInt64(entry, at: index * 8) }
+    try await checkOverlapBeforeWrite(node, offset: newOffset, size: Int64(bytes.count))
     try await file.emit(.l1GrowWriteTable)
     try await file.write(at: newOffset, bytes: bytes)
     try await file.flush()

@@ -14,21 +14,38 @@ extension Qcow2Driver {
     let oldSize = Int64(header.size)
     let discardStart = (length + clusterSize - 1) & ~(clusterSize - 1)
     if discardStart < oldSize {
-      try await lock.withLock {
-        try await rewriteEntries(
-          node, offset: discardStart, length: oldSize - discardStart, discard: .always
-        ) { _ in (0, 0) }
+      try await step("Failed to discard cropped clusters") {
+        try await lock.withLock {
+          try await rewriteEntries(
+            node, offset: discardStart, length: oldSize - discardStart, discard: .always
+          ) { _ in (0, 0) }
+        }
       }
     }
     try await lock.withLock {
-      try await shrinkL1Table(node, to: Int(header.requiredL1Entries(for: UInt64(length))))
-      try await dropUnusedRefcountBlocks(file)
-      try await cutFileTail(file)
+      try await step("Failed to reduce the number of L2 tables") {
+        try await shrinkL1Table(node, to: Int(header.requiredL1Entries(for: UInt64(length))))
+      }
+      try await step("Failed to discard unused refblocks") {
+        try await dropUnusedRefcountBlocks(file)
+      }
+      // QEMU only warns when the file cannot be cut: the image is valid.
+      try? await cutFileTail(file)
       var field = [UInt8](repeating: 0, count: 8)
       field.setUInt64(UInt64(length), at: 0)
       try await file.write(at: 24, bytes: field)
       try await file.flush()
       header.size = UInt64(length)
+    }
+  }
+
+  /// Runs one step of a shrink, its errors prefixed as QEMU's
+  /// `error_setg_errno` prefixes them.
+  private func step(_ what: String, _ body: () async throws -> Void) async throws {
+    do {
+      try await body()
+    } catch let error as BlockError {
+      throw BlockError(error.code, "\(what): \(error)")
     }
   }
 

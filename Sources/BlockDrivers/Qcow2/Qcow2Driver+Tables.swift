@@ -10,12 +10,12 @@ extension Qcow2Driver {
   func l2TableForWrite(_ node: BlockNode, offset: Int64) async throws -> Int64 {
     let file = try fileNode(node)
     let l1Index = Int(offset >> (Int64(header.clusterBits) + header.l2Bits))
-    if l1Index >= l1Table.count { try await growL1Table(file, toAtLeast: l1Index + 1) }
+    if l1Index >= l1Table.count { try await growL1Table(node, toAtLeast: l1Index + 1) }
     let entry = l1Table[l1Index]
     let existing = Int64(entry & Qcow2Entry.offsetMask)
     if existing & (header.clusterSize - 1) != 0 {
       throw corruption(
-        "L2 table offset 0x\(String(existing, radix: 16)) unaligned (L1 index: 0x\(String(l1Index, radix: 16)))"
+        "L2 table offset \(Self.alternateHex(existing)) unaligned (L1 index: \(Self.alternateHex(l1Index)))"
       )
     }
     if existing != 0 && entry & Qcow2Entry.copied != 0 { return existing }

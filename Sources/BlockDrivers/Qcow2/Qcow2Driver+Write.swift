@@ -41,7 +41,9 @@ extension Qcow2Driver {
         // QEMU's handle_copied: COPIED clusters at contiguous host offsets.
         let host = Int64(first & Qcow2Entry.offsetMask)
         if host & (clusterSize - 1) != 0 {
-          throw corruption("Cluster allocation offset 0x\(String(host, radix: 16)) unaligned")
+          throw corruption(
+            "Data cluster offset \(Self.alternateHex(host)) unaligned (guest offset: \(Self.alternateHex(offset)))"
+          )
         }
         var run = 1
         while run < clusters, !needsAllocation(l2Entry(table, l2Index + run)),

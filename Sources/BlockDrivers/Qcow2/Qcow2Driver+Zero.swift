@@ -12,7 +12,7 @@ extension Qcow2Driver {
   /// and it holds no data. A v2 image has no zero flag: without a backing file
   /// its clusters are discarded (they then read as zeroes). Anything else is
   /// ENOTSUP: the engine then writes zeroes.
-  public func writeZeroes(_ node: BlockNode, offset: Int64, length: Int64, flags: RequestFlags)
+  func zeroClusters(_ node: BlockNode, offset: Int64, length: Int64, flags: RequestFlags)
     async throws
   {
     var offset = offset
@@ -72,7 +72,7 @@ extension Qcow2Driver {
   /// QEMU's `qcow2_co_pdiscard` (not a full discard): discarded clusters read
   /// as zeroes on v3 images (unallocated on v2), and their host clusters are
   /// freed. Partial clusters are ignored (ENOTSUP).
-  public func discard(_ node: BlockNode, offset: Int64, length: Int64) async throws {
+  func discardRequest(_ node: BlockNode, offset: Int64, length: Int64) async throws {
     try checkAligned(offset: offset, length: length, unit: header.clusterSize)
     try await discardClusters(node, offset: offset, length: length)
   }

@@ -70,7 +70,9 @@ public final class Qcow2Driver: BlockDriver {
   ) async throws {
     try checkUsable()
     cleanCachesIfDue()
-    try await readGuest(node, offset: offset, into: iov, takingLock: true)
+    try await reportingCorruption(node) {
+      try await readGuest(node, offset: offset, into: iov, takingLock: true)
+    }
   }
 
   /// Reads guest bytes: each run's mapping is looked up under the metadata
@@ -117,9 +119,11 @@ public final class Qcow2Driver: BlockDriver {
     var done: Int64 = 0
     var hostEnd: Int64?
     while done < length {
-      let run = try await writeRun(
-        node, offset: offset + done, iov: iov.slice(Int(done), Int(length - done)),
-        continuing: hostEnd)
+      let run = try await reportingCorruption(node) {
+        try await writeRun(
+          node, offset: offset + done, iov: iov.slice(Int(done), Int(length - done)),
+          continuing: hostEnd)
+      }
       done += run.bytes
       hostEnd = run.hostEnd
     }
@@ -132,7 +136,9 @@ public final class Qcow2Driver: BlockDriver {
     async throws -> BlockStatus
   {
     try checkUsable()
-    let run = try await lock.withLock { try await mapping(node, offset: offset, bytes: length) }
+    let run = try await reportingCorruption(node) {
+      try await lock.withLock { try await mapping(node, offset: offset, bytes: length) }
+    }
     var status = BlockStatus(flags: [], count: run.count)
     if run.type.hasHostOffset {
       status.flags.insert(.offsetValid)
