@@ -117,8 +117,10 @@ enum CheckTool {
       reporter.error("This image format does not support checks")
       return 63
     }
-    var result = await runCheck(driver, node, mode: mode, console: console)
-    if result.corruptionsFixed != 0 || result.leaksFixed != 0 {
+    var result = await runCheck(driver, node, mode: mode, reporter: reporter)
+    // A failed check fills in nothing (QEMU's collect_image_check returns
+    // early): no summary, no second check.
+    if result.failure == nil && (result.corruptionsFixed != 0 || result.leaksFixed != 0) {
       if !json && !quiet {
         console.write(
           """
@@ -132,7 +134,7 @@ enum CheckTool {
           """)
       }
       let fixed = result
-      result = await runCheck(driver, node, mode: [], console: console)
+      result = await runCheck(driver, node, mode: [], reporter: reporter)
       result.leaksFixed = fixed.leaksFixed
       result.corruptionsFixed = fixed.corruptionsFixed
     }
@@ -141,7 +143,6 @@ enum CheckTool {
       console.write(json ? report.json + "\n" : report.human)
     }
     if let failure = result.failure {
-      if let message = result.failureMessage { reporter.error(message) }
       reporter.error("Check failed: \(failure.codeDescription)")
       return 1
     }
@@ -154,8 +155,9 @@ enum CheckTool {
 
   /// One check, its diagnostics printed on standard error.
   private static func runCheck(
-    _ driver: Qcow2Driver, _ node: BlockNode, mode: Qcow2CheckMode, console: Console
+    _ driver: Qcow2Driver, _ node: BlockNode, mode: Qcow2CheckMode, reporter: Reporter
   ) async -> Qcow2CheckResult {
+    let console = reporter.console
     var result: Qcow2CheckResult
     do {
       result = try await driver.check(node, mode: mode)
@@ -166,7 +168,13 @@ enum CheckTool {
       result = Qcow2CheckResult()
       result.failure = BlockError(.ioError)
     }
-    for line in result.messages { console.writeError(line + "\n") }
+    for (index, line) in result.messages.enumerated() {
+      if result.errorReports.contains(index) {
+        console.writeError("\(reporter.programName): \(line)\n")
+      } else {
+        console.writeError(line + "\n")
+      }
+    }
     return result
   }
 }

@@ -44,9 +44,9 @@ public struct Qcow2CheckResult: Sendable, Equatable {
   /// Why the check could not complete (QEMU's negative return value), if it
   /// could not: `qemu-img check` then reports "Check failed".
   public var failure: BlockError?
-  /// What QEMU reports (`error_report`, with the program name) about the
-  /// failure before "Check failed", if anything.
-  public var failureMessage: String?
+  /// The indices in ``messages`` of the lines QEMU prints with
+  /// `error_report` (after the program name, "qemu-img: ").
+  public var errorReports: Set<Int> = []
 
   /// An empty result.
   public init() {}

@@ -211,7 +211,12 @@ extension Qcow2Checker {
     guard index < storedTable.count else { return 0 }
     let blockOffset = Int64(bitPattern: storedTable[index] & Self.refcountTableOffsetMask)
     if blockOffset == 0 { return 0 }
-    if blockOffset & (clusterSize - 1) != 0 { throw BlockError(.ioError) }
+    if blockOffset & (clusterSize - 1) != 0 {
+      await signalCorruption(
+        "Refblock offset \(alternateHex(UInt64(blockOffset))) unaligned (reftable index: \(alternateHex(UInt64(index))))"
+      )
+      throw BlockError(.ioError)
+    }
     let block = try await storedBlock(at: blockOffset)
     return block[Int(cluster & ((1 << blockBits) - 1))]
   }

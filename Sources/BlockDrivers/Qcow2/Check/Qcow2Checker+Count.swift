@@ -225,6 +225,13 @@ extension Qcow2Checker {
         rebuild = true
         continue
       }
+      if offset & (clusterSize - 1) != 0 {
+        report(
+          "ERROR refcount block \(index) is not cluster aligned; refcount table entry corrupted")
+        result.corruptions += 1
+        rebuild = true
+        continue
+      }
       if cluster >= Int64(references.count) || offset < 0 {
         result.corruptions += 1
         let repairing = fix.contains(.fixErrors)
@@ -261,6 +268,7 @@ extension Qcow2Checker {
     do {
       try await file.truncate(to: offset + clusterSize, exact: false)
     } catch let error as BlockError {
+      reportError("Could not resize file: \(error.codeDescription)")
       report("ERROR could not resize image: \(error.codeDescription)")
       return false
     }

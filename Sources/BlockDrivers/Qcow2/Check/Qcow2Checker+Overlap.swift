@@ -11,15 +11,8 @@ extension Qcow2Checker {
   /// the error ("refblock", "reftable").
   func checkOverlap(offset: Int64, size: Int64, what: String) async throws {
     guard let overlapped = overlappedMetadata(offset: offset, size: size) else { return }
-    report(
-      "qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with \(overlapped)); further corruption events will be suppressed"
-    )
-    header.incompatibleFeatures |= Qcow2Feature.corrupt
-    var field = [UInt8](repeating: 0, count: 8)
-    field.setUInt64(header.incompatibleFeatures, at: 0)
-    try? await file.write(at: 72, bytes: field)
-    try? await file.flush()
-    result.failureMessage = "ERROR writing \(what): \(BlockError(.ioError).codeDescription)"
+    await signalCorruption("Preventing invalid write on metadata (overlaps with \(overlapped))")
+    reportError("ERROR writing \(what): \(BlockError(.ioError).codeDescription)")
     result.checkErrors += 1
     throw Abort(error: BlockError(.ioError))
   }

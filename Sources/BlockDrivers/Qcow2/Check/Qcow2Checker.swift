@@ -30,6 +30,8 @@ final class Qcow2Checker {
   /// Whether guest data lives in an external data file.
   let hasDataFile: Bool
   var result = Qcow2CheckResult()
+  /// Whether a corruption was signalled (QEMU's `signaled_corruption`).
+  var signaledCorruption = false
 
   /// The references counted so far, one per host cluster (QEMU's in-memory
   /// refcount table); its count is QEMU's `nb_clusters`.
@@ -86,6 +88,33 @@ final class Qcow2Checker {
 
   /// Records a line QEMU prints on standard error.
   func report(_ line: String) { result.messages.append(line) }
+
+  /// Records a line QEMU prints with `error_report` (the program name first).
+  func reportError(_ line: String) {
+    result.errorReports.insert(result.messages.count)
+    result.messages.append(line)
+  }
+
+  /// QEMU's `qcow2_signal_corruption`: the first corruption found on a
+  /// writable image marks it corrupt (and makes it unusable), on a
+  /// read-only one it is reported; later ones are not reported again.
+  func signalCorruption(_ message: String) async {
+    guard !signaledCorruption else { return }
+    signaledCorruption = true
+    if mode.isEmpty {
+      report(
+        "qcow2: Image is corrupt: \(message); further non-fatal corruption events will be suppressed"
+      )
+      return
+    }
+    report(
+      "qcow2: Marking image as corrupt: \(message); further corruption events will be suppressed")
+    header.incompatibleFeatures |= Qcow2Feature.corrupt
+    var field = [UInt8](repeating: 0, count: 8)
+    field.setUInt64(header.incompatibleFeatures, at: 0)
+    try? await file.write(at: 72, bytes: field)
+    try? await file.flush()
+  }
 
   /// Reads the active L1 table, the refcount table and the snapshot table.
   private func loadMetadata() async throws {

@@ -9,12 +9,10 @@ extension Qcow2Driver {
   func repairIfDirty(_ node: BlockNode) async throws {
     guard header.incompatibleFeatures & Qcow2Feature.dirty != 0 else { return }
     let result = try await check(node, mode: [.fixLeaks, .fixErrors])
+    // The program name of error_report lines is the caller's; the lines go
+    // out without it.
     for line in result.messages {
       let bytes = Array((line + "\n").utf8)
-      _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
-    }
-    if let message = result.failureMessage {
-      let bytes = Array((message + "\n").utf8)
       _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
     }
     if let failure = result.failure {
