@@ -53,7 +53,8 @@ let package = Package(
     .testTarget(
       name: "BlockDriversTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
     .testTarget(
-      name: "SpindleCLITests", dependencies: ["SpindleCLI", "BlockCore", "BlockDrivers"]),
+      name: "SpindleCLITests",
+      dependencies: ["SpindleCLI", "BlockCore", "BlockDrivers", "BlockTestSupport"]),
   ],
   swiftLanguageModes: [.v6]
 )

@@ -33,7 +33,16 @@ public final class BlockNode {
   /// Number of users that enabled copy-on-read (the `copy-on-read` option counts as one).
   public internal(set) var copyOnReadCount = 0
   /// Whether the medium was ejected or the node closed.
-  public private(set) var isClosed = false
+  public private(set) var isClosed = false {
+    didSet { Self.graphGeneration &+= 1 }
+  }
+  /// The answer of ``isInserted`` and the ``graphGeneration`` it was computed
+  /// in: requests ask on every layer, and walking the children each time
+  /// costs quadratically in a backing chain's depth.
+  private var insertedAnswer: (generation: UInt64, inserted: Bool)?
+  /// Bumped whenever a node closes or gains or loses a child, which makes
+  /// every cached ``isInserted`` answer stale.
+  private static var graphGeneration: UInt64 = 0
 
   let tracked = TrackedRequests()
   var flushActive = false
@@ -63,6 +72,7 @@ public final class BlockNode {
   public func attach(_ child: BlockNode, role: ChildRole, writable: Bool? = nil) {
     let writes = writable ?? (role != .backing && !options.readOnly)
     children.append(BlockChild(role: role, node: child, writable: writes))
+    Self.graphGeneration &+= 1
     child.parents.append(WeakParent(self))
   }
 
@@ -72,6 +82,7 @@ public final class BlockNode {
       child.node.parents.removeAll { $0.parent === self || $0.parent == nil }
     }
     children.removeAll { $0.role == role }
+    Self.graphGeneration &+= 1
   }
 
   /// Reads the node's length and refreshes its limits. Call once all children
@@ -117,9 +128,12 @@ public final class BlockNode {
 
   /// Whether the node (and every child) has a medium.
   public var isInserted: Bool {
-    if isClosed { return false }
-    for child in children where !child.node.isInserted { return false }
-    return true
+    if let answer = insertedAnswer, answer.generation == Self.graphGeneration {
+      return answer.inserted
+    }
+    let inserted = !isClosed && children.allSatisfy { $0.node.isInserted }
+    insertedAnswer = (Self.graphGeneration, inserted)
+    return inserted
   }
 
   /// Whether the node refuses writes.

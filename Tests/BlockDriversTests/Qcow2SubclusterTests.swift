@@ -201,7 +201,8 @@ struct Qcow2SubclusterTests {
         ("every third", { $0 % 3 == 0 }),
       ]
       for (name, keep) in survivors {
-        try Data(disk.image(afterFlush: disk.flushCount, keeping: keep)).write(to: URL(fileURLWithPath: path))
+        try Data(disk.image(afterFlush: disk.flushCount, keeping: keep)).write(
+          to: URL(fileURLWithPath: path))
         let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", path])
         // 0: clean, 3: leaked clusters only; 2 would be corruption.
         #expect(

@@ -226,6 +226,6 @@ struct BlkdebugDifferentialTests {
     let spindle = await runSpindle(["qemu-io"] + arguments(spindleImage))
       .masked(replacing: spindleImage)
     #expect(spindle == qemu)
-    try expectSameImages(qemuImage, spindleImage)
+    try await expectSameImages(qemuImage, spindleImage)
   }
 }

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -165,7 +166,7 @@ struct DifferentialIOTests {
     } else {
       #expect(spindle == qemu)
     }
-    try expectSameImages(qemuImage, spindleImage)
+    try await expectSameImages(qemuImage, spindleImage)
   }
 
   /// The output split into lines, sorted: the same reports in any order.
@@ -175,15 +176,12 @@ struct DifferentialIOTests {
 }
 
 /// `qemu-img compare` finds the images identical and they have the same size.
-func expectSameImages(_ first: String, _ second: String) throws {
+func expectSameImages(_ first: String, _ second: String) async throws {
   let sizes = try [first, second].map {
     try FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int
   }
   #expect(sizes[0] == sizes[1], "image sizes differ")
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: QEMU.qemuImg!)
-  process.arguments = ["compare", "-q", "-f", "raw", "-F", "raw", first, second]
-  try process.run()
-  process.waitUntilExit()
-  #expect(process.terminationStatus == 0, "qemu-img compare: images differ")
+  let compare = try await ChildProcess.run(
+    QEMU.qemuImg!, ["compare", "-q", "-f", "raw", "-F", "raw", first, second])
+  #expect(compare.termination.status == 0, "qemu-img compare: images differ")
 }

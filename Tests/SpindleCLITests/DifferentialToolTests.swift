@@ -189,6 +189,6 @@ import Testing
     let spindle = await runSpindle(["qemu-img", "bench"] + options + [spindleImage])
       .masked(replacing: spindleImage)
     #expect(spindle == qemu)
-    try expectSameImages(qemuImage, spindleImage)
+    try await expectSameImages(qemuImage, spindleImage)
   }
 }

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -100,37 +101,29 @@ func runUnlocked(_ program: String, _ arguments: [String]) async throws -> ToolR
 func runAndKill(_ program: String, _ arguments: [String], afterMicroseconds microseconds: UInt32?)
   async throws -> (output: String, killed: Bool)
 {
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: program)
-  process.arguments = arguments
-  let stdout = Pipe()
-  process.standardOutput = stdout
-  process.standardError = stdout
-  process.standardInput = FileHandle.nullDevice
-  try process.run()
-  stdout.fileHandleForWriting.closeFile()
-  let pid = process.processIdentifier
+  let process = try ChildProcess(program, arguments, mergeError: true)
+  let reaped = ReapedFlag()
   if let microseconds {
     Thread {
       usleep(microseconds)
       // Only while it runs: once reaped, its pid could belong to another
-      // process (pids are reused only after wrapping around, so the window
-      // between this check and the kill is harmless).
-      if process.isRunning { kill(pid, SIGKILL) }
+      // process.
+      reaped.unlessSet { process.send(SIGKILL) }
     }.start()
   }
-  let text = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
-    Thread {
-      let handle = stdout.fileHandleForReading
-      let data = handle.readDataToEndOfFile()
-      continuation.resume(returning: String(decoding: data, as: UTF8.self))
-    }.start()
-  }
-  await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-    Thread {
-      process.waitUntilExit()
-      continuation.resume()
-    }.start()
-  }
-  return (text, process.terminationReason == .uncaughtSignal)
+  let text = await ChildProcess.readAll(process.output)
+  let termination = await process.wait()
+  reaped.set()
+  return (text, termination.signaled)
+}
+
+/// Whether a child was reaped, so that a late kill never hits a reused pid.
+private final class ReapedFlag: @unchecked Sendable {
+  private let lock = NSLock()
+  private var isSet = false
+
+  func set() { lock.withLock { isSet = true } }
+
+  /// Runs `body` while holding the flag unset.
+  func unlessSet(_ body: () -> Void) { lock.withLock { if !isSet { body() } } }
 }

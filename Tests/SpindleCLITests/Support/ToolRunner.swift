@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import SpindleCLI
 
@@ -76,43 +77,8 @@ func runProcess(
   _ name: String, _ arguments: [String], input: String = "",
   environment: [String: String]? = nil
 ) async throws -> ToolResult {
-  let process = Process()
-  process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-  process.arguments = [name] + arguments
-  if let environment { process.environment = environment }
-  let stdin = Pipe()
-  let stdout = Pipe()
-  let stderr = Pipe()
-  process.standardInput = stdin
-  process.standardOutput = stdout
-  process.standardError = stderr
-  try process.run()
-  stdout.fileHandleForWriting.closeFile()
-  stderr.fileHandleForWriting.closeFile()
-  stdin.fileHandleForReading.closeFile()
-  // Each pipe is drained on a thread of its own; reads and writes block.
-  async let output = readAll(stdout.fileHandleForReading)
-  async let error = readAll(stderr.fileHandleForReading)
-  let writer = Thread {
-    try? stdin.fileHandleForWriting.write(contentsOf: Data(input.utf8))
-    try? stdin.fileHandleForWriting.close()
-  }
-  writer.start()
-  let (out, err) = await (output, error)
-  await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-    Thread {
-      process.waitUntilExit()
-      continuation.resume()
-    }.start()
-  }
-  return ToolResult(status: process.terminationStatus, output: out, error: err)
-}
-
-private func readAll(_ handle: FileHandle) async -> String {
-  await withCheckedContinuation { continuation in
-    Thread {
-      let data = handle.readDataToEndOfFile()
-      continuation.resume(returning: String(decoding: data, as: UTF8.self))
-    }.start()
-  }
+  let result = try await ChildProcess.run(
+    "/usr/bin/env", [name] + arguments, input: input, environment: environment)
+  return ToolResult(
+    status: result.termination.status, output: result.output, error: result.error)
 }

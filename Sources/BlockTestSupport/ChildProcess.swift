@@ -1,0 +1,157 @@
+import Foundation
+
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#endif
+
+/// A program the tests run (qemu-img, qemu-io, the built `spindle`), started
+/// with `posix_spawn` and its standard streams on pipes.
+///
+/// Foundation's `Process.run()` is not used: on Linux (Swift 6.3) it reads
+/// past a `dirent` while listing `/proc/self/fd` and crashes the test process
+/// now and then when many descriptors are open
+/// (swiftlang/swift-corelibs-foundation#5472). Pipes are made close-on-exec
+/// so that no other child inherits them (which would hold their ends open).
+public final class ChildProcess: @unchecked Sendable {
+  /// The child's process id.
+  public let pid: pid_t
+  /// The write end of the child's standard input (nil when it reads
+  /// /dev/null).
+  public let input: FileHandle?
+  /// The read end of the child's standard output (and standard error when
+  /// they were merged).
+  public let output: FileHandle
+  /// The read end of the child's standard error, unless merged into
+  /// ``output``.
+  public let error: FileHandle?
+
+  /// How a child ended.
+  public struct Termination: Sendable, Equatable {
+    /// The exit status, or the signal number when ``signaled``.
+    public var status: Int32
+    /// Whether a signal ended the child.
+    public var signaled: Bool
+  }
+
+  /// Starts `executable` with `arguments` (`argv[0]` is `executable`
+  /// itself), the current environment unless `environment` replaces it.
+  /// `pipeInput`: give the child a pipe for standard input (else
+  /// /dev/null); `mergeError`: standard error goes to the output pipe.
+  public init(
+    _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
+    pipeInput: Bool = false, mergeError: Bool = false
+  ) throws {
+    func makePipe() throws -> (read: Int32, write: Int32) {
+      var fds: [Int32] = [-1, -1]
+      guard pipe(&fds) == 0 else { throw Self.error(errno) }
+      // (Glibc's module has no pipe2; a child spawned by another thread in
+      // between would only hold the pipe open until it exits.)
+      for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+      return (fds[0], fds[1])
+    }
+    // A write to a child that has exited must fail, not kill the tests.
+    if pipeInput { signal(SIGPIPE, SIG_IGN) }
+    let stdin = pipeInput ? try makePipe() : nil
+    let stdout = try makePipe()
+    let stderr = mergeError ? nil : try makePipe()
+
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    if let stdin {
+      posix_spawn_file_actions_adddup2(&actions, stdin.read, 0)
+    } else {
+      posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    }
+    posix_spawn_file_actions_adddup2(&actions, stdout.write, 1)
+    posix_spawn_file_actions_adddup2(&actions, stderr?.write ?? stdout.write, 2)
+
+    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    defer { for pointer in argv { free(pointer) } }
+    let variables = environment.map { $0.map { "\($0.key)=\($0.value)" } }
+    let envp = variables.map { $0.map { strdup($0) } + [nil] }
+    defer { for pointer in envp ?? [] { free(pointer) } }
+
+    var pid: pid_t = 0
+    let status =
+      if let envp {
+        posix_spawn(&pid, executable, &actions, nil, argv, envp)
+      } else {
+        posix_spawn(&pid, executable, &actions, nil, argv, environ)
+      }
+    // The child has its copies; the parent keeps only its own ends.
+    if let stdin { close(stdin.read) }
+    close(stdout.write)
+    if let stderr { close(stderr.write) }
+    guard status == 0 else {
+      if let stdin { close(stdin.write) }
+      close(stdout.read)
+      if let stderr { close(stderr.read) }
+      throw Self.error(status)
+    }
+    self.pid = pid
+    self.input = stdin.map { FileHandle(fileDescriptor: $0.write, closeOnDealloc: true) }
+    self.output = FileHandle(fileDescriptor: stdout.read, closeOnDealloc: true)
+    self.error = stderr.map { FileHandle(fileDescriptor: $0.read, closeOnDealloc: true) }
+  }
+
+  private static func error(_ code: Int32) -> POSIXError {
+    POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
+  }
+
+  /// Sends `signal` to the child.
+  public func send(_ signal: Int32) { kill(pid, signal) }
+
+  /// Waits for the child to end (on a thread of its own: `waitpid` blocks).
+  public func wait() async -> Termination {
+    await withCheckedContinuation { continuation in
+      Thread { [pid] in
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let signal = status & 0x7f
+        continuation.resume(
+          returning: signal == 0
+            ? Termination(status: (status >> 8) & 0xff, signaled: false)
+            : Termination(status: signal, signaled: true))
+      }.start()
+    }
+  }
+
+  /// Everything `handle` yields until end of file (read on a thread of its
+  /// own: the reads block).
+  public static func readAll(_ handle: FileHandle) async -> String {
+    await withCheckedContinuation { continuation in
+      Thread {
+        let data = handle.readDataToEndOfFile()
+        continuation.resume(returning: String(decoding: data, as: UTF8.self))
+      }.start()
+    }
+  }
+
+  /// Runs a program to completion with `input` on its standard input; its
+  /// termination, standard output and standard error (empty when merged).
+  public static func run(
+    _ executable: String, _ arguments: [String], input: String? = nil,
+    environment: [String: String]? = nil, mergeError: Bool = false
+  ) async throws -> (termination: Termination, output: String, error: String) {
+    let child = try ChildProcess(
+      executable, arguments, environment: environment, pipeInput: input != nil,
+      mergeError: mergeError)
+    if let handle = child.input, let input {
+      Thread {
+        try? handle.write(contentsOf: Data(input.utf8))
+        try? handle.close()
+      }.start()
+    }
+    async let output = readAll(child.output)
+    let errorHandle = child.error
+    async let error: String = {
+      guard let errorHandle else { return "" }
+      return await readAll(errorHandle)
+    }()
+    let (out, err) = await (output, error)
+    return (await child.wait(), out, err)
+  }
+}
