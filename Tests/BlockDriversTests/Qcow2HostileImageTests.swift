@@ -9,7 +9,7 @@ import Testing
 /// opens and then fails requests cleanly; none crashes, hangs, allocates in
 /// proportion to a header field rather than to the file, or lets a write
 /// land on the header.
-@Suite("qcow2 hostile images", .timeLimit(.minutes(1)))
+@Suite("qcow2 hostile images", .timeLimit(.minutes(10)))
 @BlockActor
 struct Qcow2HostileImageTests {
   let scratch: ScratchDirectory

@@ -13,7 +13,7 @@ import Testing
 /// durable. This is what proves the ordering of metadata writes and flushes.
 @Suite(
   "qcow2 write-log replay", .enabled(if: QEMUTools.hasQemuImg, "qemu-img is not installed"),
-  .timeLimit(.minutes(2)))
+  .timeLimit(.minutes(10)))
 @BlockActor
 struct Qcow2WriteLogTests {
   let scratch: ScratchDirectory
