@@ -13,25 +13,14 @@ import BlockDrivers
 /// `-q` prints everything anyway, `-n` asks for native AIO (not "no cache"),
 /// and `--object` is not accepted.
 @BlockActor
-enum BenchTool {
+enum BenchTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("flush-interval", .required),
     .init("image-opts"), .init("pattern", .required), .init("no-drain"),
     .init("force-share", key: "U"),
   ]
 
-  /// A failure the tool reports and exits with status 1 for.
-  /// Runs `bench` with `arguments` (`arguments[0]` is `bench`).
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     var parser = Getopt(

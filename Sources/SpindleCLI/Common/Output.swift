@@ -104,3 +104,29 @@ struct Reporter {
 struct CommandExit: Error {
   var status: Int32 = 1
 }
+
+/// A qemu-img subcommand: parses its arguments (`arguments[0]` is its name)
+/// and runs, reporting through `reporter`; ``run(arguments:programName:console:)``
+/// turns what it throws into the exit status (a ``CommandExit``'s, else 1).
+@BlockActor
+protocol ImageSubcommand {
+  /// Parses the options as qemu-img does, runs the command and returns its
+  /// exit status; throws ``CommandExit`` (or any error, meaning status 1)
+  /// after reporting a failure.
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+    async throws -> Int32
+}
+
+extension ImageSubcommand {
+  /// Runs the command and returns its exit status.
+  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
+    let reporter = Reporter(console: console, programName: programName)
+    do {
+      return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch let exit as CommandExit {
+      return exit.status
+    } catch {
+      return 1
+    }
+  }
+}

@@ -19,21 +19,12 @@ import BlockDrivers
 /// The base, opened read-only with the chain, is reopened writable in place.
 /// `-r` is checked and otherwise ignored.
 @BlockActor
-enum CommitTool {
+enum CommitTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("object", .required), .init("image-opts"),
   ]
 
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     func fail(_ message: String) -> CommandExit {

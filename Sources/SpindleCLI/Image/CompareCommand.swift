@@ -12,7 +12,7 @@ import BlockDrivers
 /// zeroes. Exit status 0 (identical), 1 (different), 2 (could not open),
 /// 3 (block status failed), 4 (read failed), as QEMU's `img_compare`.
 @BlockActor
-enum CompareTool {
+enum CompareTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("object", .required), .init("image-opts"),
     .init("force-share", key: "U"),
@@ -21,18 +21,7 @@ enum CompareTool {
   /// QEMU's IO_BUF_SIZE.
   static let chunkSize: Int64 = 2 << 20
 
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch let exit as CommandExit {
-      return exit.status
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     var parser = Getopt(arguments: arguments, options: ":hf:F:T:pqsU", longOptions: longOptions) {

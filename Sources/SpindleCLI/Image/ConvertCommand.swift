@@ -17,23 +17,12 @@ import BlockDrivers
 /// `--salvage` is accepted (read errors still fail). `-l`, `--bitmaps` and
 /// `--object` are refused as not supported yet.
 @BlockActor
-enum ConvertTool {
+enum ConvertTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("object", .required), .init("image-opts"),
     .init("target-image-opts"), .init("salvage"), .init("target-is-zero"), .init("bitmaps"),
     .init("skip-broken-bitmaps"), .init("force-share", key: "U"),
   ]
-
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch let exit as CommandExit {
-      return exit.status
-    } catch {
-      return 1
-    }
-  }
 
   /// What the command line says about the target besides its format.
   struct TargetOptions {
@@ -47,7 +36,7 @@ enum ConvertTool {
     var formatGiven = false
   }
 
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     var parser = Getopt(

@@ -20,22 +20,12 @@ import SystemPackage
 /// before the format's own checks, and a format check that fails removes the
 /// file, as QEMU's qcow2 driver does.
 @BlockActor
-enum CreateTool {
+enum CreateTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("object", .required),
   ]
 
-  /// A failure reported already; the tool exits with status 1.
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     var parser = Getopt(arguments: arguments, options: ":F:b:f:ho:qu", longOptions: longOptions) {

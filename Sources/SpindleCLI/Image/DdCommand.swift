@@ -11,7 +11,7 @@ import BlockDrivers
 /// zeroes included, as QEMU's `img_dd` does. A skip past the input's end is
 /// reported and leaves an empty output (exit status 0, like dd(1)).
 @BlockActor
-enum DdTool {
+enum DdTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("object", .required), .init("image-opts"),
     .init("force-share", key: "U"),
@@ -26,16 +26,7 @@ enum DdTool {
     var output: String?
   }
 
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     func fail(_ message: String) -> CommandExit {

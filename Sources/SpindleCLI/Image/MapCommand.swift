@@ -10,23 +10,14 @@ import BlockDrivers
 /// merging runs as QEMU's `img_map` does, and prints them as a table of the
 /// data runs (human) or as every run with its depth (JSON).
 @BlockActor
-enum MapTool {
+enum MapTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("format", .required, key: "f"), .init("output", .required),
     .init("object", .required), .init("image-opts"), .init("start-offset", .required),
     .init("max-length", .required), .init("force-share", key: "U"),
   ]
 
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     var parser = Getopt(arguments: arguments, options: ":f:hU", longOptions: longOptions) { _ in }

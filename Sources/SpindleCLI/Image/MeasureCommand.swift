@@ -12,7 +12,7 @@ import BlockDrivers
 /// sides are qcow2 v3. As in QEMU, a bad option prints getopt's message and
 /// the help, with exit status 0.
 @BlockActor
-enum MeasureTool {
+enum MeasureTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("image-opts"), .init("object", .required),
     .init("output", .required), .init("size", .required), .init("force-share", key: "U"),
@@ -24,16 +24,7 @@ enum MeasureTool {
     "qed", "rbd", "ssh", "vdi", "vhdx", "vmdk", "vpc",
   ]
 
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     func fail(_ message: String) -> CommandExit {

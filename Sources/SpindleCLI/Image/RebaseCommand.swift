@@ -20,7 +20,7 @@ import BlockDrivers
 /// backing file and format (``Qcow2Driver/changeBackingFile(_:name:format:)``);
 /// `-b ""` (or `-u` without `-b`) leaves the image without one.
 @BlockActor
-enum RebaseTool {
+enum RebaseTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("object", .required), .init("image-opts"),
     .init("force-share", key: "U"),
@@ -35,15 +35,6 @@ enum RebaseTool {
     "snapshot-access", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat",
   ]
 
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch {
-      return 1
-    }
-  }
-
   /// The parsed command line.
   struct Request {
     var filename = ""
@@ -57,7 +48,7 @@ enum RebaseTool {
     var imageOpts = false
   }
 
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     func fail(_ message: String) -> CommandExit {

@@ -10,22 +10,13 @@ import BlockDrivers
 /// and (with `--shrink`) shrinking go through the engine's truncate, so what
 /// each format can do is its driver's business (qcow2 grows only, so far).
 @BlockActor
-enum ResizeTool {
+enum ResizeTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("object", .required), .init("image-opts"),
     .init("preallocation", .required), .init("shrink"),
   ]
 
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     func fail(_ message: String) -> CommandExit {
