@@ -12,7 +12,7 @@ extension Qcow2Checker {
       result.checkErrors += 1
       throw Abort(error: BlockError(.fileTooLarge))
     }
-    references = [UInt64](repeating: 0, count: Int(fileClusters))
+    references = Qcow2ReferenceCounts(count: Int(fileClusters))
     result.totalClusters = clusters(Int64(header.size))
     var rebuild = false
     try await calculateRefcounts(fix: mode, rebuild: &rebuild)
@@ -29,7 +29,7 @@ extension Qcow2Checker {
       result.corruptions = 0
       result.leaks = 0
       rebuild = false
-      references = [UInt64](repeating: 0, count: references.count)
+      references = Qcow2ReferenceCounts(count: references.count)
       try await calculateRefcounts(fix: [], rebuild: &rebuild)
       if mode.contains(.fixLeaks) {
         // The old structures are leaked now: free them. Leaks that remain
@@ -72,15 +72,29 @@ extension Qcow2Checker {
   /// referenced cluster needs a rebuild.
   func compareRefcounts(fix: Qcow2CheckMode, rebuild: inout Bool) async throws -> Int64 {
     var highest: Int64 = 0
+    // The stored block of the current range, fetched once per range (and
+    // again after a repair changed it).
+    var blockIndex = -1
+    var block: Qcow2RefcountBlock?
+    var blockError: BlockError?
     for cluster in 0..<Int64(references.count) {
-      let stored: UInt64
-      do {
-        stored = try await storedRefcount(of: cluster)
-      } catch let error as BlockError {
-        report("Can't get refcount for cluster \(cluster): \(error.codeDescription)")
+      let index = Int(cluster >> blockBits)
+      if index != blockIndex {
+        blockIndex = index
+        do {
+          block = try await storedBlock(covering: cluster)
+          blockError = nil
+        } catch let error as BlockError {
+          blockError = error
+        }
+      }
+      if let blockError {
+        // QEMU asks for every cluster's refcount and fails for each.
+        report("Can't get refcount for cluster \(cluster): \(blockError.codeDescription)")
         result.checkErrors += 1
         continue
       }
+      let stored = block?[Int(cluster & ((1 << blockBits) - 1))] ?? 0
       let expected = references[Int(cluster)]
       if stored > 0 || expected > 0 { highest = cluster }
       guard stored != expected else { continue }
@@ -99,6 +113,7 @@ extension Qcow2Checker {
       if let repair {
         do {
           try await setStoredRefcount(of: cluster, to: expected)
+          blockIndex = -1
           if expected == 0 {
             // QEMU frees with QCOW2_DISCARD_ALWAYS and its file children
             // always unmap: the file punches a hole, whatever the node's
@@ -202,6 +217,22 @@ extension Qcow2Checker {
         result.corruptionsFixed += dirty
       }
     }
+  }
+
+  /// The stored refcount block covering `cluster`, nil where there is none
+  /// (refcounts 0); a misaligned block is an I/O error (and a corruption).
+  func storedBlock(covering cluster: Int64) async throws -> Qcow2RefcountBlock? {
+    let index = Int(cluster >> blockBits)
+    guard index < storedTable.count else { return nil }
+    let blockOffset = Int64(bitPattern: storedTable[index] & Self.refcountTableOffsetMask)
+    if blockOffset == 0 { return nil }
+    if blockOffset & (clusterSize - 1) != 0 {
+      await signalCorruption(
+        "Refblock offset \(alternateHex(UInt64(blockOffset))) unaligned (reftable index: \(alternateHex(UInt64(index))))"
+      )
+      throw BlockError(.ioError)
+    }
+    return try await storedBlock(at: blockOffset)
   }
 
   /// The stored refcount of `cluster` (QEMU's `qcow2_get_refcount`): 0 where

@@ -35,7 +35,7 @@ final class Qcow2Checker {
 
   /// The references counted so far, one per host cluster (QEMU's in-memory
   /// refcount table); its count is QEMU's `nb_clusters`.
-  var references: [UInt64] = []
+  var references = Qcow2ReferenceCounts(count: 0)
   /// The stored refcount table, updated by a rebuild.
   var storedTable: [UInt64] = []
   /// The refcount table the image had when a rebuild started (what QEMU's
@@ -168,9 +168,7 @@ final class Qcow2Checker {
   /// Grows the counted range to `count` clusters (QEMU's
   /// `realloc_refcount_array`).
   func growReferences(to count: Int64) {
-    if count > Int64(references.count) {
-      references += [UInt64](repeating: 0, count: Int(count) - references.count)
-    }
+    references.grow(to: Int(count))
   }
 }
 
