@@ -11,7 +11,7 @@ import BlockDrivers
 /// ``Qcow2Driver/amend(_:options:)`` apply them. Only qcow2 supports
 /// amendment.
 @BlockActor
-enum AmendTool {
+enum AmendTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("object", .required), .init("image-opts"), .init("force"),
   ]
@@ -43,20 +43,8 @@ enum AmendTool {
     .init(name: "refcount_bits", kind: .number, help: "Width of a reference count entry in bits"),
   ]
 
-  /// Runs the command (`arguments[0]` is its name) and returns the exit status.
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch let exit as CommandExit {
-      return exit.status
-    } catch {
-      return 1
-    }
-  }
-
   /// Parses the options as qemu-img does, then runs the command.
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     var parser = Getopt(arguments: arguments, options: ":ho:f:t:pq", longOptions: longOptions) {

@@ -11,27 +11,15 @@ import BlockDrivers
 /// checks", status 63) and, after a repair, checks again. Exit status: 0
 /// clean, 1 check failed, 2 corruptions, 3 leaks only.
 @BlockActor
-enum CheckTool {
+enum CheckTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("format", .required, key: "f"),
     .init("repair", .required, key: "r"), .init("output", .required),
     .init("object", .required), .init("image-opts"), .init("force-share", key: "U"),
   ]
 
-  /// Runs the command (`arguments[0]` is its name) and returns the exit status.
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch let exit as CommandExit {
-      return exit.status
-    } catch {
-      return 1
-    }
-  }
-
   /// Parses the options as qemu-img does, then runs the command.
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     var parser = Getopt(arguments: arguments, options: ":hf:r:T:qU", longOptions: longOptions) {
