@@ -52,7 +52,8 @@ import Testing
     ["-p", "-o", "refcount_bits=8", "DIR/v3.qcow2"],
     ["-p", "-o", "compat=1.1,refcount_bits=2", "DIR/v2.qcow2"],
     ["-q", "-p", "-o", "lazy_refcounts=on", "DIR/v3.qcow2"], ["-Z", "DIR/v3.qcow2"],
-    ["-o", "size=32M", "DIR/missing.qcow2"],
+    ["-o", "size=32M", "DIR/missing.qcow2"], ["-o", "size=8M", "DIR/v3.qcow2"],
+    ["-o", "size=32M", "DIR/snap.qcow2"], ["-o", "size=1M", "DIR/snap.qcow2"],
   ]
 
   @Test(
