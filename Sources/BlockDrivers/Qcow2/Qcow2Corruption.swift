@@ -30,6 +30,9 @@ struct Qcow2SafetyState {
   var discardPassthrough = Qcow2DiscardPassthrough()
   /// Where messages for the user go (standard error when nil).
   var diagnostics: OpenContext.Diagnostics?
+  /// The `lazy-refcounts` open option, when given (else the image's
+  /// feature bit decides).
+  var lazyRefcounts: Bool?
 }
 
 extension Qcow2Driver {

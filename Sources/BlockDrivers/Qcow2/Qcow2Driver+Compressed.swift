@@ -55,7 +55,7 @@ extension Qcow2Driver {
       let refcounts = try refcountsForWrite()
       let host = try await refcounts.allocateBytes(Int64(compressedLength), file: file)
       try await file.emit(.l2UpdateCompressed)
-      try await file.flush()
+      try await refcountsReachedDisk(file)
       try await checkOverlapBeforeWrite(node, offset: host, size: Int64(compressedLength))
       try await file.emit(.writeCompressed)
       try await file.write(

@@ -101,8 +101,9 @@ extension Qcow2Driver {
       let cow = try newClustersCOW(
         table, l2Index: l2Index, clusters: run, offset: offset, bytes: bytes)
       do {
-        // The refcounts must be on disk before an L2 entry points at the clusters.
-        try await file.flush()
+        // The refcounts must be on disk before an L2 entry points at the
+        // clusters (or, with lazy refcounts, the image marked dirty).
+        try await refcountsReachedDisk(file)
         try await writeWithCOW(
           node, guestOffset: offset, host: host, data: iov.slice(0, Int(bytes)),
           cowStart: cow.start, cowEnd: cow.end)

@@ -31,8 +31,7 @@ struct Qcow2OpenOptions {
   var passDiscardRequest: Bool?
   var passDiscardSnapshot = true
   var passDiscardOther = false
-  /// `lazy-refcounts` as given (Spindle never defers refcount updates, so
-  /// it is only checked).
+  /// `lazy-refcounts` as given (overrides the image's feature bit).
   var lazyRefcounts: Bool?
 
   /// Takes the options from `options`, with QEMU's messages for bad values.
@@ -132,6 +131,7 @@ extension Qcow2Driver {
         "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level")
     }
     safety.overlapChecks = options.overlapChecks
+    safety.lazyRefcounts = options.lazyRefcounts
     safety.discardPassthrough = Qcow2DiscardPassthrough(
       request: options.passDiscardRequest ?? discardUnmap,
       snapshot: options.passDiscardSnapshot, other: options.passDiscardOther)

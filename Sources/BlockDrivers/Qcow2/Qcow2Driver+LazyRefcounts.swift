@@ -1,0 +1,39 @@
+import BlockCore
+
+extension Qcow2Driver {
+  /// Whether refcount updates may reach the disk after the L2 entries that
+  /// use their clusters (QEMU's `use_lazy_refcounts`): the image's lazy
+  /// refcounts feature, unless the `lazy-refcounts` open option overrides it.
+  var usesLazyRefcounts: Bool {
+    guard header.version >= 3, refcounts != nil else { return false }
+    return safety.lazyRefcounts
+      ?? (header.compatibleFeatures & Qcow2Feature.lazyRefcounts != 0)
+  }
+
+  /// What must happen before an L2 entry may point at newly counted clusters
+  /// (QEMU's `qcow2_cache_set_dependency` of the L2 cache on the refcount
+  /// cache): normally a flush, so that the refcounts are on disk first; with
+  /// lazy refcounts only the dirty bit, set once (QEMU's
+  /// `qcow2_mark_dirty`), since a dirty image is repaired when it is next
+  /// opened. Call with the lock held.
+  func refcountsReachedDisk(_ file: BlockNode) async throws {
+    guard usesLazyRefcounts else {
+      try await file.flush()
+      return
+    }
+    try await markDirty(file)
+  }
+
+  /// Sets the dirty bit (incompatible bit 0) in the file, synchronously, if
+  /// it is not set yet (QEMU's `qcow2_mark_dirty`).
+  func markDirty(_ file: BlockNode) async throws {
+    guard header.incompatibleFeatures & Qcow2Feature.dirty == 0 else { return }
+    // Whatever was written before must not look like lazily counted work.
+    try await file.flush()
+    var field = [UInt8](repeating: 0, count: 8)
+    field.setUInt64(header.incompatibleFeatures | Qcow2Feature.dirty, at: 0)
+    try await file.write(at: 72, bytes: field)
+    try await file.flush()
+    header.incompatibleFeatures |= Qcow2Feature.dirty
+  }
+}
