@@ -23,6 +23,8 @@ enum InfoTool {
     let reporter = Reporter(console: console, programName: programName)
     do {
       return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch let exit as CommandExit {
+      return exit.status
     } catch {
       return 1
     }
@@ -37,6 +39,7 @@ enum InfoTool {
     var chain = false
     var forceShare = false
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -54,8 +57,7 @@ enum InfoTool {
       case .option("backing-chain"): chain = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        reporter.error("--object is not supported by Spindle yet")
-        throw CommandExit()
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

@@ -21,6 +21,8 @@ enum MapTool {
     let reporter = Reporter(console: console, programName: programName)
     do {
       return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch let exit as CommandExit {
+      return exit.status
     } catch {
       return 1
     }
@@ -36,6 +38,7 @@ enum MapTool {
     var startOffset: Int64 = 0
     var maxLength: Int64?
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -60,8 +63,7 @@ enum MapTool {
         maxLength = value
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        reporter.error("--object is not supported by Spindle yet")
-        throw CommandExit()
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

@@ -28,6 +28,8 @@ enum MeasureTool {
     let reporter = Reporter(console: console, programName: programName)
     do {
       return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch let exit as CommandExit {
+      return exit.status
     } catch {
       return 1
     }
@@ -51,6 +53,7 @@ enum MeasureTool {
     var imageOpts = false
     var json = false
     var size: Int64?
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -65,7 +68,7 @@ enum MeasureTool {
       case .option("U"): forceShare = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        throw fail("--object is not supported by Spindle yet")
+        try objects.add(argument, reporter: reporter, console: console)
       case .option("output"):
         switch argument {
         case "json": json = true

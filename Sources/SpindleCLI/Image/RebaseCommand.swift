@@ -39,6 +39,8 @@ enum RebaseTool {
     let reporter = Reporter(console: console, programName: programName)
     do {
       return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch let exit as CommandExit {
+      return exit.status
     } catch {
       return 1
     }
@@ -71,6 +73,7 @@ enum RebaseTool {
     var sourceCache = "writeback"
     var progress = false
     var quiet = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -93,7 +96,7 @@ enum RebaseTool {
       case .option("U"): request.forceShare = true
       case .option("image-opts"): request.imageOpts = true
       case .option("object"):
-        throw fail("--object is not supported by Spindle yet")
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
