@@ -22,14 +22,17 @@ struct ImageInfo {
   var backingFormat: String?
   /// Internal snapshots, in table order.
   var snapshots: [Qcow2SnapshotInfo] = []
+  /// The image has a bitmaps extension that a program lacking bitmap
+  /// support invalidated (the autoclear bit is clear): QEMU warns on open.
+  var hasStaleBitmaps = false
   /// `format-specific` data members, in QEMU's order.
   var formatSpecific: (type: String, data: [(String, QObject)])?
 
   /// The image as a JSON object, members in QEMU 7.2's order.
   var qobject: QObject {
     var members: [(String, QObject)] = []
-    if !snapshots.isEmpty { members.append(("snapshots", .list(snapshots.map(\.qobject)))) }
     if let backingFormat { members.append(("backing-filename-format", .string(backingFormat))) }
+    if !snapshots.isEmpty { members.append(("snapshots", .list(snapshots.map(\.qobject)))) }
     members.append(("virtual-size", .int(virtualSize)))
     members.append(("filename", .string(filename)))
     if let clusterSize { members.append(("cluster-size", .int(clusterSize))) }
@@ -163,7 +166,13 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
   var specific = qcow2SpecificInfo(header)
   if let file = root.file {
     info.snapshots = try await Qcow2SnapshotInfo.readAll(from: file, header: header)
-    let bitmaps = try await Qcow2BitmapInfo.readAll(from: file, header: header)
+    let hasBitmapsExtension = header.extensions.contains {
+      $0.type == Qcow2HeaderExtension.bitmaps
+    }
+    let bitmapsValid = header.autoclearFeatures & 0x1 != 0
+    info.hasStaleBitmaps = hasBitmapsExtension && !bitmapsValid
+    let bitmaps =
+      bitmapsValid ? try await Qcow2BitmapInfo.readAll(from: file, header: header) : []
     if !bitmaps.isEmpty, let index = specific.firstIndex(where: { $0.0 == "lazy-refcounts" }) {
       // QEMU's hash order puts the bitmaps right after lazy-refcounts.
       specific.insert(("bitmaps", .list(bitmaps.map(\.qobject))), at: index + 1)

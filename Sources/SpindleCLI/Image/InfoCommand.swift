@@ -114,6 +114,14 @@ enum InfoTool {
         reporter.error("\(filename): \(errorMessage(error))")
         throw CommandExit()
       }
+      if info.hasStaleBitmaps {
+        // QEMU's qcow2_read_extensions; its hint has no newline.
+        reporter.warning(
+          "a program lacking bitmap support modified this file, so all bitmaps are now "
+            + "considered inconsistent")
+        console.writeError(
+          "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
+      }
       infos.append(info)
       guard chain, info.backingFilename != nil else { break }
       guard let next = info.fullBackingFilename else { break }
