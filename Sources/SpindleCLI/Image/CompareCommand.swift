@@ -66,7 +66,7 @@ enum CompareTool {
       case .option("U"): forceShare = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        try objects.add(argument, reporter: reporter, console: console)
+        try objects.add(argument, reporter: reporter, console: console, failureStatus: 2)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

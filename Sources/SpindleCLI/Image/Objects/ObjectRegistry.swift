@@ -38,9 +38,11 @@ struct ObjectRegistry {
 
   /// Handles one `--object` argument for a command: defines the object, or
   /// prints help and ends the command with status 0, or reports QEMU's
-  /// error and ends it with status 1.
+  /// error and ends it with `failureStatus` (2 for `compare`, 1 elsewhere).
   @BlockActor
-  mutating func add(_ argument: String, reporter: Reporter, console: Console) throws(CommandExit) {
+  mutating func add(
+    _ argument: String, reporter: Reporter, console: Console, failureStatus: Int32 = 1
+  ) throws(CommandExit) {
     do {
       if let help = try define(argument) {
         console.write(help)
@@ -49,11 +51,11 @@ struct ObjectRegistry {
     } catch let error as ObjectError {
       reporter.error(error.message)
       if let hint = error.hint { console.writeError(hint + "\n") }
-      throw CommandExit()
+      throw CommandExit(status: failureStatus)
     } catch let exit as CommandExit {
       throw exit
     } catch {
-      throw CommandExit()
+      throw CommandExit(status: failureStatus)
     }
   }
 

@@ -51,7 +51,12 @@ struct SecretObject {
     case (nil, let path?): bytes = try Self.readFile(path)
     }
     if isBase64 {
-      let alphabet = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=".utf8)
+      // QEMU's qbase64_decode: no NUL, only the alphabet, padding and newlines.
+      guard !bytes.contains(0) else {
+        throw ObjectError("Base64 data contains embedded NUL characters")
+      }
+      let alphabet = Set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n".utf8)
       guard bytes.allSatisfy(alphabet.contains) else {
         throw ObjectError("Base64 data contains invalid characters")
       }
