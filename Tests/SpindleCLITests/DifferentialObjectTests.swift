@@ -63,6 +63,20 @@ import Testing
     }
   }
 
+  /// qemu-io takes `--object` too, through the same registry.
+  @Test(
+    .enabled(if: QEMU.hasQemuIO, "qemu-io is not installed"),
+    arguments: [["foo,id=x"], ["secret,id=s,data=x"], ["secret,help"], ["secret,data=x"]])
+  func qemuIOHandlesObjects(_ objects: [String]) async throws {
+    let fixture = try ImageFixture()
+    let image = try fixture.makeImage("img.raw")
+    let arguments =
+      objects.flatMap { ["--object", $0] } + ["-f", "raw", "-c", "read 0 512", image]
+    let qemu = try await runProcess("qemu-io", arguments).masked()
+    let spindle = await runSpindle(["qemu-io"] + arguments).masked()
+    #expect(spindle == qemu)
+  }
+
   /// `--object help` lists the types Spindle can create, in QEMU's layout;
   /// each of them is one qemu-img lists too.
   @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"))
