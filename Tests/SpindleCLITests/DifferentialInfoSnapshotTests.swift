@@ -40,28 +40,43 @@ import Testing
     try bytes.write(to: URL(fileURLWithPath: path))
   }
 
-  /// Sets the flags of the first bitmap directory entry, or clears the
-  /// bitmaps autoclear bit when `flags` is nil.
-  static func patchBitmaps(_ path: String, firstFlags flags: UInt8?) throws {
+  /// Changes the bytes of an image with a bitmaps extension: `change` gets
+  /// the bytes, the offset of the extension's data and of the directory.
+  static func patchBitmaps(_ path: String, _ change: (inout Data, Int, Int) -> Void) throws {
     var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
-    guard let flags else {
-      bytes[95] &= ~1
-      try bytes.write(to: URL(fileURLWithPath: path))
-      return
-    }
     func read(_ offset: Int, _ width: Int) -> Int {
       bytes[offset..<offset + width].reduce(0) { $0 << 8 | Int($1) }
     }
     var offset = read(100, 4)
     while read(offset, 4) != 0 {
       if read(offset, 4) == 0x2385_2875 {
-        bytes[read(offset + 24, 8) + 15] = flags
+        change(&bytes, offset + 8, read(offset + 24, 8))
         break
       }
       offset += 8 + (read(offset + 4, 4) + 7) & ~7
     }
     try bytes.write(to: URL(fileURLWithPath: path))
   }
+
+  /// Copies of bitmaps.qcow2 each changed by one patch: in use, invalidated
+  /// by a program lacking bitmap support, and broken in ways QEMU refuses.
+  static let bitmapPatches: [(String, @Sendable (inout Data, Int, Int) -> Void)] = [
+    ("inuse", { bytes, _, directory in bytes[directory + 15] = 3 }),
+    ("stale", { bytes, _, _ in bytes[95] &= ~1 }),
+    ("far", { bytes, ext, _ in bytes[ext + 10] = 1 }),
+    ("unaligned", { bytes, ext, _ in bytes[ext + 23] |= 8 }),
+    ("granularity", { bytes, _, directory in bytes[directory + 17] = 40 }),
+    ("long-name", { bytes, _, directory in bytes[directory + 18] = 7 }),
+    ("zero-count", { bytes, ext, _ in bytes[ext + 3] = 0 }),
+    ("one-more", { bytes, ext, _ in bytes[ext + 3] += 1 }),
+    ("one-less", { bytes, ext, _ in bytes[ext + 3] -= 1 }),
+    ("reserved", { bytes, ext, _ in bytes[ext + 4] = 1 }),
+    ("extra-data", { bytes, _, directory in bytes[directory + 23] = 8 }),
+    ("flags", { bytes, _, directory in bytes[directory + 12] = 1 }),
+    ("small-table", { bytes, _, directory in bytes[directory + 17] = 9 }),
+    ("empty-directory", { bytes, ext, _ in bytes[ext + 8..<ext + 16] = Data(count: 8) }),
+    ("huge-directory", { bytes, ext, _ in bytes[ext + 10] = 0x10 }),
+  ]
 
   /// Images with snapshots, bitmaps, both, and a chain of them.
   static func setup(_ directory: String) async throws {
@@ -84,10 +99,11 @@ import Testing
     try await qemuImg([
       "bitmap", "--add", "-g", "1M", "--disable", path("bitmaps.qcow2"), "bitmap-two",
     ])
-    try FileManager.default.copyItem(atPath: path("bitmaps.qcow2"), toPath: path("inuse.qcow2"))
-    try patchBitmaps(path("inuse.qcow2"), firstFlags: 3)
-    try FileManager.default.copyItem(atPath: path("bitmaps.qcow2"), toPath: path("stale.qcow2"))
-    try patchBitmaps(path("stale.qcow2"), firstFlags: nil)
+    for (name, change) in bitmapPatches {
+      try FileManager.default.copyItem(
+        atPath: path("bitmaps.qcow2"), toPath: path("\(name).qcow2"))
+      try patchBitmaps(path("\(name).qcow2"), change)
+    }
 
     try await qemuImg(["create", "-q", "-f", "qcow2", path("base.qcow2"), "16M"])
     try await qemuImg(["snapshot", "-c", "base-snap", path("base.qcow2")])
@@ -109,6 +125,11 @@ import Testing
     ["DIR/bitmaps.qcow2"], ["--output=json", "DIR/bitmaps.qcow2"],
     ["DIR/inuse.qcow2"], ["--output=json", "DIR/inuse.qcow2"],
     ["DIR/stale.qcow2"], ["--output=json", "DIR/stale.qcow2"],
+    ["DIR/far.qcow2"], ["DIR/unaligned.qcow2"], ["DIR/granularity.qcow2"],
+    ["DIR/long-name.qcow2"], ["DIR/zero-count.qcow2"], ["DIR/one-more.qcow2"],
+    ["DIR/one-less.qcow2"], ["DIR/reserved.qcow2"], ["DIR/extra-data.qcow2"],
+    ["DIR/flags.qcow2"], ["DIR/small-table.qcow2"], ["DIR/empty-directory.qcow2"],
+    ["DIR/huge-directory.qcow2"],
     ["DIR/both.qcow2"], ["--backing-chain", "DIR/both.qcow2"],
     ["--output=json", "--backing-chain", "DIR/both.qcow2"],
     ["DIR/v2.qcow2"], ["--output=json", "DIR/v2.qcow2"],
@@ -121,7 +142,6 @@ import Testing
   func infoMatches(_ arguments: [String]) async throws {
     let run = try await runImageCommand(["info"] + arguments, setup: Self.setup)
     #expect(run.spindle == run.qemu, "\(run)")
-    #expect(run.qemu.status == 0, "\(run)")
   }
 
   @Test func emptyListsBreakTheLineAsQEMUDoes() {

@@ -136,6 +136,8 @@ func qemuSizeText(_ value: UInt64) -> String {
 /// A failure `info` reports as it is.
 struct ImageInfoFailure: Error, CustomStringConvertible {
   let message: String
+  /// QEMU reports it as failing to open the image.
+  var isOpenFailure = false
   var description: String { message }
 }
 
@@ -169,10 +171,14 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
     let hasBitmapsExtension = header.extensions.contains {
       $0.type == Qcow2HeaderExtension.bitmaps
     }
-    let bitmapsValid = header.autoclearFeatures & 0x1 != 0
-    info.hasStaleBitmaps = hasBitmapsExtension && !bitmapsValid
-    let bitmaps =
-      bitmapsValid ? try await Qcow2BitmapInfo.readAll(from: file, header: header) : []
+    info.hasStaleBitmaps = hasBitmapsExtension && header.autoclearFeatures & 0x1 == 0
+    let bitmaps: [Qcow2BitmapInfo]
+    do {
+      bitmaps = try await Qcow2BitmapInfo.readAll(from: file, header: header)
+    } catch {
+      // QEMU checks the bitmap directory when it opens the image.
+      throw ImageInfoFailure(message: errorMessage(error), isOpenFailure: true)
+    }
     if !bitmaps.isEmpty, let index = specific.firstIndex(where: { $0.0 == "lazy-refcounts" }) {
       // QEMU's hash order puts the bitmaps right after lazy-refcounts.
       specific.insert(("bitmaps", .list(bitmaps.map(\.qobject))), at: index + 1)

@@ -111,7 +111,11 @@ enum InfoTool {
         await backend.close()
       } catch {
         await backend.close()
-        reporter.error("\(filename): \(errorMessage(error))")
+        if let failure = error as? ImageInfoFailure, failure.isOpenFailure {
+          reporter.error("Could not open '\(filename)': \(failure.message)")
+        } else {
+          reporter.error("\(filename): \(errorMessage(error))")
+        }
         throw CommandExit()
       }
       if info.hasStaleBitmaps {
