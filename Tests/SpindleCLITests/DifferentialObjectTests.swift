@@ -29,8 +29,17 @@ import Testing
     ["secret,id=a b,data=a"], ["secret,id=s,data=a,keyid=k"], ["secret,qom-type=x,id=s,data=a"],
     ["foo,id=x"], ["foo"], ["Secret,id=s,data=a"], ["id=x"], [""],
     ["memory-backend-ram,id=m,size=1M"], ["iothread,id=io"], ["iothread"],
+    ["secret,id=a,data=x", "secret,id=a"], ["secret,id=s,keyid=s,data=y"],
+    // Key syntax (QEMU's keyval parser).
+    ["secret,id=s,data=a,a.b=1"], ["secret,id=s,da ta=x"], ["secret,,id=s"],
+    ["secret,id=s,data=a,,"], ["secret,id=s,=x"], ["secret,id=s,data"], ["help,secret"],
+    ["secret,id=s,data=a,help=1"], ["secret,id=s,data.x=1"], ["secret,id=s,data=1,data.x=1"],
+    ["secret,id=s," + String(repeating: "k", count: 130) + "=1"],
+    ["secret,id=s,data=a,format=base64,format.x=1"], ["secret,id=s,data=a,x_y=1"],
+    ["secret,id=s,data=a,1x=1"], ["secret,id=s,data=a,b,c=d"], [",id=x"],
     // Help for a type, and an error before it stops the command.
     ["secret,help"], ["secret,id=s,data=a,help"], ["foo,id=x", "secret,help"],
+    ["secret,id=s,data=a,?"],
   ]
 
   @Test(

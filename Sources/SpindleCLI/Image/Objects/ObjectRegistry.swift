@@ -86,11 +86,12 @@ struct ObjectRegistry {
     guard type == "secret" else {
       throw ObjectError("Object type '\(type)' is not supported by Spindle yet")
     }
-    let secret = try SecretObject(id: id, definition: definition) { secrets[$0] }
+    // QEMU adds the object under its ID before completing it.
+    try SecretObject.checkProperties(definition)
     guard secrets[id] == nil else {
       throw ObjectError("attempt to add duplicate property '\(id)' to object (type 'container')")
     }
-    secrets[id] = secret
+    secrets[id] = try SecretObject(id: id, definition: definition) { secrets[$0] }
     return nil
   }
 

@@ -29,21 +29,32 @@ struct SecretObject {
 
     """
 
-  /// Validates the properties as QEMU's secret object does and loads the
-  /// data; `lookup` finds an already defined secret for `keyid`.
+  /// QEMU's QAPI checks of the properties (`SecretProperties`), made before
+  /// the object is created: each member a string, `format` one of the
+  /// formats, no other member.
+  static func checkProperties(_ definition: ObjectDefinition) throws(ObjectError) {
+    for name in propertyNames {
+      if definition.nestedKey(under: name) != nil {
+        throw ObjectError("Parameters '\(name).*' are unexpected")
+      }
+      if name == "format", let format = definition["format"], format != "raw", format != "base64" {
+        throw ObjectError("Parameter 'format' does not accept value '\(format)'")
+      }
+    }
+    for name in definition.memberNames
+    where name != "qom-type" && name != "id" && !propertyNames.contains(name) {
+      throw ObjectError("Parameter '\(name)' is unexpected")
+    }
+  }
+
+  /// Loads the data as QEMU's secret object does when it completes
+  /// (properties checked by ``checkProperties(_:)``); `lookup` finds an
+  /// already defined secret for `keyid`.
   init(id: String, definition: ObjectDefinition, lookup: (String) -> SecretObject?)
     throws(ObjectError)
   {
     self.id = id
-    let format = definition["format"] ?? "raw"
-    guard format == "raw" || format == "base64" else {
-      throw ObjectError("Parameter 'format' does not accept value '\(format)'")
-    }
-    isBase64 = format == "base64"
-    for (key, _) in definition.properties
-    where key != "qom-type" && key != "id" && !Self.propertyNames.contains(key) {
-      throw ObjectError("Parameter '\(key)' is unexpected")
-    }
+    isBase64 = definition["format"] == "base64"
     switch (definition["data"], definition["file"]) {
     case (.some, .some): throw ObjectError("'file' and 'data' are mutually exclusive")
     case (nil, nil): throw ObjectError("Either 'file' or 'data' must be provided")
@@ -62,6 +73,7 @@ struct SecretObject {
       }
     }
     if let keyID = definition["keyid"] {
+      if keyID == id { throw ObjectError("Secret with id '\(id)' has no data") }
       guard lookup(keyID) != nil else { throw ObjectError("No secret with id '\(keyID)'") }
       throw ObjectError("Secrets encrypted with 'keyid' are not supported by Spindle yet")
     }
