@@ -37,6 +37,9 @@ import Testing
     ["secret,id=s," + String(repeating: "k", count: 130) + "=1"],
     ["secret,id=s,data=a,format=base64,format.x=1"], ["secret,id=s,data=a,x_y=1"],
     ["secret,id=s,data=a,1x=1"], ["secret,id=s,data=a,b,c=d"], [",id=x"],
+    // JSON definitions.
+    [#"{"qom-type":"secret","id":"s","data":"a"}"#], [#"{"qom-type":"secret","id":"s"}"#],
+    [#"{"qom-type":"foo","id":"s"}"#], [#"{"qom-type":"secret","id":"s","data":"a","x":"1"}"#],
     // Help for a type, and an error before it stops the command.
     ["secret,help"], ["secret,id=s,data=a,help"], ["foo,id=x", "secret,help"],
     ["secret,id=s,data=a,?"],

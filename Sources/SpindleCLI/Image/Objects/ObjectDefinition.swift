@@ -1,3 +1,5 @@
+import BlockDrivers
+
 /// An `--object` argument split into its properties the way QEMU's
 /// `keyval_parse` splits it with the implied key `qom-type`: `key=value`
 /// pairs separated by commas, `,,` for a comma inside a value, a first
@@ -27,6 +29,15 @@ struct ObjectDefinition {
       if !names.contains(name) { names.append(name) }
     }
     return names
+  }
+
+  /// Parses a JSON object definition (`{"qom-type": "secret", ...}`); nested
+  /// members become dotted keys, numbers and booleans their text.
+  init(json text: String) throws(ObjectError) {
+    guard let options = try? DriverOptions.parseJSON(text) else {
+      throw ObjectError("JSON parse error in the object definition")
+    }
+    properties = options.values.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
   }
 
   /// Parses `text`, throwing QEMU's messages for malformed keys.

@@ -62,10 +62,9 @@ struct ObjectRegistry {
   /// Defines the object `argument` describes; returns the help text instead
   /// when it asks for help.
   mutating func define(_ argument: String) throws -> String? {
-    if argument.hasPrefix("{") {
-      throw ObjectError("JSON object definitions are not supported by Spindle yet")
-    }
-    let definition = try ObjectDefinition(parsing: argument)
+    let definition =
+      argument.hasPrefix("{")
+      ? try ObjectDefinition(json: argument) : try ObjectDefinition(parsing: argument)
     let type = definition["qom-type"]
     if definition.wantsHelp {
       return type == "secret" ? SecretObject.help : Self.typeListHelp
