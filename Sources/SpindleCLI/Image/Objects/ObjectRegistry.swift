@@ -67,7 +67,13 @@ struct ObjectRegistry {
       ? try ObjectDefinition(json: argument) : try ObjectDefinition(parsing: argument)
     let type = definition["qom-type"]
     if definition.wantsHelp {
-      return type == "secret" ? SecretObject.help : Self.typeListHelp
+      if type == "secret" { return SecretObject.help }
+      // QEMU lists the properties of the types it can create; Spindle
+      // cannot list those of types it does not have.
+      if let type, Self.qemuCreatableTypes.contains(type) {
+        throw ObjectError("Object type '\(type)' is not supported by Spindle yet")
+      }
+      return Self.typeListHelp
     }
     guard let type else { throw ObjectError("Parameter 'qom-type' is missing") }
     guard Self.qemuCreatableTypes.contains(type) || Self.otherQemuTypes.contains(type) else {
