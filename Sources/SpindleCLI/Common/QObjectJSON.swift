@@ -28,7 +28,8 @@ indirect enum QObject: Equatable {
       }
       return "{\n\(body.joined(separator: ",\n"))\n\(closing)}"
     case .list(let elements):
-      if elements.isEmpty { return "[]" }
+      // QEMU's JSON writer breaks the line even in an empty list.
+      if elements.isEmpty { return "[\n\(closing)]" }
       let body = elements.map { "\(indent)\($0.prettyJSON(level: level + 1))" }
       return "[\n\(body.joined(separator: ",\n"))\n\(closing)]"
     }

@@ -41,6 +41,7 @@ enum IOTool {
     var readOnly = false
     var misalign = false
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       switch result {
       case .option("s"): spec.snapshot = true
@@ -78,7 +79,12 @@ enum IOTool {
         console.write(usage(programName))
         return 0
       case .option("U"): spec.forceShare = true
-      case .option("object"): break  // No user-creatable objects (secrets) yet.
+      case .option("object"):
+        do {
+          try objects.add(parser.optarg!, reporter: reporter, console: console)
+        } catch {
+          return error.status
+        }
       case .option("image-opts"): imageOpts = true
       default:
         console.write(usage(programName))

@@ -56,6 +56,7 @@ enum AmendTool: ImageSubcommand {
     var progress = false
     var quiet = false
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -80,8 +81,7 @@ enum AmendTool: ImageSubcommand {
       case .option("force"): break
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        reporter.error("--object is not supported by Spindle yet")
-        throw CommandExit()
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

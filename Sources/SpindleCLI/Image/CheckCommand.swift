@@ -32,6 +32,7 @@ enum CheckTool: ImageSubcommand {
     var quiet = false
     var forceShare = false
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -58,8 +59,7 @@ enum CheckTool: ImageSubcommand {
       case .option("U"): forceShare = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        reporter.error("--object is not supported by Spindle yet")
-        throw CommandExit()
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

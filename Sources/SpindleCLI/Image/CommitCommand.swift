@@ -41,6 +41,7 @@ enum CommitTool: ImageSubcommand {
     var progress = false
     var quiet = false
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -67,7 +68,7 @@ enum CommitTool: ImageSubcommand {
       case .option("q"): quiet = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        throw fail("--object is not supported by Spindle yet")
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

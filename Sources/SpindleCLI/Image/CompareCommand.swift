@@ -34,6 +34,7 @@ enum CompareTool: ImageSubcommand {
     var strict = false
     var forceShare = false
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -54,8 +55,7 @@ enum CompareTool: ImageSubcommand {
       case .option("U"): forceShare = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        reporter.error("--object is not supported by Spindle yet")
-        throw CommandExit(status: 1)
+        try objects.add(argument, reporter: reporter, console: console, failureStatus: 2)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

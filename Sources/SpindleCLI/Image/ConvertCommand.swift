@@ -14,8 +14,9 @@ import BlockDrivers
 /// `--target-image-opts` (with `-n`) to the target. With a target backing
 /// file (`-B`/`-F` or `-o backing_file`) only what the source's top image
 /// allocates is copied. `-C` and `-r` are checked and otherwise ignored, and
-/// `--salvage` is accepted (read errors still fail). `-l`, `--bitmaps` and
-/// `--object` are refused as not supported yet.
+/// `--salvage` is accepted (read errors still fail). `--object` defines
+/// secrets (see ``ObjectRegistry``); `-l` and `--bitmaps` are refused as not
+/// supported yet.
 @BlockActor
 enum ConvertTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -62,6 +63,7 @@ enum ConvertTool: ImageSubcommand {
     var copyOffloading = false
     var salvage = false
     var explicitSparse = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -117,6 +119,8 @@ enum ConvertTool: ImageSubcommand {
         }
       case .option("salvage"): salvage = true
       case .option("target-image-opts"): target.imageOpts = true
+      case .option("object"):
+        try objects.add(argument, reporter: reporter, console: console)
       case .option("O"):
         outputFormat = argument
         target.formatGiven = true

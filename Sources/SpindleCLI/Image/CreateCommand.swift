@@ -37,6 +37,7 @@ enum CreateTool: ImageSubcommand {
     var options: String?
     var quiet = false
     var unsafe = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -60,8 +61,7 @@ enum CreateTool: ImageSubcommand {
       case .option("q"): quiet = true
       case .option("u"): unsafe = true
       case .option("object"):
-        reporter.error("--object is not supported by Spindle yet")
-        throw CommandExit()
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

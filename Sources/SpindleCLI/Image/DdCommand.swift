@@ -39,6 +39,7 @@ enum DdTool: ImageSubcommand {
     var outputFormat = "raw"
     var forceShare = false
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -55,7 +56,7 @@ enum DdTool: ImageSubcommand {
       case .option("U"): forceShare = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        throw fail("--object is not supported by Spindle yet")
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

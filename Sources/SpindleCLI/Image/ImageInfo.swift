@@ -20,6 +20,11 @@ struct ImageInfo {
   var backingFilename: String?
   var fullBackingFilename: String?
   var backingFormat: String?
+  /// Internal snapshots, in table order.
+  var snapshots: [Qcow2SnapshotInfo] = []
+  /// The image has a bitmaps extension that a program lacking bitmap
+  /// support invalidated (the autoclear bit is clear): QEMU warns on open.
+  var hasStaleBitmaps = false
   /// `format-specific` data members, in QEMU's order.
   var formatSpecific: (type: String, data: [(String, QObject)])?
 
@@ -27,6 +32,7 @@ struct ImageInfo {
   var qobject: QObject {
     var members: [(String, QObject)] = []
     if let backingFormat { members.append(("backing-filename-format", .string(backingFormat))) }
+    if !snapshots.isEmpty { members.append(("snapshots", .list(snapshots.map(\.qobject)))) }
     members.append(("virtual-size", .int(virtualSize)))
     members.append(("filename", .string(filename)))
     if let clusterSize { members.append(("cluster-size", .int(clusterSize))) }
@@ -70,11 +76,13 @@ struct ImageInfo {
       text += "\n"
     }
     if let backingFormat { text += "backing file format: \(backingFormat)\n" }
+    if !snapshots.isEmpty {
+      text += "Snapshot list:\n\(Qcow2SnapshotInfo.tableHeader)\n"
+      for snapshot in snapshots { text += snapshot.tableLine + "\n" }
+    }
     if let formatSpecific {
       text += "Format specific information:\n"
-      for (key, value) in formatSpecific.data {
-        text += "    \(key.replacing("-", with: " ")): \(value.humanValue)\n"
-      }
+      text += QObject.dict(formatSpecific.data).humanDump(indentation: 1)
     }
     return text
   }
@@ -89,6 +97,28 @@ extension QObject {
     case .string(let value): value
     case .dict, .list: prettyJSON()
     }
+  }
+
+  /// The members of a dict or the elements of a list as QEMU's `dump_qdict`
+  /// and `dump_qlist` print them: four spaces per level, dashes in keys
+  /// shown as spaces, composite values on the lines below their key.
+  func humanDump(indentation: Int) -> String {
+    let indent = String(repeating: " ", count: 4 * indentation)
+    let entries: [(String, QObject)]
+    switch self {
+    case .dict(let members): entries = members.map { ($0.0.replacing("-", with: " "), $0.1) }
+    case .list(let elements): entries = elements.enumerated().map { ("[\($0.offset)]", $0.element) }
+    default: return humanValue
+    }
+    var text = ""
+    for (label, value) in entries {
+      switch value {
+      case .dict, .list:
+        text += "\(indent)\(label):\n" + value.humanDump(indentation: indentation + 1)
+      default: text += "\(indent)\(label): \(value.humanValue)\n"
+      }
+    }
+    return text
   }
 }
 
@@ -106,6 +136,8 @@ func qemuSizeText(_ value: UInt64) -> String {
 /// A failure `info` reports as it is.
 struct ImageInfoFailure: Error, CustomStringConvertible {
   let message: String
+  /// QEMU reports it as failing to open the image.
+  var isOpenFailure = false
   var description: String { message }
 }
 
@@ -123,12 +155,6 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
   }
   guard let qcow2 = root.driver as? Qcow2Driver else { return info }
   let header = qcow2.header
-  if header.snapshotCount > 0 {
-    throw ImageInfoFailure(message: "images with internal snapshots are not supported yet")
-  }
-  if header.extensions.contains(where: { $0.type == 0x2385_2875 }) {
-    throw ImageInfoFailure(message: "images with persistent bitmaps are not supported yet")
-  }
   if header.cryptMethod != 0 {
     throw ImageInfoFailure(message: "encrypted images are not supported yet")
   }
@@ -139,7 +165,26 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
     info.fullBackingFilename = fullBackingPath(backing, relativeTo: filename)
     info.backingFormat = header.backingFormat
   }
-  info.formatSpecific = ("qcow2", qcow2SpecificInfo(header))
+  var specific = qcow2SpecificInfo(header)
+  if let file = root.file {
+    info.snapshots = try await Qcow2SnapshotInfo.readAll(from: file, header: header)
+    let hasBitmapsExtension = header.extensions.contains {
+      $0.type == Qcow2HeaderExtension.bitmaps
+    }
+    info.hasStaleBitmaps = hasBitmapsExtension && header.autoclearFeatures & 0x1 == 0
+    let bitmaps: [Qcow2BitmapInfo]
+    do {
+      bitmaps = try await Qcow2BitmapInfo.readAll(from: file, header: header)
+    } catch {
+      // QEMU checks the bitmap directory when it opens the image.
+      throw ImageInfoFailure(message: errorMessage(error), isOpenFailure: true)
+    }
+    if !bitmaps.isEmpty, let index = specific.firstIndex(where: { $0.0 == "lazy-refcounts" }) {
+      // QEMU's hash order puts the bitmaps right after lazy-refcounts.
+      specific.insert(("bitmaps", .list(bitmaps.map(\.qobject))), at: index + 1)
+    }
+  }
+  info.formatSpecific = ("qcow2", specific)
   return info
 }
 

@@ -23,6 +23,8 @@ enum InfoTool {
     let reporter = Reporter(console: console, programName: programName)
     do {
       return try await parseAndRun(arguments, reporter: reporter, console: console)
+    } catch let exit as CommandExit {
+      return exit.status
     } catch {
       return 1
     }
@@ -37,6 +39,7 @@ enum InfoTool {
     var chain = false
     var forceShare = false
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -54,8 +57,7 @@ enum InfoTool {
       case .option("backing-chain"): chain = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        reporter.error("--object is not supported by Spindle yet")
-        throw CommandExit()
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
@@ -109,8 +111,20 @@ enum InfoTool {
         await backend.close()
       } catch {
         await backend.close()
-        reporter.error("\(filename): \(errorMessage(error))")
+        if let failure = error as? ImageInfoFailure, failure.isOpenFailure {
+          reporter.error("Could not open '\(filename)': \(failure.message)")
+        } else {
+          reporter.error("\(filename): \(errorMessage(error))")
+        }
         throw CommandExit()
+      }
+      if info.hasStaleBitmaps {
+        // QEMU's qcow2_read_extensions; its hint has no newline.
+        reporter.warning(
+          "a program lacking bitmap support modified this file, so all bitmaps are now "
+            + "considered inconsistent")
+        console.writeError(
+          "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
       }
       infos.append(info)
       guard chain, info.backingFilename != nil else { break }

@@ -27,6 +27,7 @@ enum MapTool: ImageSubcommand {
     var startOffset: Int64 = 0
     var maxLength: Int64?
     var imageOpts = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -51,8 +52,7 @@ enum MapTool: ImageSubcommand {
         maxLength = value
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        reporter.error("--object is not supported by Spindle yet")
-        throw CommandExit()
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }

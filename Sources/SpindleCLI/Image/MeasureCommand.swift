@@ -42,6 +42,7 @@ enum MeasureTool: ImageSubcommand {
     var imageOpts = false
     var json = false
     var size: Int64?
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -56,7 +57,7 @@ enum MeasureTool: ImageSubcommand {
       case .option("U"): forceShare = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
-        throw fail("--object is not supported by Spindle yet")
+        try objects.add(argument, reporter: reporter, console: console)
       case .option("output"):
         switch argument {
         case "json": json = true

@@ -62,6 +62,7 @@ enum RebaseTool: ImageSubcommand {
     var sourceCache = "writeback"
     var progress = false
     var quiet = false
+    var objects = ObjectRegistry()
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -84,7 +85,7 @@ enum RebaseTool: ImageSubcommand {
       case .option("U"): request.forceShare = true
       case .option("image-opts"): request.imageOpts = true
       case .option("object"):
-        throw fail("--object is not supported by Spindle yet")
+        try objects.add(argument, reporter: reporter, console: console)
       default:
         throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
       }
