@@ -12,25 +12,14 @@ import BlockDrivers
 /// named by `--image-opts` or a `json:` name is shown by the name of the
 /// file it reads (QEMU's `bdrv_refresh_filename` for plain options).
 @BlockActor
-enum InfoTool {
+enum InfoTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
     .init("help", key: "h"), .init("format", .required, key: "f"), .init("output", .required),
     .init("backing-chain"), .init("object", .required), .init("image-opts"),
     .init("force-share", key: "U"),
   ]
 
-  static func run(arguments: [String], programName: String, console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: programName)
-    do {
-      return try await parseAndRun(arguments, reporter: reporter, console: console)
-    } catch let exit as CommandExit {
-      return exit.status
-    } catch {
-      return 1
-    }
-  }
-
-  private static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
+  static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
     async throws -> Int32
   {
     var parser = Getopt(arguments: arguments, options: ":f:hU", longOptions: longOptions) { _ in }
