@@ -31,6 +31,11 @@ final class ImageCopier {
     /// source's backing chain holds), so only what the source's top image
     /// allocates is copied.
     var targetHasBacking = false
+    /// `--salvage`: a failed read is retried sector by sector, and the
+    /// sectors that still fail read as zeroes (with a warning).
+    var salvage = false
+    /// `-r`: the most bytes per second read from the sources (0: no limit).
+    var rateLimit: UInt64 = 0
   }
 
   /// A run of the source: data, zeroes, or (with a target backing file)
@@ -56,8 +61,16 @@ final class ImageCopier {
   private let sequencer = WriteSequencer()
   private var copied: Int64 = 0
   private var dataBytes: Int64 = 0
+  private let throttle: ThrottledClock?
+  /// Prints salvage warnings (QEMU's `warn_report`, silent with `-q`).
+  private let warn: @BlockActor (String) -> Void
 
-  init(sources: [BlockBackend], target: BlockBackend, settings: Settings, meter: ProgressMeter) {
+  init(
+    sources: [BlockBackend], target: BlockBackend, settings: Settings, meter: ProgressMeter,
+    warn: @escaping @BlockActor (String) -> Void = { _ in }
+  ) {
+    self.warn = warn
+    throttle = settings.rateLimit > 0 ? ThrottledClock(bytesPerSecond: settings.rateLimit) : nil
     self.sources = sources
     var starts: [Int64] = []
     var end: Int64 = 0
@@ -101,6 +114,9 @@ final class ImageCopier {
           let buffer =
             run.zero || run.backing
             ? nil : (buffers.popLast() ?? IOVector(allocating: bufferSize))
+          // QEMU's -r: data read is accounted, and the copy pauses once a
+          // 100 ms slice's quota is used up.
+          if buffer != nil, let throttle { try await throttle.dispatch(run.length) }
           let (start, turn) = (offset, index)
           group.addTask {
             try await self.copy(run, at: start, turn: turn, buffer: buffer)
@@ -172,6 +188,10 @@ final class ImageCopier {
         : try await source.root.blockStatusAbove(
           base: nil, offset: local, bytes: bytes, wantZero: true
         ).status
+    } catch  where settings.salvage {
+      // QEMU's salvage mode takes an unknown status as a sector of data:
+      // reading it then fails or not, and is salvaged like any read.
+      status = BlockStatus(flags: .data, count: min(512, bytes))
     } catch {
       throw Failure(
         message:
@@ -256,11 +276,35 @@ final class ImageCopier {
       while done < data.count {
         let (source, local) = locate(offset + Int64(done))
         let piece = Int(min(Int64(data.count - done), source.length - local))
-        try await source.read(at: local, into: data.slice(done, piece))
+        let slice = data.slice(done, piece)
+        do {
+          try await source.read(at: local, into: slice)
+        } catch  where settings.salvage {
+          await salvage(source, at: local, into: slice)
+        }
         done += piece
       }
     } catch {
       throw Failure(message: "error while reading at byte \(offset): \(errorMessage(error))")
+    }
+  }
+
+  /// `--salvage` after a failed read (QEMU's `convert_co_read`): the range
+  /// is read again one sector at a time; a sector that still fails is
+  /// reported with its offset in the source and reads as zeroes.
+  private func salvage(_ source: BlockBackend, at offset: Int64, into data: IOVector) async {
+    let sector = 512
+    var position = 0
+    while position < data.count {
+      let count = min(sector, data.count - position)
+      let piece = data.slice(position, count)
+      do {
+        try await source.read(at: offset + Int64(position), into: piece)
+      } catch {
+        warn("error while reading offset \(offset + Int64(position)): \(errorMessage(error))")
+        piece.fill(0)
+      }
+      position += count
     }
   }
 
