@@ -7,7 +7,7 @@ import Testing
 @Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
 struct DifferentialSalvageTests {
   /// A raw image of 3 MiB of data (two 2 MiB copy chunks), its qcow2 copy,
-  /// and a blkdebug configuration file failing reads of sector 100.
+  /// one of 3,000,000 bytes, and a blkdebug configuration file failing reads of sector 100.
   static func setup(_ directory: String) async throws {
     func path(_ name: String) -> String { "\(directory)/\(name)" }
     try await qemuImg(["create", "-q", "-f", "raw", path("base.raw"), "3M"])
@@ -17,6 +17,8 @@ struct DifferentialSalvageTests {
         + [path("base.raw")])
     #expect(written.status == 0, "\(written)")
     try await qemuImg(["convert", "-f", "raw", "-O", "qcow2", path("base.raw"), path("base.qcow2")])
+    // A size that is not a whole number of sectors.
+    try Data(repeating: 0x5a, count: 3_000_000).write(to: URL(fileURLWithPath: path("odd.raw")))
     let config = "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nsector = \"100\"\n"
     try config.write(toFile: path("blkdebug.conf"), atomically: true, encoding: .utf8)
   }
@@ -84,6 +86,16 @@ struct DifferentialSalvageTests {
     Run(
       name: "configuration file without salvage",
       arguments: ["-f", "raw", "blkdebug:DIR/blkdebug.conf:DIR/base.raw", "DIR/out"]),
+    Run(
+      name: "salvage: the partial last sector, runs in flight",
+      arguments: ["--salvage", source("odd.raw", errors: [(5000, 5), (5859, 28)]), "DIR/out"]),
+    Run(
+      name: "salvage: compressed target",
+      arguments: [
+        "--salvage", "-c", "-O", "qcow2", source("odd.raw", errors: [(5000, 5), (5859, 28)]),
+        "DIR/out",
+      ],
+      format: "qcow2"),
     Run(
       name: "salvage conflicts with -C",
       arguments: ["--salvage", "-C", "DIR/base.raw", "DIR/out"]),

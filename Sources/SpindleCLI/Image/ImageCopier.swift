@@ -200,9 +200,11 @@ final class ImageCopier {
     var length = max(status.count, 1)
     // QEMU keeps runs ending on the source's cluster (or request) alignment
     // when they can, so that the next run starts aligned.
+    // QEMU counts in sectors: a source's partial last sector is a whole one.
     let alignment = max(source.root.clusterSize, 512)
-    let tail = (local + length) % alignment
-    if length > tail { length -= tail }
+    let end = (local + length + 511) / 512 * 512
+    let tail = end % alignment
+    if end - local > tail { length = min(length, end - tail - local) }
     var zero = status.flags.contains(.zero)
     var backing =
       settings.targetHasBacking && !zero && !status.flags.contains(.data)
