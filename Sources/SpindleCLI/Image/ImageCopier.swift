@@ -88,7 +88,8 @@ final class ImageCopier {
 
   func run() async throws {
     // QEMU counts the bytes it will copy first; progress is measured in them.
-    if meter.enabled {
+    // (Salvage warnings about block status are printed in this pass too.)
+    if meter.enabled || settings.salvage {
       var offset: Int64 = 0
       while offset < total {
         let run = try await nextRun(at: offset)
@@ -104,13 +105,14 @@ final class ImageCopier {
         var index = 0
         var running = 0
         while offset < total {
-          let run = try await nextRun(at: offset)
+          // As QEMU's coroutines: a free one asks for the next run.
           if running == slots {
             if let returned = try await group.next(), let buffer = returned {
               buffers.append(buffer)
             }
             running -= 1
           }
+          let run = try await nextRun(at: offset)
           let buffer =
             run.zero || run.backing
             ? nil : (buffers.popLast() ?? IOVector(allocating: bufferSize))
@@ -191,11 +193,11 @@ final class ImageCopier {
     } catch  where settings.salvage {
       // QEMU's salvage mode takes an unknown status as a sector of data:
       // reading it then fails or not, and is salvaged like any read.
+      warn("error while reading block status at offset \(local): \(errorMessage(error))")
       status = BlockStatus(flags: .data, count: min(512, bytes))
     } catch {
       throw Failure(
-        message:
-          "error while reading block status of sector \(offset / 512): \(errorMessage(error))")
+        message: "error while reading block status at offset \(local): \(errorMessage(error))")
     }
     var length = max(status.count, 1)
     // QEMU keeps runs ending on the source's cluster (or request) alignment
