@@ -12,6 +12,10 @@ import BlockCore
 /// with a 2 MiB buffer reused from a pool; reads overlap freely, writes are
 /// issued in image order unless `outOfOrder` (`-W`), so that the target's
 /// layout does not depend on timing.
+///
+/// With `salvage` (`--salvage`), a failed read is retried sector by sector
+/// and failed sectors (or block status queries) become warnings and zeroes;
+/// with a `rateLimit` (`-r`), the data read is paced by a ``RateLimiter``.
 @BlockActor
 final class ImageCopier {
   struct Settings {
