@@ -214,9 +214,9 @@ enum CommitTool: ImageSubcommand {
 
   /// Copies every range allocated between `top` and `base` (exclusive) into
   /// `target`: zeroes as zero-writes, data in chunks of at most 2 MiB.
-  /// With a `throttle` (`-r`), each piece waits until the rate limit's slice
-  /// allows it, and data pieces are accounted (zero-writes are not, as in
-  /// QEMU's mirror-based commit).
+  /// With a `throttle` (`-r`), each data piece is accounted and waited for
+  /// before the next (zero-writes are not accounted, as in QEMU's
+  /// mirror-based commit).
   private static func copyAllocated(
     from top: BlockNode, above base: BlockNode, into target: BlockBackend,
     throttle: ThrottledClock?
@@ -238,7 +238,6 @@ enum CommitTool: ImageSubcommand {
             base: nil, offset: position, bytes: run - done, wantZero: true
           ).status
           var piece = max(status.count, 1)
-          if let throttle { try await throttle.waitForSlice() }
           if status.flags.contains(.zero) {
             try await target.writeZeroes(at: position, count: piece)
           } else {
@@ -246,7 +245,7 @@ enum CommitTool: ImageSubcommand {
             let data = buffer.slice(0, Int(piece))
             try await top.read(at: position, into: data)
             try await target.write(at: position, from: data)
-            await throttle?.processed(piece)
+            try await throttle?.dispatch(piece)
           }
           done += piece
         }

@@ -120,9 +120,12 @@ final class ImageCopier {
           let buffer =
             run.zero || run.backing
             ? nil : (buffers.popLast() ?? IOVector(allocating: bufferSize))
-          // QEMU's -r: data read is accounted, and the copy pauses once a
-          // 100 ms slice's quota is used up.
-          if buffer != nil, let throttle { try await throttle.dispatch(run.length) }
+          // QEMU's -r: a data run waits while the 100 ms slice's quota
+          // is used up, then is accounted.
+          if buffer != nil, let throttle {
+            try await throttle.waitForSlice()
+            await throttle.processed(run.length)
+          }
           let (start, turn) = (offset, index)
           group.addTask {
             try await self.copy(run, at: start, turn: turn, buffer: buffer)

@@ -73,15 +73,15 @@ actor ThrottledClock {
     return UInt64(max(seconds, 0)) * 1_000_000_000 + UInt64(max(attoseconds, 0) / 1_000_000_000)
   }
 
-  /// Accounts `bytes` and sleeps as long as the limiter says (QEMU's
-  /// convert: account, then sleep before going on).
+  /// Accounts `bytes` and sleeps as long as the limiter says (commit:
+  /// account a piece, then sleep before the next).
   func dispatch(_ bytes: Int64) async throws {
     let wait = limiter.delay(dispatching: UInt64(max(bytes, 0)), at: now)
     if wait > 0 { try await Task.sleep(nanoseconds: wait) }
   }
 
-  /// Sleeps until the current slice no longer blocks (QEMU's
-  /// `block_job_ratelimit_sleep`), then returns.
+  /// Sleeps until the current slice no longer blocks, then returns
+  /// (convert: wait, then account the run with ``processed(_:)``).
   func waitForSlice() async throws {
     while true {
       let wait = limiter.delay(dispatching: 0, at: now)
