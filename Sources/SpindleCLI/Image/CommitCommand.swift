@@ -17,7 +17,8 @@ import BlockDrivers
 /// if smaller, as QEMU's active commit does; then, unless `-d` or `-b`
 /// (which implies `-d`), the image is emptied (``Qcow2Driver/makeEmpty(_:)``).
 /// The base, opened read-only with the chain, is reopened writable in place.
-/// `-r` is checked and otherwise ignored.
+/// `-r` limits the bytes copied per second as QEMU's commit job does
+/// (``RateLimiter``).
 @BlockActor
 enum CommitTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -42,6 +43,7 @@ enum CommitTool: ImageSubcommand {
     var quiet = false
     var imageOpts = false
     var objects = ObjectRegistry()
+    var rateLimit: UInt64 = 0
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
@@ -61,9 +63,11 @@ enum CommitTool: ImageSubcommand {
         drop = true
       case .option("d"): drop = true
       case .option("r"):
-        guard parseImageNumber(argument, name: "rate limit", reporter: reporter) != nil else {
+        guard let rate = parseImageNumber(argument, name: "rate limit", reporter: reporter)
+        else {
           throw CommandExit()
         }
+        rateLimit = UInt64(rate)
       case .option("p"): progress = true
       case .option("q"): quiet = true
       case .option("image-opts"): imageOpts = true
@@ -91,7 +95,8 @@ enum CommitTool: ImageSubcommand {
     meter.report(0)
     do {
       try await commit(
-        image, filename: filename, baseName: baseName, drop: drop, meter: meter)
+        image, filename: filename, baseName: baseName, drop: drop, meter: meter,
+        rateLimit: rateLimit)
     } catch {
       await image.close()
       meter.end()
@@ -107,7 +112,8 @@ enum CommitTool: ImageSubcommand {
 
   /// Finds the base, reopens it writable, copies and empties.
   private static func commit(
-    _ image: BlockBackend, filename: String, baseName: String?, drop: Bool, meter: ProgressMeter
+    _ image: BlockBackend, filename: String, baseName: String?, drop: Bool, meter: ProgressMeter,
+    rateLimit: UInt64
   ) async throws {
     let top = image.root
     let parent: BlockNode
@@ -130,7 +136,8 @@ enum CommitTool: ImageSubcommand {
       if base.length < top.length {
         try await base.truncate(to: top.length, exact: false)
       }
-      try await copyAllocated(from: top, above: base.root, into: base)
+      let throttle = rateLimit > 0 ? ThrottledClock(bytesPerSecond: rateLimit) : nil
+      try await copyAllocated(from: top, above: base.root, into: base, throttle: throttle)
       try await base.flush()
     } catch {
       parent.detach(role: .backing)
@@ -208,8 +215,12 @@ enum CommitTool: ImageSubcommand {
 
   /// Copies every range allocated between `top` and `base` (exclusive) into
   /// `target`: zeroes as zero-writes, data in chunks of at most 2 MiB.
+  /// With a `throttle` (`-r`), each data piece is accounted and waited for
+  /// before the next (zero-writes are not accounted, as in QEMU's
+  /// mirror-based commit).
   private static func copyAllocated(
-    from top: BlockNode, above base: BlockNode, into target: BlockBackend
+    from top: BlockNode, above base: BlockNode, into target: BlockBackend,
+    throttle: ThrottledClock?
   )
     async throws
   {
@@ -235,6 +246,7 @@ enum CommitTool: ImageSubcommand {
             let data = buffer.slice(0, Int(piece))
             try await top.read(at: position, into: data)
             try await target.write(at: position, from: data)
+            try await throttle?.dispatch(piece)
           }
           done += piece
         }

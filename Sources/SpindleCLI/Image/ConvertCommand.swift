@@ -13,10 +13,11 @@ import BlockDrivers
 /// Several sources are concatenated; `--image-opts` applies to them,
 /// `--target-image-opts` (with `-n`) to the target. With a target backing
 /// file (`-B`/`-F` or `-o backing_file`) only what the source's top image
-/// allocates is copied. `-C` and `-r` are checked and otherwise ignored, and
-/// `--salvage` is accepted (read errors still fail). `--object` defines
-/// secrets (see ``ObjectRegistry``); `-l` and `--bitmaps` are refused as not
-/// supported yet.
+/// allocates is copied. `-r` limits the bytes read per second as QEMU does
+/// (``RateLimiter``); `--salvage` turns failed reads into warnings and
+/// zeroes, sector by sector. `-C` is checked and otherwise ignored.
+/// `--object` defines secrets (see ``ObjectRegistry``); `-l` and `--bitmaps`
+/// are refused as not supported yet.
 @BlockActor
 enum ConvertTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -114,10 +115,14 @@ enum ConvertTool: ImageSubcommand {
       case .option("F"): target.backingFormat = argument
       case .option("C"): copyOffloading = true
       case .option("r"):
-        guard parseImageNumber(argument, name: "rate limit", reporter: reporter) != nil else {
+        guard let rate = parseImageNumber(argument, name: "rate limit", reporter: reporter)
+        else {
           throw CommandExit()
         }
-      case .option("salvage"): salvage = true
+        settings.rateLimit = UInt64(rate)
+      case .option("salvage"):
+        salvage = true
+        settings.salvage = true
       case .option("target-image-opts"): target.imageOpts = true
       case .option("object"):
         try objects.add(argument, reporter: reporter, console: console)
@@ -171,7 +176,7 @@ enum ConvertTool: ImageSubcommand {
         sourceCache: sourceCacheMode, forceShare: forceShare, imageOpts: imageOpts,
         outputFormat: outputFormat, options: options, cache: cache, skipCreate: skipCreate,
         targetIsZero: targetIsZero, target: target, settings: settings, meter: meter,
-        reporter: reporter)
+        reporter: reporter, quiet: quiet)
     } catch {
       meter.end()
       throw error
@@ -186,7 +191,7 @@ enum ConvertTool: ImageSubcommand {
     operands: [String], outputFilename: String, sourceFormat: String?, sourceCache: CacheMode,
     forceShare: Bool, imageOpts: Bool, outputFormat: String, options: String?, cache: String,
     skipCreate: Bool, targetIsZero: Bool, target: TargetOptions, settings: ImageCopier.Settings,
-    meter: ProgressMeter, reporter: Reporter
+    meter: ProgressMeter, reporter: Reporter, quiet: Bool
   ) async throws {
     let sourceCacheMode = sourceCache
     var sources: [BlockBackend] = []
@@ -212,7 +217,7 @@ enum ConvertTool: ImageSubcommand {
       try await convert(
         sources: sources, to: outputFilename, format: outputFormat, options: options,
         cache: cache, skipCreate: skipCreate, targetIsZero: targetIsZero, targetOptions: target,
-        settings: settings, meter: meter, reporter: reporter)
+        settings: settings, meter: meter, reporter: reporter, quiet: quiet)
     } catch {
       await closeSources()
       throw error
@@ -225,7 +230,7 @@ enum ConvertTool: ImageSubcommand {
     sources: [BlockBackend], to filename: String, format: String, options: String?,
     cache: String,
     skipCreate: Bool, targetIsZero: Bool, targetOptions: TargetOptions,
-    settings: ImageCopier.Settings, meter: ProgressMeter, reporter: Reporter
+    settings: ImageCopier.Settings, meter: ProgressMeter, reporter: Reporter, quiet: Bool
   ) async throws {
     func fail(_ message: String) -> CommandExit {
       reporter.error(message)
@@ -329,7 +334,10 @@ enum ConvertTool: ImageSubcommand {
       settings.minSparse > 0 && !hasBacking && (!skipCreate || targetIsZero)
     settings.targetHasBacking = hasBacking
     settings.clusterSize = Int(target.root.clusterSize)
-    let copier = ImageCopier(sources: sources, target: target, settings: settings, meter: meter)
+    // QEMU's salvage warnings are silenced by -q.
+    let copier = ImageCopier(
+      sources: sources, target: target, settings: settings, meter: meter,
+      warn: { if !quiet { reporter.warning($0) } })
     do {
       try await copier.run()
       try await target.flush()

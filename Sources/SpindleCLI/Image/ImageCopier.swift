@@ -12,6 +12,10 @@ import BlockCore
 /// with a 2 MiB buffer reused from a pool; reads overlap freely, writes are
 /// issued in image order unless `outOfOrder` (`-W`), so that the target's
 /// layout does not depend on timing.
+///
+/// With `salvage` (`--salvage`), a failed read is retried sector by sector
+/// and failed sectors (or block status queries) become warnings and zeroes;
+/// with a `rateLimit` (`-r`), the data read is paced by a ``RateLimiter``.
 @BlockActor
 final class ImageCopier {
   struct Settings {
@@ -31,6 +35,11 @@ final class ImageCopier {
     /// source's backing chain holds), so only what the source's top image
     /// allocates is copied.
     var targetHasBacking = false
+    /// `--salvage`: a failed read is retried sector by sector, and the
+    /// sectors that still fail read as zeroes (with a warning).
+    var salvage = false
+    /// `-r`: the most bytes per second read from the sources (0: no limit).
+    var rateLimit: UInt64 = 0
   }
 
   /// A run of the source: data, zeroes, or (with a target backing file)
@@ -56,8 +65,16 @@ final class ImageCopier {
   private let sequencer = WriteSequencer()
   private var copied: Int64 = 0
   private var dataBytes: Int64 = 0
+  private let throttle: ThrottledClock?
+  /// Prints salvage warnings (QEMU's `warn_report`, silent with `-q`).
+  private let warn: @BlockActor (String) -> Void
 
-  init(sources: [BlockBackend], target: BlockBackend, settings: Settings, meter: ProgressMeter) {
+  init(
+    sources: [BlockBackend], target: BlockBackend, settings: Settings, meter: ProgressMeter,
+    warn: @escaping @BlockActor (String) -> Void = { _ in }
+  ) {
+    self.warn = warn
+    throttle = settings.rateLimit > 0 ? ThrottledClock(bytesPerSecond: settings.rateLimit) : nil
     self.sources = sources
     var starts: [Int64] = []
     var end: Int64 = 0
@@ -75,7 +92,8 @@ final class ImageCopier {
 
   func run() async throws {
     // QEMU counts the bytes it will copy first; progress is measured in them.
-    if meter.enabled {
+    // (Salvage warnings about block status are printed in this pass too.)
+    if meter.enabled || settings.salvage {
       var offset: Int64 = 0
       while offset < total {
         let run = try await nextRun(at: offset)
@@ -91,16 +109,23 @@ final class ImageCopier {
         var index = 0
         var running = 0
         while offset < total {
-          let run = try await nextRun(at: offset)
+          // As QEMU's coroutines: a free one asks for the next run.
           if running == slots {
             if let returned = try await group.next(), let buffer = returned {
               buffers.append(buffer)
             }
             running -= 1
           }
+          let run = try await nextRun(at: offset)
           let buffer =
             run.zero || run.backing
             ? nil : (buffers.popLast() ?? IOVector(allocating: bufferSize))
+          // QEMU's -r: a data run waits while the 100 ms slice's quota
+          // is used up, then is accounted.
+          if buffer != nil, let throttle {
+            try await throttle.waitForSlice()
+            await throttle.processed(run.length)
+          }
           let (start, turn) = (offset, index)
           group.addTask {
             try await self.copy(run, at: start, turn: turn, buffer: buffer)
@@ -172,17 +197,23 @@ final class ImageCopier {
         : try await source.root.blockStatusAbove(
           base: nil, offset: local, bytes: bytes, wantZero: true
         ).status
+    } catch  where settings.salvage {
+      // QEMU's salvage mode takes an unknown status as a sector of data:
+      // reading it then fails or not, and is salvaged like any read.
+      warn("error while reading block status at offset \(local): \(errorMessage(error))")
+      status = BlockStatus(flags: .data, count: min(512, bytes))
     } catch {
       throw Failure(
-        message:
-          "error while reading block status of sector \(offset / 512): \(errorMessage(error))")
+        message: "error while reading block status at offset \(local): \(errorMessage(error))")
     }
     var length = max(status.count, 1)
     // QEMU keeps runs ending on the source's cluster (or request) alignment
     // when they can, so that the next run starts aligned.
+    // QEMU counts in sectors: a source's partial last sector is a whole one.
     let alignment = max(source.root.clusterSize, 512)
-    let tail = (local + length) % alignment
-    if length > tail { length -= tail }
+    let end = (local + length + 511) / 512 * 512
+    let tail = end % alignment
+    if end - local > tail { length = min(length, end - tail - local) }
     var zero = status.flags.contains(.zero)
     var backing =
       settings.targetHasBacking && !zero && !status.flags.contains(.data)
@@ -256,11 +287,35 @@ final class ImageCopier {
       while done < data.count {
         let (source, local) = locate(offset + Int64(done))
         let piece = Int(min(Int64(data.count - done), source.length - local))
-        try await source.read(at: local, into: data.slice(done, piece))
+        let slice = data.slice(done, piece)
+        do {
+          try await source.read(at: local, into: slice)
+        } catch  where settings.salvage {
+          await salvage(source, at: local, into: slice)
+        }
         done += piece
       }
     } catch {
       throw Failure(message: "error while reading at byte \(offset): \(errorMessage(error))")
+    }
+  }
+
+  /// `--salvage` after a failed read (QEMU's `convert_co_read`): the range
+  /// is read again one sector at a time; a sector that still fails is
+  /// reported with its offset in the source and reads as zeroes.
+  private func salvage(_ source: BlockBackend, at offset: Int64, into data: IOVector) async {
+    let sector = 512
+    var position = 0
+    while position < data.count {
+      let count = min(sector, data.count - position)
+      let piece = data.slice(position, count)
+      do {
+        try await source.read(at: offset + Int64(position), into: piece)
+      } catch {
+        warn("error while reading offset \(offset + Int64(position)): \(errorMessage(error))")
+        piece.fill(0)
+      }
+      position += count
     }
   }
 
