@@ -200,7 +200,10 @@ extension Qcow2Checker {
     header.refcountTableOffset = UInt64(refcounts.tableOffset)
     header.refcountTableClusters = UInt32(clusters(Int64(refcounts.table.count) * 8))
     try await file.flush()
-    try await checkOverlap(offset: newOffset, size: length, what: "snapshot table")
+    if let overlapped = overlappedMetadata(offset: newOffset, size: length) {
+      await signalCorruption("Preventing invalid write on metadata (overlaps with \(overlapped))")
+      throw BlockError(.ioError)
+    }
     for (position, bytes) in placed {
       try await file.write(at: newOffset + position, bytes: bytes)
     }
