@@ -51,9 +51,16 @@ import Testing
 
   static let variants: [[String]] = [[], ["--output=json"], ["-r", "leaks"], ["-r", "all"]]
 
+  /// Every scenario with every variant, but the 65536 snapshots left by
+  /// repairing "count-above-limit" (``repairAboveLimitMatches()``: its
+  /// 65536 lines are too many for the harness's output masking).
+  static let cases: [(String, [String])] = scenarios.keys.sorted().flatMap { scenario in
+    variants.map { (scenario, $0) }
+  }.filter { $0 != ("count-above-limit", ["-r", "all"]) }
+
   @Test(
     .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
-    arguments: scenarios.keys.sorted(), variants)
+    arguments: cases)
   func checkMatches(_ scenario: String, _ options: [String]) async throws {
     let damage = try #require(Self.scenarios[scenario])
     let run = try await runImageCommand(["check"] + options + ["DIR/t.qcow2"]) { directory in
@@ -71,6 +78,32 @@ import Testing
         #expect(compare.status == 0, "\(compare)")
       }
     }
+  }
+
+  /// `-r all` with a snapshot count above QEMU's limit: the overhanging
+  /// snapshots are discarded, the 65536 left are all incomplete, and the
+  /// new table overlaps the old one, which the refcount check did not count
+  /// (it runs past the end of the file).
+  @Test(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+  func repairAboveLimitMatches() async throws {
+    let fixture = try ImageFixture()
+    var results: [ToolResult] = []
+    var paths: [String] = []
+    for name in ["q", "s"] {
+      let directory = fixture.path(name)
+      try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+      try await Self.template.value.copy(into: directory)
+      let path = "\(directory)/t.qcow2"
+      try SnapshotTable(Image(path)).image.write(60, 70_000, width: 4)
+      paths.append(path)
+    }
+    results.append(try await runProcess("qemu-img", ["check", "-r", "all", paths[0]]))
+    results.append(await runSpindle(["qemu-img", "check", "-r", "all", paths[1]]))
+    #expect(results[0].status == 1)
+    #expect(results[1].status == results[0].status)
+    #expect(results[1].output == results[0].output)
+    #expect(results[1].error == results[0].error)
+    #expect(FileManager.default.contentsEqual(atPath: paths[0], andPath: paths[1]))
   }
 
   /// Repairs on an image with 512-byte clusters (where 5000 bytes of extra
