@@ -46,7 +46,7 @@ extension Qcow2Driver {
     var backing: BlockNode?
     var dataFile: BlockNode?
     do {
-      var header = try await readHeader(file)
+      var header = try await readHeader(file, forCheck: context.forCheck)
       if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly
         && !context.forCheck
       {
@@ -61,7 +61,10 @@ extension Qcow2Driver {
       var snapshots = Qcow2SnapshotTable()
       if !context.node.readOnly {
         refcountTable = try await prepareForWriting(file, header: &header)
-        snapshots = try await Qcow2SnapshotTable.read(file, header: header)
+        // A check reads (and repairs) the snapshot table itself.
+        if !context.forCheck {
+          snapshots = try await Qcow2SnapshotTable.read(file, header: header)
+        }
       }
       dataFile = try await openDataFile(
         header: header, override: dataFileOptions, imagePath: imagePath, context: context)
@@ -130,8 +133,9 @@ extension Qcow2Driver {
     }
   }
 
-  /// Reads the first cluster (or the whole file when shorter) and parses it.
-  static func readHeader(_ file: BlockNode) async throws -> Qcow2Header {
+  /// Reads the first cluster (or the whole file when shorter) and parses it;
+  /// `forCheck` leaves the snapshot table to the check.
+  static func readHeader(_ file: BlockNode, forCheck: Bool = false) async throws -> Qcow2Header {
     let fileLength = file.length
     var bytes = try await file.read(at: 0, count: Int(min(fileLength, 4096)))
     let clusterBits = bytes.count >= 24 ? bytes.uint32(at: 20) : 0
@@ -141,7 +145,7 @@ extension Qcow2Driver {
         bytes = try await file.read(at: 0, count: Int(wanted))
       }
     }
-    return try Qcow2Header.parse(bytes, fileLength: fileLength)
+    return try Qcow2Header.parse(bytes, fileLength: fileLength, forCheck: forCheck)
   }
 
   /// QEMU's `bdrv_get_full_backing_filename`: a relative name is relative to

@@ -3,8 +3,9 @@ import BlockCore
 extension Qcow2Header {
   /// Checks the parsed fields against each other and the file (QEMU's checks
   /// in `qcow2_do_open`, plus "lies past the end of the file" for the tables
-  /// this driver reads).
-  func validate(fileLength: Int64) throws {
+  /// this driver reads). A check (`forCheck`) leaves the snapshot table to
+  /// the check, as QEMU's `BDRV_O_CHECK` open does.
+  func validate(fileLength: Int64, forCheck: Bool = false) throws {
     let unsupported = incompatibleFeatures & ~Qcow2Feature.supportedIncompatible
     if unsupported != 0 {
       throw Qcow2Feature.unsupportedError(unsupported, table: featureNames)
@@ -42,12 +43,9 @@ extension Qcow2Header {
       refcountTableOffset, entries: UInt64(refcountTableClusters), entryLength: UInt64(clusterSize),
       name: "Reference count table", fileLength: fileLength)
 
-    if snapshotCount > Self.maxSnapshots {
-      throw BlockError(.invalidArgument, "Snapshot table too large")
+    if !forCheck {
+      try validateSnapshotTable()
     }
-    try validateTable(
-      snapshotsOffset, entries: UInt64(snapshotCount), entryLength: 40, name: "Snapshot table",
-      fileLength: nil)
 
     // QEMU's BDRV_MAX_LENGTH (BlockNode.maxLength, which is actor-isolated).
     let maxLength = UInt64(Int64.max / 2 - Int64.max / 2 % 512)
@@ -86,6 +84,16 @@ extension Qcow2Header {
     default:
       throw BlockError(.notSupported, "qcow2: unknown compression type: \(compressionType)")
     }
+  }
+
+  /// QEMU's checks of the snapshot count and the snapshot table's place.
+  func validateSnapshotTable() throws {
+    if snapshotCount > Self.maxSnapshots {
+      throw BlockError(.invalidArgument, "Snapshot table too large")
+    }
+    try validateTable(
+      snapshotsOffset, entries: UInt64(snapshotCount), entryLength: 40, name: "Snapshot table",
+      fileLength: nil)
   }
 
   /// QEMU's `validate_table_offset` and its message ("Active L1 table offset

@@ -96,7 +96,9 @@ public struct Qcow2Header: Sendable, Equatable {
 
   /// Parses and validates the header from the image's first bytes (at least
   /// the whole first cluster, or the whole file when it is shorter).
-  public static func parse(_ bytes: [UInt8], fileLength: Int64) throws -> Qcow2Header {
+  public static func parse(_ bytes: [UInt8], fileLength: Int64, forCheck: Bool = false) throws
+    -> Qcow2Header
+  {
     guard bytes.count >= 72, bytes.uint32(at: 0) == magic else {
       throw BlockError(.invalidArgument, "Image is not in qcow2 format")
     }
@@ -154,7 +156,7 @@ public struct Qcow2Header: Sendable, Equatable {
       }
       header.backingFile = String(decoding: bytes[start..<start + length], as: UTF8.self)
     }
-    try header.validate(fileLength: fileLength)
+    try header.validate(fileLength: fileLength, forCheck: forCheck)
     return header
   }
 }

@@ -72,6 +72,7 @@ extension Qcow2Driver {
   func checkLocked(_ node: BlockNode, mode: Qcow2CheckMode) async throws -> Qcow2CheckResult {
     let file = try fileNode(node)
     let checker = Qcow2Checker(file: file, header: header, mode: mode)
+    checker.discardsFreedSnapshotTable = safety.discardPassthrough.passes(.snapshot)
     let result = await checker.run()
     if checker.header.incompatibleFeatures & Qcow2Feature.corrupt != 0 {
       // QEMU's fatal corruption signal: the node is unusable from now on.
@@ -81,6 +82,11 @@ extension Qcow2Driver {
       header = checker.header
       l1Table = checker.l1Table
       l2Cache = Qcow2L2Cache(capacity: l2Cache.capacity)
+      safety.snapshotTableSize = checker.snapshotTableSize
+      safety.inactiveL1Tables = checker.snapshots.map {
+        Qcow2SnapshotTable.L1Table(
+          offset: Int64(bitPattern: $0.l1TableOffset), bytes: Int64($0.l1Size) * 8)
+      }
       if let refcounts {
         refcounts.reload(
           tableOffset: Int64(header.refcountTableOffset), table: checker.storedTable)

@@ -18,7 +18,7 @@ extension Qcow2Checker {
   }
 
   /// The name QEMU gives the first metadata structure the range overlaps.
-  private func overlappedMetadata(offset: Int64, size: Int64) -> String? {
+  func overlappedMetadata(offset: Int64, size: Int64) -> String? {
     guard size > 0 else { return nil }
     let start = offset & ~(clusterSize - 1)
     let end = (offset + size + clusterSize - 1) & ~(clusterSize - 1)

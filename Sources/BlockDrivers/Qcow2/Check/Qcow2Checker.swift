@@ -49,6 +49,14 @@ final class Qcow2Checker {
   var snapshots: [Qcow2SnapshotEntry] = []
   /// Bytes the snapshot table occupies.
   var snapshotTableSize: Int64 = 0
+  /// Corruptions of the snapshot table not yet in ``result`` (QEMU's
+  /// separate `snapshot_res`).
+  var snapshotCorruptions: Int64 = 0
+  /// Snapshot table corruptions repaired, not yet in ``result``.
+  var snapshotCorruptionsFixed: Int64 = 0
+  /// Whether the clusters of a replaced snapshot table are discarded in the
+  /// file (QEMU's `pass-discard-snapshot`).
+  var discardsFreedSnapshotTable = true
 
   /// A checker of the image in `file`, described by `header`.
   init(file: BlockNode, header: Qcow2Header, mode: Qcow2CheckMode) {
@@ -71,8 +79,16 @@ final class Qcow2Checker {
   /// Runs the check (QEMU's `qcow2_co_check_locked`) and returns its result.
   func run() async -> Qcow2CheckResult {
     do {
+      try await readSnapshotTable()
       try await loadMetadata()
-      try await checkRefcounts()
+      do {
+        try await checkRefcounts()
+        try await fixSnapshotTable()
+      } catch {
+        mergeSnapshotCounts()
+        throw error
+      }
+      mergeSnapshotCounts()
       if !mode.isEmpty && result.checkErrors == 0 && result.corruptions == 0 {
         try await markCleanAndConsistent()
       }
@@ -116,7 +132,7 @@ final class Qcow2Checker {
     try? await file.flush()
   }
 
-  /// Reads the active L1 table, the refcount table and the snapshot table.
+  /// Reads the active L1 table and the refcount table.
   private func loadMetadata() async throws {
     let l1Bytes = try await readPadded(
       at: Int64(header.l1TableOffset), count: Int(header.l1Size) * 8)
@@ -124,14 +140,6 @@ final class Qcow2Checker {
     let entries = Int(header.refcountTableClusters) * Int(clusterSize) / 8
     storedTable = try await readPadded(at: Int64(header.refcountTableOffset), count: entries * 8)
       .bigEndianUInt64s(count: entries)
-    do {
-      (snapshots, snapshotTableSize) = try await Qcow2SnapshotEntry.readTable(
-        file, header: header)
-    } catch let error as BlockError {
-      report("ERROR: Failed to read the snapshot table: \(error)")
-      result.checkErrors += 1
-      throw Abort(error: error)
-    }
   }
 
   /// Clears the dirty and corrupt bits after a successful repair (QEMU's

@@ -16,6 +16,24 @@ struct Qcow2SnapshotEntry: Equatable {
   var diskSize: UInt64
   /// Bytes of saved VM state.
   var vmStateSize: UInt64
+  /// The rest of the entry, kept so that the check can write the table
+  /// again (QEMU's `QCowSnapshot`).
+  var record = Record()
+
+  /// The fields of an entry that only a rewrite of the table needs.
+  struct Record: Equatable {
+    /// When the snapshot was taken: seconds and nanoseconds.
+    var dateSeconds: UInt32 = 0
+    var dateNanoseconds: UInt32 = 0
+    /// The guest clock at the snapshot, in nanoseconds.
+    var vmClock: UInt64 = 0
+    /// Bytes of extra data the entry declares (after a repair, what it keeps).
+    var extraDataSize: UInt32 = 16
+    /// The instruction count, all ones when the entry does not record it.
+    var instructionCount: UInt64 = .max
+    /// Extra data past the fields QEMU knows (beyond 24 bytes).
+    var unknownExtraData: [UInt8] = []
+  }
 
   /// Fixed part of a snapshot table entry.
   static let fixedLength = 40
