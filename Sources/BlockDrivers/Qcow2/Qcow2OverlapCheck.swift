@@ -134,13 +134,11 @@ extension Qcow2Driver {
     {
       return .inactiveL1
     }
-    if checks.contains(.activeL2),
-      l1Table.contains(where: { hits(Int64($0 & Qcow2Entry.offsetMask), clusterSize) })
-    {
+    if checks.contains(.activeL2), Self.anyCluster(of: l1Table, within: start..<end, clusterSize) {
       return .activeL2
     }
     if checks.contains(.refcountBlock), let refcounts,
-      refcounts.table.contains(where: { hits(Int64($0 & Qcow2Entry.offsetMask), clusterSize) })
+      Self.anyCluster(of: refcounts.table, within: start..<end, clusterSize)
     {
       return .refcountBlock
     }
@@ -160,6 +158,23 @@ extension Qcow2Driver {
       }
     }
     return nil
+  }
+
+  /// Whether a cluster some entry of `table` points at (its offset field)
+  /// lies in `range` (cluster-aligned host offsets). A plain loop: it runs
+  /// for every write, over whole tables (QEMU's `cached` checks do the same).
+  static func anyCluster(of table: [UInt64], within range: Range<Int64>, _ clusterSize: Int64)
+    -> Bool
+  {
+    table.withUnsafeBufferPointer { entries in
+      for entry in entries {
+        let offset = Int64(entry & Qcow2Entry.offsetMask)
+        if offset != 0 && offset < range.upperBound && range.lowerBound < offset + clusterSize {
+          return true
+        }
+      }
+      return false
+    }
   }
 
   /// Refuses a write of `size` bytes at host `offset` that would land on
