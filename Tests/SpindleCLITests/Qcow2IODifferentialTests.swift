@@ -90,6 +90,16 @@ struct Qcow2IODifferentialTests {
       ],
       backingChain: true),
     Script(
+      name: "copy-on-read filter over blkdebug: reads populate the overlay, cor_write fails once",
+      image:
+        #"json:{"driver":"copy-on-read","file":{"driver":"blkdebug","inject-error":[{"event":"cor_write","errno":"5","once":"on"}],"image":{"driver":"qcow2","file":{"driver":"file","filename":"IMG"}}}}"#,
+      options: [],
+      commands: [
+        "read -P 0x5a 512k 4k", "read -P 0x5a 512k 4k", "read -v 128k 16", "read -P 0x11 0 8k",
+        "read -P 0 300k 64k",
+      ],
+      backingChain: true),
+    Script(
       name: "4 KiB clusters and 8-bit refcounts",
       commands: [
         "write -P 1 0 200k", "write -P 2 1000 9000", "discard 64k 64k", "write -z -u 0 8k",
