@@ -61,3 +61,23 @@ func openImage(_ filename: String, imageOpts: Bool, spec: ImageSpec, reporter: R
     return nil
   }
 }
+
+extension Reporter {
+  /// qemu-img's answer to the getopt results every image command treats
+  /// alike: a missing argument or an unrecognized option is a usage error
+  /// (status 1), `-h` prints the help (status 0).
+  func sharedOptionExit(_ result: Getopt.Result, _ parser: Getopt, console: Console)
+    -> CommandExit
+  {
+    let option = parser.arguments[parser.optind - 1]
+    switch result {
+    case .missingArgument:
+      return usageError("missing argument for option '\(option)'")
+    case .option("h"):
+      console.write(ImageTool.help)
+      return CommandExit(status: 0)
+    default:
+      return usageError("unrecognized option '\(option)'")
+    }
+  }
+}

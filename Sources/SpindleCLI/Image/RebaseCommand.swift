@@ -66,14 +66,8 @@ enum RebaseTool: ImageSubcommand {
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
-      case .missingArgument:
-        throw reporter.usageError(
-          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
-      case .invalid:
-        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
-      case .option("h"):
-        console.write(ImageTool.help)
-        return 0
+      case .missingArgument, .invalid, .option("h"):
+        throw reporter.sharedOptionExit(result, parser, console: console)
       case .option("f"): request.format = argument
       case .option("F"): request.backingFormat = argument
       case .option("b"): request.backingName = argument

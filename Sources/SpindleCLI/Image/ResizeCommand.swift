@@ -38,14 +38,8 @@ enum ResizeTool: ImageSubcommand {
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
-      case .missingArgument:
-        throw reporter.usageError(
-          "missing argument for option '\(parser.arguments[parser.optind - 1])'")
-      case .invalid:
-        throw reporter.usageError("unrecognized option '\(parser.arguments[parser.optind - 1])'")
-      case .option("h"):
-        console.write(ImageTool.help)
-        return 0
+      case .missingArgument, .invalid, .option("h"):
+        throw reporter.sharedOptionExit(result, parser, console: console)
       case .option("f"): format = argument
       case .option("q"): quiet = true
       case .option("shrink"): shrink = true
