@@ -66,10 +66,8 @@ extension Qcow2Driver {
   private func markCorrupt(_ node: BlockNode) async {
     header.incompatibleFeatures |= Qcow2Feature.corrupt
     guard header.version >= 3, let file = node.file else { return }
-    var field = [UInt8](repeating: 0, count: 8)
-    field.setUInt64(header.incompatibleFeatures, at: 0)
     do {
-      try await file.write(at: 72, bytes: field)
+      try await file.writeQcow2HeaderField(.incompatibleFeatures, header.incompatibleFeatures)
       try await file.flush()
     } catch {
       // Nothing more to do: the node is unusable from now on.

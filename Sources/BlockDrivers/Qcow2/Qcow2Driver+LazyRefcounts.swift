@@ -30,9 +30,8 @@ extension Qcow2Driver {
     guard header.incompatibleFeatures & Qcow2Feature.dirty == 0 else { return }
     // Whatever was written before must not look like lazily counted work.
     try await file.flush()
-    var field = [UInt8](repeating: 0, count: 8)
-    field.setUInt64(header.incompatibleFeatures | Qcow2Feature.dirty, at: 0)
-    try await file.write(at: 72, bytes: field)
+    try await file.writeQcow2HeaderField(
+      .incompatibleFeatures, header.incompatibleFeatures | Qcow2Feature.dirty)
     try await file.flush()
     header.incompatibleFeatures |= Qcow2Feature.dirty
   }

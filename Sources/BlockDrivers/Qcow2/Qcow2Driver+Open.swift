@@ -117,9 +117,7 @@ extension Qcow2Driver {
     let kept = header.autoclearFeatures & Qcow2Feature.rawExternalData
     if header.version >= 3 && kept != header.autoclearFeatures {
       header.autoclearFeatures = kept
-      var field = [UInt8](repeating: 0, count: 8)
-      field.setUInt64(kept, at: 0)
-      try await file.write(at: 88, bytes: field)
+      try await file.writeQcow2HeaderField(.autoclearFeatures, kept)
       try await file.flush()
     }
     let entries = Int(header.refcountTableClusters) * Int(header.clusterSize) / 8

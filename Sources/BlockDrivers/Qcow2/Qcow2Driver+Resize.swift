@@ -40,9 +40,7 @@ extension Qcow2Driver {
     }
     try await preallocate(node, from: oldSize, to: length, mode: preallocation)
     try await lock.withLock {
-      var field = [UInt8](repeating: 0, count: 8)
-      field.setUInt64(UInt64(length), at: 0)
-      try await file.write(at: 24, bytes: field)
+      try await file.writeQcow2HeaderField(.size, UInt64(length))
       try await file.flush()
       header.size = UInt64(length)
     }

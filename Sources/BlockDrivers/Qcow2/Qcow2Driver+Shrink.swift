@@ -31,9 +31,7 @@ extension Qcow2Driver {
       }
       // QEMU only warns when the file cannot be cut: the image is valid.
       try? await cutFileTail(file)
-      var field = [UInt8](repeating: 0, count: 8)
-      field.setUInt64(UInt64(length), at: 0)
-      try await file.write(at: 24, bytes: field)
+      try await file.writeQcow2HeaderField(.size, UInt64(length))
       try await file.flush()
       header.size = UInt64(length)
     }

@@ -126,9 +126,7 @@ final class Qcow2Checker {
     report(
       "qcow2: Marking image as corrupt: \(message); further corruption events will be suppressed")
     header.incompatibleFeatures |= Qcow2Feature.corrupt
-    var field = [UInt8](repeating: 0, count: 8)
-    field.setUInt64(header.incompatibleFeatures, at: 0)
-    try? await file.write(at: 72, bytes: field)
+    try? await file.writeQcow2HeaderField(.incompatibleFeatures, header.incompatibleFeatures)
     try? await file.flush()
   }
 
@@ -149,9 +147,7 @@ final class Qcow2Checker {
     guard header.version >= 3, header.incompatibleFeatures & bits != 0 else { return }
     try await file.flush()
     header.incompatibleFeatures &= ~bits
-    var field = [UInt8](repeating: 0, count: 8)
-    field.setUInt64(header.incompatibleFeatures, at: 0)
-    try await file.write(at: 72, bytes: field)
+    try await file.writeQcow2HeaderField(.incompatibleFeatures, header.incompatibleFeatures)
     try await file.flush()
   }
 

@@ -1,20 +1,16 @@
 import BlockCore
-import Glibc
 
 extension Qcow2Driver {
   /// QEMU's writable open of a dirty image (lazy refcounts left it
-  /// inconsistent): a check repairing leaks and errors, its diagnostics on
-  /// standard error, which clears the dirty bit; an image the repair leaves
+  /// inconsistent): a check repairing leaks and errors, its diagnostics where
+  /// the driver's messages go (standard error unless the opener gave a sink), which clears the dirty bit; an image the repair leaves
   /// with errors is not opened.
   func repairIfDirty(_ node: BlockNode) async throws {
     guard header.incompatibleFeatures & Qcow2Feature.dirty != 0 else { return }
     let result = try await check(node, mode: [.fixLeaks, .fixErrors])
     // The program name of error_report lines is the caller's; the lines go
     // out without it.
-    for line in result.messages {
-      let bytes = Array((line + "\n").utf8)
-      _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
-    }
+    for line in result.messages { report(line + "\n") }
     if let failure = result.failure {
       throw BlockError(failure.code, "Could not repair dirty image: \(failure.codeDescription)")
     }
@@ -35,10 +31,8 @@ extension Qcow2Driver {
       let file = node.file
     else { return }
     header.incompatibleFeatures &= ~Qcow2Feature.dirty
-    var field = [UInt8](repeating: 0, count: 8)
-    field.setUInt64(header.incompatibleFeatures, at: 0)
     try? await file.flush()
-    try? await file.write(at: 72, bytes: field)
+    try? await file.writeQcow2HeaderField(.incompatibleFeatures, header.incompatibleFeatures)
     try? await file.flush()
   }
 }
