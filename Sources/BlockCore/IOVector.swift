@@ -1,31 +1,42 @@
+#if canImport(Glibc)
+  import Glibc
+#elseif canImport(Musl)
+  import Musl
+#elseif canImport(Darwin)
+  import Darwin
+#endif
+
 /// A list of memory segments that one request reads into or writes from (QEMU's
 /// `QEMUIOVector`).
 ///
-/// Segments point at memory owned elsewhere: by the caller, or by
-/// ``AlignedBuffer``s that the vector keeps alive. Slicing and concatenating make
-/// new segment lists over the same memory; nothing is copied until
-/// ``copyIn(_:at:)``, ``copyOut(to:at:)`` or ``fill(_:at:count:)`` is called.
+/// Segments point into ``AlignedBuffer``s that the vector keeps alive. Slicing
+/// and concatenating make new segment lists over the same memory; nothing is
+/// copied until ``copyIn(_:at:)``, ``copyOut(to:at:)`` or
+/// ``fill(_:at:count:)`` is called. The raw segments are reached only inside
+/// ``withUnsafeSegments(_:)``, which keeps their buffers alive for the call:
+/// no pointer into a vector's memory outlives the buffers that own it.
 ///
 /// The vector is `@unchecked Sendable` because its segments travel to I/O threads
-/// while the request that owns the memory waits for them.
+/// while the request that owns the memory (and holds the vector) waits for them.
 public struct IOVector: @unchecked Sendable {
-  /// The memory segments, in order.
-  public private(set) var segments: [UnsafeMutableRawBufferPointer] = []
+  /// The memory segments, in order; each lies inside one of `owners`.
+  private var segments: [UnsafeMutableRawBufferPointer] = []
   /// Total number of bytes across segments.
   public private(set) var count: Int = 0
-  private var owners: [AnyObject] = []
+  /// The buffers the segments point into, kept alive as long as the vector.
+  private var owners: [AlignedBuffer] = []
 
   /// An empty vector.
   public init() {}
 
-  /// A vector over one caller-owned segment.
-  public init(_ segment: UnsafeMutableRawBufferPointer) {
-    append(segment)
-  }
-
   /// A vector over a whole aligned buffer, keeping it alive.
   public init(_ buffer: AlignedBuffer) {
-    append(buffer.bytes, owner: buffer)
+    append(buffer)
+  }
+
+  /// A vector over the bytes `range` of an aligned buffer, keeping it alive.
+  public init(_ buffer: AlignedBuffer, range: Range<Int>) {
+    append(buffer, range: range)
   }
 
   /// A vector over a freshly allocated buffer of `count` bytes.
@@ -33,12 +44,25 @@ public struct IOVector: @unchecked Sendable {
     self.init(AlignedBuffer(count: count, alignment: alignment, zeroed: zeroed))
   }
 
-  /// Appends a segment; `owner`, when given, is kept alive as long as the vector.
-  public mutating func append(_ segment: UnsafeMutableRawBufferPointer, owner: AnyObject? = nil) {
-    if let owner { owners.append(owner) }
-    guard segment.count > 0 else { return }
-    segments.append(segment)
-    count += segment.count
+  /// A vector over a fresh buffer holding a copy of `bytes`.
+  public init(copying bytes: [UInt8], alignment: Int = 4096) {
+    self.init(allocating: bytes.count, alignment: alignment)
+    bytes.withUnsafeBytes { copyIn($0) }
+  }
+
+  /// The number of segments (for drivers that limit the segments of one request).
+  public var segmentCount: Int { segments.count }
+
+  /// Appends the bytes `range` of `buffer` (all of it when nil) as one segment,
+  /// keeping the buffer alive as long as the vector.
+  public mutating func append(_ buffer: AlignedBuffer, range: Range<Int>? = nil) {
+    let range = range ?? 0..<buffer.count
+    precondition(range.lowerBound >= 0 && range.upperBound <= buffer.count, "range out of buffer")
+    owners.append(buffer)
+    guard !range.isEmpty else { return }
+    segments.append(
+      buffer.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[range]) })
+    count += range.count
   }
 
   /// Appends every segment of another vector.
@@ -47,6 +71,34 @@ public struct IOVector: @unchecked Sendable {
     segments.append(contentsOf: other.segments)
     count += other.count
   }
+
+  /// Calls `body` with the vector's segments (empty ones left out). The
+  /// pointers are valid only during the call: every buffer they point into is
+  /// kept alive until `body` returns. They must not be stored or returned.
+  @inlinable
+  public func withUnsafeSegments<Result>(
+    _ body: ([UnsafeMutableRawBufferPointer]) throws -> Result
+  ) rethrows -> Result {
+    defer { extendLifetime() }
+    return try body(unsafeSegments)
+  }
+
+  /// Calls the asynchronous `body` with the vector's segments, on the caller's
+  /// isolation. The pointers are valid until `body` returns (an I/O submitted
+  /// to the kernel or a thread must complete before then) and must not be
+  /// stored or returned.
+  @inlinable
+  public func withUnsafeSegments<Result>(
+    isolation: isolated (any Actor)? = #isolation,
+    _ body: ([UnsafeMutableRawBufferPointer]) async throws -> Result
+  ) async rethrows -> Result {
+    defer { extendLifetime() }
+    return try await body(unsafeSegments)
+  }
+
+  @usableFromInline var unsafeSegments: [UnsafeMutableRawBufferPointer] { segments }
+
+  @usableFromInline func extendLifetime() { withExtendedLifetime(owners) {} }
 
   /// The bytes `offset ..< offset + length` of this vector, sharing its memory.
   public func slice(_ offset: Int, _ length: Int) -> IOVector {
@@ -76,9 +128,10 @@ public struct IOVector: @unchecked Sendable {
     _ offset: Int, _ length: Int, _ body: (UnsafeMutableRawBufferPointer, Int) throws -> Void
   ) rethrows {
     precondition(offset >= 0 && length >= 0 && offset + length <= count, "range out of vector")
+    defer { extendLifetime() }
     var position = 0
     var done = 0
-    for segment in segments where done < length {
+    for segment in unsafeSegments where done < length {
       let end = position + segment.count
       defer { position = end }
       if end <= offset + done { continue }
@@ -130,6 +183,28 @@ public struct IOVector: @unchecked Sendable {
       if zero && !isAllZero(UnsafeRawBufferPointer(piece)) { zero = false }
     }
     return zero
+  }
+
+  /// The first byte, counted from `offset`, where `length` bytes of this vector
+  /// and of `other` (both from `offset`) differ; nil when they are equal
+  /// (QEMU's `qemu_iovec_compare`).
+  public func firstMismatch(with other: IOVector, at offset: Int = 0, count length: Int? = nil)
+    -> Int?
+  {
+    let length = length ?? (count - offset)
+    var mismatch: Int?
+    forEachPiece(offset, length) { piece, done in
+      guard mismatch == nil else { return }
+      other.forEachPiece(offset + done, piece.count) { otherPiece, within in
+        guard mismatch == nil,
+          memcmp(piece.baseAddress! + within, otherPiece.baseAddress!, otherPiece.count) != 0
+        else { return }
+        let mine = UnsafeRawBufferPointer(rebasing: piece[within..<within + otherPiece.count])
+        let index = zip(mine, otherPiece).prefix { $0 == $1 }.count
+        mismatch = done + within + index
+      }
+    }
+    return mismatch
   }
 
   /// The vector's bytes as an array (tests and small metadata reads).

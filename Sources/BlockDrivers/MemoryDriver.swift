@@ -42,8 +42,7 @@ public final class MemoryDriver: BlockDriver {
 
   /// Marks a range allocated with the given bytes, bypassing the engine (test setup).
   public func populate(at offset: Int64, bytes: [UInt8]) {
-    var copy = bytes
-    copy.withUnsafeMutableBytes { store.write(at: offset, from: IOVector($0)) }
+    store.write(at: offset, from: IOVector(copying: bytes))
     markData(offset..<offset + Int64(bytes.count))
   }
 

@@ -20,9 +20,11 @@ public final class SparseStore: @unchecked Sendable {
   public func read(at offset: Int64, into iov: IOVector) {
     forEachPage(offset, Int64(iov.count)) { page, inPage, done, count in
       if let buffer = pages[page] {
-        iov.copyIn(
-          UnsafeRawBufferPointer(rebasing: buffer.bytes[Int(inPage)..<Int(inPage + count)]),
-          at: Int(done))
+        buffer.withUnsafeBytes { bytes in
+          iov.copyIn(
+            UnsafeRawBufferPointer(rebasing: bytes[Int(inPage)..<Int(inPage + count)]),
+            at: Int(done))
+        }
       } else {
         iov.fill(0, at: Int(done), count: Int(count))
       }
@@ -33,10 +35,11 @@ public final class SparseStore: @unchecked Sendable {
   public func write(at offset: Int64, from iov: IOVector) {
     forEachPage(offset, Int64(iov.count)) { page, inPage, done, count in
       let buffer = pages[page] ?? newPage(page)
-      iov.copyOut(
-        to: UnsafeMutableRawBufferPointer(
-          rebasing: buffer.bytes[Int(inPage)..<Int(inPage + count)]),
-        at: Int(done))
+      buffer.withUnsafeMutableBytes { bytes in
+        iov.copyOut(
+          to: UnsafeMutableRawBufferPointer(rebasing: bytes[Int(inPage)..<Int(inPage + count)]),
+          at: Int(done))
+      }
     }
   }
 
@@ -46,8 +49,10 @@ public final class SparseStore: @unchecked Sendable {
       if inPage == 0 && length == pageSize {
         pages[page] = nil
       } else if let buffer = pages[page] {
-        UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[Int(inPage)..<Int(inPage + length)])
-          .initializeMemory(as: UInt8.self, repeating: 0)
+        buffer.withUnsafeMutableBytes { bytes in
+          _ = UnsafeMutableRawBufferPointer(rebasing: bytes[Int(inPage)..<Int(inPage + length)])
+            .initializeMemory(as: UInt8.self, repeating: 0)
+        }
       }
     }
   }

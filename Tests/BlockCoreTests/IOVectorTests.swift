@@ -8,9 +8,9 @@ struct IOVectorTests {
     let first = AlignedBuffer(count: 5, alignment: 64, zeroed: true)
     let second = AlignedBuffer(count: 11, alignment: 64, zeroed: true)
     var iov = IOVector()
-    iov.append(first.bytes, owner: first)
-    iov.append(UnsafeMutableRawBufferPointer(start: nil, count: 0))
-    iov.append(second.bytes, owner: second)
+    iov.append(first)
+    iov.append(second, range: 3..<3)
+    iov.append(second)
     return (iov, first, second)
   }
 
@@ -18,7 +18,7 @@ struct IOVectorTests {
   func alignment() {
     for alignment in [512, 4096, 65536] {
       let buffer = AlignedBuffer(count: 100, alignment: alignment)
-      #expect(Int(bitPattern: buffer.bytes.baseAddress!) % alignment == 0)
+      buffer.withUnsafeBytes { #expect(Int(bitPattern: $0.baseAddress!) % alignment == 0) }
     }
   }
 
@@ -26,7 +26,7 @@ struct IOVectorTests {
   func copyAcrossSegments() {
     let (iov, _, _) = segmented()
     #expect(iov.count == 16)
-    #expect(iov.segments.count == 2)
+    #expect(iov.segmentCount == 2)
     let source: [UInt8] = Array(1...16)
     source.withUnsafeBytes { iov.copyIn($0) }
     #expect(iov.toArray() == source)
@@ -42,7 +42,7 @@ struct IOVectorTests {
     #expect(slice.count == 4)
     slice.fill(0xAA)
     #expect(iov.toArray() == [0, 0, 0, 0xAA, 0xAA, 0xAA, 0xAA] + [UInt8](repeating: 0, count: 9))
-    #expect(first.bytes[4] == 0xAA)
+    #expect(first.toArray()[4] == 0xAA)
     let other = IOVector(allocating: 16, zeroed: true)
     other.copy(from: iov, sourceOffset: 3, at: 10, count: 4)
     #expect(Array(other.toArray()[9...14]) == [0, 0xAA, 0xAA, 0xAA, 0xAA, 0])
@@ -54,13 +54,50 @@ struct IOVectorTests {
     let iov = IOVector(buffer)
     #expect(iov.isZero())
     for position in [0, 1, 7, 8, 63, 64, 65, 127, 200, 299] {
-      buffer.bytes[position] = 1
+      buffer.withUnsafeMutableBytes { $0[position] = 1 }
       for start in [0, 1, 3, 8, 9] where start <= position {
         #expect(!iov.isZero(at: start, count: position - start + 1))
         #expect(iov.isZero(at: start, count: position - start))
       }
-      buffer.bytes[position] = 0
+      buffer.withUnsafeMutableBytes { $0[position] = 0 }
     }
+  }
+
+  @Test("the first mismatch between two vectors split at different segment boundaries")
+  func firstMismatch() {
+    let (iov, _, _) = segmented()
+    let source: [UInt8] = Array(1...16)
+    source.withUnsafeBytes { iov.copyIn($0) }
+    var other = IOVector(allocating: 9)
+    other.append(IOVector(allocating: 7))
+    other.copy(from: iov, count: 16)
+    #expect(iov.firstMismatch(with: other) == nil)
+    for position in [0, 4, 5, 8, 9, 15] {
+      other.fill(0xEE, at: position, count: 1)
+      #expect(iov.firstMismatch(with: other) == position)
+      #expect(other.firstMismatch(with: iov) == position)
+      #expect(iov.firstMismatch(with: other, at: position + 1, count: 15 - position) == nil)
+      other.fill(UInt8(position + 1), at: position, count: 1)
+    }
+  }
+
+  /// A vector is the only owner of its memory once the buffers it was built
+  /// from go out of scope; its bytes must stay valid as long as it lives.
+  @Test("a vector keeps its buffers alive after their other references are gone")
+  func vectorOwnsItsBuffers() {
+    func makeVector() -> IOVector {
+      var iov = IOVector()
+      for byte: UInt8 in 1...4 {
+        let buffer = AlignedBuffer(count: 4096)
+        buffer.fill(byte)
+        iov.append(buffer, range: 1..<4095)
+      }
+      return iov.slice(4094, 4094 * 2)
+    }
+    let iov = makeVector()
+    let bytes = iov.toArray()
+    #expect(bytes == [UInt8](repeating: 2, count: 4094) + [UInt8](repeating: 3, count: 4094))
+    #expect(iov.withUnsafeSegments { $0.map(\.count) } == [4094, 4094])
   }
 
   @Test("limits merge the larger optimal sizes and the smaller non-zero maxima")

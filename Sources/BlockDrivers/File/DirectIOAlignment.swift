@@ -28,19 +28,22 @@ enum DirectIOAlignment {
   static func probe(_ file: PosixFile) throws(BlockError) -> (request: Int64, buffer: Int) {
     let maxAlign = maxAlignment
     let buffer = AlignedBuffer(count: 2 * maxAlign, alignment: maxAlign)
-    var request = 0
-    for align in candidates
-    where readWorks(file, UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[0..<align])) {
-      request = align == 1 ? maxAlign : align
-      break
-    }
-    var memory = 0
-    for align in candidates
-    where readWorks(
-      file, UnsafeMutableRawBufferPointer(rebasing: buffer.bytes[align..<align + maxAlign]))
-    {
-      memory = align == 1 ? request : align
-      break
+    let (request, memory) = buffer.withUnsafeMutableBytes { bytes in
+      var request = 0
+      for align in candidates
+      where readWorks(file, UnsafeMutableRawBufferPointer(rebasing: bytes[0..<align])) {
+        request = align == 1 ? maxAlign : align
+        break
+      }
+      var memory = 0
+      for align in candidates
+      where readWorks(
+        file, UnsafeMutableRawBufferPointer(rebasing: bytes[align..<align + maxAlign]))
+      {
+        memory = align == 1 ? request : align
+        break
+      }
+      return (request, memory)
     }
     guard request > 0, memory > 0 else {
       throw BlockError(

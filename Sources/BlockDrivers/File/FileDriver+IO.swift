@@ -145,8 +145,10 @@ extension FileDriver {
     guard direct else { return false }
     let memory = bufferAlignment
     let length = max(Int(requestAlignment), memory)
-    return iov.segments.contains { segment in
-      Int(bitPattern: segment.baseAddress) % memory != 0 || segment.count % length != 0
+    return iov.withUnsafeSegments { segments in
+      segments.contains { segment in
+        Int(bitPattern: segment.baseAddress) % memory != 0 || segment.count % length != 0
+      }
     }
   }
 }

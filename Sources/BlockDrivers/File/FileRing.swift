@@ -111,15 +111,19 @@ final class FileRing {
   private func transfer(_ fd: Int32, _ iov: IOVector, _ offset: Int64, write: Bool) async
     -> Outcome
   {
-    let segments = iov.segments.prefix(PosixFile.maxVectors)
-    let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: segments.count)
-    for (index, segment) in segments.enumerated() {
-      vectors[index] = iovec(iov_base: segment.baseAddress, iov_len: segment.count)
-    }
-    let base = vectors.baseAddress
-    let count = UInt32(vectors.count)
-    return await submit(vectors: vectors) { ring, userData in
-      cur_prep_rw(ring, write ? 1 : 0, fd, base, count, offset, userData)
+    // The kernel reads the segments until the CQE arrives, which `submit`
+    // awaits inside this scope: the vector's buffers stay alive until then.
+    await iov.withUnsafeSegments { allSegments in
+      let segments = allSegments.prefix(PosixFile.maxVectors)
+      let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: segments.count)
+      for (index, segment) in segments.enumerated() {
+        vectors[index] = iovec(iov_base: segment.baseAddress, iov_len: segment.count)
+      }
+      let base = vectors.baseAddress
+      let count = UInt32(vectors.count)
+      return await submit(vectors: vectors) { ring, userData in
+        cur_prep_rw(ring, write ? 1 : 0, fd, base, count, offset, userData)
+      }
     }
   }
 

@@ -87,20 +87,21 @@ struct PosixFile: Sendable {
   /// One pread/pwrite (one segment) or preadv/pwritev (up to ``maxVectors``
   /// segments); returns the byte count or -1 with errno set.
   private func transfer(_ iov: IOVector, at offset: Int64, write: Bool) -> Int {
-    let segments = iov.segments
-    if segments.count == 1 {
-      let segment = segments[0]
-      return write
-        ? pwrite(fd, segment.baseAddress, segment.count, off_t(offset))
-        : pread(fd, segment.baseAddress, segment.count, off_t(offset))
-    }
-    var vectors = segments.prefix(Self.maxVectors).map {
-      iovec(iov_base: $0.baseAddress, iov_len: $0.count)
-    }
-    return vectors.withUnsafeMutableBufferPointer { buffer in
-      write
-        ? pwritev(fd, buffer.baseAddress, Int32(buffer.count), off_t(offset))
-        : preadv(fd, buffer.baseAddress, Int32(buffer.count), off_t(offset))
+    iov.withUnsafeSegments { segments in
+      if segments.count == 1 {
+        let segment = segments[0]
+        return write
+          ? pwrite(fd, segment.baseAddress, segment.count, off_t(offset))
+          : pread(fd, segment.baseAddress, segment.count, off_t(offset))
+      }
+      var vectors = segments.prefix(Self.maxVectors).map {
+        iovec(iov_base: $0.baseAddress, iov_len: $0.count)
+      }
+      return vectors.withUnsafeMutableBufferPointer { buffer in
+        write
+          ? pwritev(fd, buffer.baseAddress, Int32(buffer.count), off_t(offset))
+          : preadv(fd, buffer.baseAddress, Int32(buffer.count), off_t(offset))
+      }
     }
   }
 

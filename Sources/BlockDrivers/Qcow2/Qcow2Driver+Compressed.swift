@@ -35,12 +35,16 @@ extension Qcow2Driver {
   {
     let clusterSize = Int(header.clusterSize)
     let source = AlignedBuffer(count: clusterSize, zeroed: true)
-    data.copyOut(to: UnsafeMutableRawBufferPointer(rebasing: source.bytes[0..<data.count]))
     let output = AlignedBuffer(count: clusterSize - 1)
-    guard
-      let compressedLength = try Qcow2Compression.compress(
-        header.compression, UnsafeRawBufferPointer(source.bytes), into: output.bytes)
-    else {
+    let compression = header.compression
+    let compressed = try source.withUnsafeMutableBytes { sourceBytes in
+      data.copyOut(to: UnsafeMutableRawBufferPointer(rebasing: sourceBytes[0..<data.count]))
+      return try output.withUnsafeMutableBytes { outputBytes in
+        try Qcow2Compression.compress(
+          compression, UnsafeRawBufferPointer(sourceBytes), into: outputBytes)
+      }
+    }
+    guard let compressedLength = compressed else {
       try await write(node, offset: offset, length: Int64(data.count), from: data, flags: [])
       return
     }
@@ -60,7 +64,7 @@ extension Qcow2Driver {
       try await file.emit(.writeCompressed)
       try await file.write(
         at: host,
-        from: IOVector(UnsafeMutableRawBufferPointer(rebasing: output.bytes[0..<compressedLength])))
+        from: IOVector(output, range: 0..<compressedLength))
       try await file.flush()
       let sizeShift = 62 - (UInt64(header.clusterBits) - 8)
       let extraSectors = UInt64(((host + Int64(compressedLength) - 1) >> 9) - (host >> 9))

@@ -167,11 +167,13 @@ public final class Qcow2Driver: BlockDriver {
     try await fileNode(node).read(at: descriptor.offset, into: compressed)
     let cluster = AlignedBuffer(count: Int(header.clusterSize))
     let source = compressed.toArray()
-    try source.withUnsafeBytes {
-      try Qcow2Compression.decompress(header.compression, $0, into: cluster.bytes)
-    }
     let inCluster = Int(offset & (header.clusterSize - 1))
-    iov.copyIn(UnsafeRawBufferPointer(rebasing: cluster.bytes[inCluster..<inCluster + iov.count]))
+    try cluster.withUnsafeMutableBytes { clusterBytes in
+      try source.withUnsafeBytes {
+        try Qcow2Compression.decompress(header.compression, $0, into: clusterBytes)
+      }
+      iov.copyIn(UnsafeRawBufferPointer(rebasing: clusterBytes[inCluster..<inCluster + iov.count]))
+    }
   }
 
   func fileNode(_ node: BlockNode) throws -> BlockNode {

@@ -20,10 +20,13 @@ struct IOBuffer {
   /// How far `-m` moves the buffer from an aligned address (`MISALIGN_OFFSET`).
   static let misalignment = 16
 
-  /// The request's bytes.
-  let bytes: UnsafeMutableRawBufferPointer
-  /// The same bytes as the request's vector: one segment, or one per length of
-  /// a vectored command.
+  /// The memory, `skip` bytes of which come before the request's bytes.
+  private let storage: AlignedBuffer
+  private let skip: Int
+  /// The number of bytes of the request.
+  let count: Int
+  /// The request's bytes as a vector: one segment, or one per length of a
+  /// vectored command. It keeps the memory alive.
   let vector: IOVector
 
   /// A buffer of `count` bytes filled with `fill`, split into segments of the
@@ -33,37 +36,51 @@ struct IOBuffer {
     let skip = session.misalign ? Self.misalignment : 0
     let alignment = max(session.backend?.root.limits.optMemAlignment ?? 4096, 1)
     let storage = AlignedBuffer(count: count + skip, alignment: alignment)
-    storage.bytes.initializeMemory(as: UInt8.self, repeating: fill)
-    bytes = UnsafeMutableRawBufferPointer(rebasing: storage.bytes[skip...])
+    storage.fill(fill)
     var vector = IOVector()
-    var start = 0
+    var start = skip
     for length in segments ?? [count] {
-      vector.append(
-        UnsafeMutableRawBufferPointer(rebasing: bytes[start..<start + length]), owner: storage)
+      vector.append(storage, range: start..<start + length)
       start += length
     }
-    if vector.segments.isEmpty {
-      // Keep the memory alive even for a zero-length request.
-      vector.append(
-        UnsafeMutableRawBufferPointer(start: bytes.baseAddress, count: 0), owner: storage)
-    }
+    self.storage = storage
+    self.skip = skip
+    self.count = count
     self.vector = vector
+  }
+
+  /// Calls `body` with the request's bytes, valid only during the call.
+  func withUnsafeBytes<Result>(_ body: (UnsafeRawBufferPointer) throws -> Result) rethrows
+    -> Result
+  {
+    try storage.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[skip...])) }
+  }
+
+  /// Calls `body` with the request's bytes, writable, valid only during the call.
+  func withUnsafeMutableBytes<Result>(_ body: (UnsafeMutableRawBufferPointer) throws -> Result)
+    rethrows -> Result
+  {
+    try storage.withUnsafeMutableBytes {
+      try body(UnsafeMutableRawBufferPointer(rebasing: $0[skip...]))
+    }
   }
 
   /// Whether `count` bytes from `start` all equal `pattern`.
   func matches(_ pattern: UInt8, from start: Int = 0, count: Int? = nil) -> Bool {
-    let count = count ?? bytes.count - start
+    let count = count ?? self.count - start
     let chunk = [UInt8](repeating: pattern, count: min(max(count, 1), 1 << 16))
-    var position = start
-    return chunk.withUnsafeBytes { expected in
-      while position < start + count {
-        let length = min(expected.count, start + count - position)
-        if memcmp(bytes.baseAddress! + position, expected.baseAddress!, length) != 0 {
-          return false
+    return withUnsafeBytes { bytes in
+      chunk.withUnsafeBytes { expected in
+        var position = start
+        while position < start + count {
+          let length = min(expected.count, start + count - position)
+          if memcmp(bytes.baseAddress! + position, expected.baseAddress!, length) != 0 {
+            return false
+          }
+          position += length
         }
-        position += length
+        return true
       }
-      return true
     }
   }
 }
@@ -117,27 +134,31 @@ extension IOSession {
       return nil
     }
     defer { close(fd) }
-    var filled = 0
-    while filled < count {
-      let result = read(fd, buffer.bytes.baseAddress! + filled, count - filled)
-      if result < 0 {
-        if errno == EINTR { continue }
-        console.writeError("\(path): \(Errno.describe(Errno(rawValue: errno)))\n")
-        return nil
+    let filled = buffer.withUnsafeMutableBytes { bytes -> Int? in
+      var filled = 0
+      while filled < count {
+        let result = read(fd, bytes.baseAddress! + filled, count - filled)
+        if result < 0 {
+          if errno == EINTR { continue }
+          console.writeError("\(path): \(Errno.describe(Errno(rawValue: errno)))\n")
+          return nil
+        }
+        if result == 0 { break }
+        filled += result
       }
-      if result == 0 { break }
-      filled += result
+      if filled == 0 { return 0 }
+      var position = filled
+      while position < count {
+        let length = min(filled, count - position)
+        (bytes.baseAddress! + position).copyMemory(from: bytes.baseAddress!, byteCount: length)
+        position += length
+      }
+      return filled
     }
+    guard let filled else { return nil }
     if filled == 0 {
       console.writeError("\(path): file is empty\n")
       return nil
-    }
-    var position = filled
-    while position < count {
-      let length = min(filled, count - position)
-      (buffer.bytes.baseAddress! + position).copyMemory(
-        from: buffer.bytes.baseAddress!, byteCount: length)
-      position += length
     }
     return buffer
   }

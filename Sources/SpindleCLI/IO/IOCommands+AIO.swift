@@ -149,7 +149,7 @@ extension IOSession {
     let backend = activeBackend
     let start = MonotonicInstant.now()
     aio.submit { [pattern, quiet, dump, machineReadable] in
-      let size = Int64(buffer.bytes.count)
+      let size = Int64(buffer.count)
       do {
         try await backend.read(at: offset, into: buffer.vector)
       } catch {
@@ -161,7 +161,7 @@ extension IOSession {
         text += "Pattern verification failed at offset \(offset), \(size) bytes\n"
       }
       if quiet { return text }
-      if dump { text += hexdump(UnsafeRawBufferPointer(buffer.bytes), offset: offset) }
+      if dump { text += buffer.withUnsafeBytes { hexdump($0, offset: offset) } }
       return text
         + ioReport(
           "read", elapsed: elapsed, offset: offset, count: size, total: size, ops: 1,
@@ -245,7 +245,7 @@ extension IOSession {
       } catch {
         return "aio_write failed: \(errorText(error))\n"
       }
-      return report(Int64(buffer.bytes.count), MonotonicInstant.now().since(start))
+      return report(Int64(buffer.count), MonotonicInstant.now().since(start))
     }
     return 0
   }

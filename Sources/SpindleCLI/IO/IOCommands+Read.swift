@@ -105,7 +105,7 @@ extension IOSession {
       status = -EINVAL
     }
     if quiet { return status }
-    if dump { console.write(hexdump(UnsafeRawBufferPointer(buffer.bytes), offset: offset)) }
+    if dump { console.write(buffer.withUnsafeBytes { hexdump($0, offset: offset) }) }
     console.write(
       ioReport(
         "read", elapsed: elapsed, offset: offset, count: count, total: count, ops: 1,
@@ -138,7 +138,7 @@ extension IOSession {
     guard let (offset, buffer) = vectorRequest(parser.operands, command, fill: 0xab) else {
       return -EINVAL
     }
-    let size = Int64(buffer.bytes.count)
+    let size = Int64(buffer.count)
     let start = MonotonicInstant.now()
     var failure: (any Error)?
     do {
@@ -158,7 +158,7 @@ extension IOSession {
       status = -EINVAL
     }
     if quiet { return status }
-    if dump { console.write(hexdump(UnsafeRawBufferPointer(buffer.bytes), offset: offset)) }
+    if dump { console.write(buffer.withUnsafeBytes { hexdump($0, offset: offset) }) }
     console.write(
       ioReport(
         "read", elapsed: elapsed, offset: offset, count: size, total: size, ops: 1,

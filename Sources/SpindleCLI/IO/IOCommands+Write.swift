@@ -155,7 +155,7 @@ extension IOSession {
     guard let (offset, buffer) = vectorRequest(parser.operands, command, fill: pattern) else {
       return -EINVAL
     }
-    let size = Int64(buffer.bytes.count)
+    let size = Int64(buffer.count)
     let start = MonotonicInstant.now()
     var failure: (any Error)?
     do {

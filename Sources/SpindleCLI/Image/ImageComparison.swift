@@ -157,19 +157,6 @@ final class ImageComparison {
   /// QEMU's `compare_buffers` with sector granularity: nil when equal, else
   /// the start of the first differing 512-byte sector.
   private func firstDifference(_ first: IOVector, _ second: IOVector) -> Int64? {
-    guard first.segments.count == 1, second.segments.count == 1,
-      let one = first.segments[0].baseAddress, let two = second.segments[0].baseAddress
-    else {
-      let one = first.toArray()
-      let two = second.toArray()
-      return one == two ? nil : Int64(zip(one, two).prefix { $0 == $1 }.count / 512 * 512)
-    }
-    var position = 0
-    while position < first.count {
-      let length = min(512, first.count - position)
-      if memcmp(one + position, two + position, length) != 0 { return Int64(position) }
-      position += length
-    }
-    return nil
+    first.firstMismatch(with: second).map { Int64($0 / 512 * 512) }
   }
 }

@@ -306,10 +306,7 @@ struct RebaseCopy {
 
   /// Whether two single-buffer vectors hold the same bytes in a range.
   private func same(_ first: IOVector, _ second: IOVector, at offset: Int, count: Int) -> Bool {
-    guard let one = first.segments[0].baseAddress, let two = second.segments[0].baseAddress else {
-      return first.slice(offset, count).toArray() == second.slice(offset, count).toArray()
-    }
-    return memcmp(one + offset, two + offset, count) == 0
+    first.firstMismatch(with: second, at: offset, count: count) == nil
   }
 
   private func errorCodeText(_ error: any Error) -> String {
