@@ -18,7 +18,7 @@ public struct BlockChild {
   public let node: BlockNode
   /// Whether the parent writes to the child (file and data children of a
   /// writable node; never a backing child).
-  public let writable: Bool
+  public internal(set) var writable: Bool
 }
 
 /// Something that issues requests to a node: another node, or a backend.

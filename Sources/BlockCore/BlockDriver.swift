@@ -138,9 +138,27 @@ public protocol BlockDriver: AnyObject {
   /// engine tries the node's file child, then reports ENOTSUP.
   func vmstate(_ node: BlockNode, offset: Int64, iov: IOVector, isLoad: Bool) async throws
 
-  /// Switches the node's use of the host page cache (QEMU's reopen of
-  /// `cache.direct`); called with the node drained. Default: nothing to do.
-  func reopenCache(_ node: BlockNode, direct: Bool) async throws
+  /// Prepares a reopen of the node with new options (QEMU's
+  /// `bdrv_reopen_prepare` of a driver); see ``BlockNode/reopen(_:)``. Called
+  /// with the graph drained and flushed, the node's parents first. The driver
+  /// checks the options it can change (removing them from
+  /// `request.options`), acquires what the new state needs (a descriptor
+  /// opened read-write, caches of the new size) without changing its current
+  /// state, and returns the staged change; the engine commits it once every
+  /// node prepared, or aborts it. A prepare that throws must leave nothing
+  /// behind. The new read-only, cache, discard and detect-zeroes settings are
+  /// in `request.nodeOptions`. Default: the driver cannot be reopened (QEMU's
+  /// "Block format '...' used by node '...' does not support reopening
+  /// files").
+  func prepareReopen(_ node: BlockNode, _ request: inout BlockReopenRequest) async throws
+    -> any BlockReopenChange
+
+  /// Completes the options given for a reopen with those the node has
+  /// (QEMU's `bdrv_join_options`): a given option wins, an option not given
+  /// keeps its old value. A driver whose options depend on each other drops
+  /// old ones a new one replaces (qcow2: a new `cache-size` replaces the old
+  /// `l2-cache-size`). Default: every old option not given is kept.
+  func joinReopenOptions(_ options: inout [String: String], old: [String: String])
 
   /// Batching hints: requests issued between `plug` and `unplug` may be
   /// submitted together. Default: nothing to do.
@@ -184,7 +202,16 @@ extension BlockDriver {
   public func vmstate(_ node: BlockNode, offset: Int64, iov: IOVector, isLoad: Bool) async throws {
     throw BlockError.notSupported()
   }
-  public func reopenCache(_ node: BlockNode, direct: Bool) async throws {}
+  public func prepareReopen(_ node: BlockNode, _ request: inout BlockReopenRequest) async throws
+    -> any BlockReopenChange
+  {
+    throw BlockError(
+      .notPermitted,
+      "Block format '\(formatName)' used by node '\(node.name)' does not support reopening files")
+  }
+  public func joinReopenOptions(_ options: inout [String: String], old: [String: String]) {
+    options.merge(old) { given, _ in given }
+  }
   public func plug(_ node: BlockNode) {}
   public func unplug(_ node: BlockNode) {}
   public func close(_ node: BlockNode) async {}

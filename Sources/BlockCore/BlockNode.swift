@@ -14,6 +14,10 @@ public final class BlockNode {
   public let capabilities: DriverCapabilities
   /// Options the engine acts on.
   public internal(set) var options: NodeOptions
+  /// The options the node was opened (or last reopened) with, by dotted key,
+  /// without its children's (QEMU's `bs->options`): a reopen may give an
+  /// option its driver cannot change only with this value.
+  public var openOptions: [String: String] = [:]
   /// The node's children, in attachment order.
   public private(set) var children: [BlockChild] = []
   /// The node's limits, merged from its children and set by its driver.
@@ -83,6 +87,14 @@ public final class BlockNode {
     }
     children.removeAll { $0.role == role }
     Self.graphGeneration &+= 1
+  }
+
+  /// Marks the file and data children written through, or not, as a reopen
+  /// makes the node read-write or read-only (a backing child never is).
+  func setChildrenWritable(_ writable: Bool) {
+    for index in children.indices where children[index].role != .backing {
+      children[index].writable = writable
+    }
   }
 
   /// Reads the node's length and refreshes its limits. Call once all children

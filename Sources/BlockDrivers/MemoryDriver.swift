@@ -36,6 +36,11 @@ public final class MemoryDriver: BlockDriver {
     return capabilities
   }
 
+  /// Reopening changes nothing of the driver's (`size` must keep its value).
+  public func prepareReopen(_ node: BlockNode, _ request: inout BlockReopenRequest) async throws
+    -> any BlockReopenChange
+  { UnchangedReopen() }
+
   public func length(_ node: BlockNode) async throws -> Int64 { size }
 
   public func clusterSize(_ node: BlockNode) -> Int64? { cluster }

@@ -27,6 +27,12 @@ public final class NullDriver: BlockDriver {
     return capabilities
   }
 
+  /// QEMU's `null_reopen_prepare`: nothing of the driver's may change
+  /// (`size`, `read-zeroes` and `latency-ns` must keep their values).
+  public func prepareReopen(_ node: BlockNode, _ request: inout BlockReopenRequest) async throws
+    -> any BlockReopenChange
+  { UnchangedReopen() }
+
   public func length(_ node: BlockNode) async throws -> Int64 { size }
 
   private func delay() async throws {

@@ -11,9 +11,9 @@ import BlockCore
 @BlockActor
 public final class RawDriver: BlockDriver {
   /// Where the disk starts in the file (`offset`, default 0).
-  public let offset: Int64
+  public private(set) var offset: Int64
   /// The fixed size (`size`), or nil when the disk runs to the end of the file.
-  public let fixedSize: Int64?
+  public private(set) var fixedSize: Int64?
   private let fileCapabilities: DriverCapabilities
 
   /// Creates a driver for a window on a file child whose capabilities are
@@ -129,21 +129,7 @@ extension RawDriver {
     if offset == 0 && size == nil { childContext.sharesFileWrites = !context.noShare }
     let file = try await ImageOpener.openFileChild(&options, context: childContext)
     do {
-      let fileLength = file.length
-      if offset > fileLength {
-        throw BlockError(
-          .invalidArgument,
-          "Offset (\(offset)) cannot be greater than size of the containing file (\(fileLength))")
-      }
-      if let size, fileLength - offset < size {
-        throw BlockError(
-          .invalidArgument,
-          "The sum of offset (\(offset)) and size (\(size)) has to be smaller or equal to the  actual size of the containing file (\(fileLength))"
-        )
-      }
-      if let size, size % 512 != 0 {
-        throw BlockError(.invalidArgument, "Specified size is not multiple of 512")
-      }
+      try checkWindow(offset: offset, size: size, fileLength: file.length)
       let driver = RawDriver(offset: offset, size: size, fileCapabilities: file.capabilities)
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
       node.attach(file, role: .file)
@@ -153,5 +139,42 @@ extension RawDriver {
       await file.close()
       throw error
     }
+  }
+
+  /// QEMU's `raw_apply_options`: the window must lie within the file and its
+  /// size be whole sectors.
+  static func checkWindow(offset: Int64, size: Int64?, fileLength: Int64) throws {
+    if offset > fileLength {
+      throw BlockError(
+        .invalidArgument,
+        "Offset (\(offset)) cannot be greater than size of the containing file (\(fileLength))")
+    }
+    if let size, fileLength - offset < size {
+      throw BlockError(
+        .invalidArgument,
+        "The sum of offset (\(offset)) and size (\(size)) has to be smaller or equal to the  actual size of the containing file (\(fileLength))"
+      )
+    }
+    if let size, size % 512 != 0 {
+      throw BlockError(.invalidArgument, "Specified size is not multiple of 512")
+    }
+  }
+}
+
+extension RawDriver {
+  /// QEMU's `raw_reopen_prepare`: `offset` and `size` may change, checked
+  /// against the file as at open; the node's length follows on commit.
+  public func prepareReopen(_ node: BlockNode, _ request: inout BlockReopenRequest) async throws
+    -> any BlockReopenChange
+  {
+    var options = DriverOptions(request.options)
+    let offset = try options.takeSize("offset") ?? 0
+    let size = try options.takeSize("size")
+    request.options = options.values
+    try Self.checkWindow(offset: offset, size: size, fileLength: try file(of: node).length)
+    return ClosureReopen(commit: { [self] in
+      self.offset = offset
+      self.fixedSize = size
+    })
   }
 }

@@ -77,6 +77,12 @@ public final class BlkdebugDriver: BlockDriver {
     if overrides.maxDiscard != 0 { limits.maxPdiscard = overrides.maxDiscard }
   }
 
+  /// QEMU's `blkdebug_reopen_prepare`: the rules and limits cannot change
+  /// (their options must keep their values).
+  public func prepareReopen(_ node: BlockNode, _ request: inout BlockReopenRequest) async throws
+    -> any BlockReopenChange
+  { UnchangedReopen() }
+
   public func length(_ node: BlockNode) async throws -> Int64 {
     try file(of: node).length
   }

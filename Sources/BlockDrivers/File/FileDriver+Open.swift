@@ -124,15 +124,17 @@ extension FileDriver {
         filename: filename, readOnly: readOnly, direct: direct,
         lockWith: useLock ? permissions : nil)
     }
-    return FileDriver(
+    let driver = FileDriver(
       filename: filename, file: opened.file, direct: direct,
       alignment: opened.alignment, lock: opened.lock, permissions: permissions,
       ring: options.submitsToIOURing ? FileRing.shared : nil)
+    driver.sharing = (forceShare, sharesWrites)
+    return driver
   }
 }
 
 /// A file opened, checked, locked and probed on an I/O thread.
-private struct OpenedFile: Sendable {
+struct OpenedFile: Sendable {
   let file: PosixFile
   let lock: ImageLock?
   let alignment: (request: Int64, buffer: Int)
@@ -170,7 +172,7 @@ private struct OpenedFile: Sendable {
   }
 
   /// open(2) with QEMU's error messages (`qemu_open`).
-  private static func openFile(_ filename: String, readOnly: Bool, direct: Bool)
+  static func openFile(_ filename: String, readOnly: Bool, direct: Bool)
     throws(BlockError) -> PosixFile
   {
     let flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC

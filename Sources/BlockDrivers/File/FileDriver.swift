@@ -25,7 +25,11 @@ public final class FileDriver: BlockDriver {
   /// The alignment O_DIRECT requires of buffer addresses (1 without it).
   public internal(set) var bufferAlignment: Int
   /// The permissions held on the image, and those shared with others.
-  public private(set) var permissions: ImagePermissions
+  public internal(set) var permissions: ImagePermissions
+  /// How the file was opened to share the image: `forceShare` (qemu-img
+  /// -U) and `writes` (a raw image or a file opened directly lets others
+  /// write); a reopen keeps them.
+  var sharing: (forceShare: Bool, writes: Bool) = (false, false)
   /// Whether image locking is in use.
   public var isLocking: Bool { lock != nil }
 

@@ -125,6 +125,7 @@ public enum ImageOpener {
   public static func openNode(_ options: inout DriverOptions, context: OpenContext) async throws
     -> BlockNode
   {
+    let given = options
     guard let name = options.take("driver") else {
       throw BlockError(.invalidArgument, "Parameter 'driver' is required")
     }
@@ -156,7 +157,18 @@ public enum ImageOpener {
           ? "Block protocol '\(name)' doesn't support the option '\(leftover)'"
           : "Block format '\(name)' does not support the option '\(leftover)'")
     }
+    node.openOptions = ownOptions(given)
     return node
+  }
+
+  /// The options a node keeps as its own (QEMU's `bs->options` after open):
+  /// those of its children (`file.*`, `backing.*`, `data-file.*`, `image.*`
+  /// and references by name) go.
+  static func ownOptions(_ options: DriverOptions) -> [String: String] {
+    let children = ["file", "backing", "data-file", "image"]
+    return options.values.filter { key, _ in
+      !children.contains { key == $0 || key.hasPrefix($0 + ".") }
+    }
   }
 
   /// Opens the `file` child of a format from the `file.` options.

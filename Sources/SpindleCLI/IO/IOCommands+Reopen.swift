@@ -12,23 +12,27 @@ import BlockDrivers
 extension IOSession {
   /// `reopen [(-r|-w)] [-c cache] [-o options]` (qemu-io's `reopen_f`).
   ///
-  /// Spindle supports what the engine can change: the write cache
-  /// (writeback or writethrough, a property of the backend), `cache.direct`
-  /// and `cache.no-flush` of the whole graph (``BlockNode/reopenCache``; not
-  /// both on at once), and read-only, which the session enforces as QEMU's
-  /// permission check does (writes are refused with "Block node is
-  /// read-only"); a node opened read-only cannot become writable. The rest
-  /// fails with an error.
+  /// Builds QEMU's option set — the `-o` options, `read-only` from `-r`/`-w`
+  /// (else the node's current mode), `cache.direct` and `cache.no-flush`
+  /// from `-c` (else the current ones) — and reopens the graph with it
+  /// (``BlockNode/reopen(_:)``: options not given keep their values, a
+  /// failed reopen changes nothing). Without `-r` the backend keeps the
+  /// write permission it holds, so `-o read-only=on` fails as in QEMU
+  /// ("Read-only block node '...' cannot support read-write users"). The
+  /// write cache (writeback or
+  /// writethrough) is the backend's and changes only when the reopen
+  /// succeeded.
   func reopenCommand(_ words: [String]) async -> Int32 {
     let command = findCommand("reopen")!
     let backend = activeBackend
     let root = backend.root
-    var readOnly = root.isReadOnly || reopenedReadOnly
-    var cache = root.options.cache
+    var readOnly = root.isReadOnly
+    var direct = root.options.cache.direct
+    var noFlush = root.options.cache.noFlush
     var writethrough = !backend.writeCacheEnabled
     var hasReadWriteOption = false
     var hasCacheOption = false
-    var options = DriverOptions()
+    var options: [String: String] = [:]
     var parser = self.options(words, "c:o:rw")
     while let result = parser.next() {
       switch result {
@@ -37,7 +41,8 @@ extension IOSession {
           reporter.error("Invalid cache option: \(parser.optarg!)")
           return -EINVAL
         }
-        cache = mode
+        direct = mode.direct
+        noFlush = mode.noFlush
         writethrough = !mode.writeCacheEnabled
         hasCacheOption = true
       case .option("o"):
@@ -60,49 +65,34 @@ extension IOSession {
       usage(command)
       return -EINVAL
     }
+    // QEMU completes the requests in flight before reopening. The backend
+    // of a writable node keeps its write permission unless `-r` (or the
+    // node being read-only already) drops it.
+    await aio.drain()
+    let writers = !readOnly && !root.isReadOnly
+    if options["read-only"] != nil {
+      if hasReadWriteOption {
+        reporter.error("Cannot set both -r/-w and 'read-only'")
+        return -EINVAL
+      }
+    } else {
+      options["read-only"] = readOnly ? "on" : "off"
+    }
+    if options["cache.direct"] != nil || options["cache.no-flush"] != nil {
+      if hasCacheOption {
+        reporter.error("Cannot set both -c and the cache options")
+        return -EINVAL
+      }
+    } else {
+      options["cache.direct"] = direct ? "on" : "off"
+      options["cache.no-flush"] = noFlush ? "on" : "off"
+    }
     do {
-      if options["read-only"] != nil {
-        if hasReadWriteOption {
-          reporter.error("Cannot set both -r/-w and 'read-only'")
-          return -EINVAL
-        }
-        readOnly = try options.takeBool("read-only", default: readOnly)
-      }
-      var direct = cache.direct
-      var noFlush = cache.noFlush
-      if options["cache.direct"] != nil || options["cache.no-flush"] != nil {
-        if hasCacheOption {
-          reporter.error("Cannot set both -c and the cache options")
-          return -EINVAL
-        }
-        direct = try options.takeBool("cache.direct", default: root.options.cache.direct)
-        noFlush = try options.takeBool("cache.no-flush", default: root.options.cache.noFlush)
-      }
-      // QEMU reopens inside a drained section.
-      await aio.drain()
-      if let key = options.values.keys.sorted().first {
-        throw BlockError(.invalidArgument, "Cannot change the option '\(key)'")
-      }
-      if readOnly && !hasReadWriteOption && !(root.isReadOnly || reopenedReadOnly) {
-        // Without -r the backend keeps its write permission.
-        throw BlockError(
-          .notPermitted, "Read-only block node '\(root.name)' cannot support read-write users")
-      }
-      if !readOnly && root.isReadOnly {
-        throw BlockError(.notSupported, "Spindle cannot make a read-only image writable")
-      }
-      if readOnly && !reopenedReadOnly && !root.isReadOnly {
-        // Dropping the write permission flushes, as QEMU's reopen does.
-        try await backend.flush()
-      }
-      if direct != root.options.cache.direct || noFlush != root.options.cache.noFlush {
-        try await root.reopenCache(direct: direct, noFlush: noFlush)
-      }
+      try await root.reopen(options, keepsWriters: writers)
     } catch {
       reporter.error(errorMessage(error))
       return -EINVAL
     }
-    reopenedReadOnly = readOnly && !root.isReadOnly
     backend.writeCacheEnabled = !writethrough
     return 0
   }

@@ -28,9 +28,6 @@ final class IOSession {
   let imageOpts: Bool
   /// Set by `quit`.
   var quitRequested = false
-  /// Set by `reopen -r` on an image opened read-write: commands that write
-  /// are refused as on a read-only node (see ``reopenCommand(_:)``).
-  var reopenedReadOnly = false
   /// Asynchronous requests.
   let aio: AIOQueue
   /// The command table, by name.
@@ -79,9 +76,7 @@ final class IOSession {
       console.writeError("bad argument count \(count) to \(name), expected \(expected)\n")
       return -EINVAL
     }
-    if command.needsWrite, let backend, backend.root.isInserted,
-      backend.root.isReadOnly || reopenedReadOnly
-    {
+    if command.needsWrite, let backend, backend.root.isInserted, backend.root.isReadOnly {
       // QEMU asks for the write permission before running the command.
       reporter.error("Block node is read-only")
       return -EPERM
@@ -107,7 +102,6 @@ final class IOSession {
   /// `blk_unref`).
   func closeImage() async {
     await aio.drain()
-    reopenedReadOnly = false
     if let backend {
       self.backend = nil
       await backend.close()
