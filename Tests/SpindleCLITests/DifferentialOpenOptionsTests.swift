@@ -64,6 +64,22 @@ struct DifferentialOpenOptionsTests {
     try await expectSameRun(["info", name])
   }
 
+  /// A fractional size needs a suffix. QEMU reports the same error for a
+  /// bare `1.5` but then aborts (its `error_abort`), so only the message is
+  /// compared; with a suffix both open the image.
+  @Test func fractionalSizesNeedASuffix() async throws {
+    let options = "driver=null-co,size=1.5"
+    let qemu = try await runProcess("qemu-img", ["info", "--image-opts", options])
+    let spindle = await runSpindle(["qemu-img", "info", "--image-opts", options])
+    let message = "Parameter 'size' expects a non-negative number below 2^64"
+    #expect(qemu.error.contains("qemu-img: \(message)\n"))
+    #expect(spindle.status == 1)
+    #expect(spindle.error.hasPrefix("qemu-img: Could not open '\(options)': \(message)\n"))
+    let suffixed = ["--image-opts", "driver=null-co,size=1.5k", "-c", "length"]
+    let qemuLength = try await runProcess("qemu-io", suffixed)
+    #expect(await runSpindle(["qemu-io"] + suffixed) == qemuLength)
+  }
+
   // MARK: - A filename handed to a format child (item 7)
 
   static let childFilenameRuns: [[String]] = [
