@@ -130,6 +130,7 @@ struct DifferentialOpenOptionsTests {
     ["create", "-f", "qcow2", "file:DIR/a:b.qcow2", "1M"],
     ["create", "-f", "raw", "file:DIR/a:b.raw", "1M"],
     ["create", "-f", "qcow2", "-b", "file:DIR/base.qcow2", "-F", "qcow2", "file:DIR/o:2.qcow2"],
+    ["create", "-f", "qcow2", "-o", "data_file=file:DIR/d:1.raw", "DIR/x.qcow2", "1M"],
     ["convert", "-O", "qcow2", "file:DIR/top.qcow2", "file:DIR/o:1.qcow2"],
     ["convert", "-O", "raw", "-n", "file:DIR/top.qcow2", "file:DIR/r:1.raw"],
     ["dd", "if=file:DIR/top.qcow2", "of=file:DIR/d:1.raw", "-O", "raw"],

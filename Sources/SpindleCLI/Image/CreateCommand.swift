@@ -390,7 +390,9 @@ private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValue
     throw Failure(
       message: "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
   }
-  options.dataFile = values.string("data_file")
+  // Created through the file protocol, and named in the header by the
+  // path it stripped (QEMU stores the data file node's filename).
+  options.dataFile = values.string("data_file").map(FileProtocolName.path(of:))
   options.dataFileRaw = values.bool("data_file_raw") ?? false
   do {
     try await Qcow2Create.create(at: path, options: options)
