@@ -85,7 +85,8 @@ struct DifferentialProbeTests {
     },
     handBuilt("x.bochs", "bochs", bochs),
     handBuilt("x.cloop", "cloop", cloop),
-    // dmg is probed by its name alone.
+    // dmg is probed by its name alone, and wins its tie with cloop.
+    handBuilt("cloop.dmg", "dmg", cloop),
     handBuilt("x.dmg", "dmg", [UInt8](repeating: 0, count: 4096)),
     handBuilt("cowd.img", "vmdk", padded(text("COWD"), to: 1024)),
     handBuilt("kdmv.img", "vmdk", padded(text("KDMV"), to: 1024)),

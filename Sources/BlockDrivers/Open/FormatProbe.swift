@@ -18,8 +18,9 @@ public enum FormatProbe {
     let score: @Sendable ([UInt8], String?) -> Int
   }
 
-  /// QEMU's probing drivers in the order of its driver list (the first of
-  /// equal scores wins).
+  /// QEMU's probing drivers; of equal scores the first wins, as in QEMU's
+  /// driver list (only dmg and cloop can tie: a cloop image named `.dmg` is
+  /// dmg).
   private static let probers: [Prober] = [
     Prober(format: "vmdk", score: { bytes, _ in vmdkScore(bytes) }),
     Prober(
