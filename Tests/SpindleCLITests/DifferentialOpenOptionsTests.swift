@@ -80,6 +80,30 @@ struct DifferentialOpenOptionsTests {
     #expect(await runSpindle(["qemu-io"] + suffixed) == qemuLength)
   }
 
+  /// Token soup (a fixed pseudo-random sequence of JSON pieces, valid and
+  /// not) reads the same in both: same value or same error.
+  static let jsonSoup: [String] = {
+    let atoms = [
+      "{", "}", "[", "]", ",", ":", "'a'", #""b""#, "1", "-2", "0.5", "1e3", "true", "null",
+      #"'\u0041'"#, #"'\x'"#, #"'\''"#, #""'""#, "@", "'é'", "01", "'x\ty'", " ", "'driver'",
+      "'raw'", "'file'",
+    ]
+    var state: UInt64 = 7
+    func next(_ bound: Int) -> Int {
+      state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+      return Int((state >> 33) % UInt64(bound))
+    }
+    return (0..<80).map { _ in
+      "json:" + (0...next(9)).map { _ in atoms[next(atoms.count)] }.joined()
+    }
+  }()
+
+  @Test(arguments: jsonSoup)
+  func jsonSoupReadsAsQEMU(_ name: String) async throws {
+    let qemu = try await runProcess("qemu-img", ["info", name])
+    #expect(await runSpindle(["qemu-img", "info", name]) == qemu)
+  }
+
   // MARK: - A filename handed to a format child (item 7)
 
   static let childFilenameRuns: [[String]] = [
