@@ -136,6 +136,20 @@ struct DifferentialProbeTests {
     }
   }
 
+  /// `create` of a format QEMU creates and Spindle does not implement fails
+  /// with the format's name and leaves no file.
+  @Test(arguments: ["vmdk", "vpc", "vhdx", "vdi", "qed", "parallels", "qcow"])
+  func createRefusesUnimplementedFormats(_ format: String) async throws {
+    let run = try await runImageCommand(["create", "-q", "-f", format, "DIR/x.img", "1M"])
+    #expect(run.qemu == ToolResult(status: 0, output: "", error: ""))
+    #expect(
+      run.spindle
+        == ToolResult(
+          status: 1, output: "",
+          error: "qemu-img: DIR/x.img: format '\(format)' is not supported by Spindle yet\n"))
+    #expect(try run.spindleFileNames().isEmpty)
+  }
+
   /// `-f raw` opens an image of any format as raw, as QEMU does.
   @Test(arguments: images.filter { $0.format != "raw" })
   func explicitRawOpensAnything(_ image: Image) async throws {

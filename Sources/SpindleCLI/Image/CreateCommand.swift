@@ -142,6 +142,9 @@ struct CreateRequest {
 func createImage(_ request: CreateRequest, console: Console) async throws {
   typealias Failure = CreateOptionValues.Failure
   guard let list = CreateOptionList.forFormat(request.format, withProtocol: true) else {
+    if ImageOpener.unimplementedFormats.contains(request.format) {
+      throw Failure(message: ImageOpener.unsupportedFormat(request.format).message)
+    }
     throw Failure(message: "Unknown file format '\(request.format)'")
   }
   var values = CreateOptionValues(list: list)
