@@ -62,8 +62,9 @@ extension BlkdebugDriver {
 
     var child = options.takeChild("image")
     if let reference = options.take("image") { child["filename"] = reference }
-    if let image, child["filename"] == nil { child["filename"] = image }
-    let file = try await ImageOpener.openChild(&child, role: "image", context: childContext)
+    let file = try await ImageOpener.openChild(
+      &child, filename: child["filename"] == nil ? image : nil, role: "image",
+      context: childContext)
     do {
       try validate(overrides, childAlignment: file.limits.requestAlignment)
       let driver = BlkdebugDriver(

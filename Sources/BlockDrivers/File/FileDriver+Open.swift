@@ -22,7 +22,8 @@ public enum FileAIOMode: String, Sendable {
 
 /// The options of the `file` driver (QEMU's `raw_runtime_opts` in file-posix).
 public struct FileOpenOptions: Sendable, Equatable {
-  /// The path of the file (a `file:` prefix is stripped).
+  /// The path of the file (a `file:` prefix is stripped as QEMU does, see
+  /// ``FileProtocolName/path(of:)``).
   public var filename: String
   /// Image locking (`locking=on|off|auto`, default auto).
   public var locking: FileLockingMode = .auto
@@ -54,11 +55,10 @@ public struct FileOpenOptions: Sendable, Equatable {
 
   /// Takes the driver's options out of `options`, leaving unknown ones.
   public init(parsing options: inout DriverOptions) throws {
-    guard var filename = options.take("filename") else {
+    guard let filename = options.take("filename") else {
       throw BlockError(.invalidArgument, "The 'file' block driver requires a file name")
     }
-    if filename.hasPrefix("file:") { filename.removeFirst(5) }
-    self.filename = filename
+    self.filename = FileProtocolName.path(of: filename)
     if let text = options.take("locking") {
       guard let mode = FileLockingMode(rawValue: text) else {
         throw BlockError(.invalidArgument, "invalid parameter value: \(text)")

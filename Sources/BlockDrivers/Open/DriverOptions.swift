@@ -49,29 +49,40 @@ public struct DriverOptions: Sendable, Equatable {
     return DriverOptions(result)
   }
 
-  /// Parses a `json:{...}` pseudo-filename (the text after `json:`), flattening
-  /// nested objects into dotted keys.
+  /// Parses a `json:{...}` pseudo-filename (the text after `json:`) with
+  /// QEMU's JSON reader (``QEMUJSON``: single-quoted strings and QEMU's
+  /// escapes are accepted) and flattens nested objects into dotted keys, as
+  /// QEMU's `parse_json_filename` does. Scalars become the option strings
+  /// QEMU makes of them (`qemu_opts_absorb_qdict`): `on`/`off` for booleans,
+  /// integers in decimal, other numbers as `%.17g`.
   public static func parseJSON(_ text: String) throws -> DriverOptions {
-    guard let data = text.data(using: .utf8),
-      case .object(let members)? = try? JSONDecoder().decode(JSONValue.self, from: data)
-    else {
-      throw BlockError(.invalidArgument, "Could not parse the JSON options")
+    let value: QEMUJSONValue
+    do {
+      value = try QEMUJSON.parse(text)
+    } catch {
+      throw BlockError(.invalidArgument, "Could not parse the JSON options: \(error.message)")
+    }
+    guard case .object = value else {
+      throw BlockError(.invalidArgument, "Invalid JSON object given")
     }
     var result: [String: String] = [:]
-    func flatten(_ value: JSONValue, _ prefix: String) {
+    func flatten(_ value: QEMUJSONValue, _ prefix: String) {
       switch value {
       case .object(let nested):
         for (key, inner) in nested { flatten(inner, prefix.isEmpty ? key : "\(prefix).\(key)") }
       case .array(let items):
         for (index, inner) in items.enumerated() { flatten(inner, "\(prefix).\(index)") }
       case .bool(let flag): result[prefix] = flag ? "on" : "off"
-      case .number(let text), .string(let text): result[prefix] = text
+      case .int(let number): result[prefix] = String(number)
+      case .uint(let number): result[prefix] = String(number)
+      case .double(let number): result[prefix] = String(format: "%.17g", number)
+      case .string(let text): result[prefix] = text
       case .null:
         // `"backing": null` means no backing file; other nulls are absent.
         if prefix == "backing" || prefix.hasSuffix(".backing") { result[prefix] = "" }
       }
     }
-    flatten(.object(members), "")
+    flatten(value, "")
     return DriverOptions(result)
   }
 
@@ -131,33 +142,4 @@ public struct DriverOptions: Sendable, Equatable {
 
   /// Whether no option is left.
   public var isEmpty: Bool { values.isEmpty }
-}
-
-/// A JSON value as QEMU's option parser sees it: numbers keep their text.
-private enum JSONValue: Decodable {
-  case object([String: JSONValue])
-  case array([JSONValue])
-  case string(String)
-  case number(String)
-  case bool(Bool)
-  case null
-
-  init(from decoder: Decoder) throws {
-    let container = try decoder.singleValueContainer()
-    if container.decodeNil() {
-      self = .null
-    } else if let flag = try? container.decode(Bool.self) {
-      self = .bool(flag)
-    } else if let integer = try? container.decode(Int64.self) {
-      self = .number(String(integer))
-    } else if let number = try? container.decode(Double.self) {
-      self = .number(String(number))
-    } else if let string = try? container.decode(String.self) {
-      self = .string(string)
-    } else if let array = try? container.decode([JSONValue].self) {
-      self = .array(array)
-    } else {
-      self = .object(try container.decode([String: JSONValue].self))
-    }
-  }
 }

@@ -72,13 +72,36 @@ public enum ImageOpener {
   ]
 
   /// Drivers chosen by a filename's `NAME:` prefix (QEMU's protocol names),
-  /// which then parse the whole filename (`blkdebug:CONFIG:IMAGE`).
-  public static var filenamePrefixes: [String: String] = ["blkdebug": "blkdebug"]
+  /// which then parse the whole filename (`blkdebug:CONFIG:IMAGE`, or
+  /// `file:PATH`, which the file driver strips).
+  public static var filenamePrefixes: [String: String] = [
+    "blkdebug": "blkdebug", "file": "file",
+  ]
+
+  /// The formats QEMU 7.2 has (and probes) that Spindle does not implement
+  /// yet: naming one, or probing an image of one, fails with
+  /// ``unsupportedFormat(_:)`` instead of reading the image's container
+  /// bytes as raw.
+  public static let unimplementedFormats: Set<String> = [
+    "vmdk", "vpc", "vhdx", "vdi", "qed", "parallels", "dmg", "luks", "bochs", "cloop", "qcow",
+  ]
+
+  /// The error for a format Spindle does not implement.
+  public static func unsupportedFormat(_ name: String) -> BlockError {
+    BlockError.notSupported("format '\(name)' is not supported by Spindle yet")
+  }
 
   /// The driver a filename's prefix selects, if any.
   static func driverForPrefix(of filename: String) -> String? {
     guard let colon = filename.firstIndex(of: ":") else { return nil }
     return filenamePrefixes[String(filename[..<colon])]
+  }
+
+  /// Whether a driver parses a filename itself: protocols, and filters
+  /// with a filename syntax (`blkdebug:`). Other drivers (formats) hand a
+  /// filename to their `file` child.
+  static func takesFilename(_ driver: String) -> Bool {
+    drivers[driver]?.kind == .protocolDriver || filenamePrefixes.values.contains(driver)
   }
 
   private static var nodeCounter = 0
@@ -101,6 +124,11 @@ public enum ImageOpener {
       let parsed = try DriverOptions.parseJSON(String(name.dropFirst(5)))
       for (key, value) in parsed.values where options[key] == nil { options[key] = value }
       filename = nil
+      let namesFile =
+        options["file"] != nil || options.values.keys.contains { $0.hasPrefix("file.") }
+      if options["driver"] == nil && format == nil && !namesFile {
+        throw BlockError(.invalidArgument, "Must specify either driver or file")
+      }
     }
     if let format {
       if let existing = options["driver"], existing != format {
@@ -112,7 +140,7 @@ public enum ImageOpener {
     }
     if let filename { options["file.filename"] = options["file.filename"] ?? filename }
     if options["driver"] == nil {
-      options["driver"] = try await probe(&options, context: context)
+      options["driver"] = try await probe(&options, filename: filename, context: context)
     }
     var context = context
     if let driver = options["driver"], drivers[driver]?.kind == .protocolDriver {
@@ -130,6 +158,7 @@ public enum ImageOpener {
       throw BlockError(.invalidArgument, "Parameter 'driver' is required")
     }
     guard let entry = drivers[name] else {
+      if unimplementedFormats.contains(name) { throw unsupportedFormat(name) }
       throw BlockError(.invalidArgument, "Unknown driver '\(name)'")
     }
     if entry.kind == .protocolDriver {
@@ -183,22 +212,45 @@ public enum ImageOpener {
   }
 
   /// Opens a child from its options (already taken out of the parent's):
-  /// the driver a filename prefix selects, else `file`.
-  public static func openChild(_ child: inout DriverOptions, role: String, context: OpenContext)
-    async throws -> BlockNode
-  {
-    if child["driver"] == nil {
-      guard let filename = child["filename"] else {
-        throw BlockError(.invalidArgument, "A block device must be specified for \"\(role)\"")
+  /// the driver a filename prefix selects, else `file`. `filename` is the
+  /// name the parent gives the child (blkdebug's image from its
+  /// `blkdebug:CONFIG:IMAGE` name, QEMU's `bdrv_open_child` filename): a
+  /// driver that does not parse file names passes it on to its own `file`
+  /// child.
+  public static func openChild(
+    _ child: inout DriverOptions, filename: String? = nil, role: String, context: OpenContext
+  ) async throws -> BlockNode {
+    if let filename {
+      if let driver = child["driver"], !takesFilename(driver) {
+        if child["file.filename"] == nil && child["file"] == nil {
+          child["file.filename"] = filename
+        }
+      } else if child["filename"] == nil {
+        child["filename"] = filename
       }
-      child["driver"] = driverForPrefix(of: filename) ?? "file"
     }
+    try selectChildDriver(&child, role: role)
     return try await openNode(&child, context: context)
   }
 
-  /// Guesses a format from the image's first bytes (qcow2 by its magic);
-  /// every image that is not a known format is raw.
-  static func probe(_ options: inout DriverOptions, context: OpenContext) async throws -> String {
+  /// Sets a child's driver when its options name none: the driver its
+  /// filename's prefix selects, else `file` (children are not probed).
+  private static func selectChildDriver(_ child: inout DriverOptions, role: String) throws {
+    guard child["driver"] == nil else { return }
+    guard let filename = child["filename"] else {
+      throw BlockError(.invalidArgument, "A block device must be specified for \"\(role)\"")
+    }
+    child["driver"] = driverForPrefix(of: filename) ?? "file"
+  }
+
+  /// Guesses a format as QEMU's `find_image_format` does: from the first
+  /// bytes of the `file` child (opened with the driver its filename's
+  /// prefix selects, so that `blkdebug::IMAGE` is probed through blkdebug)
+  /// and, for dmg, the filename the user gave (`filename`, nil for options
+  /// and `json:` names). An empty image is raw.
+  static func probe(_ options: inout DriverOptions, filename: String?, context: OpenContext)
+    async throws -> String
+  {
     if let protocolDriver = options["file.driver"],
       drivers[protocolDriver]?.kind == .protocolDriver,
       options["file.filename"] == nil
@@ -207,24 +259,35 @@ public enum ImageOpener {
       options.values = options.takeChild("file").values
       return protocolDriver
     }
-    return await probeFormat(options, context: context) ?? "raw"
+    guard let prefix = await probeBytes(options, context: context) else { return "raw" }
+    return FormatProbe.format(of: prefix, filename: filename)
   }
 
-  /// Opens the `file` child read-only and shared to look at its magic; nil
-  /// when it is no known format or cannot be opened (the real open reports
-  /// why).
-  private static func probeFormat(_ options: DriverOptions, context: OpenContext) async -> String? {
+  /// Opens the `file` child read-only and shared and reads what probing
+  /// looks at; nil when it cannot be opened or read (the real open then
+  /// reports why) or is empty.
+  private static func probeBytes(_ options: DriverOptions, context: OpenContext) async
+    -> [UInt8]?
+  {
     var copy = options
     var child = copy.takeChild("file")
-    if child["driver"] == nil { child["driver"] = "file" }
+    if let reference = copy.take("file"), child["filename"] == nil {
+      child["filename"] = reference
+    }
+    guard (try? selectChildDriver(&child, role: "file")) != nil else { return nil }
     var probeContext = context
     probeContext.node = NodeOptions(readOnly: true)
     probeContext.forceShare = true
+    probeContext.diagnostics = { _ in }
     guard let file = try? await openNode(&child, context: probeContext) else { return nil }
-    let magic = try? await file.read(at: 0, count: Int(min(file.length, 4)))
+    guard file.length > 0 else {
+      await file.close()
+      return nil
+    }
+    let bytes = try? await file.read(
+      at: 0, count: Int(min(file.length, Int64(FormatProbe.bufferSize))))
     await file.close()
-    if magic == [0x51, 0x46, 0x49, 0xFB] { return "qcow2" }
-    return nil
+    return bytes
   }
 
   private static func openNull(_ options: inout DriverOptions, _ context: OpenContext) async throws

@@ -3,7 +3,8 @@ import BlockCore
 /// Parses sizes the way QEMU does (`qemu_strtosz`): a decimal number (or `0x`
 /// hexadecimal integer) with an optional suffix `b`, `k`/`K`, `M`, `G`, `T`, `P`,
 /// `E` (powers of 1024). `defaultSuffix` applies to a bare number. Returns nil
-/// for malformed input or a value that does not fit in 63 bits.
+/// for malformed input, a fraction without a multiplier, or a value that does
+/// not fit in 63 bits.
 public func parseSize(_ text: String, defaultMultiplier: Int64 = 1) -> Int64? {
   var digits = Substring(text)
   guard !digits.isEmpty else { return nil }
@@ -23,7 +24,9 @@ public func parseSize(_ text: String, defaultMultiplier: Int64 = 1) -> Int64? {
     let (product, overflow) = value.multipliedReportingOverflow(by: multiplier)
     return overflow || value < 0 ? nil : product
   }
-  guard digits.allSatisfy({ $0.isNumber || $0 == "." }), let value = Double(digits), value >= 0
+  // QEMU rejects a fraction without a multiplier (`1.5`, `1.5b`).
+  guard multiplier > 1, digits.allSatisfy({ $0.isNumber || $0 == "." }),
+    let value = Double(digits), value >= 0
   else { return nil }
   let product = value * Double(multiplier)
   guard product < 9.2e18 else { return nil }

@@ -193,7 +193,7 @@ public enum Qcow2Create {
     if options.backingFormat != nil && options.backingFile == nil {
       throw BlockError(.invalidArgument, "Backing format cannot be used without backing file")
     }
-    if options.backingFile != nil && options.preallocation != .off {
+    if options.backingFile != nil && options.preallocation != .off && !options.extendedL2 {
       throw BlockError(
         .invalidArgument,
         "Backing file and preallocation can only be used at the same time if extended_l2 is on")

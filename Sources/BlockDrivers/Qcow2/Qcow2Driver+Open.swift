@@ -18,13 +18,17 @@ extension Qcow2Driver {
       )
     }
     let dataFile = takeDataFileOptions(&options)
+    // `backing.*` options are the backing node's (QEMU's
+    // `bdrv_open_backing_file`); without a backing open they are left over.
+    let backingOptions = context.openBacking ? options.takeChild("backing") : DriverOptions()
     // QEMU's children of a format unmap on discard whatever the parent's
     // policy: the format decides what reaches them (bdrv_inherited_options).
     var fileContext = context
     fileContext.node.discard = .unmap
     let file = try await ImageOpener.openFileChild(&options, context: fileContext)
     let node = try await open(
-      over: file, imagePath: imagePath, dataFileOptions: dataFile, context: context)
+      over: file, imagePath: imagePath, dataFileOptions: dataFile,
+      backingOptions: backingOptions, context: context)
     do {
       try (node.driver as? Qcow2Driver)?.apply(
         runtimeOptions, discardUnmap: context.node.discard == .unmap)
@@ -37,11 +41,13 @@ extension Qcow2Driver {
 
   /// Opens a `qcow2` node over an opened file node; `imagePath` is what
   /// relative backing and data file names are resolved against;
-  /// `dataFileOptions` override the external data file the header names.
+  /// `dataFileOptions` override the external data file the header names;
+  /// `backingOptions` are the backing node's options (a `driver` overrides
+  /// the header's backing format, a `file` the backing file name).
   /// Closes `file` on failure.
   static func open(
     over file: BlockNode, imagePath: String?, dataFileOptions: DriverOptions? = nil,
-    context: OpenContext
+    backingOptions: DriverOptions = DriverOptions(), context: OpenContext
   ) async throws -> BlockNode {
     var backing: BlockNode?
     var dataFile: BlockNode?
@@ -73,9 +79,11 @@ extension Qcow2Driver {
         backingContext.node.readOnly = true
         backingContext.node.copyOnRead = false
         do {
+          let namesFile = backingOptions["file"] != nil || backingOptions["file.filename"] != nil
           backing = try await ImageOpener.open(
-            filename: resolveBackingName(name, relativeTo: imagePath),
-            format: header.backingFormat, context: backingContext)
+            filename: namesFile ? nil : resolveBackingName(name, relativeTo: imagePath),
+            format: backingOptions["driver"] == nil ? header.backingFormat : nil,
+            options: backingOptions, context: backingContext)
         } catch let error as BlockError {
           throw BlockError(error.code, "Could not open backing file: \(error)")
         }

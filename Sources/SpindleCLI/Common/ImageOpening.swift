@@ -200,10 +200,11 @@ func warnsAboutProbedRaw(_ spec: ImageSpec, _ backend: BlockBackend) -> Bool {
     && !(spec.filename?.hasPrefix("json:") ?? false) && !spec.node.readOnly && !spec.snapshot
 }
 
-/// QEMU's warning when probing guessed raw (printed without a program name).
+/// QEMU's warning when probing guessed raw (printed without a program name),
+/// naming the file as the file node does (`file:a:b` is `./a:b`).
 func probedRawWarning(_ filename: String) -> String {
   """
-  WARNING: Image format was not specified for '\(filename)' and probing guessed raw.
+  WARNING: Image format was not specified for '\(FileProtocolName.path(of: filename))' and probing guessed raw.
            Automatically detecting the format is dangerous for raw images, \
   write operations on block 0 will be restricted.
            Specify the 'raw' format explicitly to remove the restrictions.

@@ -142,6 +142,9 @@ struct CreateRequest {
 func createImage(_ request: CreateRequest, console: Console) async throws {
   typealias Failure = CreateOptionValues.Failure
   guard let list = CreateOptionList.forFormat(request.format, withProtocol: true) else {
+    if ImageOpener.unimplementedFormats.contains(request.format) {
+      throw Failure(message: ImageOpener.unsupportedFormat(request.format).message)
+    }
     throw Failure(message: "Unknown file format '\(request.format)'")
   }
   var values = CreateOptionValues(list: list)
@@ -214,21 +217,36 @@ func createImage(_ request: CreateRequest, console: Console) async throws {
   try await createFormatted(request.filename, format: request.format, size: size, values: values)
 }
 
-/// Refuses the options QEMU knows and Spindle cannot honour yet.
+/// Refuses the options QEMU knows and Spindle cannot honour yet. Switches
+/// whose default (off) is all Spindle can do are accepted when off, as QEMU
+/// accepts them (`nocow=off`; `encryption` is refused only when on: qcow2
+/// rejects its other values after the `Formatting` line, see
+/// ``checkEncryptionValue(_:)``).
 func checkSupported(_ values: CreateOptionValues) throws(CreateOptionValues.Failure) {
+  let offOnly: Set = ["nocow", "encryption"]
+  func isHonouredDefault(_ name: String) -> Bool {
+    guard offOnly.contains(name), let value = values.string(name) else { return false }
+    if name == "encryption" { return value != "on" }
+    return CreateOptionValues.parseBool(value) == false
+  }
   if let unsupported = values.list.options.first(where: {
-    !$0.supported && values.string($0.name) != nil
+    !$0.supported && values.string($0.name) != nil && !isHonouredDefault($0.name)
   }) {
     throw CreateOptionValues.Failure(
       message: "Spindle does not support the option '\(unsupported.name)' yet")
   }
-  for key in ["nocow"] {
-    guard let value = values.string(key) else { continue }
-    let isDefault = CreateOptionValues.parseBool(value) == false
-    if !isDefault {
-      throw CreateOptionValues.Failure(message: "Spindle does not support \(key)=\(value) yet")
-    }
+  for key in offOnly.sorted() {
+    guard let value = values.string(key), !isHonouredDefault(key) else { continue }
+    throw CreateOptionValues.Failure(message: "Spindle does not support \(key)=\(value) yet")
   }
+}
+
+/// qcow2's `encryption` switch (QEMU's `qcow2_co_create_opts`): `off` means
+/// no encryption; any value but `on` becomes an encryption format QEMU does
+/// not know, and the image is not created.
+func checkEncryptionValue(_ values: CreateOptionValues) throws(CreateOptionValues.Failure) {
+  guard let value = values.string("encryption"), value != "off", value != "on" else { return }
+  throw CreateOptionValues.Failure(message: "Parameter 'format' does not accept value '\(value)'")
 }
 
 /// Creates the image file and, for qcow2, its format (QEMU's `bdrv_create`
@@ -237,6 +255,9 @@ func checkSupported(_ values: CreateOptionValues) throws(CreateOptionValues.Fail
 func createFormatted(_ filename: String, format: String, size: UInt64, values: CreateOptionValues)
   async throws
 {
+  // The file protocol's create takes the path without a `file:` prefix.
+  let filename = FileProtocolName.path(of: filename)
+  if format == "qcow2" { try checkEncryptionValue(values) }
   // Both formats start from an empty file, as QEMU's file protocol creates it.
   let rounded = (size + 511) & ~511
   let rawPreallocation = format == "raw" ? try preallocationMode(values) : .off
@@ -372,7 +393,9 @@ private func createQcow2(_ path: String, size: UInt64, values: CreateOptionValue
     throw Failure(
       message: "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes")
   }
-  options.dataFile = values.string("data_file")
+  // Created through the file protocol, and named in the header by the
+  // path it stripped (QEMU stores the data file node's filename).
+  options.dataFile = values.string("data_file").map(FileProtocolName.path(of:))
   options.dataFileRaw = values.bool("data_file_raw") ?? false
   do {
     try await Qcow2Create.create(at: path, options: options)

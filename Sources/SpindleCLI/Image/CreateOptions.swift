@@ -31,23 +31,6 @@ struct CreateOptionList: Sendable {
   let options: [CreateOption]
 
   static let qcow2Options: [CreateOption] = [
-    .init(name: "cluster_size", kind: .size, help: "qcow2 cluster size", defaultValue: "65536"),
-    .init(name: "extended_l2", kind: .bool, help: "Extended L2 tables", defaultValue: "off"),
-    .init(
-      name: "preallocation", kind: .string,
-      help: "Preallocation mode (allowed values: off, metadata, falloc, full)"),
-    .init(
-      name: "compression_type", kind: .string,
-      help: "Compression method used for image cluster compression", defaultValue: "zlib"),
-    .init(name: "size", kind: .size, help: "Virtual disk size"),
-    .init(name: "compat", kind: .string, help: "Compatibility level (v2 [0.10] or v3 [1.1])"),
-    .init(name: "backing_file", kind: .string, help: "File name of a base image"),
-    .init(name: "backing_fmt", kind: .string, help: "Image format of the base image"),
-    .init(
-      name: "data_file", kind: .string, help: "File name of an external data file"),
-    .init(
-      name: "data_file_raw", kind: .bool,
-      help: "The external data file must stay valid as a raw image"),
     .init(
       name: "encryption", kind: .bool,
       help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
@@ -76,6 +59,23 @@ struct CreateOptionList: Sendable {
     .init(
       name: "encrypt.iter-time", kind: .number,
       help: "Time to spend in PBKDF in milliseconds", supported: false),
+    .init(name: "cluster_size", kind: .size, help: "qcow2 cluster size", defaultValue: "65536"),
+    .init(name: "extended_l2", kind: .bool, help: "Extended L2 tables", defaultValue: "off"),
+    .init(
+      name: "preallocation", kind: .string,
+      help: "Preallocation mode (allowed values: off, metadata, falloc, full)"),
+    .init(
+      name: "compression_type", kind: .string,
+      help: "Compression method used for image cluster compression", defaultValue: "zlib"),
+    .init(name: "size", kind: .size, help: "Virtual disk size"),
+    .init(name: "compat", kind: .string, help: "Compatibility level (v2 [0.10] or v3 [1.1])"),
+    .init(name: "backing_file", kind: .string, help: "File name of a base image"),
+    .init(name: "backing_fmt", kind: .string, help: "Image format of the base image"),
+    .init(
+      name: "data_file", kind: .string, help: "File name of an external data file"),
+    .init(
+      name: "data_file_raw", kind: .bool,
+      help: "The external data file must stay valid as a raw image"),
     .init(
       name: "lazy_refcounts", kind: .bool, help: "Postpone refcount updates", defaultValue: "off"),
     .init(

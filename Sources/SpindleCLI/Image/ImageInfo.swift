@@ -37,7 +37,8 @@ struct ImageInfo {
     members.append(("filename", .string(filename)))
     if let clusterSize { members.append(("cluster-size", .int(clusterSize))) }
     members.append(("format", .string(format)))
-    members.append(("actual-size", .int(actualSize ?? -1)))
+    // QEMU leaves an unknown size out (`has_actual_size`).
+    if let actualSize { members.append(("actual-size", .int(actualSize))) }
     if let formatSpecific {
       members.append(
         (
@@ -162,7 +163,10 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
   info.dirty = header.incompatibleFeatures & 0x1 != 0
   if let backing = header.backingFile {
     info.backingFilename = backing
-    info.fullBackingFilename = fullBackingPath(backing, relativeTo: filename)
+    // Relative to the folder of the file below the image (QEMU's
+    // `bdrv_dirname`), not to the name shown.
+    info.fullBackingFilename = fullBackingPath(
+      backing, relativeTo: NodeFilename.basePath(of: root) ?? filename)
     info.backingFormat = header.backingFormat
   }
   var specific = qcow2SpecificInfo(header)

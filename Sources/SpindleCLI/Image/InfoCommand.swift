@@ -85,9 +85,12 @@ enum InfoTool: ImageSubcommand {
           throw CommandExit()
         }
       }
+      // QEMU shows the name it makes of the graph; for a plain file name
+      // that is the name as given.
+      let isPlainName = !(filename.hasPrefix("json:") || filename.hasPrefix("file:"))
       let shownName =
-        spec.filename == nil || filename.hasPrefix("json:")
-        ? (CommitTool.imagePath(backend.root) ?? filename) : filename
+        spec.filename != nil && isPlainName
+        ? filename : (NodeFilename.name(of: backend.root) ?? filename)
       let info: ImageInfo
       do {
         info = try await collectImageInfo(backend, filename: shownName)

@@ -1,0 +1,29 @@
+import BlockCore
+import BlockDrivers
+
+/// The names QEMU gives an opened graph: what `bdrv_refresh_filename`
+/// makes of a node's file name and the folder `bdrv_dirname` resolves
+/// relative backing file names against. Spindle knows them for graphs of
+/// files, formats and filters; richer option sets have no such name.
+@BlockActor
+enum NodeFilename {
+  /// The node's file name as QEMU shows it (`image:` of `info`): the file's
+  /// path (with a `file:` prefix stripped), `blkdebug:CONFIG:IMAGE` for a
+  /// blkdebug node, and a format's or filter's `file` child's name.
+  static func name(of node: BlockNode) -> String? {
+    if let file = node.driver as? FileDriver { return file.filename }
+    guard let child = node.file, let childName = name(of: child) else { return nil }
+    if let blkdebug = node.driver as? BlkdebugDriver {
+      return "blkdebug:\(blkdebug.configFile ?? ""):\(childName)"
+    }
+    return childName
+  }
+
+  /// The path of the file under `node` (through formats and filters) whose
+  /// folder relative names are resolved against, as QEMU's `bdrv_dirname`
+  /// follows a node's primary child down to the file.
+  static func basePath(of node: BlockNode) -> String? {
+    if let file = node.driver as? FileDriver { return file.filename }
+    return node.file.flatMap(basePath(of:))
+  }
+}
