@@ -327,6 +327,9 @@ enum ConvertTool: ImageSubcommand {
     settings.targetIsZero =
       settings.minSparse > 0 && !hasBacking && (!skipCreate || targetIsZero)
     settings.targetHasBacking = hasBacking
+    // QEMU knows where a new target's backing file ends (zeroes past it
+    // need no writing); an existing target's is taken as unknown.
+    if hasBacking && !skipCreate { settings.targetBackingLength = target.root.backing?.length }
     settings.clusterSize = Int(target.root.clusterSize)
     // QEMU's salvage warnings are silenced by -q.
     let copier = ImageCopier(
