@@ -137,6 +137,13 @@ final class ImageCopier {
             running -= 1
           }
           let run = try await nextRun(at: offset)
+          // QEMU reports progress when a coroutine takes a run, before its
+          // I/O: the progress lines and the messages of the runs' block
+          // status queries come in a fixed order.
+          if countsForProgress(run) {
+            copied += run.length
+            meter.report(100 * Float(copied) / Float(dataBytes))
+          }
           let buffer =
             run.writesData ? (buffers.popLast() ?? IOVector(allocating: bufferSize)) : nil
           // QEMU's -r: a data run waits while the 100 ms slice's quota
@@ -163,7 +170,7 @@ final class ImageCopier {
   }
 
   /// Copies one run: reads it (data runs), waits for its turn to write
-  /// (unless out of order), writes, and reports progress.
+  /// (unless out of order) and writes.
   private func copy(
     _ run: Run, at offset: Int64, turn: Int, buffer: IOVector?
   ) async throws {
@@ -191,10 +198,6 @@ final class ImageCopier {
     } catch {
       sequencer.abort()
       throw error
-    }
-    if countsForProgress(run) {
-      copied += run.length
-      meter.report(100 * Float(copied) / Float(dataBytes))
     }
   }
 
