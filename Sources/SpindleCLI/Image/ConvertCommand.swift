@@ -13,9 +13,11 @@ import BlockDrivers
 /// Several sources are concatenated; `--image-opts` applies to them,
 /// `--target-image-opts` (with `-n`) to the target. With a target backing
 /// file (`-B`/`-F` or `-o backing_file`) only what the source's top image
-/// allocates is copied. `-r` limits the bytes read per second as QEMU does
-/// (``RateLimiter``); `--salvage` turns failed reads into warnings and
-/// zeroes, sector by sector. `-C` is checked and otherwise ignored.
+/// allocates is copied, and zeroes past the end of a new target's backing
+/// file are not written; `-S 0` writes zeroes as data. `-r` limits the bytes
+/// read per second as QEMU does (``RateLimiter``); `--salvage` turns failed
+/// reads and block-status queries into warnings and zeroes, sector by
+/// sector. `-C` is checked and otherwise ignored.
 /// `--object` defines secrets (see ``ObjectRegistry``); `-l` and `--bitmaps`
 /// are refused as not supported yet.
 @BlockActor

@@ -5,8 +5,10 @@ import BlockCore
 /// backing chain, ranges that
 /// read as zeroes are skipped (or zero-written when the target does not read
 /// as zeroes already), data is read in chunks of at most 2 MiB, and within a
-/// chunk runs of `minSparse`-sized all-zero blocks are treated as zeroes too.
-/// Compressed copies go cluster by cluster.
+/// chunk runs of `minSparse`-sized all-zero blocks are treated as zeroes too
+/// (with `minSparse` 0, `-S 0`, zeroes are written as data). Compressed
+/// copies go cluster by cluster. Progress is reported as each run is taken,
+/// as QEMU's coroutines report it.
 ///
 /// Up to `inFlight` runs are copied at once (QEMU's `-m` coroutines), each
 /// with a 2 MiB buffer reused from a pool; reads overlap freely, writes are
@@ -14,7 +16,8 @@ import BlockCore
 /// layout does not depend on timing.
 ///
 /// With `salvage` (`--salvage`), a failed read is retried sector by sector
-/// and failed sectors (or block status queries) become warnings and zeroes;
+/// and a failed block-status query on a quarter of its range at a time;
+/// sectors that still fail become warnings and zeroes;
 /// with a `rateLimit` (`-r`), the data read is paced by a ``RateLimiter``.
 @BlockActor
 final class ImageCopier {
