@@ -27,8 +27,9 @@ public final class Console {
 
   /// How standard output is buffered (C's `_IOLBF` or `_IOFBF`).
   private enum Buffering {
-    /// Written at each newline (a terminal).
-    case line
+    /// Written at each newline (a terminal), or when this many bytes of
+    /// a line are waiting.
+    case line(Int)
     /// Written in whole blocks of this size (a pipe or a file).
     case full(Int)
   }
@@ -41,7 +42,7 @@ public final class Console {
   /// Everything written to standard error (capture mode only).
   public private(set) var error = ""
 
-  private init(_ destination: Destination, buffering: Buffering = .line) {
+  private init(_ destination: Destination, buffering: Buffering = .line(8192)) {
     self.destination = destination
     self.buffering = buffering
   }
@@ -49,11 +50,11 @@ public final class Console {
   /// A console writing to file descriptors 1 and 2, standard output
   /// buffered as C's stdio would buffer it for what descriptor 1 is.
   public static func standardStreams() -> Console {
-    if isatty(1) != 0 { return Console(.standardStreams, buffering: .line) }
     // glibc's buffer: the descriptor's preferred block size, else BUFSIZ.
     var info = stat()
     let blockSize = fstat(1, &info) == 0 && info.st_blksize > 0 ? Int(info.st_blksize) : 8192
-    return Console(.standardStreams, buffering: .full(blockSize))
+    let buffering: Buffering = isatty(1) != 0 ? .line(blockSize) : .full(blockSize)
+    return Console(.standardStreams, buffering: buffering)
   }
 
   /// A console that keeps the text in ``output`` and ``error``.
@@ -67,11 +68,13 @@ public final class Console {
     case .standardStreams:
       pending.append(contentsOf: text.utf8)
       switch buffering {
-      case .line:
-        // Everything up to the last newline goes out; a partial line waits.
+      case .line(let blockSize):
+        // Everything up to the last newline goes out; a partial line waits
+        // until it fills the buffer.
         if let newline = pending.lastIndex(of: UInt8(ascii: "\n")) {
           emit(count: newline + 1)
         }
+        if pending.count >= blockSize { flush() }
       case .full(let blockSize):
         // A full buffer goes out, and so do any further whole blocks; the
         // rest stays buffered.
