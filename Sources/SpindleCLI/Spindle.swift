@@ -13,10 +13,11 @@ import BlockDrivers
 /// on its first argument.
 ///
 /// - invoked as `qemu-io` (a link): qemu-io, messages prefixed `qemu-io:`;
-/// - invoked as `qemu-img`: qemu-img's commands (so far `bench`, `compare`,
-///   `convert`, `create`, `info`, `map`, `resize`);
+/// - invoked as `qemu-img`: qemu-img, every command of ``ImageTool``;
 /// - `spindle io ...`: qemu-io, named `qemu-io` in messages and the prompt;
-/// - `spindle bench ...`: `qemu-img bench`; `spindle img ...`: qemu-img.
+/// - `spindle img ...`: qemu-img (its global options, then a command);
+/// - `spindle COMMAND ...` for any qemu-img command (`spindle info x.qcow2`,
+///   `spindle convert ...`): that qemu-img command.
 public enum Spindle {
   /// The version printed by `--version`.
   public static let version = "0.1.0"
@@ -76,9 +77,6 @@ public enum Spindle {
     case "io":
       return await IOTool.run(
         arguments: ["qemu-io"] + rest, programName: "qemu-io", console: console, input: input)
-    case "bench":
-      return await BenchTool.run(
-        arguments: ["bench"] + rest, programName: "qemu-img", console: console)
     case "img":
       return await ImageTool.run(
         arguments: ["qemu-img"] + rest, programName: "qemu-img", console: console)
@@ -88,29 +86,60 @@ public enum Spindle {
     case "--help", "-h", "help":
       console.write(usage)
       return 0
+    case _ where ImageTool.commands.contains(command):
+      return await ImageTool.run(
+        arguments: ["qemu-img"] + arguments, programName: "qemu-img", console: console)
     default:
       console.writeError("spindle: unknown command '\(command)'\n\(usage)")
       return 1
     }
   }
 
-  static let usage = """
-    usage: spindle COMMAND [ARGS...]
+  /// `spindle --help`: every command.
+  static var usage: String {
+    let supported = ImageTool.commands.filter { !ImageTool.unsupportedCommands.contains($0) }
+    let commands = supported.map { name in
+      "  " + name.padding(toLength: 12, withPad: " ", startingAt: 0)
+        + (commandSummaries[name] ?? "")
+    }
+    return """
+      usage: spindle COMMAND [ARGS...]
 
-    Spindle \(version): a block-device I/O layer with qemu-img, qemu-io and
-    qemu-nbd compatible commands.
+      Spindle \(version): a block-device I/O layer with qemu-img and qemu-io
+      compatible commands.
 
-    Commands:
-      io [OPTIONS] [-c CMD]... [FILE]   qemu-io: exercise an image with I/O commands
-      bench [OPTIONS] FILE              qemu-img bench: a simple I/O benchmark
-      img COMMAND [OPTIONS]             qemu-img's commands: bench compare convert
-                                        create info map resize
-      --version                         print the version
-      --help                            print this help
+      Image commands (qemu-img 7.2's options; 'spindle img --help' shows them):
+      \(commands.joined(separator: "\n"))
 
-    Invoked through a link named qemu-io or qemu-img, spindle behaves as that tool.
+      Other commands:
+        io [OPTIONS] [-c CMD]... [FILE]
+                    qemu-io: exercise an image with I/O commands
+        img [-h | -V | -T TRACE] COMMAND [OPTIONS]
+                    qemu-img: the commands above
+        version     print the version (also --version, -V)
+        help        print this help (also --help, -h)
 
-    """
+      Invoked through a link named qemu-io or qemu-img, spindle behaves as that tool.
+
+      """
+  }
+
+  /// One line about each qemu-img command Spindle has.
+  static let commandSummaries = [
+    "amend": "change the format-specific options of an image",
+    "bench": "run a simple I/O benchmark on an image",
+    "check": "check an image for errors, and repair them (-r)",
+    "commit": "commit an image's changes into its backing file",
+    "compare": "compare the contents of two images",
+    "convert": "copy images into a new or existing image, in any format",
+    "create": "create a new image",
+    "dd": "copy an image's blocks as dd(1) does",
+    "info": "show an image's format, size and options",
+    "map": "show where an image's data is",
+    "measure": "calculate the file size an image needs",
+    "rebase": "change an image's backing file",
+    "resize": "grow or shrink an image",
+  ]
 }
 
 /// Writes a whole buffer to a file descriptor, retrying on EINTR and short writes.

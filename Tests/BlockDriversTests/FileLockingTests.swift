@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import CFileSupport
 import Foundation
 import Testing
@@ -108,7 +109,7 @@ struct FileLockingTests {
 
   @Test(
     "qemu-io cannot open a file Spindle holds for writing under a format, except with -U -r",
-    .enabled(if: QEMUTools.hasQemuIO, "qemu-io is not installed"))
+    .requires("qemu-io"))
   func qemuRefusedBySpindle() async throws {
     let path = try scratch.makeFile("disk.img", size: 1 << 20)
     let writer = try await openFileNode(path, underFormat: true)
@@ -132,7 +133,7 @@ struct FileLockingTests {
 
   @Test(
     "Spindle cannot open under a format a file qemu-io holds, and says what QEMU says",
-    .enabled(if: QEMUTools.hasQemuIO, "qemu-io is not installed"))
+    .requires("qemu-io"))
   func spindleRefusedByQemu() async throws {
     let path = try scratch.makeFile("disk.img", size: 1 << 20)
     let session = try QemuIOSession(["-f", "raw", path])
@@ -144,7 +145,7 @@ struct FileLockingTests {
     let error = await expectBlockError { _ = try await openFileNode(path, underFormat: true) }
     let expected = "Failed to get shared \"write\" lock" + hint(path)
     #expect(error?.message == expected)
-    if QEMUTools.hasQemuImg {
+    if ToolRequirement.isAvailable("qemu-img") {
       // The same situation for QEMU: qemu-img convert does not share writing its source.
       let output = scratch.file("copy.img")
       let qemu = try await QEMUTools.run(
@@ -165,8 +166,7 @@ struct FileLockingTests {
 
   @Test(
     "Spindle cannot open a qcow2 file that qemu-io holds: Failed to get \"write\" lock",
-    .enabled(
-      if: QEMUTools.hasQemuIO && QEMUTools.hasQemuImg, "qemu-io or qemu-img is not installed"))
+    .requires("qemu-img", "qemu-io"))
   func spindleRefusedByQemuFormat() async throws {
     let path = scratch.file("disk.qcow2")
     let created = try await QEMUTools.run(QEMUTools.qemuImg, ["create", "-f", "qcow2", path, "1M"])
@@ -190,8 +190,7 @@ struct FileLockingTests {
 
   @Test(
     "through the opener, raw images are shared as qemu-io shares them; qcow2 images are not",
-    .enabled(
-      if: QEMUTools.hasQemuIO && QEMUTools.hasQemuImg, "qemu-io or qemu-img is not installed"))
+    .requires("qemu-img", "qemu-io"))
   func openerPermissionsMatchQemu() async throws {
     // A raw writer holds consistent-read and write and shares everything,
     // exactly the bytes a qemu-io raw writer locks; a second writer is welcome.

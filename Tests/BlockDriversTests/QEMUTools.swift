@@ -1,13 +1,12 @@
 import BlockTestSupport
 import Foundation
 
-/// The QEMU tools interop tests run, when installed.
+/// The QEMU tools interop tests run, found by the shared ``ToolLocator``
+/// (tests declare them with `.requires(...)`; the bare name when missing, so
+/// that a run fails rather than crashes).
 enum QEMUTools {
-  static let qemuIO = "/usr/bin/qemu-io"
-  static let qemuImg = "/usr/bin/qemu-img"
-
-  static var hasQemuIO: Bool { FileManager.default.isExecutableFile(atPath: qemuIO) }
-  static var hasQemuImg: Bool { FileManager.default.isExecutableFile(atPath: qemuImg) }
+  static let qemuIO = ToolLocator.path(of: "qemu-io") ?? "qemu-io"
+  static let qemuImg = ToolLocator.path(of: "qemu-img") ?? "qemu-img"
 
   /// Runs a tool to completion; its exit status and its standard output and
   /// error together.

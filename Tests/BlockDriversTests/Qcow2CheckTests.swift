@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -7,7 +8,7 @@ import Testing
 /// The qcow2 consistency check through the library API (its counts against
 /// `qemu-img check --output=json`), and QEMU's handling of dirty images:
 /// repaired on a writable open, left alone on a read-only one.
-@Suite(.enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io missing"))
+@Suite(.requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2CheckTests {
   let scratch: ScratchDirectory

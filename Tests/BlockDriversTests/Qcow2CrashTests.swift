@@ -9,7 +9,7 @@ import Testing
 /// flushed: `qemu-img check` must find at worst leaked clusters.
 @Suite(
   "qcow2 crash consistency",
-  .enabled(if: QEMUTools.hasQemuImg, "qemu-img is not installed"))
+  .requires("qemu-img"))
 @BlockActor
 struct Qcow2CrashTests {
   let scratch: ScratchDirectory

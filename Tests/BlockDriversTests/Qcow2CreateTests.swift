@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import SystemPackage
 import Testing
@@ -89,7 +90,7 @@ struct Qcow2CreateTests {
 
   @Test(
     "the same bytes as qemu-img create",
-    .enabled(if: QEMUTools.hasQemuImg, "qemu-img is not installed"), arguments: CreateCase.all)
+    .requires("qemu-img"), arguments: CreateCase.all)
   func sameAsQemuImg(_ create: CreateCase) async throws {
     let reference = scratch.file("qemu.qcow2")
     try await QcowTools.img(

@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import SystemPackage
 import Testing
@@ -104,7 +105,7 @@ struct HostileHeader: Sendable, CustomStringConvertible {
 /// message and no crash or huge allocation; corrupt tables fail reads.
 @Suite(
   "qcow2 header validation",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2HeaderTests {
   let scratch: ScratchDirectory

@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -41,7 +42,7 @@ struct Qcow2HostileImageTests {
         return
       }
       #expect("\(error)".contains(message), "\(image.name): \(error)")
-      if likeQEMU && QEMUTools.hasQemuImg {
+      if likeQEMU && ToolRequirement.isAvailable("qemu-img") {
         let qemu = try await QEMUTools.run(QEMUTools.qemuImg, ["info", path])
         #expect(qemu.status != 0)
         #expect(

@@ -11,7 +11,7 @@ import Testing
 /// every flushed write intact.
 @Suite(
   "qcow2 lazy refcounts",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img or qemu-io is not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2LazyRefcountTests {
   let scratch: ScratchDirectory

@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -9,7 +10,7 @@ import Testing
 /// (rebase) and ``Qcow2Measure`` (measure), checked against qemu-img.
 @Suite(
   "qcow2 maintenance",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2MaintenanceTests {
   let scratch: ScratchDirectory

@@ -1,5 +1,6 @@
 import BlockCore
 import BlockDrivers
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -7,7 +8,7 @@ import Testing
 /// EIO, the image marked corrupt as QEMU marks it, the node unusable after.
 @Suite(
   "qcow2 metadata overlap",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2OverlapTests {
   /// Collects driver messages.

@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -35,7 +36,7 @@ struct Qcow2Layout: Sendable, CustomStringConvertible {
 /// `qemu-img convert -O raw`, block status equal to `qemu-img map`.
 @Suite(
   "qcow2 read interop",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2ReadTests {
   let scratch: ScratchDirectory

@@ -1,5 +1,6 @@
 import BlockCore
 import BlockDrivers
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -9,7 +10,7 @@ import Testing
 /// `qemu-img compare` equal.
 @Suite(
   "qcow2 shrink",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2ShrinkTests {
   /// An image to shrink: how it is made and filled, and the new size.

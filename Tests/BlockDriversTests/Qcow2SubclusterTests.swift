@@ -10,7 +10,7 @@ import Testing
 /// granularity, as QEMU 7.2 does them.
 @Suite(
   "qcow2 subclusters",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2SubclusterTests {
   let scratch: ScratchDirectory

@@ -12,7 +12,7 @@ import Testing
 /// leaks allowed) and hold every guest write that a guest flush made
 /// durable. This is what proves the ordering of metadata writes and flushes.
 @Suite(
-  "qcow2 write-log replay", .enabled(if: QEMUTools.hasQemuImg, "qemu-img is not installed"),
+  "qcow2 write-log replay", .requires("qemu-img"),
   .timeLimit(.minutes(10)))
 @BlockActor
 struct Qcow2WriteLogTests {

@@ -1,4 +1,5 @@
 import BlockCore
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -72,7 +73,7 @@ enum GuestOp: Sendable, CustomStringConvertible {
 /// images must read the same, map the same, and Spindle's must check clean.
 @Suite(
   "qcow2 write interop",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2WriteTests {
   let scratch: ScratchDirectory
@@ -245,7 +246,7 @@ struct Qcow2WriteTests {
 /// Growing an image as `qemu-img resize` grows it.
 @Suite(
   "qcow2 resize",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2ResizeTests {
   let scratch: ScratchDirectory
@@ -285,7 +286,7 @@ struct Qcow2ResizeTests {
 /// and many requests of every kind in flight at once.
 @Suite(
   "qcow2 under the engine",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2EngineTests {
   let scratch: ScratchDirectory
@@ -362,7 +363,7 @@ struct Qcow2EngineTests {
 /// Compressed writes, byte for byte as qemu-io's `write -c`.
 @Suite(
   "qcow2 compressed writes",
-  .enabled(if: QEMUTools.hasQemuImg && QEMUTools.hasQemuIO, "qemu-img/qemu-io are not installed"))
+  .requires("qemu-img", "qemu-io"))
 @BlockActor
 struct Qcow2CompressedWriteTests {
   let scratch: ScratchDirectory

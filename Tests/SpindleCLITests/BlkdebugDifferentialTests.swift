@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -5,7 +6,7 @@ import Testing
 /// same commands on copies of one raw image opened through blkdebug (its
 /// filename syntax, a configuration file, or json: options). Output, errors,
 /// exit status and the resulting images must be identical.
-@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct BlkdebugDifferentialTests {
   /// A script: arguments with `IMG` standing for the image and `CONF` for the
   /// configuration file (written from `config`), and the commands.

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -57,7 +58,7 @@ import Testing
   ]
 
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: runs)
   func amendMatches(_ arguments: [String]) async throws {
     let run = try await runImageCommand(["amend"] + arguments, setup: Self.setup)

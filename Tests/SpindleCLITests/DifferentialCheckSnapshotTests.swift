@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -59,7 +60,7 @@ import Testing
   }.filter { $0 != ("count-above-limit", ["-r", "all"]) }
 
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: cases)
   func checkMatches(_ scenario: String, _ options: [String]) async throws {
     let damage = try #require(Self.scenarios[scenario])
@@ -84,7 +85,7 @@ import Testing
   /// snapshots are discarded, the 65536 left are all incomplete, and the
   /// new table overlaps the old one, which the refcount check did not count
   /// (it runs past the end of the file).
-  @Test(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+  @Test(.requires("qemu-img", "qemu-io"))
   func repairAboveLimitMatches() async throws {
     let fixture = try ImageFixture()
     var results: [ToolResult] = []
@@ -111,7 +112,7 @@ import Testing
   /// cluster uncounted, frees it as a leak, allocates it for the new table
   /// and its overlap check stops the write).
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: ["count-larger-than-table", "extra-data-too-large", "extra-data-incomplete"])
   func smallClusterRepairMatches(_ scenario: String) async throws {
     let damage = try #require(Self.scenarios[scenario])
@@ -127,7 +128,7 @@ import Testing
   /// zeroes in a sparse file): the check fails, `-r all` discards the
   /// overhanging snapshots.
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: [[], ["-r", "all"]])
   func tooBigTableMatches(_ options: [String]) async throws {
     let run = try await runImageCommand(["check"] + options + ["DIR/t.qcow2"]) { directory in
@@ -155,7 +156,7 @@ import Testing
 
   /// A repaired table is clean for both tools, and the snapshots QEMU kept
   /// are listed the same way.
-  @Test(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+  @Test(.requires("qemu-img", "qemu-io"))
   func repairedTableIsClean() async throws {
     let run = try await runImageCommand(["check", "-r", "all", "DIR/t.qcow2"]) { directory in
       try await Self.template.value.copy(into: directory)

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -119,7 +120,7 @@ import Testing
   static let variants: [[String]] = [[], ["--output=json"], ["-r", "leaks"], ["-r", "all"]]
 
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: scenarios.keys.sorted(), variants)
   func checkMatches(_ scenario: String, _ options: [String]) async throws {
     let setup = try #require(Self.scenarios[scenario])
@@ -143,7 +144,7 @@ import Testing
   /// Persistent bitmaps count as referenced (read-only check; a writable
   /// open invalidates them in Spindle, see docs/qcow2.md).
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: [[], ["--output=json"]])
   func bitmapsAreCounted(_ options: [String]) async throws {
     let run = try await runImageCommand(["check"] + options + ["DIR/t.qcow2"]) { directory in
@@ -168,7 +169,7 @@ import Testing
   ]
 
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: usageRuns)
   func usageMatches(_ arguments: [String]) async throws {
     let run = try await runImageCommand(["check"] + arguments) { directory in

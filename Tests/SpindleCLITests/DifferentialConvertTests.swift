@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -152,7 +153,7 @@ import Testing
   ]
 
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: runs)
   func convertMatches(_ run: Run) async throws {
     let result = try await runImageCommand(["convert"] + run.arguments, setup: Self.setup)
@@ -182,7 +183,7 @@ import Testing
   /// Writes go in image order whatever the number in flight, so a raw source
   /// with several 2 MiB chunks becomes the very qcow2 file qemu-img writes.
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: [["-m", "1"], ["-m", "8"], ["-m", "16"]])
   func orderedWritesGiveQEMUsLayout(_ inFlight: [String]) async throws {
     let run = try await runImageCommand(

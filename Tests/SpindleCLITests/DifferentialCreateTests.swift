@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -86,7 +87,7 @@ import Testing
     ["-f", "bogus", "-o", "help"],
   ]
 
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"), arguments: runs)
+  @Test(.requires("qemu-img"), arguments: runs)
   func createMatches(_ arguments: [String]) async throws {
     let run = try await runImageCommand(["create"] + arguments, setup: Self.setup)
     #expect(run.spindle == run.qemu, "\(run)")
@@ -101,7 +102,7 @@ import Testing
   }
 
   /// Images Spindle creates pass qemu-img check.
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"))
+  @Test(.requires("qemu-img"))
   func createdImagesPassCheck() async throws {
     let run = try await runImageCommand(
       ["create", "-f", "qcow2", "-o", "cluster_size=4k", "DIR/a", "3G"], setup: Self.setup)

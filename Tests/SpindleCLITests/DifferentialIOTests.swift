@@ -9,7 +9,7 @@ import Testing
 /// raw image. Standard output and error must be identical once timings are
 /// masked, the exit status identical, and `qemu-img compare` must find the
 /// images identical (and their sizes equal).
-@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialIOTests {
   /// A command script: options before the image, the commands (as `-c`
   /// arguments, or as standard input when `viaInput`), the image size.

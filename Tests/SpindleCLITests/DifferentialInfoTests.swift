@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -66,7 +67,7 @@ import Testing
   ]
 
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img is not installed"), arguments: runs)
+    .requires("qemu-img", "qemu-io"), arguments: runs)
   func infoMatches(_ arguments: [String]) async throws {
     let run = try await runImageCommand(["info"] + arguments, setup: Self.setup)
     #expect(run.spindle == run.qemu, "\(run)")

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -80,7 +81,7 @@ import Testing
     targets.flatMap { target in sources.map { target + $0 } } + errors
 
   @Test(
-    .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+    .requires("qemu-img", "qemu-io"),
     arguments: runs)
   func measureMatches(_ arguments: [String]) async throws {
     let run = try await runImageCommand(["measure"] + arguments, setup: Self.setup)
@@ -88,7 +89,7 @@ import Testing
   }
 
   /// A bad option prints getopt's message and the help, and succeeds.
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"))
+  @Test(.requires("qemu-img"))
   func badOptionShowsHelp() async throws {
     let run = try await runImageCommand(["measure", "-Z"])
     #expect(run.spindle.status == run.qemu.status)

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -46,7 +47,7 @@ import Testing
   ]
 
   @Test(
-    .enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"), arguments: definitions)
+    .requires("qemu-img"), arguments: definitions)
   func infoWithObjectsMatches(_ objects: [String]) async throws {
     let arguments = objects.flatMap { ["--object", $0] }
     let run = try await runImageCommand(
@@ -66,7 +67,7 @@ import Testing
     ["amend", "OBJ", "-o", "lazy_refcounts=on", "DIR/img.qcow2"],
   ]
 
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"), arguments: commands)
+  @Test(.requires("qemu-img"), arguments: commands)
   func commandsAcceptSecrets(_ command: [String]) async throws {
     for object in ["secret,id=sec0,data=abc", "foo,id=x", "secret,data=x"] {
       let arguments = command.flatMap { $0 == "OBJ" ? ["--object", object] : [$0] }
@@ -77,7 +78,7 @@ import Testing
 
   /// qemu-io takes `--object` too, through the same registry.
   @Test(
-    .enabled(if: QEMU.hasQemuIO, "qemu-io is not installed"),
+    .requires("qemu-io"),
     arguments: [["foo,id=x"], ["secret,id=s,data=x"], ["secret,help"], ["secret,data=x"]])
   func qemuIOHandlesObjects(_ objects: [String]) async throws {
     let fixture = try ImageFixture()
@@ -91,7 +92,7 @@ import Testing
 
   /// `--object help` lists the types Spindle can create, in QEMU's layout;
   /// each of them is one qemu-img lists too.
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"))
+  @Test(.requires("qemu-img"))
   func helpListsSpindleTypes() async throws {
     let run = try await runImageCommand(
       ["info", "--object", "help", "DIR/img.qcow2"], setup: Self.setup)

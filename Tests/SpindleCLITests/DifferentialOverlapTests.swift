@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -6,7 +7,7 @@ import Testing
 /// `spindle io`; the messages, exit status and resulting files must be the
 /// same (QEMU marks the image corrupt in its header, and refuses to reopen it
 /// read/write).
-@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialOverlapTests {
   /// A corruption: which metadata cluster the first L2 entry is redirected
   /// to, and what runs against the image.

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -5,7 +6,7 @@ import Testing
 /// --preallocation=...` against Spindle's, on qcow2 and raw: output, errors,
 /// exit statuses, the files byte for byte, `qemu-img map` of the qcow2
 /// images, and `qemu-img check` clean on Spindle's.
-@Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialPreallocationTests {
   /// A qcow2 image of an unaligned size whose partly used last cluster
   /// holds data, and a raw image.

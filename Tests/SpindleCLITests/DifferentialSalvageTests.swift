@@ -1,10 +1,11 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
 /// `qemu-img convert` with read errors injected by blkdebug, with and without
 /// `--salvage`, against Spindle's: output, warnings and errors, exit status
 /// and the image written (salvaged sectors read as zeroes) must match.
-@Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialSalvageTests {
   /// A raw image of 3 MiB of data (two 2 MiB copy chunks), its qcow2 copy,
   /// one of 3,000,000 bytes, a 64 KiB qcow2 of data, and a blkdebug configuration file failing reads of sector 100.

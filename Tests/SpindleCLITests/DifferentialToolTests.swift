@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -57,7 +58,7 @@ import Testing
     ["-T", "x", "-T", "-y*", "-c", "help close"], ["-T", "events=/nonexistent", "-c", "help"],
   ]
 
-  @Test(.enabled(if: QEMU.hasQemuIO, "qemu-io is not installed"), arguments: ioRuns)
+  @Test(.requires("qemu-io"), arguments: ioRuns)
   func ioMatches(_ arguments: [String]) async throws {
     let qemu = try await runProcess("qemu-io", arguments).masked()
     let spindle = await runSpindle(["qemu-io"] + arguments).masked()
@@ -67,14 +68,14 @@ import Testing
   /// Option errors end with qemu-io's usage text, which names the program.
   static let usageRuns: [[String]] = [["a", "b"], ["-Z"], ["--bogus=3", "x"], ["-t"], ["-h"]]
 
-  @Test(.enabled(if: QEMU.hasQemuIO, "qemu-io is not installed"), arguments: usageRuns)
+  @Test(.requires("qemu-io"), arguments: usageRuns)
   func ioUsageMatches(_ arguments: [String]) async throws {
     let qemu = try await runProcess("qemu-io", arguments)
     let spindle = await runSpindle(["qemu-io"] + arguments)
     #expect(spindle == qemu)
   }
 
-  @Test(.enabled(if: QEMU.hasQemuIO, "qemu-io is not installed"))
+  @Test(.requires("qemu-io"))
   func standardInputOnNullCo() async throws {
     let input = "aio_write 0 1\naio_write 1 1\nlength\naio_read 0 1\n\n  \nread\nlength"
     let arguments = ["--image-opts", Self.nullZeroes]
@@ -84,7 +85,7 @@ import Testing
   }
 
   /// Every number format of the size table, as a read length.
-  @Test(.enabled(if: QEMU.hasQemuIO, "qemu-io is not installed"))
+  @Test(.requires("qemu-io"))
   func numberFormatsMatch() async throws {
     let lengths =
       NumberParsingTests.sizes.map(\.0).filter { !$0.hasPrefix(" ") }
@@ -134,7 +135,7 @@ import Testing
     ["-c", "1", "-f", "bogus", "x"],
   ]
 
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"), arguments: benchRuns)
+  @Test(.requires("qemu-img"), arguments: benchRuns)
   func benchMatches(_ arguments: [String]) async throws {
     let qemu = try await runProcess("qemu-img", ["bench"] + arguments).masked()
     let spindle = await runSpindle(["qemu-img", "bench"] + arguments).masked()
@@ -147,7 +148,7 @@ import Testing
     ["-T", "events=/nonexistent", "bench"],
   ]
 
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"), arguments: imageToolRuns)
+  @Test(.requires("qemu-img"), arguments: imageToolRuns)
   func imageToolErrorsMatch(_ arguments: [String]) async throws {
     let qemu = try await runProcess("qemu-img", arguments).masked()
     let spindle = await runSpindle(["qemu-img"] + arguments).masked()
@@ -162,7 +163,7 @@ import Testing
   ]
 
   /// Benchmarks on a raw file: the same messages for the same options.
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"), arguments: fileBenchRuns)
+  @Test(.requires("qemu-img"), arguments: fileBenchRuns)
   func fileBenchMatches(_ options: [String]) async throws {
     let fixture = try ImageFixture()
     let image = try fixture.makeImage("bench.raw", size: 1 << 20)
@@ -174,7 +175,7 @@ import Testing
   }
 
   /// A write benchmark on copies of a raw file leaves identical images.
-  @Test(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"))
+  @Test(.requires("qemu-img"))
   func benchWritesTheSameData() async throws {
     let fixture = try ImageFixture()
     let base = try fixture.makeImage("base.raw", size: 1 << 20)

@@ -1,10 +1,11 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
 /// `open`, `reopen` and image options against the real qemu-io: option
 /// errors, flag combinations QEMU refuses, the texts of unsupported driver
 /// options, and reopening read-only and back.
-@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct OpenParityDifferentialTests {
   /// Arguments with `IMG` standing for the image.
   static let cases: [[String]] = [

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -12,7 +13,7 @@ import Testing
 /// caches, which legitimately changes a few results (docs/qcow2.md, "blkdebug
 /// events"); those cases assert the documented properties instead of QEMU's
 /// exact output.
-@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct Qcow2BlkdebugDifferentialTests {
   /// One injected error: the event, the errno and whether it fires once.
   struct Injection: Sendable, CustomTestStringConvertible {

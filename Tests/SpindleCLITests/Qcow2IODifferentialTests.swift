@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -7,7 +8,7 @@ import Testing
 /// shared read-only by both runs). Output and exit status must be identical
 /// once timings are masked, and the images must have the same guest content
 /// (`qemu-img compare`) and the same allocation (`qemu-img map`).
-@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct Qcow2IODifferentialTests {
   /// A command script on a fresh image, `IMG` standing for it in `image`.
   struct Script: Sendable, CustomTestStringConvertible {

@@ -14,7 +14,7 @@ import Testing
 @Suite(
   "qcow2 SIGKILL crash safety",
   .enabled(if: SpindleExecutable.path != nil, "the spindle executable was not built"),
-  .enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"),
+  .requires("qemu-img", "qemu-io"),
   .timeLimit(.minutes(10)))
 struct Qcow2KillTests {
   static let diskSize: Int64 = 64 << 20

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -66,7 +67,7 @@ import Testing
 
 /// `convert -r` and `commit -r` against qemu-img: the same output, status
 /// and images; and Spindle does take at least as long as the rate allows.
-@Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialRateLimitTests {
   /// A 3 MiB raw image of data; a qcow2 overlay on it with two data ranges.
   static func setup(_ directory: String) async throws {

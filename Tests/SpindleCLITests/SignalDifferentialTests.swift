@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -6,9 +7,8 @@ import Testing
 /// under the name `qemu-io`: same output before the signal, same termination
 /// status (the signal number when killed by it).
 @Suite(
-  .enabled(
-    if: QEMU.hasQemuIO && SpindleExecutable.path != nil,
-    "qemu-io or the spindle executable is missing"))
+  .requires("qemu-io"),
+  .enabled(if: SpindleExecutable.path != nil, "the spindle executable was not built"))
 struct SignalDifferentialTests {
   @Test(arguments: [
     ["sigraise 15"], ["sigraise 2"], ["sigraise 10"], ["sigraise 13"], ["sigraise 17"],

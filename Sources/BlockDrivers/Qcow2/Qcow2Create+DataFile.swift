@@ -31,14 +31,26 @@ extension Qcow2Create {
   }
 
   /// Creates (or empties) the data file and gives it the disk's length, as
-  /// QEMU's file protocol creates it and the qcow2 driver then grows it.
+  /// QEMU's file protocol creates it and the qcow2 driver then grows it:
+  /// through the file driver's truncate, which writes the first block of a
+  /// file grown from empty (QEMU's `allocate_first_block`).
   static func createDataFile(_ path: String, size: Int64) async throws {
     try await FileIOPool.run {
       let descriptor = try FileDescriptor.open(
         FilePath(path), .writeOnly, options: [.create, .truncate],
         permissions: [.ownerReadWrite, .groupRead, .otherRead])
-      defer { try? descriptor.close() }
-      try descriptor.resize(to: size)
+      try descriptor.close()
     }
+    var options = DriverOptions()
+    options["driver"] = "file"
+    options["filename"] = path
+    let file = try await ImageOpener.open(filename: nil, options: options)
+    do {
+      try await file.truncate(to: size, preallocation: .off)
+    } catch {
+      await file.close()
+      throw error
+    }
+    await file.close()
   }
 }

@@ -151,7 +151,6 @@ enum BenchTool: ImageSubcommand {
     if parameters.flushInterval != 0 {
       console.write("Sending flush every \(parameters.flushInterval) requests\n")
     }
-    console.flush()
 
     let runner = BenchRunner(backend: backend, parameters: parameters)
     let start = ContinuousClock.now

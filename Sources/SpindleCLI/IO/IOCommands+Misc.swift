@@ -175,9 +175,9 @@ extension IOSession {
   }
 
   /// `abort`: ends the program with SIGABRT, without the Swift runtime's
-  /// crash report (qemu-io prints nothing).
+  /// crash report (qemu-io prints nothing). Like qemu-io's `abort(3)`, it
+  /// does not flush: buffered output is lost, as in any crash.
   func abortProgram() -> Int32 {
-    console.flush()
     _ = signal(SIGABRT, SIG_DFL)
     abort()
   }

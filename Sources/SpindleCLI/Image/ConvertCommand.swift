@@ -13,9 +13,11 @@ import BlockDrivers
 /// Several sources are concatenated; `--image-opts` applies to them,
 /// `--target-image-opts` (with `-n`) to the target. With a target backing
 /// file (`-B`/`-F` or `-o backing_file`) only what the source's top image
-/// allocates is copied. `-r` limits the bytes read per second as QEMU does
-/// (``RateLimiter``); `--salvage` turns failed reads into warnings and
-/// zeroes, sector by sector. `-C` is checked and otherwise ignored.
+/// allocates is copied, and zeroes past the end of a new target's backing
+/// file are not written; `-S 0` writes zeroes as data. `-r` limits the bytes
+/// read per second as QEMU does (``RateLimiter``); `--salvage` turns failed
+/// reads and block-status queries into warnings and zeroes, sector by
+/// sector. `-C` is checked and otherwise ignored.
 /// `--object` defines secrets (see ``ObjectRegistry``); `-l` and `--bitmaps`
 /// are refused as not supported yet.
 @BlockActor
@@ -327,6 +329,9 @@ enum ConvertTool: ImageSubcommand {
     settings.targetIsZero =
       settings.minSparse > 0 && !hasBacking && (!skipCreate || targetIsZero)
     settings.targetHasBacking = hasBacking
+    // QEMU knows where a new target's backing file ends (zeroes past it
+    // need no writing); an existing target's is taken as unknown.
+    if hasBacking && !skipCreate { settings.targetBackingLength = target.root.backing?.length }
     settings.clusterSize = Int(target.root.clusterSize)
     // QEMU's salvage warnings are silenced by -q.
     let copier = ImageCopier(

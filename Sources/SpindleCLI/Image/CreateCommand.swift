@@ -13,8 +13,9 @@ import SystemPackage
 ///     create [--object OBJECTDEF] [-q] [-f FMT] [-b BACKING_FILE [-F BACKING_FMT]]
 ///            [-u] [-o OPTIONS] FILENAME [SIZE]
 ///
-/// Creates raw images (a file truncated to the size, rounded up to 512 bytes)
-/// and qcow2 images (``Qcow2Create``). Options, their checks, the order of
+/// Creates raw images (an empty file grown to the size, rounded up to 512
+/// bytes, by the file driver, which writes the first block as QEMU's file
+/// protocol does) and qcow2 images (``Qcow2Create``). Options, their checks, the order of
 /// checks and messages follow QEMU's `img_create` and `bdrv_img_create`: the
 /// `Formatting '...'` line comes after the option and backing-file checks and
 /// before the format's own checks, and a format check that fails removes the
@@ -265,9 +266,9 @@ func createFormatted(_ filename: String, format: String, size: UInt64, values: C
     try await createFile(filename, size: 0)
     throw CreateOptionValues.Failure(message: "Unsupported preallocation mode: metadata")
   }
-  try await createFile(filename, size: format == "raw" ? rounded : 0)
+  try await createFile(filename, size: 0)
   guard format == "qcow2" else {
-    try await preallocateRawFile(filename, size: rounded, mode: rawPreallocation)
+    try await growRawFile(filename, size: rounded, mode: rawPreallocation)
     return
   }
   do {
@@ -422,19 +423,19 @@ func preallocationMode(_ values: CreateOptionValues) throws(CreateOptionValues.F
   return mode
 }
 
-/// The file protocol's preallocation of a new raw image (QEMU's
-/// `raw_co_create`): `falloc` and `full` allocate the whole file.
+/// The file protocol's create of a raw image (QEMU's `raw_co_create`): the
+/// empty file grows to `size` through the file driver's truncate, which
+/// preallocates as `mode` asks and, growing a file from empty, writes its
+/// first block as QEMU's `allocate_first_block` does.
 @BlockActor
-private func preallocateRawFile(_ path: String, size: UInt64, mode: PreallocationMode)
+private func growRawFile(_ path: String, size: UInt64, mode: PreallocationMode)
   async throws
 {
-  guard mode == .falloc || mode == .full else { return }
   var options = DriverOptions()
   options["driver"] = "file"
   options["filename"] = path
   let node = try await ImageOpener.open(filename: nil, options: options)
   do {
-    try await node.truncate(to: 0)
     try await node.truncate(to: Int64(size), preallocation: mode)
   } catch {
     await node.close()

@@ -5,8 +5,10 @@ import BlockCore
 /// backing chain, ranges that
 /// read as zeroes are skipped (or zero-written when the target does not read
 /// as zeroes already), data is read in chunks of at most 2 MiB, and within a
-/// chunk runs of `minSparse`-sized all-zero blocks are treated as zeroes too.
-/// Compressed copies go cluster by cluster.
+/// chunk runs of `minSparse`-sized all-zero blocks are treated as zeroes too
+/// (with `minSparse` 0, `-S 0`, zeroes are written as data). Compressed
+/// copies go cluster by cluster. Progress is reported as each run is taken,
+/// as QEMU's coroutines report it.
 ///
 /// Up to `inFlight` runs are copied at once (QEMU's `-m` coroutines), each
 /// with a 2 MiB buffer reused from a pool; reads overlap freely, writes are
@@ -14,7 +16,8 @@ import BlockCore
 /// layout does not depend on timing.
 ///
 /// With `salvage` (`--salvage`), a failed read is retried sector by sector
-/// and failed sectors (or block status queries) become warnings and zeroes;
+/// and a failed block-status query on a quarter of its range at a time;
+/// sectors that still fail become warnings and zeroes;
 /// with a `rateLimit` (`-r`), the data read is paced by a ``RateLimiter``.
 @BlockActor
 final class ImageCopier {
@@ -40,11 +43,31 @@ final class ImageCopier {
     var salvage = false
     /// `-r`: the most bytes per second read from the sources (0: no limit).
     var rateLimit: UInt64 = 0
+    /// The length of the target's backing file when the target is new and
+    /// has one (QEMU's `target_backing_sectors`; nil: unknown): past it the
+    /// target reads as zeroes, so zero runs there are left alone.
+    var targetBackingLength: Int64?
   }
 
-  /// A run of the source: data, zeroes, or (with a target backing file)
-  /// left to the backing file.
-  typealias Run = (zero: Bool, length: Int64, backing: Bool)
+  /// A run of the source and how it is written.
+  struct Run {
+    enum Kind {
+      /// Read from the source and written (all-zero blocks may become zeroes).
+      case data
+      /// Zero-written, or skipped when the target reads as zeroes.
+      case zero
+      /// Reads as zeroes but is written as data (`-S 0`: fully allocated).
+      case zeroData
+      /// Left to the target's backing file.
+      case backing
+    }
+
+    var kind: Kind
+    var length: Int64
+
+    /// Whether the run needs a buffer: it is written as data.
+    var writesData: Bool { kind == .data || kind == .zeroData }
+  }
 
   /// A failed read or write, with QEMU's wording.
   struct Failure: Error {
@@ -117,12 +140,18 @@ final class ImageCopier {
             running -= 1
           }
           let run = try await nextRun(at: offset)
+          // QEMU reports progress when a coroutine takes a run, before its
+          // I/O: the progress lines and the messages of the runs' block
+          // status queries come in a fixed order.
+          if countsForProgress(run) {
+            copied += run.length
+            meter.report(100 * Float(copied) / Float(dataBytes))
+          }
           let buffer =
-            run.zero || run.backing
-            ? nil : (buffers.popLast() ?? IOVector(allocating: bufferSize))
+            run.writesData ? (buffers.popLast() ?? IOVector(allocating: bufferSize)) : nil
           // QEMU's -r: a data run waits while the 100 ms slice's quota
           // is used up, then is accounted.
-          if buffer != nil, let throttle {
+          if run.kind == .data, let throttle {
             try await throttle.waitForSlice()
             await throttle.processed(run.length)
           }
@@ -144,13 +173,18 @@ final class ImageCopier {
   }
 
   /// Copies one run: reads it (data runs), waits for its turn to write
-  /// (unless out of order), writes, and reports progress.
+  /// (unless out of order) and writes.
   private func copy(
     _ run: Run, at offset: Int64, turn: Int, buffer: IOVector?
   ) async throws {
     do {
       if let buffer {
-        try await read(at: offset, into: buffer.slice(0, Int(run.length)))
+        let data = buffer.slice(0, Int(run.length))
+        if run.kind == .zeroData {
+          data.fill(0)
+        } else {
+          try await read(at: offset, into: data)
+        }
       }
       if !settings.outOfOrder { try await sequencer.waitForTurn(turn) }
       if let buffer {
@@ -160,7 +194,7 @@ final class ImageCopier {
         } else {
           try await writeData(at: offset, data: data)
         }
-      } else if !run.backing {
+      } else if run.kind == .zero {
         try await writeZeroes(at: offset, count: run.length)
       }
       if !settings.outOfOrder { sequencer.done(turn) }
@@ -168,44 +202,35 @@ final class ImageCopier {
       sequencer.abort()
       throw error
     }
-    if countsForProgress(run) {
-      copied += run.length
-      meter.report(100 * Float(copied) / Float(dataBytes))
-    }
   }
 
   /// Whether QEMU counts a run in its progress: data, and zeroes with `-S 0`.
-  private func countsForProgress(_ run: Run) -> Bool {
-    !run.backing && (!run.zero || settings.minSparse == 0)
-  }
+  private func countsForProgress(_ run: Run) -> Bool { run.writesData }
 
   /// The next run to copy (QEMU's `convert_iteration_sectors`): zeroes as long
   /// as the source's block status says so, data in chunks of at most 2 MiB;
   /// compressed copies go by whole clusters, one at a time for data, a
   /// cluster with any data in it being data. With a target backing file only
   /// the source's top image is asked; what it leaves to its backing file is
-  /// left to the target's.
+  /// left to the target's, and so are zeroes past the end of the target's
+  /// backing file (the target reads zeroes there). With `-S 0` zeroes are
+  /// written as data, in chunks.
   private func nextRun(at offset: Int64) async throws -> Run {
     let left = total - offset
     let (source, local) = locate(offset)
-    let status: BlockStatus
-    let bytes = min(source.length - local, 1 << 30)
-    do {
-      status =
-        settings.targetHasBacking
-        ? try await source.root.blockStatus(offset: local, bytes: bytes, wantZero: true)
-        : try await source.root.blockStatusAbove(
-          base: nil, offset: local, bytes: bytes, wantZero: true
-        ).status
-    } catch  where settings.salvage {
-      // QEMU's salvage mode takes an unknown status as a sector of data:
-      // reading it then fails or not, and is salvaged like any read.
-      warn("error while reading block status at offset \(local): \(errorMessage(error))")
-      status = BlockStatus(flags: .data, count: min(512, bytes))
-    } catch {
-      throw Failure(
-        message: "error while reading block status at offset \(local): \(errorMessage(error))")
+    var bytes = min(source.length - local, 1 << 30)
+    // QEMU splits the runs at the end of the target's backing file (in
+    // sectors), where zeroes start being handled differently.
+    var pastBackingEnd = false
+    if let backingLength = settings.targetBackingLength {
+      let end = (backingLength + 511) / 512 * 512
+      if offset >= end {
+        pastBackingEnd = true
+      } else {
+        bytes = min(bytes, end - offset)
+      }
     }
+    let status = try await blockStatus(of: source, at: local, bytes: bytes)
     var length = max(status.count, 1)
     // QEMU keeps runs ending on the source's cluster (or request) alignment
     // when they can, so that the next run starts aligned.
@@ -214,21 +239,62 @@ final class ImageCopier {
     let end = (local + length + 511) / 512 * 512
     let tail = end % alignment
     if end - local > tail { length = min(length, end - tail - local) }
-    var zero = status.flags.contains(.zero)
-    var backing =
-      settings.targetHasBacking && !zero && !status.flags.contains(.data)
-    if !zero && !backing { length = min(length, Int64(Self.chunkSize)) }
+    var kind: Run.Kind
+    if status.flags.contains(.zero) {
+      kind = pastBackingEnd ? .backing : .zero
+    } else if status.flags.contains(.data) || !settings.targetHasBacking {
+      kind = .data
+    } else {
+      kind = .backing
+    }
+    // -S 0: zeroes are written as data (QEMU reads nothing for them).
+    if kind == .zero && settings.minSparse == 0 { kind = .zeroData }
+    if kind != .zero && kind != .backing { length = min(length, Int64(Self.chunkSize)) }
     if settings.compressed {
       let cluster = Int64(settings.clusterSize)
-      if !(zero || backing) || length < cluster {
+      if kind == .data || length < cluster {
         length = min(cluster, left)
-        zero = false
-        backing = false
+        kind = .data
+      } else if kind == .zeroData {
+        length = cluster
       } else {
         length = length / cluster * cluster
       }
     }
-    return (zero, length, backing)
+    return Run(kind: kind, length: length)
+  }
+
+  /// The source's block status at `offset` for up to `bytes` (through its
+  /// backing chain unless the target has a backing file). With `--salvage`
+  /// a failing query is retried on a quarter of its length, down to one
+  /// sector; a sector whose status still fails is reported and taken as
+  /// data (QEMU then tries to read it), so that only the failing sectors
+  /// are reported.
+  private func blockStatus(of source: BlockBackend, at offset: Int64, bytes: Int64) async throws
+    -> BlockStatus
+  {
+    var sectors = (bytes + 511) / 512
+    while true {
+      let count = min(sectors * 512, bytes)
+      do {
+        return
+          settings.targetHasBacking
+          ? try await source.root.blockStatus(offset: offset, bytes: count, wantZero: true)
+          : try await source.root.blockStatusAbove(
+            base: nil, offset: offset, bytes: count, wantZero: true
+          ).status
+      } catch {
+        let message =
+          "error while reading block status at offset \(offset): \(errorMessage(error))"
+        guard settings.salvage else { throw Failure(message: message) }
+        if sectors > 1 {
+          sectors = (sectors + 3) / 4
+          continue
+        }
+        warn(message)
+        return BlockStatus(flags: .data, count: count)
+      }
+    }
   }
 
   /// Writes a data run; within it, runs of `minSparse`-sized blocks (aligned
@@ -260,9 +326,10 @@ final class ImageCopier {
     }
   }
 
-  /// Writes one cluster compressed; an all-zero cluster is zeroes.
+  /// Writes one cluster compressed; an all-zero cluster is zeroes (unless
+  /// `-S 0` asks for everything to be written).
   private func writeCompressed(at offset: Int64, data: IOVector) async throws {
-    if data.isZero() {
+    if settings.minSparse > 0 && data.isZero() {
       try await writeZeroes(at: offset, count: Int64(data.count))
       return
     }

@@ -8,7 +8,8 @@ import BlockDrivers
 /// The size is taken off the end of the command line before options are
 /// parsed (so `-1M` is not an option), as QEMU's `img_resize` does; growing
 /// and (with `--shrink`) shrinking go through the engine's truncate, so what
-/// each format can do is its driver's business (qcow2 grows only, so far).
+/// each format can do is its driver's business (raw and qcow2 grow and
+/// shrink; qcow2 shrinks as QEMU's `qcow2_co_truncate` does).
 @BlockActor
 enum ResizeTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [

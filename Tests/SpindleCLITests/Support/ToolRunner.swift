@@ -59,22 +59,11 @@ func runSpindle(_ arguments: [String], input: String = "") async -> ToolResult {
   return ToolResult(status: status, output: console.output, error: console.error)
 }
 
-/// The QEMU tools the interoperability tests compare against.
+/// The QEMU tools the interoperability tests compare against, found by the
+/// shared ``ToolLocator`` (tests declare them with `.requires(...)`).
 enum QEMU {
-  /// The path of a program found on `PATH`, if any.
-  static func find(_ name: String) -> String? {
-    let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
-    for directory in path.split(separator: ":") {
-      let candidate = "\(directory)/\(name)"
-      if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-    }
-    return nil
-  }
-
-  static let qemuIO = find("qemu-io")
-  static let qemuImg = find("qemu-img")
-  static var hasQemuIO: Bool { qemuIO != nil }
-  static var hasQemuImg: Bool { qemuImg != nil }
+  static let qemuIO = ToolLocator.path(of: "qemu-io")
+  static let qemuImg = ToolLocator.path(of: "qemu-img")
 }
 
 /// Runs a program to completion with `input` on its standard input. The
@@ -84,8 +73,16 @@ func runProcess(
   _ name: String, _ arguments: [String], input: String = "",
   environment: [String: String]? = nil
 ) async throws -> ToolResult {
+  // The program the shared locator finds is the one run: its directory goes
+  // first on PATH (unless the caller supplies the whole environment).
+  var assignments: [String] = []
+  if environment == nil, let path = ToolLocator.path(of: name) {
+    let directory = String(path[..<path.lastIndex(of: "/")!])
+    let search = ProcessInfo.processInfo.environment["PATH"].map { "\(directory):\($0)" }
+    assignments = ["PATH=\(search ?? directory)"]
+  }
   let result = try await ChildProcess.run(
-    "/usr/bin/env", [name] + arguments, input: input, environment: environment)
+    "/usr/bin/env", assignments + [name] + arguments, input: input, environment: environment)
   return ToolResult(
     status: result.termination.status, output: result.output, error: result.error)
 }
