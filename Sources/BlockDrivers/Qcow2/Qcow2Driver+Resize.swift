@@ -39,10 +39,46 @@ extension Qcow2Driver {
       throw BlockError(error.code, "Failed to grow the L1 table: \(error.codeDescription)")
     }
     try await preallocate(node, from: oldSize, to: length, mode: preallocation)
+    if let backing = node.backing, length > oldSize, backing.length > oldSize {
+      try await zeroGrownArea(node, from: oldSize, to: length)
+    }
     try await lock.withLock {
       try await file.writeQcow2HeaderField(.size, UInt64(length))
       try await file.flush()
       header.size = UInt64(length)
+    }
+  }
+
+  /// Zeroes the area a growing resize adds when the backing file is longer
+  /// than the old size, so that its data does not show through (QEMU's
+  /// `bdrv_co_truncate` asks for BDRV_REQ_ZERO_WRITE then, and
+  /// `qcow2_co_truncate` does it): zero clusters from the first subcluster
+  /// boundary on, then explicit zeroes for the unaligned head. A v2 image
+  /// cannot record zero clusters: ENOTSUP, and the resize fails.
+  private func zeroGrownArea(_ node: BlockNode, from oldSize: Int64, to newSize: Int64)
+    async throws
+  {
+    let unit = header.subclusterSize
+    let zeroStart = (oldSize + unit - 1) / unit * unit
+    // The zero-write covers the new end of the image, which the zeroing
+    // code recognises by the header's size.
+    header.size = UInt64(newSize)
+    defer { header.size = UInt64(oldSize) }
+    if newSize > zeroStart {
+      do {
+        try await zeroClusters(node, offset: zeroStart, length: newSize - zeroStart, flags: [])
+      } catch let error as BlockError {
+        throw BlockError(error.code, "Failed to zero out new clusters: \(error.codeDescription)")
+      }
+    }
+    if zeroStart > oldSize {
+      let bytes = min(zeroStart, newSize) - oldSize
+      let zeroes = IOVector(allocating: Int(bytes), zeroed: true)
+      do {
+        try await write(node, offset: oldSize, length: bytes, from: zeroes, flags: [])
+      } catch let error as BlockError {
+        throw BlockError(error.code, "Failed to zero out the new area: \(error.codeDescription)")
+      }
     }
   }
 
