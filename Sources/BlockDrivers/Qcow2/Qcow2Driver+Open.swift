@@ -83,6 +83,7 @@ extension Qcow2Driver {
       let driver = Qcow2Driver(
         header: header, l1Table: l1Table, refcountTable: refcountTable)
       driver.safety.diagnostics = context.diagnostics
+      driver.safety.errorReport = context.errorReport
       driver.safety.snapshotTableSize = snapshots.size
       driver.safety.inactiveL1Tables = snapshots.l1Tables
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)

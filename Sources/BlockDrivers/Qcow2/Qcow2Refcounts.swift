@@ -30,6 +30,9 @@ final class Qcow2Refcounts {
   /// it legitimately belongs to) before it reaches the file: the driver's
   /// overlap check. Nil: unchecked.
   var checkWrite: (@BlockActor (Int64, Int64, Qcow2OverlapSections) async throws -> Void)?
+  /// Refcount blocks a write to the file failed for: QEMU's cache keeps
+  /// them dirty, and closing the image tries them again.
+  var unwrittenBlocks: Set<Int64> = []
   /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
   private(set) var freeClusterIndex: Int64 = 0
   /// Where the next compressed cluster may start inside a partly used
@@ -203,6 +206,9 @@ final class Qcow2Refcounts {
     var cluster = first
     do {
       while cluster < first + count {
+        // QEMU's update_refcount enters alloc_refcount_block, which emits
+        // the event, for every refcount block it touches.
+        try await file.emit(.refblockAlloc)
         if try await blockOffset(for: cluster, allocating: addend > 0, file: file) == nil {
           throw Retry()
         }
@@ -242,8 +248,10 @@ final class Qcow2Refcounts {
       let start = Int(cluster - base) * refcountBits / 8
       let end = (Int(blockEnd - base) * refcountBits + 7) / 8
       try await checkWrite?(offset + Int64(start), Int64(end - start), .refcountBlock)
-      try await file.emit(.refblockUpdatePart)
-      try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
+      try await recordingFailure(at: offset) {
+        try await file.emit(.refblockUpdatePart)
+        try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
+      }
       // Cached only once on disk (a failed write leaves the file's counts).
       blocks[offset] = block
       cluster = blockEnd
@@ -266,7 +274,6 @@ final class Qcow2Refcounts {
     guard allocating else {
       throw BlockError(.ioError, "qcow2: cluster \(cluster) has no refcount block")
     }
-    try await file.emit(.refblockAlloc)
     let newBlock = try await findFree(1, file: file) << clusterBits
     if newBlock == 0 {
       throw BlockError(.ioError, "qcow2: refusing to put a refcount block at offset 0")
@@ -284,8 +291,10 @@ final class Qcow2Refcounts {
     try await checkWrite?(newBlock, clusterSize, .refcountBlock)
     blocks[newBlock] = block
     try await file.emit(.refblockAllocWrite)
-    try await file.emit(.refblockUpdatePart)
-    try await file.write(at: newBlock, bytes: block.bytes)
+    try await recordingFailure(at: newBlock) {
+      try await file.emit(.refblockUpdatePart)
+      try await file.write(at: newBlock, bytes: block.bytes)
+    }
     try await file.flush()
     guard index < table.count else {
       // The table is full: new refcount structures go past everything in use.
@@ -305,6 +314,20 @@ final class Qcow2Refcounts {
     try await file.flush()
     table[index] = UInt64(newBlock)
     return nil
+  }
+
+  /// Runs a write of the refcount block at `offset`, remembering the block
+  /// when it fails.
+  private func recordingFailure(at offset: Int64, _ write: () async throws -> Void)
+    async throws
+  {
+    do {
+      try await write()
+      unwrittenBlocks.remove(offset)
+    } catch {
+      unwrittenBlocks.insert(offset)
+      throw error
+    }
   }
 
   /// The refcount block at `offset`, from the cache or the file.
