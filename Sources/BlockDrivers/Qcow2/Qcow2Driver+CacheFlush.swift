@@ -20,15 +20,16 @@ extension Qcow2Driver {
   /// through, so the dirty tables are those whose write failed; they are
   /// written again from the cache, which holds what the file last had. A
   /// table no longer in use passes the instrumentation point of its write
-  /// but is not written: QEMU's cache may still write such a table, over a
-  /// cluster that was freed and may hold other data by then. Returns whether
-  /// both flushes succeeded.
+  /// (where QEMU's cache still holds dirty entries after such a failure) but
+  /// is not written: its cluster may have been freed and reused. Returns
+  /// whether both flushes succeeded.
   func flushCachesForClose(_ node: BlockNode) async -> Bool {
     guard let file = node.file, let refcounts else { return true }
     var failures: [BlockError?] = []
     for _ in ["L2 table", "refcount block"] {
       failures.append(
         await firstFailure(
+          { try await refcounts.writeDeferred(file: file) },
           { try await self.rewriteRefcountBlocks(refcounts, file: file) },
           { try await self.rewriteL2Tables(file: file) },
           { try await file.flush() }))

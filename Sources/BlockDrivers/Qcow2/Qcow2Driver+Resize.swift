@@ -46,6 +46,8 @@ extension Qcow2Driver {
       try await file.writeQcow2HeaderField(.size, UInt64(length))
       try await file.flush()
       header.size = UInt64(length)
+      // QEMU then updates its cache sizes, which flushes the caches.
+      try await writeDeferredRefcounts(file)
     }
   }
 
@@ -102,6 +104,8 @@ extension Qcow2Driver {
     let clusters = (Int64(entries) * 8 + clusterSize - 1) / clusterSize
     try await file.emit(.l1GrowAllocTable)
     let newOffset = try await refcounts.allocate(clusters: clusters, file: file)
+    // QEMU flushes its refcount cache here.
+    try await refcounts.writeDeferred(file: file)
     try await file.flush()
     let table = l1Table + [UInt64](repeating: 0, count: entries - l1Table.count)
     var bytes = [UInt8](repeating: 0, count: entries * 8)

@@ -21,7 +21,9 @@ extension Qcow2Driver {
     if existing != 0 && entry & Qcow2Entry.copied != 0 { return existing }
     // A new table: zeroed, or a copy of a table shared with a snapshot.
     let refcounts = try refcountsForWrite()
-    let l2Offset = try await refcounts.allocate(clusters: 1, file: file)
+    let l2Offset = try await refcounts.allocate(clusters: 1, file: file, structure: "L2 table")
+    // QEMU flushes its refcount cache here.
+    try await refcounts.writeDeferred(file: file)
     try await file.flush()
     if existing != 0 { try await file.emit(.l2AllocCowRead) }
     let table =

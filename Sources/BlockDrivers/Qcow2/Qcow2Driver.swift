@@ -57,6 +57,16 @@ public final class Qcow2Driver: BlockDriver {
     return capabilities
   }
 
+  /// QEMU's `qcow2_co_flush_to_os` for the refcounts: deferred refcount
+  /// blocks (lazy refcounts) are written while the image is clean; a dirty
+  /// image keeps them until it is closed.
+  public func flushToOS(_ node: BlockNode) async throws {
+    guard let refcounts, !refcounts.deferredBlocks.isEmpty,
+      header.incompatibleFeatures & Qcow2Feature.dirty == 0, let file = node.file
+    else { return }
+    try await lock.withLock { try await refcounts.writeDeferred(file: file) }
+  }
+
   /// QEMU's `qcow2_refresh_limits`: zero-writes and discards by cluster.
   public func refreshLimits(_ limits: inout BlockLimits, node: BlockNode) {
     limits.pwriteZeroesAlignment = header.subclusterSize

@@ -33,6 +33,13 @@ final class Qcow2Refcounts {
   /// Refcount blocks a write to the file failed for: QEMU's cache keeps
   /// them dirty, and closing the image tries them again.
   var unwrittenBlocks: Set<Int64> = []
+  /// Whether ``update(_:count:addend:file:)`` keeps changed blocks in the
+  /// cache instead of writing them (lazy refcounts: QEMU's write-back
+  /// refcount cache, written when the image stops being dirty). The
+  /// driver sets it around guest data allocations only.
+  var defersWrites = false
+  /// Cached blocks with changes not yet written (see ``defersWrites``).
+  var deferredBlocks: Set<Int64> = []
   /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
   private(set) var freeClusterIndex: Int64 = 0
   /// Where the next compressed cluster may start inside a partly used
@@ -64,10 +71,16 @@ final class Qcow2Refcounts {
 
   /// Allocates `count` contiguous clusters with refcount 1 and returns the
   /// host offset of the first (QEMU's `qcow2_alloc_clusters`).
-  func allocate(clusters count: Int64, file: BlockNode) async throws -> Int64 {
+  /// `structure` names what the clusters are for when an allocation at
+  /// offset 0 (free refcounts where the header is: the refcounts are
+  /// corrupt) is to be refused as QEMU refuses it for that structure
+  /// ("Preventing invalid allocation of L2 table at offset 0").
+  func allocate(clusters count: Int64, file: BlockNode, structure: String? = nil) async throws
+    -> Int64
+  {
     try await file.emit(.clusterAlloc)
     while true {
-      let first = try await findFree(count, file: file)
+      let first = try await findFree(count, file: file, structure: structure)
       do {
         _ = try await update(first, count: count, addend: 1, file: file)
         return first << clusterBits
@@ -152,7 +165,9 @@ final class Qcow2Refcounts {
 
   /// QEMU's `alloc_clusters_noref`: the first run of `count` free clusters
   /// from ``freeClusterIndex`` on, which moves past it.
-  private func findFree(_ count: Int64, file: BlockNode) async throws -> Int64 {
+  private func findFree(_ count: Int64, file: BlockNode, structure: String? = nil) async throws
+    -> Int64
+  {
     var found: Int64 = 0
     while found < count {
       let cluster = freeClusterIndex
@@ -160,6 +175,11 @@ final class Qcow2Refcounts {
       found = try await refcount(of: cluster, file: file) == 0 ? found + 1 : 0
     }
     let first = freeClusterIndex - count
+    if first == 0, let structure {
+      throw BlockError(
+        .ioError,
+        "\(Qcow2Driver.corruptionPrefix)Preventing invalid allocation of \(structure) at offset 0")
+    }
     // Cluster 0 (the header) and the refcount table are always in use: free
     // refcounts there mean the refcounts are corrupt, and allocating would
     // overwrite them. The overlap check reports it as QEMU's does when the
@@ -239,6 +259,7 @@ final class Qcow2Refcounts {
           freed.append(index << clusterBits)
           freeClusterIndex = min(freeClusterIndex, index)
           blocks[index << clusterBits] = nil
+          deferredBlocks.remove(index << clusterBits)
           // Compressed data must not be packed into a cluster that was freed
           // (and may be reallocated whole). QEMU 7.2 keeps packing there and
           // only its overlap check stops the write.
@@ -247,6 +268,12 @@ final class Qcow2Refcounts {
       }
       let start = Int(cluster - base) * refcountBits / 8
       let end = (Int(blockEnd - base) * refcountBits + 7) / 8
+      if defersWrites {
+        blocks[offset] = block
+        deferredBlocks.insert(offset)
+        cluster = blockEnd
+        continue
+      }
       try await checkWrite?(offset + Int64(start), Int64(end - start), .refcountBlock)
       try await recordingFailure(at: offset) {
         try await file.emit(.refblockUpdatePart)
@@ -274,10 +301,13 @@ final class Qcow2Refcounts {
     guard allocating else {
       throw BlockError(.ioError, "qcow2: cluster \(cluster) has no refcount block")
     }
-    let newBlock = try await findFree(1, file: file) << clusterBits
-    if newBlock == 0 {
-      throw BlockError(.ioError, "qcow2: refusing to put a refcount block at offset 0")
-    }
+    // A new block is written through, and what was deferred goes first
+    // (QEMU flushes its refcount cache here).
+    try await writeDeferred(file: file)
+    let deferring = defersWrites
+    defersWrites = false
+    defer { defersWrites = deferring }
+    let newBlock = try await findFree(1, file: file, structure: "refcount block") << clusterBits
     var block = Qcow2RefcountBlock(clusterSize: Int(clusterSize), bits: refcountBits)
     if (newBlock >> clusterBits) >> blockBits == Int64(index) {
       // The block describes itself.
@@ -330,12 +360,36 @@ final class Qcow2Refcounts {
     }
   }
 
-  /// The refcount block at `offset`, from the cache or the file.
+  /// Writes the blocks whose changes were deferred (QEMU's refcount cache
+  /// write-back), whole, in offset order.
+  func writeDeferred(file: BlockNode) async throws {
+    for offset in deferredBlocks.sorted() {
+      guard let block = blocks[offset] else {
+        deferredBlocks.remove(offset)
+        continue
+      }
+      try await checkWrite?(offset, clusterSize, .refcountBlock)
+      try await recordingFailure(at: offset) {
+        try await file.emit(.refblockUpdatePart)
+        try await file.write(at: offset, bytes: block.bytes)
+      }
+      deferredBlocks.remove(offset)
+    }
+  }
+
+  /// The refcount block at `offset`, from the cache or the file. A full
+  /// cache drops a block without deferred changes, or writes one first.
   func cachedBlock(at offset: Int64, file: BlockNode) async throws -> Qcow2RefcountBlock {
     if let block = blocks[offset] { return block }
     let bytes = try await file.read(at: offset, count: Int(clusterSize))
     let block = Qcow2RefcountBlock(bytes: bytes, bits: refcountBits)
-    if blocks.count >= blockCacheCapacity, let victim = blocks.keys.first { blocks[victim] = nil }
+    if blocks.count >= blockCacheCapacity,
+      let victim = blocks.keys.first(where: { !deferredBlocks.contains($0) })
+        ?? blocks.keys.first
+    {
+      if deferredBlocks.contains(victim) { try await writeDeferred(file: file) }
+      blocks[victim] = nil
+    }
     blocks[offset] = block
     return block
   }
