@@ -172,6 +172,12 @@ public protocol BlockDriver: AnyObject {
   /// nothing.
   func debugEvent(_ node: BlockNode, _ event: BlockDebugEvent) async throws
 
+  /// The bytes of storage the node occupies (QEMU's
+  /// `bdrv_get_allocated_file_size` driver callback), for protocol drivers
+  /// that know it. Default: ENOTSUP, and ``BlockNode/allocatedFileSize()``
+  /// answers from the children instead.
+  func allocatedFileSize(_ node: BlockNode) async throws -> Int64
+
   /// Releases the driver's resources. Called once, after the node is drained and
   /// flushed. Default: nothing to do.
   func close(_ node: BlockNode) async
@@ -215,5 +221,8 @@ extension BlockDriver {
   public func plug(_ node: BlockNode) {}
   public func unplug(_ node: BlockNode) {}
   public func close(_ node: BlockNode) async {}
+  public func allocatedFileSize(_ node: BlockNode) async throws -> Int64 {
+    throw BlockError.notSupported()
+  }
   public func debugEvent(_ node: BlockNode, _ event: BlockDebugEvent) async throws {}
 }

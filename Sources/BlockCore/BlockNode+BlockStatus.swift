@@ -74,21 +74,33 @@ extension BlockNode {
         status.flags.contains(.data), !status.flags.contains(.zero),
         status.flags.contains(.offsetValid)
       {
-        let inner = try await file.blockStatus(
+        // The file's answer only refines this one: a failure to get it is
+        // ignored, as QEMU does.
+        if let inner = try? await file.blockStatus(
           offset: status.mapOffset, bytes: status.count,
           wantZero: true)
-        if inner.flags.contains(.eof) && (inner.count == 0 || inner.flags.contains(.zero)) {
-          // The file ends inside this data range: the rest reads as zeroes.
-          status.flags.insert(.zero)
-        } else {
-          // Limit the answer to the range the file reported.
-          status.count = inner.count
-          status.flags.formUnion(inner.flags.intersection(.zero))
+        {
+          status = Self.refined(status, by: inner)
         }
       }
       status.flags.remove(.recurse)
       return finish(status, offset: offset, total: total)
     }
+  }
+
+  /// A RECURSE data answer refined by the file's status at its host offset
+  /// (QEMU's `bdrv_co_block_status`).
+  private static func refined(_ status: BlockStatus, by inner: BlockStatus) -> BlockStatus {
+    var status = status
+    if inner.flags.contains(.eof) && (inner.count == 0 || inner.flags.contains(.zero)) {
+      // The file ends inside this data range: the rest reads as zeroes.
+      status.flags.insert(.zero)
+    } else {
+      // Limit the answer to the range the file reported.
+      status.count = inner.count
+      status.flags.formUnion(inner.flags.intersection(.zero))
+    }
+    return status
   }
 
   private func finish(_ status: BlockStatus, offset: Int64, total: Int64) -> BlockStatus {

@@ -96,6 +96,11 @@ public final class FileDriver: BlockDriver {
     return try await io { try file.status().allocatedBytes }
   }
 
+  /// ``allocatedSize()`` for the engine.
+  public func allocatedFileSize(_ node: BlockNode) async throws -> Int64 {
+    try await allocatedSize()
+  }
+
   /// Changes the permissions held on the image (QEMU's `raw_check_perm` and
   /// `raw_set_perm`): a format that must not let others write its file
   /// narrows `shared`; a conflict with another process fails and leaves the

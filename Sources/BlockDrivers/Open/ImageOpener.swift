@@ -29,6 +29,10 @@ public struct OpenContext: Sendable {
   /// Where drivers print messages for the user, such as qcow2's corruption
   /// reports (standard error when nil).
   public var diagnostics: Diagnostics?
+  /// Where drivers send error reports (QEMU's `error_report`, such as
+  /// qcow2's cache flush failures on close): the receiver prefixes the
+  /// program's name and ends the line. Nil: standard error, unprefixed.
+  public var errorReport: Diagnostics?
 
   /// A receiver of driver messages (complete lines).
   public typealias Diagnostics = @BlockActor @Sendable (String) -> Void

@@ -30,6 +30,12 @@ struct Qcow2SafetyState {
   var discardPassthrough = Qcow2DiscardPassthrough()
   /// Where messages for the user go (standard error when nil).
   var diagnostics: OpenContext.Diagnostics?
+  /// Where error reports go, the receiver adding the program's name
+  /// (standard error, without it, when nil).
+  var errorReport: OpenContext.Diagnostics?
+  /// L2 tables a write to the file failed for: QEMU's cache keeps them
+  /// dirty, and closing the image tries them again.
+  var unwrittenL2Tables: Set<Int64> = []
   /// The `lazy-refcounts` open option, when given (else the image's
   /// feature bit decides).
   var lazyRefcounts: Bool?

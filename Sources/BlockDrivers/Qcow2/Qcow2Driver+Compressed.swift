@@ -57,6 +57,8 @@ extension Qcow2Driver {
         throw BlockError(.ioError, "qcow2: compressed data cannot overwrite an allocated cluster")
       }
       let refcounts = try refcountsForWrite()
+      // Not lazy even with lazy refcounts: QEMU's compressed clusters make
+      // the L2 cache depend on the refcount cache instead.
       let host = try await refcounts.allocateBytes(Int64(compressedLength), file: file)
       try await file.emit(.l2UpdateCompressed)
       try await refcountsReachedDisk(file)

@@ -81,7 +81,7 @@ extension Qcow2Driver {
     guard hasDataFile, run.type.hasHostOffset, run.hostOffset != guestOffset else { return run }
     let mask = header.clusterSize - 1
     throw corruption(
-      "External data file host cluster offset 0x\(String(run.hostOffset & ~mask, radix: 16)) does not match guest cluster offset: 0x\(String(guestOffset & ~mask, radix: 16)), L2 index: 0x\(String(l2Index, radix: 16)))"
+      "External data file host cluster offset \(Self.alternateHex(run.hostOffset & ~mask)) does not match guest cluster offset: \(Self.alternateHex(guestOffset & ~mask)), L2 index: \(Self.alternateHex(l2Index)))"
     )
   }
 

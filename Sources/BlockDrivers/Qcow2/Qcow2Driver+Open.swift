@@ -91,6 +91,7 @@ extension Qcow2Driver {
       let driver = Qcow2Driver(
         header: header, l1Table: l1Table, refcountTable: refcountTable)
       driver.safety.diagnostics = context.diagnostics
+      driver.safety.errorReport = context.errorReport
       driver.safety.snapshotTableSize = snapshots.size
       driver.safety.inactiveL1Tables = snapshots.l1Tables
       let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
@@ -157,7 +158,7 @@ extension Qcow2Driver {
   /// QEMU's `bdrv_get_full_backing_filename`: a relative name is relative to
   /// the folder of the image that names it; absolute names and
   /// `protocol:`/`json:` names stay as they are.
-  static func resolveBackingName(_ name: String, relativeTo imagePath: String?) -> String {
+  public static func resolveBackingName(_ name: String, relativeTo imagePath: String?) -> String {
     if name.hasPrefix("/") || name.hasPrefix("json:") { return name }
     if let colon = name.firstIndex(of: ":"), !name[..<colon].contains("/") { return name }
     guard let imagePath, let slash = imagePath.lastIndex(of: "/") else { return name }

@@ -39,10 +39,48 @@ extension Qcow2Driver {
       throw BlockError(error.code, "Failed to grow the L1 table: \(error.codeDescription)")
     }
     try await preallocate(node, from: oldSize, to: length, mode: preallocation)
+    if let backing = node.backing, length > oldSize, backing.length > oldSize {
+      try await zeroGrownArea(node, from: oldSize, to: length)
+    }
     try await lock.withLock {
       try await file.writeQcow2HeaderField(.size, UInt64(length))
       try await file.flush()
       header.size = UInt64(length)
+      // QEMU then updates its cache sizes, which flushes the caches.
+      try await writeDeferredRefcounts(file)
+    }
+  }
+
+  /// Zeroes the area a growing resize adds when the backing file is longer
+  /// than the old size, so that its data does not show through (QEMU's
+  /// `bdrv_co_truncate` asks for BDRV_REQ_ZERO_WRITE then, and
+  /// `qcow2_co_truncate` does it): zero clusters from the first subcluster
+  /// boundary on, then explicit zeroes for the unaligned head. A v2 image
+  /// cannot record zero clusters: ENOTSUP, and the resize fails.
+  private func zeroGrownArea(_ node: BlockNode, from oldSize: Int64, to newSize: Int64)
+    async throws
+  {
+    let unit = header.subclusterSize
+    let zeroStart = (oldSize + unit - 1) / unit * unit
+    // The zero-write covers the new end of the image, which the zeroing
+    // code recognises by the header's size.
+    header.size = UInt64(newSize)
+    defer { header.size = UInt64(oldSize) }
+    if newSize > zeroStart {
+      do {
+        try await zeroClusters(node, offset: zeroStart, length: newSize - zeroStart, flags: [])
+      } catch let error as BlockError {
+        throw BlockError(error.code, "Failed to zero out new clusters: \(error.codeDescription)")
+      }
+    }
+    if zeroStart > oldSize {
+      let bytes = min(zeroStart, newSize) - oldSize
+      let zeroes = IOVector(allocating: Int(bytes), zeroed: true)
+      do {
+        try await write(node, offset: oldSize, length: bytes, from: zeroes, flags: [])
+      } catch let error as BlockError {
+        throw BlockError(error.code, "Failed to zero out the new area: \(error.codeDescription)")
+      }
     }
   }
 
@@ -66,6 +104,8 @@ extension Qcow2Driver {
     let clusters = (Int64(entries) * 8 + clusterSize - 1) / clusterSize
     try await file.emit(.l1GrowAllocTable)
     let newOffset = try await refcounts.allocate(clusters: clusters, file: file)
+    // QEMU flushes its refcount cache here.
+    try await refcounts.writeDeferred(file: file)
     try await file.flush()
     let table = l1Table + [UInt64](repeating: 0, count: entries - l1Table.count)
     var bytes = [UInt8](repeating: 0, count: entries * 8)

@@ -52,7 +52,7 @@ extension Qcow2Driver {
           dataFile: hasDataFile)
       else {
         throw corruption(
-          "Invalid cluster entry found  (L2 offset: 0x\(String(l2Offset, radix: 16)), L2 index: 0x\(String(l2Index + cluster, radix: 16)))"
+          "Invalid cluster entry found  (L2 offset: \(Self.alternateHex(l2Offset)), L2 index: \(Self.alternateHex(l2Index + cluster)))"
         )
       }
       let host = Int64(entry & Qcow2Entry.offsetMask)
@@ -64,7 +64,7 @@ extension Qcow2Driver {
         }
         if run.type.hasHostOffset && host & (clusterSize - 1) != 0 {
           throw corruption(
-            "Cluster allocation offset 0x\(String(host, radix: 16)) unaligned (L2 offset: 0x\(String(l2Offset, radix: 16)), L2 index: 0x\(String(l2Index, radix: 16)))"
+            "Cluster allocation offset \(Self.alternateHex(host)) unaligned (L2 offset: \(Self.alternateHex(l2Offset)), L2 index: \(Self.alternateHex(l2Index)))"
           )
         }
         runType = run.type
@@ -108,7 +108,7 @@ extension Qcow2Driver {
         guard
           let run = Qcow2SubclusterBitmap.run(
             entry: entry, bitmap: bitmap, from: firstSubcluster, dataFile: hasDataFile)
-        else { throw invalidEntry(l2Index + cluster) }
+        else { throw invalidEntry(l2Index + cluster, guestOffset: from) }
         if run.type != .normal || firstSubcluster + run.count <= lastSubcluster { inPlace = false }
       } else if clusterType(entry) != .normal {
         inPlace = false
@@ -228,13 +228,20 @@ extension Qcow2Driver {
     guard
       let type = subclusterType(
         l2Entry(table, index), l2Bitmap(table, index), index: subclusterIndex(offset))
-    else { throw invalidEntry(index) }
+    else { throw invalidEntry(index, guestOffset: offset) }
     return type
   }
 
   /// The corruption error for an entry whose bitmap contradicts itself or
   /// its offset.
-  private func invalidEntry(_ index: Int) -> BlockError {
-    corruption("Invalid cluster entry found (L2 index: 0x\(String(index, radix: 16)))")
+  /// its offset, with the L2 table the active L1 table maps `guestOffset`
+  /// to (QEMU's message in `calculate_l2_meta`).
+  private func invalidEntry(_ index: Int, guestOffset: Int64) -> BlockError {
+    let l1Index = Int(guestOffset >> (Int64(header.clusterBits) + header.l2Bits))
+    let l2Offset = l1Index < l1Table.count ? l1Table[l1Index] & Qcow2Entry.offsetMask : 0
+    // One space here, two in the read path's message, as in QEMU 7.2.
+    return corruption(
+      "Invalid cluster entry found (L2 offset: \(Self.alternateHex(l2Offset)), L2 index: \(Self.alternateHex(index)))"
+    )
   }
 }

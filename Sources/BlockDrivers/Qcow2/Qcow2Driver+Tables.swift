@@ -21,7 +21,9 @@ extension Qcow2Driver {
     if existing != 0 && entry & Qcow2Entry.copied != 0 { return existing }
     // A new table: zeroed, or a copy of a table shared with a snapshot.
     let refcounts = try refcountsForWrite()
-    let l2Offset = try await refcounts.allocate(clusters: 1, file: file)
+    let l2Offset = try await refcounts.allocate(clusters: 1, file: file, structure: "L2 table")
+    // QEMU flushes its refcount cache here.
+    try await refcounts.writeDeferred(file: file)
     try await file.flush()
     if existing != 0 { try await file.emit(.l2AllocCowRead) }
     let table =
@@ -35,8 +37,10 @@ extension Qcow2Driver {
     try await checkOverlapBeforeWrite(
       node, offset: l2Offset, size: header.clusterSize, ignoring: .activeL2)
     try await file.emit(.l2AllocWrite)
-    try await file.emit(.l2Update)
-    try await file.write(at: l2Offset, bytes: bytes)
+    try await recordingL2Failure(at: l2Offset) {
+      try await file.emit(.l2Update)
+      try await file.write(at: l2Offset, bytes: bytes)
+    }
     try await file.flush()
     l2Cache.insert(table, at: l2Offset)
     let newEntry = UInt64(l2Offset) | Qcow2Entry.copied
@@ -79,8 +83,11 @@ extension Qcow2Driver {
       ignoring: .activeL2)
     var bytes = [UInt8](repeating: 0, count: range.count * 8)
     for (index, word) in table[range].enumerated() { bytes.setUInt64(word, at: index * 8) }
-    try await fileNode(node).emit(.l2Update)
-    try await fileNode(node).write(at: l2Offset + Int64(range.lowerBound) * 8, bytes: bytes)
+    let file = try fileNode(node)
+    try await recordingL2Failure(at: l2Offset) {
+      try await file.emit(.l2Update)
+      try await file.write(at: l2Offset + Int64(range.lowerBound) * 8, bytes: bytes)
+    }
     // Cached only once on disk: the cache must never show what a failed
     // write left out of the file.
     l2Cache.insert(table, at: l2Offset)

@@ -88,14 +88,19 @@ extension Qcow2Driver {
         // are not counted in the image's refcounts.
         host = offset - inCluster
       } else if let continuing, inCluster == 0, continuing & (clusterSize - 1) == 0,
-        case let allocated = try await refcounts.allocate(
-          at: continuing, clusters: Int64(run), file: file),
+        case let allocated = try await allocatingData(
+          refcounts,
+          {
+            try await refcounts.allocate(at: continuing, clusters: Int64(run), file: file)
+          }),
         allocated > 0
       {
         host = continuing
         run = Int(allocated)
       } else {
-        host = try await refcounts.allocate(clusters: Int64(run), file: file)
+        host = try await allocatingData(refcounts) {
+          try await refcounts.allocate(clusters: Int64(run), file: file)
+        }
       }
       let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
       let cow = try newClustersCOW(

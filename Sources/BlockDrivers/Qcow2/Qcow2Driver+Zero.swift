@@ -71,8 +71,11 @@ extension Qcow2Driver {
 
   /// QEMU's `qcow2_co_pdiscard` (not a full discard): discarded clusters read
   /// as zeroes on v3 images (unallocated on v2), and their host clusters are
-  /// freed. Partial clusters are ignored (ENOTSUP).
+  /// freed. Partial clusters are ignored (ENOTSUP). A v2 image with a backing
+  /// file declines (ENOTSUP) as a whole: it cannot record a zero cluster, so
+  /// a discarded cluster would show the backing file's data.
   func discardRequest(_ node: BlockNode, offset: Int64, length: Int64) async throws {
+    if header.version < 3 && node.backing != nil { throw BlockError.notSupported() }
     try checkAligned(offset: offset, length: length, unit: header.clusterSize)
     try await discardClusters(node, offset: offset, length: length)
   }

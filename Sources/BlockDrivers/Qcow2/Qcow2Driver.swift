@@ -27,6 +27,10 @@ public final class Qcow2Driver: BlockDriver {
   let lock = Qcow2Lock()
   /// Overlap checks and corruption state.
   var safety = Qcow2SafetyState()
+  /// Whether the image looks metadata-preallocated, decided at the first
+  /// block status query (QEMU's `metadata_preallocation` and
+  /// `metadata_preallocation_checked`); nil until then.
+  var metadataPreallocation: Bool?
 
   /// Creates a driver for an image whose header and L1 table were read.
   init(header: Qcow2Header, l1Table: [UInt64], refcountTable: [UInt64]?) {
@@ -51,6 +55,16 @@ public final class Qcow2Driver: BlockDriver {
     capabilities.canWriteCompressed = true
     capabilities.supportedZeroFlags = [.mayUnmap]
     return capabilities
+  }
+
+  /// QEMU's `qcow2_co_flush_to_os` for the refcounts: deferred refcount
+  /// blocks (lazy refcounts) are written while the image is clean; a dirty
+  /// image keeps them until it is closed.
+  public func flushToOS(_ node: BlockNode) async throws {
+    guard let refcounts, !refcounts.deferredBlocks.isEmpty,
+      header.incompatibleFeatures & Qcow2Feature.dirty == 0, let file = node.file
+    else { return }
+    try await lock.withLock { try await refcounts.writeDeferred(file: file) }
   }
 
   /// QEMU's `qcow2_refresh_limits`: zero-writes and discards by cluster.
@@ -132,12 +146,22 @@ public final class Qcow2Driver: BlockDriver {
   /// QEMU's `qcow2_co_block_status`: ZERO for zero clusters, DATA for data,
   /// OFFSET_VALID with the host offset for clusters stored in the file,
   /// nothing for unallocated clusters (the engine then asks the backing node).
+  /// In an image that looks metadata-preallocated (see
+  /// ``detectMetadataPreallocation(_:)``), data clusters also carry RECURSE:
+  /// the engine asks the file whether they are holes.
   public func blockStatus(_ node: BlockNode, wantZero: Bool, offset: Int64, length: Int64)
     async throws -> BlockStatus
   {
     try checkUsable()
-    let run = try await reportingCorruption(node) {
-      try await lock.withLock { try await mapping(node, offset: offset, bytes: length) }
+    let (run, preallocated) = try await reportingCorruption(node) {
+      try await lock.withLock {
+        if metadataPreallocation == nil {
+          metadataPreallocation = await detectMetadataPreallocation(node)
+        }
+        return (
+          try await mapping(node, offset: offset, bytes: length), metadataPreallocation == true
+        )
+      }
     }
     var status = BlockStatus(flags: [], count: run.count)
     if run.type.hasHostOffset {
@@ -149,6 +173,9 @@ public final class Qcow2Driver: BlockDriver {
     case .zeroPlain, .zeroAllocated: status.flags.insert(.zero)
     case .normal, .compressed: status.flags.insert(.data)
     case .unallocated, .unallocatedAllocated: break
+    }
+    if preallocated && status.flags.isSuperset(of: [.data, .offsetValid]) {
+      status.flags.insert(.recurse)
     }
     return status
   }

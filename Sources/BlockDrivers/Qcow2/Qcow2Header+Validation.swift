@@ -47,26 +47,28 @@ extension Qcow2Header {
       try validateSnapshotTable()
     }
 
-    // QEMU's BDRV_MAX_LENGTH (BlockNode.maxLength, which is actor-isolated).
-    let maxLength = UInt64(Int64.max / 2 - Int64.max / 2 % 512)
-    if size > maxLength {
-      throw BlockError(.fileTooLarge, "Image is too big")
-    }
+    // QEMU's order: the L1 table's size and place, then whether the L1
+    // index of the disk's end fits an int, then whether the table covers it.
     if UInt64(l1Size) > Self.maxL1Bytes / 8 {
       throw BlockError(.fileTooLarge, "Active L1 table too large")
-    }
-    if UInt64(l1Size) < requiredL1Entries(for: size) {
-      throw BlockError(.invalidArgument, "L1 table is too small")
     }
     try validateTable(
       l1TableOffset, entries: UInt64(l1Size), entryLength: 8, name: "Active L1 table",
       fileLength: fileLength)
+    // QEMU's BDRV_MAX_LENGTH (BlockNode.maxLength, which is actor-isolated).
+    let maxLength = UInt64(Int64.max / 2 - Int64.max / 2 % 512)
+    if requiredL1Entries(for: size) > UInt64(Int32.max) || size > maxLength {
+      throw BlockError(.fileTooLarge, "Image is too big")
+    }
+    if UInt64(l1Size) < requiredL1Entries(for: size) {
+      throw BlockError(.invalidArgument, "L1 table is too small")
+    }
   }
 
   /// L1 entries needed to map `size` bytes (QEMU's `size_to_l1`).
   func requiredL1Entries(for size: UInt64) -> UInt64 {
     let shift = UInt64(clusterBits) + UInt64(l2Bits)
-    return (size + (1 << shift) - 1) >> shift
+    return (size >> shift) + (size & ((1 << shift) - 1) != 0 ? 1 : 0)
   }
 
   private func validateCompressionType() throws {

@@ -82,16 +82,18 @@ public struct Qcow2Header: Sendable, Equatable {
   /// The compression method of compressed clusters (validated at parse).
   var compression: Qcow2CompressionType { Qcow2CompressionType(rawValue: compressionType) ?? .zlib }
 
-  /// The backing format extension's value, if present.
+  /// The backing format extension's value, if present (the last one when
+  /// there are several, as QEMU reads them).
   public var backingFormat: String? {
-    extensions.first { $0.type == Qcow2HeaderExtension.backingFormat }.map {
+    extensions.last { $0.type == Qcow2HeaderExtension.backingFormat }.map {
       String(decoding: $0.data.prefix { $0 != 0 }, as: UTF8.self)
     }
   }
 
-  /// The feature-name table stored in the image (empty when absent).
+  /// The feature-name table stored in the image (empty when absent; the
+  /// last one when there are several, as QEMU reads them).
   public var featureNames: [Qcow2FeatureName] {
-    extensions.first { $0.type == Qcow2HeaderExtension.featureNameTable }?.featureNames ?? []
+    extensions.last { $0.type == Qcow2HeaderExtension.featureNameTable }?.featureNames ?? []
   }
 
   /// Parses and validates the header from the image's first bytes (at least

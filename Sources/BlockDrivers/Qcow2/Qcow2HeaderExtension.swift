@@ -26,14 +26,19 @@ public struct Qcow2HeaderExtension: Sendable, Equatable {
   }
 
   /// Parses the extensions in `bytes[start..<end]` up to the end marker
-  /// (QEMU's `qcow2_read_extensions`), validating each length.
+  /// (QEMU's `qcow2_read_extensions`), validating each length: an
+  /// extension whose 8-byte header or data crosses `end` is too large.
+  /// Bytes past the end of `bytes` (of the file) read as zeroes.
   static func parseAll(_ bytes: [UInt8], from start: Int, to end: Int) throws
     -> [Qcow2HeaderExtension]
   {
     var extensions: [Qcow2HeaderExtension] = []
     var offset = start
-    let end = min(end, bytes.count)
-    while offset + 8 <= end {
+    let bytes = bytes.count >= end ? bytes : bytes + [UInt8](repeating: 0, count: end - bytes.count)
+    while offset < end {
+      if end - offset < 8 {
+        throw BlockError(.invalidArgument, "Header extension too large")
+      }
       let type = bytes.uint32(at: offset)
       let length = Int(bytes.uint32(at: offset + 4))
       offset += 8
@@ -42,6 +47,10 @@ public struct Qcow2HeaderExtension: Sendable, Equatable {
         throw BlockError(.invalidArgument, "Header extension too large")
       }
       if type == 0 { return extensions }
+      if type == backingFormat && length >= 16 {
+        throw BlockError(
+          .invalidArgument, "ERROR: ext_backing_format: len=\(length) too large (>=16)")
+      }
       extensions.append(
         Qcow2HeaderExtension(type: type, data: Array(bytes[offset..<offset + length])))
       offset += (length + 7) & ~7
@@ -58,14 +67,21 @@ public struct Qcow2HeaderExtension: Sendable, Equatable {
     return bytes
   }
 
-  /// The entries of a feature-name table extension (48 bytes each).
+  /// The entries of a feature-name table extension (48 bytes each; a
+  /// shorter last entry reads as padded with zeroes), up to the first with
+  /// an empty name, as QEMU reads the table.
   var featureNames: [Qcow2FeatureName] {
-    stride(from: 0, to: data.count - 47, by: 48).compactMap { offset in
-      guard let kind = Qcow2FeatureKind(rawValue: data[offset]) else { return nil }
-      let raw = data[offset + 2..<offset + 48].prefix { $0 != 0 }
-      return Qcow2FeatureName(
-        kind: kind, bit: data[offset + 1], name: String(decoding: raw, as: UTF8.self))
+    let padded = data + [UInt8](repeating: 0, count: 48)
+    var names: [Qcow2FeatureName] = []
+    for offset in stride(from: 0, to: data.count, by: 48) {
+      let raw = padded[offset + 2..<offset + 48].prefix { $0 != 0 }
+      if raw.isEmpty { break }
+      guard let kind = Qcow2FeatureKind(rawValue: padded[offset]) else { continue }
+      names.append(
+        Qcow2FeatureName(
+          kind: kind, bit: padded[offset + 1], name: String(decoding: raw, as: UTF8.self)))
     }
+    return names
   }
 
   /// A feature-name table extension listing `names`.

@@ -30,6 +30,16 @@ final class Qcow2Refcounts {
   /// it legitimately belongs to) before it reaches the file: the driver's
   /// overlap check. Nil: unchecked.
   var checkWrite: (@BlockActor (Int64, Int64, Qcow2OverlapSections) async throws -> Void)?
+  /// Refcount blocks a write to the file failed for: QEMU's cache keeps
+  /// them dirty, and closing the image tries them again.
+  var unwrittenBlocks: Set<Int64> = []
+  /// Whether ``update(_:count:addend:file:)`` keeps changed blocks in the
+  /// cache instead of writing them (lazy refcounts: QEMU's write-back
+  /// refcount cache, written when the image stops being dirty). The
+  /// driver sets it around guest data allocations only.
+  var defersWrites = false
+  /// Cached blocks with changes not yet written (see ``defersWrites``).
+  var deferredBlocks: Set<Int64> = []
   /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
   private(set) var freeClusterIndex: Int64 = 0
   /// Where the next compressed cluster may start inside a partly used
@@ -61,10 +71,16 @@ final class Qcow2Refcounts {
 
   /// Allocates `count` contiguous clusters with refcount 1 and returns the
   /// host offset of the first (QEMU's `qcow2_alloc_clusters`).
-  func allocate(clusters count: Int64, file: BlockNode) async throws -> Int64 {
+  /// `structure` names what the clusters are for when an allocation at
+  /// offset 0 (free refcounts where the header is: the refcounts are
+  /// corrupt) is to be refused as QEMU refuses it for that structure
+  /// ("Preventing invalid allocation of L2 table at offset 0").
+  func allocate(clusters count: Int64, file: BlockNode, structure: String? = nil) async throws
+    -> Int64
+  {
     try await file.emit(.clusterAlloc)
     while true {
-      let first = try await findFree(count, file: file)
+      let first = try await findFree(count, file: file, structure: structure)
       do {
         _ = try await update(first, count: count, addend: 1, file: file)
         return first << clusterBits
@@ -149,7 +165,9 @@ final class Qcow2Refcounts {
 
   /// QEMU's `alloc_clusters_noref`: the first run of `count` free clusters
   /// from ``freeClusterIndex`` on, which moves past it.
-  private func findFree(_ count: Int64, file: BlockNode) async throws -> Int64 {
+  private func findFree(_ count: Int64, file: BlockNode, structure: String? = nil) async throws
+    -> Int64
+  {
     var found: Int64 = 0
     while found < count {
       let cluster = freeClusterIndex
@@ -157,6 +175,11 @@ final class Qcow2Refcounts {
       found = try await refcount(of: cluster, file: file) == 0 ? found + 1 : 0
     }
     let first = freeClusterIndex - count
+    if first == 0, let structure {
+      throw BlockError(
+        .ioError,
+        "\(Qcow2Driver.corruptionPrefix)Preventing invalid allocation of \(structure) at offset 0")
+    }
     // Cluster 0 (the header) and the refcount table are always in use: free
     // refcounts there mean the refcounts are corrupt, and allocating would
     // overwrite them. The overlap check reports it as QEMU's does when the
@@ -203,6 +226,9 @@ final class Qcow2Refcounts {
     var cluster = first
     do {
       while cluster < first + count {
+        // QEMU's update_refcount enters alloc_refcount_block, which emits
+        // the event, for every refcount block it touches.
+        try await file.emit(.refblockAlloc)
         if try await blockOffset(for: cluster, allocating: addend > 0, file: file) == nil {
           throw Retry()
         }
@@ -233,6 +259,7 @@ final class Qcow2Refcounts {
           freed.append(index << clusterBits)
           freeClusterIndex = min(freeClusterIndex, index)
           blocks[index << clusterBits] = nil
+          deferredBlocks.remove(index << clusterBits)
           // Compressed data must not be packed into a cluster that was freed
           // (and may be reallocated whole). QEMU 7.2 keeps packing there and
           // only its overlap check stops the write.
@@ -241,9 +268,17 @@ final class Qcow2Refcounts {
       }
       let start = Int(cluster - base) * refcountBits / 8
       let end = (Int(blockEnd - base) * refcountBits + 7) / 8
+      if defersWrites {
+        blocks[offset] = block
+        deferredBlocks.insert(offset)
+        cluster = blockEnd
+        continue
+      }
       try await checkWrite?(offset + Int64(start), Int64(end - start), .refcountBlock)
-      try await file.emit(.refblockUpdatePart)
-      try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
+      try await recordingFailure(at: offset) {
+        try await file.emit(.refblockUpdatePart)
+        try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
+      }
       // Cached only once on disk (a failed write leaves the file's counts).
       blocks[offset] = block
       cluster = blockEnd
@@ -266,11 +301,13 @@ final class Qcow2Refcounts {
     guard allocating else {
       throw BlockError(.ioError, "qcow2: cluster \(cluster) has no refcount block")
     }
-    try await file.emit(.refblockAlloc)
-    let newBlock = try await findFree(1, file: file) << clusterBits
-    if newBlock == 0 {
-      throw BlockError(.ioError, "qcow2: refusing to put a refcount block at offset 0")
-    }
+    // A new block is written through, and what was deferred goes first
+    // (QEMU flushes its refcount cache here).
+    try await writeDeferred(file: file)
+    let deferring = defersWrites
+    defersWrites = false
+    defer { defersWrites = deferring }
+    let newBlock = try await findFree(1, file: file, structure: "refcount block") << clusterBits
     var block = Qcow2RefcountBlock(clusterSize: Int(clusterSize), bits: refcountBits)
     if (newBlock >> clusterBits) >> blockBits == Int64(index) {
       // The block describes itself.
@@ -284,8 +321,10 @@ final class Qcow2Refcounts {
     try await checkWrite?(newBlock, clusterSize, .refcountBlock)
     blocks[newBlock] = block
     try await file.emit(.refblockAllocWrite)
-    try await file.emit(.refblockUpdatePart)
-    try await file.write(at: newBlock, bytes: block.bytes)
+    try await recordingFailure(at: newBlock) {
+      try await file.emit(.refblockUpdatePart)
+      try await file.write(at: newBlock, bytes: block.bytes)
+    }
     try await file.flush()
     guard index < table.count else {
       // The table is full: new refcount structures go past everything in use.
@@ -307,12 +346,50 @@ final class Qcow2Refcounts {
     return nil
   }
 
-  /// The refcount block at `offset`, from the cache or the file.
+  /// Runs a write of the refcount block at `offset`, remembering the block
+  /// when it fails.
+  private func recordingFailure(at offset: Int64, _ write: () async throws -> Void)
+    async throws
+  {
+    do {
+      try await write()
+      unwrittenBlocks.remove(offset)
+    } catch {
+      unwrittenBlocks.insert(offset)
+      throw error
+    }
+  }
+
+  /// Writes the blocks whose changes were deferred (QEMU's refcount cache
+  /// write-back), whole, in offset order.
+  func writeDeferred(file: BlockNode) async throws {
+    for offset in deferredBlocks.sorted() {
+      guard let block = blocks[offset] else {
+        deferredBlocks.remove(offset)
+        continue
+      }
+      try await checkWrite?(offset, clusterSize, .refcountBlock)
+      try await recordingFailure(at: offset) {
+        try await file.emit(.refblockUpdatePart)
+        try await file.write(at: offset, bytes: block.bytes)
+      }
+      deferredBlocks.remove(offset)
+    }
+  }
+
+  /// The refcount block at `offset`, from the cache or the file. A full
+  /// cache drops a block without deferred changes, or writes one first.
   func cachedBlock(at offset: Int64, file: BlockNode) async throws -> Qcow2RefcountBlock {
     if let block = blocks[offset] { return block }
     let bytes = try await file.read(at: offset, count: Int(clusterSize))
     let block = Qcow2RefcountBlock(bytes: bytes, bits: refcountBits)
-    if blocks.count >= blockCacheCapacity, let victim = blocks.keys.first { blocks[victim] = nil }
+    if blocks.count >= blockCacheCapacity,
+      let victim = blocks.keys.first(where: { !deferredBlocks.contains($0) })
+        ?? blocks.keys.first
+    {
+      if deferredBlocks.contains(victim) { try await writeDeferred(file: file) }
+      blocks[victim] = nil
+    }
     blocks[offset] = block
     return block
   }

@@ -27,6 +27,8 @@ struct ImageSpec {
   var forCheck = false
   /// Where drivers' messages (qcow2 corruption reports) go.
   var diagnostics: OpenContext.Diagnostics?
+  /// Where drivers' error reports go (see ``OpenContext/errorReport``).
+  var errorReport: OpenContext.Diagnostics?
 }
 
 /// Passes the AIO mode to the `file` node of the graph, as QEMU's
@@ -173,6 +175,7 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   context.forCheck = spec.forCheck
   context.noShare = !spec.sharesWrites && !spec.forceShare
   context.diagnostics = spec.diagnostics
+  context.errorReport = spec.errorReport
   var root = try await ImageOpener.open(
     filename: spec.filename, format: spec.format, options: spec.options, context: context)
   if spec.snapshot {

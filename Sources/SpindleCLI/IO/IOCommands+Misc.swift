@@ -269,6 +269,8 @@ extension IOSession {
     var spec = spec
     let console = console
     spec.diagnostics = { console.writeError($0) }
+    let reporter = reporter
+    spec.errorReport = { reporter.error($0) }
     do {
       backend = try await openBackend(spec)
     } catch {

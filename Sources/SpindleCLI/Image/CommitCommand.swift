@@ -131,7 +131,7 @@ enum CommitTool: ImageSubcommand {
         try await base.truncate(to: top.length, exact: false)
       }
       let throttle = rateLimit > 0 ? ThrottledClock(bytesPerSecond: rateLimit) : nil
-      try await copyAllocated(from: top, above: base.root, into: base, throttle: throttle)
+      try await CommitCopier(top: top, base: base.root, target: base, throttle: throttle).run()
       try await base.flush()
     } catch {
       parent.detach(role: .backing)
@@ -156,19 +156,33 @@ enum CommitTool: ImageSubcommand {
   /// Replaces `parent`'s read-only backing node by the same image opened
   /// writable (QEMU reopens the base read-write for the commit job), and
   /// returns a backend on it.
+  /// A base that is not a format over a plain file (a qcow2 image over
+  /// blkdebug, say) is opened again from the name its overlay records.
   private static func reopenWritable(backingOf parent: BlockNode) async throws -> BlockBackend {
-    guard let old = parent.backing, let path = imagePath(old) else {
+    guard let old = parent.backing, let name = baseOpenName(old, below: parent) else {
       throw BlockError(.notSupported, "Spindle can only commit into an image file")
     }
     let format = old.driver.formatName
     parent.detach(role: .backing)
     await old.close()
     var spec = ImageSpec()
-    spec.filename = path
+    spec.filename = name
     spec.format = format
+    // The base inherits the image's discard=unmap (BDRV_O_UNMAP): the
+    // commit's zero-writes may unmap.
+    spec.node.discard = .unmap
     let base = try await openBackend(spec)
     parent.attach(base.root, role: .backing)
     return base
+  }
+
+  /// The name that opens `base` again: its file, or the backing file name
+  /// its qcow2 overlay `parent` records, resolved against the overlay's
+  /// folder.
+  private static func baseOpenName(_ base: BlockNode, below parent: BlockNode) -> String? {
+    if let path = imagePath(base) { return path }
+    guard let name = (parent.driver as? Qcow2Driver)?.header.backingFile else { return nil }
+    return Qcow2Driver.resolveBackingName(name, relativeTo: imagePath(parent))
   }
 
   /// The file an image node (a format over a file, or a file) reads.
@@ -205,47 +219,5 @@ enum CommitTool: ImageSubcommand {
     guard let resolved = realpath(path, nil) else { return nil }
     defer { free(resolved) }
     return String(cString: resolved)
-  }
-
-  /// Copies every range allocated between `top` and `base` (exclusive) into
-  /// `target`: zeroes as zero-writes, data in chunks of at most 2 MiB.
-  /// With a `throttle` (`-r`), each data piece is accounted and waited for
-  /// before the next (zero-writes are not accounted, as in QEMU's
-  /// mirror-based commit).
-  private static func copyAllocated(
-    from top: BlockNode, above base: BlockNode, into target: BlockBackend,
-    throttle: ThrottledClock?
-  )
-    async throws
-  {
-    let length = top.length
-    let buffer = IOVector(allocating: ImageCopier.chunkSize)
-    var offset: Int64 = 0
-    while offset < length {
-      let (allocation, depth) = try await top.blockStatusAbove(
-        base: base, offset: offset, bytes: length - offset, wantZero: false)
-      let run = max(allocation.count, 1)
-      if depth > 0 && allocation.flags.contains(.allocated) {
-        var done: Int64 = 0
-        while done < run {
-          let position = offset + done
-          let status = try await top.blockStatusAbove(
-            base: nil, offset: position, bytes: run - done, wantZero: true
-          ).status
-          var piece = max(status.count, 1)
-          if status.flags.contains(.zero) {
-            try await target.writeZeroes(at: position, count: piece)
-          } else {
-            piece = min(piece, Int64(ImageCopier.chunkSize))
-            let data = buffer.slice(0, Int(piece))
-            try await top.read(at: position, into: data)
-            try await target.write(at: position, from: data)
-            try await throttle?.dispatch(piece)
-          }
-          done += piece
-        }
-      }
-      offset += run
-    }
   }
 }

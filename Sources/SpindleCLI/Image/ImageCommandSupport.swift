@@ -50,6 +50,8 @@ func openImage(_ filename: String, imageOpts: Bool, spec: ImageSpec, reporter: R
   }
   let console = reporter.console
   spec.diagnostics = { console.writeError($0) }
+  let reporter = reporter
+  spec.errorReport = { reporter.error($0) }
   do {
     let backend = try await openBackend(spec)
     if warnsAboutProbedRaw(spec, backend) {

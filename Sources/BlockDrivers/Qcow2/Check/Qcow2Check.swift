@@ -71,6 +71,8 @@ extension Qcow2Driver {
   /// forgets every cached table the repair may have changed.
   func checkLocked(_ node: BlockNode, mode: Qcow2CheckMode) async throws -> Qcow2CheckResult {
     let file = try fileNode(node)
+    // The check reads the refcounts from the file.
+    try await refcounts?.writeDeferred(file: file)
     let checker = Qcow2Checker(file: file, header: header, mode: mode)
     checker.discardsFreedSnapshotTable = safety.discardPassthrough.passes(.snapshot)
     let result = await checker.run()
@@ -104,6 +106,7 @@ extension Qcow2Refcounts {
     self.tableOffset = tableOffset
     self.table = table
     blocks = [:]
+    deferredBlocks = []
     resetAllocationHints()
   }
 }

@@ -47,15 +47,12 @@ struct Qcow2SnapshotEntry: Equatable {
     var entries: [Qcow2SnapshotEntry] = []
     var offset = Int64(header.snapshotsOffset)
     for _ in 0..<header.snapshotCount {
-      guard offset + Int64(fixedLength) <= file.length else {
-        throw BlockError(.invalidArgument, "Snapshot table lies past the end of the image")
-      }
       let fixed = try await file.read(at: offset, count: fixedLength)
       let idLength = Int(fixed.bigEndian(at: 12, width: 2))
       let nameLength = Int(fixed.bigEndian(at: 14, width: 2))
       let extraLength = Int(fixed.uint32(at: 36))
       let variable = extraLength + idLength + nameLength
-      guard extraLength <= 1024, offset + Int64(fixedLength + variable) <= file.length else {
+      guard extraLength <= 1024 else {
         throw BlockError(.invalidArgument, "Snapshot table entry is invalid")
       }
       guard fixed.uint64(at: 0) < UInt64(1) << 56 else {
