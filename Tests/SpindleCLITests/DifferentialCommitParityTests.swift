@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -9,7 +10,7 @@ import Testing
 /// from scratch for a v3 image, every cluster discarded for a v2 one). The
 /// output, every image's map and check, and the emptied image's bytes where
 /// its header names the same files.
-@Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialCommitParityTests {
   static func setup(_ directory: String) async throws {
     func path(_ name: String) -> String { "\(directory)/\(name)" }

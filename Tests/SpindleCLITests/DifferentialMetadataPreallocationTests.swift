@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -7,7 +8,7 @@ import Testing
 /// data cluster was sparsified reads as zero data; a large one with as many
 /// data clusters as its file occupies does not. Checked through every
 /// command that reads block status: map, measure, convert, compare.
-@Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialMetadataPreallocationTests {
   /// `small.qcow2` (1 MiB, one cluster of written zeroes) and `big.qcow2`
   /// (64 MiB, 32 MiB of data whose first cluster is zeroes), each copied

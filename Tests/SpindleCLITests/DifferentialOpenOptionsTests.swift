@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -6,7 +7,7 @@ import Testing
 /// child (`blkdebug::IMAGE` under a format), `backing.*` options, the
 /// `file:` protocol prefix, backing paths of `json:` names, and `create`
 /// options QEMU accepts.
-@Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialOpenOptionsTests {
   static let template = Task { try await ImageTemplate.build(build) }
 

@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -5,7 +6,7 @@ import Testing
 /// recognised by Spindle (by QEMU's name), formats Spindle does not implement
 /// fail with a clear error instead of being opened as raw, and `-f raw`
 /// still opens anything as raw.
-@Suite(.enabled(if: QEMU.hasQemuImg, "qemu-img is not installed"))
+@Suite(.requires("qemu-img"))
 struct DifferentialProbeTests {
   /// One image: its file name, the format QEMU probes it as, and how it is
   /// made (by qemu-img, or by hand where qemu-img cannot create the format).

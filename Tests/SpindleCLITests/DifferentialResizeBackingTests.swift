@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -6,7 +7,7 @@ import Testing
 /// new area so that the backing file's data does not show through; when it is
 /// not, the new area stays unallocated. Output, exit status, the files byte
 /// for byte, and what the grown area reads.
-@Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct DifferentialResizeBackingTests {
   /// A 1 MiB raw backing file of 0xff bytes and overlays over it: `t.qcow2`
   /// (503 KiB), `v2.qcow2` (compat=0.10, 503 KiB), `x.qcow2` (extended L2

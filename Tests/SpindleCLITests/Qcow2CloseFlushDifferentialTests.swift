@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -7,7 +8,7 @@ import Testing
 /// print the same lines, and nothing when the error fired once and the
 /// retry on close succeeds. `refblock_alloc` fires on every refcount update,
 /// so an injection there fails the first allocating write.
-@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct Qcow2CloseFlushDifferentialTests {
   /// An injected error: the event and whether it fires once.
   struct Injection: Sendable, CustomTestStringConvertible {

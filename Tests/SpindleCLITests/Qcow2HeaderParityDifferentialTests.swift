@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -9,7 +10,7 @@ import Testing
 /// virtual size whose L1 index overflows QEMU's int, a snapshot table past
 /// the end of the file (reads as zeroes), and free refcounts on the header
 /// cluster, which an L2 table allocation must refuse with QEMU's message.
-@Suite(.enabled(if: QEMU.hasQemuImg && QEMU.hasQemuIO, "qemu-img or qemu-io is not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct Qcow2HeaderParityDifferentialTests {
   /// Patches `bytes` at `offset` of the file at `path`.
   static func patch(_ path: String, at offset: Int, _ bytes: [UInt8]) throws {

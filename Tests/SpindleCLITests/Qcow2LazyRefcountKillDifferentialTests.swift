@@ -1,3 +1,4 @@
+import BlockTestSupport
 import Foundation
 import Testing
 
@@ -8,9 +9,8 @@ import Testing
 /// same "refcount=0 reference=1" errors; closed normally, both leave a clean
 /// image. The images must be byte-identical.
 @Suite(
-  .enabled(
-    if: QEMU.hasQemuIO && QEMU.hasQemuImg && SpindleExecutable.path != nil,
-    "qemu-io, qemu-img or the spindle executable is missing"))
+  .requires("qemu-io", "qemu-img"),
+  .enabled(if: SpindleExecutable.path != nil, "the spindle executable was not built"))
 struct Qcow2LazyRefcountKillDifferentialTests {
   static let scripts: [[String]] = [
     ["write -P 1 0 64k", "sigraise 9"],

@@ -9,7 +9,7 @@ import Testing
 /// the dump printed freed heap memory (`read -v 0 32` showed pointer-like
 /// bytes) or crashed (`read -v 0 1M`, SIGSEGV) in release builds; under
 /// AddressSanitizer every one of these scripts stops with a use-after-free.
-@Suite(.enabled(if: QEMU.hasQemuIO && QEMU.hasQemuImg, "qemu-io and qemu-img are not installed"))
+@Suite(.requires("qemu-img", "qemu-io"))
 struct ReadDumpDifferentialTests {
   static let scripts: [[String]] = [
     ["read -v 0 32"],
