@@ -35,8 +35,22 @@ public final class ChildProcess: @unchecked Sendable {
     public var signaled: Bool
   }
 
+  /// The sanitizer settings of this process (`ASAN_OPTIONS`, `LSAN_OPTIONS`,
+  /// `TSAN_OPTIONS`, `UBSAN_OPTIONS`) added to `environment` where it does not
+  /// set them.
+  static func withSanitizerOptions(_ environment: [String: String]) -> [String: String] {
+    var result = environment
+    for name in ["ASAN_OPTIONS", "LSAN_OPTIONS", "TSAN_OPTIONS", "UBSAN_OPTIONS"]
+    where result[name] == nil {
+      if let value = getenv(name) { result[name] = String(cString: value) }
+    }
+    return result
+  }
+
   /// Starts `executable` with `arguments` (`argv[0]` is `executable`
-  /// itself), the current environment unless `environment` replaces it.
+  /// itself), the current environment unless `environment` replaces it
+  /// (the sanitizers' `*SAN_OPTIONS` are kept even then, so that a child
+  /// built with a sanitizer runs with the test run's settings).
   /// `pipeInput`: give the child a pipe for standard input (else
   /// /dev/null); `mergeError`: standard error goes to the output pipe.
   public init(
@@ -70,7 +84,9 @@ public final class ChildProcess: @unchecked Sendable {
 
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
-    let variables = environment.map { $0.map { "\($0.key)=\($0.value)" } }
+    let variables = environment.map { given in
+      Self.withSanitizerOptions(given).map { "\($0.key)=\($0.value)" }
+    }
     let envp = variables.map { $0.map { strdup($0) } + [nil] }
     defer { for pointer in envp ?? [] { free(pointer) } }
 
