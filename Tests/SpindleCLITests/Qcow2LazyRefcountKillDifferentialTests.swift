@@ -18,6 +18,8 @@ struct Qcow2LazyRefcountKillDifferentialTests {
     ["write -P 1 0 64k", "write -P 4 128k 64k", "write -z -u 0 64k", "sigraise 9"],
     ["write -P 1 0 64k", "write -P 2 3M 64k", "write -z 64k 64k"],
     ["write -P 1 0 64k", "truncate 8M", "write -P 5 6M 64k", "sigraise 9"],
+    ["write -P 1 0 64k", "reopen -o lazy-refcounts=off", "sigraise 9"],
+    ["write -P 1 0 64k", "reopen -r", "sigraise 9"],
   ]
 
   @Test(arguments: scripts)

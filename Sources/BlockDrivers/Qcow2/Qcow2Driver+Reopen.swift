@@ -34,6 +34,9 @@ extension Qcow2Driver {
     let lazyAfter =
       runtime.lazyRefcounts ?? (header.compatibleFeatures & Qcow2Feature.lazyRefcounts != 0)
     if !node.isReadOnly && (readOnly || (usesLazyRefcounts && !lazyAfter)) {
+      // QEMU flushes its caches first: the lazily deferred refcount
+      // updates must be on disk before the image says it is clean.
+      try await writeDeferredRefcounts(file)
       try await markClean(file)
     }
     var loaded: (refcounts: [UInt64], snapshots: Qcow2SnapshotTable)?

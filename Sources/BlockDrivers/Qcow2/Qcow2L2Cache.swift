@@ -48,8 +48,8 @@ struct Qcow2L2Cache {
 
   /// Forgets the tables not used since the use clock read `mark` (QEMU's
   /// `qcow2_cache_clean_unused`).
-  mutating func dropUnused(since mark: UInt64) {
-    for (offset, used) in lastUse where used <= mark {
+  mutating func dropUnused(since mark: UInt64, keeping kept: Set<Int64> = []) {
+    for (offset, used) in lastUse where used <= mark && !kept.contains(offset) {
       tables[offset] = nil
       lastUse[offset] = nil
     }

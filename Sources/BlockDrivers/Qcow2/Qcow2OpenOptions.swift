@@ -148,8 +148,17 @@ extension Qcow2Driver {
   /// (QEMU's `cache_clean_timer_cb`, run lazily when a request arrives).
   func cleanCachesIfDue() {
     guard let mark = safety.cacheCleaning.due(useClock: l2Cache.useClock) else { return }
-    l2Cache.dropUnused(since: mark)
-    refcounts?.blocks.removeAll()
+    cleanCaches(unusedSince: mark)
+  }
+
+  /// Drops cached L2 tables not used since `mark` and the cached refcount
+  /// blocks, except what is not on disk yet (QEMU's
+  /// `qcow2_cache_clean_unused` skips dirty entries): refcount blocks whose
+  /// lazy updates are deferred or whose write failed, and L2 tables whose
+  /// write failed, which close writes again from the cache.
+  func cleanCaches(unusedSince mark: UInt64) {
+    l2Cache.dropUnused(since: mark, keeping: safety.unwrittenL2Tables)
+    refcounts?.dropCleanBlocks()
   }
 }
 

@@ -40,6 +40,12 @@ final class Qcow2Refcounts {
   var defersWrites = false
   /// Cached blocks with changes not yet written (see ``defersWrites``).
   var deferredBlocks: Set<Int64> = []
+
+  /// Forgets the cached blocks that are on disk as cached, keeping those
+  /// with deferred updates or a failed write (`cache-clean-interval`).
+  func dropCleanBlocks() {
+    blocks = blocks.filter { deferredBlocks.contains($0.key) || unwrittenBlocks.contains($0.key) }
+  }
   /// The lowest cluster that may be free (QEMU's `free_cluster_index`).
   private(set) var freeClusterIndex: Int64 = 0
   /// Where the next compressed cluster may start inside a partly used
