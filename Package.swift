@@ -40,11 +40,21 @@ let package = Package(
         .product(name: "NIOPosix", package: "swift-nio"),
       ]
     ),
+    // The NBD protocol and server (`spindle serve`), on swift-nio.
+    .target(
+      name: "NBD",
+      dependencies: [
+        "BlockCore", "BlockDrivers", .product(name: "SystemPackage", package: "swift-system"),
+        .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
+      ]
+    ),
     .target(name: "BlockTestSupport", dependencies: ["BlockCore", "BlockDrivers"]),
     .target(
       name: "SpindleCLI",
       dependencies: [
-        "BlockCore", "BlockDrivers", .product(name: "SystemPackage", package: "swift-system"),
+        "BlockCore", "BlockDrivers", "NBD",
+        .product(name: "SystemPackage", package: "swift-system"),
       ]
     ),
     .executableTarget(name: "spindle", dependencies: ["SpindleCLI"]),
@@ -52,6 +62,9 @@ let package = Package(
       name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
     .testTarget(
       name: "BlockDriversTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
+    .testTarget(
+      name: "NBDTests",
+      dependencies: ["NBD", "BlockCore", .product(name: "NIOCore", package: "swift-nio")]),
     .testTarget(
       name: "SpindleCLITests",
       dependencies: ["SpindleCLI", "BlockCore", "BlockDrivers", "BlockTestSupport"]),

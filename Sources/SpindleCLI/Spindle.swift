@@ -57,6 +57,8 @@ public enum Spindle {
         arguments: arguments, programName: name, console: console, input: input)
     case "qemu-img":
       status = await ImageTool.run(arguments: arguments, programName: name, console: console)
+    case "qemu-nbd":
+      status = await ServeCommand.run(arguments: arguments, console: console)
     default:
       status = await subcommand(Array(arguments.dropFirst()), console: console, input: input)
     }
@@ -80,6 +82,8 @@ public enum Spindle {
     case "img":
       return await ImageTool.run(
         arguments: ["qemu-img"] + rest, programName: "qemu-img", console: console)
+    case "serve":
+      return await ServeCommand.run(arguments: ["qemu-nbd"] + rest, console: console)
     case "--version", "-V", "version":
       console.write("spindle version \(version)\n")
       return 0
@@ -116,10 +120,12 @@ public enum Spindle {
                     qemu-io: exercise an image with I/O commands
         img [-h | -V | -T TRACE] COMMAND [OPTIONS]
                     qemu-img: the commands above
+        serve [OPTIONS] FILE
+                    qemu-nbd: serve an image over NBD ('spindle serve --help')
         version     print the version (also --version, -V)
         help        print this help (also --help, -h)
 
-      Invoked through a link named qemu-io or qemu-img, spindle behaves as that tool.
+      Invoked through a link named qemu-io, qemu-img or qemu-nbd, spindle behaves as that tool.
 
       """
   }

@@ -1,0 +1,133 @@
+import BlockCore
+import NIOCore
+
+/// One client of an export: the handshake, then requests handed to the engine
+/// on `@BlockActor`, up to ``NBDProtocol/maxRequestsInFlight`` at once, each
+/// answered as soon as it completes (replies may come out of order).
+@BlockActor
+final class NBDConnection {
+  private let backend: BlockBackend
+  private let export: NBDExportInfo
+  private let report: @BlockActor (String) -> Void
+
+  init(backend: BlockBackend, export: NBDExportInfo, report: @escaping @BlockActor (String) -> Void)
+  {
+    self.backend = backend
+    self.export = export
+    self.report = report
+  }
+
+  /// Serves the client until it leaves or breaks the protocol; `negotiated`
+  /// is called once it reaches transmission. Closes the channel.
+  func serve(
+    _ channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, negotiated: @BlockActor () -> Void
+  ) async {
+    do {
+      try await channel.executeThenClose { inbound, outbound in
+        var reader = NBDInboundReader(inbound)
+        try await outbound.write(NBDEncoding.greeting())
+        guard let negotiator = try await negotiate(&reader, outbound) else { return }
+        negotiated()
+        try await transmit(&reader, outbound, negotiator)
+      }
+    } catch {
+      // The peer went away mid-message; nothing to answer.
+    }
+  }
+
+  /// The option phase; the negotiator once transmission starts, nil when the
+  /// client leaves or is dropped.
+  private func negotiate(
+    _ reader: inout NBDInboundReader, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+  ) async throws -> NBDNegotiator? {
+    var negotiator = NBDNegotiator(export: export)
+    guard var flags = try await reader.read(4) else { return nil }
+    if let problem = negotiator.receiveClientFlags(flags.readInteger(as: UInt32.self)!) {
+      report("option negotiation failed: \(problem)")
+      return nil
+    }
+    while true {
+      guard var bytes = try await reader.read(NBDOptionHeader.size) else { return nil }
+      let header = NBDOptionHeader.decode(&bytes)!
+      if let problem = header.fatalProblem {
+        report("option negotiation failed: \(problem)")
+        return nil
+      }
+      guard let payload = try await reader.read(Int(header.length)) else { return nil }
+      switch negotiator.handle(option: header.option, payload: payload) {
+      case .reply(let reply):
+        try await outbound.write(reply)
+      case .replyAndClose(let reply):
+        try? await outbound.write(reply)
+        return nil
+      case .transmission(let reply):
+        try await outbound.write(reply)
+        return negotiator
+      case .disconnect(let reason):
+        report("option negotiation failed: \(reason)")
+        return nil
+      }
+    }
+  }
+
+  /// Handles one request and writes its whole reply at once (replies of
+  /// requests in flight never interleave).
+  private static func answer(
+    _ request: NBDRequest, payload: ByteBuffer?, _ handler: NBDRequestHandler,
+    _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+  ) async {
+    let reply = await handler.handle(request, payload: payload)
+    try? await outbound.write(reply)
+  }
+
+  /// The transmission phase: reads requests until DISC, end of file or a
+  /// fatal error; waits for the replies of every request in flight.
+  private func transmit(
+    _ reader: inout NBDInboundReader, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+    _ negotiator: NBDNegotiator
+  ) async throws {
+    let handler = NBDRequestHandler(
+      backend: backend, size: export.size, structuredReplies: negotiator.structuredReplies,
+      baseAllocation: negotiator.baseAllocation)
+    await withTaskGroup(of: Void.self) { group in
+      var inFlight = 0
+      do {
+        while true {
+          guard var bytes = try await reader.read(NBDRequest.size) else { break }
+          let request = NBDRequest.decode(&bytes)!
+          let check = NBDRequestValidation.check(
+            request, exportSize: export.size, readOnly: export.readOnly,
+            structuredReplies: negotiator.structuredReplies)
+          var payload: ByteBuffer?
+          switch check {
+          case .disconnect:
+            return
+          case .reject(let error, let message, let payloadFollows, let fatal):
+            if payloadFollows, try await !reader.skip(Int(request.length)) { return }
+            let reply = handler.errorReply(cookie: request.cookie, error: error, message: message)
+            try await outbound.write(reply)
+            if fatal {
+              report("Disconnect client, due to: Request handling failed in intermediate state")
+              return
+            }
+            continue
+          case .valid(.write):
+            guard let data = try await reader.read(Int(request.length)) else { return }
+            payload = data
+          case .valid:
+            break
+          }
+          if inFlight >= NBDProtocol.maxRequestsInFlight {
+            await group.next()
+            inFlight -= 1
+          }
+          inFlight += 1
+          let data = payload
+          group.addTask { await Self.answer(request, payload: data, handler, outbound) }
+        }
+      } catch {
+        // The peer closed mid-request: answer nothing more.
+      }
+    }
+  }
+}

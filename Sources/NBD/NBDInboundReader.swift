@@ -1,0 +1,34 @@
+import NIOCore
+
+/// Reads exact byte counts from a connection's inbound stream, keeping what
+/// arrived beyond them for the next read.
+struct NBDInboundReader {
+  private var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
+  private var pending = ByteBuffer()
+
+  init(_ inbound: NIOAsyncChannelInboundStream<ByteBuffer>) {
+    iterator = inbound.makeAsyncIterator()
+  }
+
+  /// The next `count` bytes, or nil when the peer closed the connection first.
+  mutating func read(_ count: Int, isolation: isolated (any Actor)? = #isolation) async throws
+    -> ByteBuffer?
+  {
+    while pending.readableBytes < count {
+      guard var more = try await iterator.next(isolation: isolation) else { return nil }
+      if pending.readableBytes == 0 {
+        pending = more
+      } else {
+        pending.writeBuffer(&more)
+      }
+    }
+    return pending.readSlice(length: count)
+  }
+
+  /// Reads and throws away `count` bytes; false when the peer closed first.
+  mutating func skip(_ count: Int, isolation: isolated (any Actor)? = #isolation) async throws
+    -> Bool
+  {
+    try await read(count, isolation: isolation) != nil
+  }
+}

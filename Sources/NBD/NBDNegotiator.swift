@@ -1,0 +1,208 @@
+import NIOCore
+
+/// The option haggling of the fixed newstyle handshake, as a pure state
+/// machine: each option in, the reply bytes and what happens next out.
+///
+/// It follows qemu-nbd 7.2 (`nbd_negotiate_options`): one export; unknown
+/// options get UNSUP and negotiation goes on; STARTTLS gets POLICY (no TLS);
+/// SET_META_CONTEXT needs structured replies; strings are at most 4096 bytes.
+public struct NBDNegotiator: Sendable {
+  /// What the server does after an option.
+  public enum Outcome: Sendable {
+    /// Send the bytes and read the next option.
+    case reply(ByteBuffer)
+    /// Send the bytes, then close the connection (ABORT).
+    case replyAndClose(ByteBuffer)
+    /// Send the bytes and start transmission (GO, EXPORT_NAME).
+    case transmission(ByteBuffer)
+    /// Drop the connection at once, for the reason given.
+    case disconnect(String)
+  }
+
+  /// The export offered.
+  public let export: NBDExportInfo
+  /// Whether the client sent NBD_FLAG_C_FIXED_NEWSTYLE.
+  public private(set) var fixedNewstyle = false
+  /// Whether the client sent NBD_FLAG_C_NO_ZEROES.
+  public private(set) var noZeroes = false
+  /// Whether structured replies are negotiated.
+  public private(set) var structuredReplies = false
+  /// Whether SET_META_CONTEXT selected `base:allocation`.
+  public private(set) var baseAllocation = false
+  /// Whether the client asked for block sizes in its GO (it must then obey them).
+  public private(set) var blockSizeRequested = false
+
+  /// A negotiator for one connection.
+  public init(export: NBDExportInfo) {
+    self.export = export
+  }
+
+  /// Takes the client flags; returns why the connection must be dropped, or nil.
+  public mutating func receiveClientFlags(_ flags: UInt32) -> String? {
+    let known = NBDProtocol.clientFixedNewstyle | NBDProtocol.clientNoZeroes
+    if flags & ~known != 0 {
+      return "Unknown client flags 0x\(String(flags & ~known, radix: 16)) received"
+    }
+    fixedNewstyle = flags & NBDProtocol.clientFixedNewstyle != 0
+    noZeroes = flags & NBDProtocol.clientNoZeroes != 0
+    return nil
+  }
+
+  /// Handles one option whose whole payload has been read.
+  public mutating func handle(option: UInt32, payload: ByteBuffer) -> Outcome {
+    let name = NBDOption.name(of: option)
+    guard fixedNewstyle || option == NBDOption.exportName.rawValue else {
+      return .disconnect("Unsupported option \(option) (\(name))")
+    }
+    var out = ByteBuffer()
+    func error(_ type: NBDReplyType, _ message: String) -> Outcome {
+      NBDEncoding.optionError(&out, option: option, type: type, message: message)
+      return .reply(out)
+    }
+    let unexpectedLength = "option '\(name)' has unexpected length"
+    switch NBDOption(rawValue: option) {
+    case .exportName:
+      return exportName(payload)
+    case .abort:
+      NBDEncoding.optionReply(&out, option: option, type: .ack)
+      return .replyAndClose(out)
+    case .list:
+      guard payload.readableBytes == 0 else { return error(.invalid, unexpectedLength) }
+      var server = ByteBuffer()
+      server.writeInteger(UInt32(export.name.utf8.count))
+      server.writeString(export.name)
+      if let description = export.description { server.writeString(description) }
+      NBDEncoding.optionReply(&out, option: option, type: .server, payload: server)
+      NBDEncoding.optionReply(&out, option: option, type: .ack)
+      return .reply(out)
+    case .startTLS:
+      guard payload.readableBytes == 0 else { return .disconnect(unexpectedLength) }
+      return error(.policy, "TLS not configured")
+    case .info, .go:
+      return infoOrGo(option: option, payload: payload)
+    case .structuredReply:
+      guard payload.readableBytes == 0 else { return error(.invalid, unexpectedLength) }
+      if structuredReplies { return error(.invalid, "structured reply already negotiated") }
+      structuredReplies = true
+      NBDEncoding.optionReply(&out, option: option, type: .ack)
+      return .reply(out)
+    case .listMetaContext, .setMetaContext:
+      return metaContext(option: option, payload: payload)
+    case .peekExport, nil:
+      return error(.unsupported, "Unsupported option \(option) (\(name))")
+    }
+  }
+
+  /// EXPORT_NAME: the name is the whole payload; no error reply is possible.
+  private func exportName(_ payload: ByteBuffer) -> Outcome {
+    guard payload.readableBytes <= NBDProtocol.maxStringSize else {
+      return .disconnect("Bad length received")
+    }
+    let name = String(buffer: payload)
+    guard name == export.name else { return .disconnect("export not found") }
+    var out = ByteBuffer()
+    out.writeInteger(export.size)
+    out.writeInteger(export.transmissionFlags(structuredReplies: structuredReplies).rawValue)
+    if !noZeroes { out.writeRepeatingByte(0, count: 124) }
+    return .transmission(out)
+  }
+
+  /// Reads a u32-length-prefixed string of at most 4096 bytes.
+  private static func readString(_ payload: inout ByteBuffer) -> String?? {
+    guard let length = payload.readInteger(as: UInt32.self) else { return nil }
+    guard length <= NBDProtocol.maxStringSize else { return .some(nil) }
+    guard let text = payload.readString(length: Int(length)) else { return nil }
+    return .some(text)
+  }
+
+  /// INFO and GO: NAME (if asked), DESCRIPTION, BLOCK_SIZE, EXPORT, ACK.
+  private mutating func infoOrGo(option: UInt32, payload: ByteBuffer) -> Outcome {
+    var payload = payload
+    var out = ByteBuffer()
+    let optionName = NBDOption.name(of: option)
+    func error(_ type: NBDReplyType, _ message: String) -> Outcome {
+      NBDEncoding.optionError(&out, option: option, type: type, message: message)
+      return .reply(out)
+    }
+    guard let maybeName = Self.readString(&payload) else {
+      return error(.invalid, "option '\(optionName)' has unexpected length")
+    }
+    guard let name = maybeName else { return error(.invalid, "name too long for qemu") }
+    guard let count = payload.readInteger(as: UInt16.self),
+      payload.readableBytes == Int(count) * 2
+    else {
+      return error(.invalid, "option '\(optionName)' has unexpected length")
+    }
+    var requests: [UInt16] = []
+    for _ in 0..<count { requests.append(payload.readInteger(as: UInt16.self)!) }
+    guard name == export.name else { return error(.unknown, "export '\(name)' not present") }
+    let isInfo = option == NBDOption.info.rawValue
+    let asksSizes = requests.contains(NBDInfoType.blockSize.rawValue)
+    if isInfo && !asksSizes && export.requestAlignment > 1 {
+      return error(.blockSizeRequired, "request NBD_INFO_BLOCK_SIZE to use this export")
+    }
+    if requests.contains(NBDInfoType.name.rawValue) {
+      NBDEncoding.info(&out, option: option, type: .name, body: ByteBuffer(string: export.name))
+    }
+    if let description = export.description {
+      NBDEncoding.info(&out, option: option, type: .description, body: ByteBuffer(string: description))
+    }
+    let sizes = export.blockSizes(clientAsked: isInfo || asksSizes)
+    var body = ByteBuffer()
+    body.writeInteger(sizes.minimum)
+    body.writeInteger(sizes.preferred)
+    body.writeInteger(sizes.maximum)
+    NBDEncoding.info(&out, option: option, type: .blockSize, body: body)
+    body.clear()
+    body.writeInteger(export.size)
+    body.writeInteger(export.transmissionFlags(structuredReplies: structuredReplies).rawValue)
+    NBDEncoding.info(&out, option: option, type: .export, body: body)
+    NBDEncoding.optionReply(&out, option: option, type: .ack)
+    if isInfo { return .reply(out) }
+    blockSizeRequested = asksSizes
+    return .transmission(out)
+  }
+
+  /// LIST_META_CONTEXT and SET_META_CONTEXT: only `base:allocation` exists.
+  private mutating func metaContext(option: UInt32, payload: ByteBuffer) -> Outcome {
+    var payload = payload
+    var out = ByteBuffer()
+    let optionName = NBDOption.name(of: option)
+    func error(_ type: NBDReplyType, _ message: String) -> Outcome {
+      NBDEncoding.optionError(&out, option: option, type: type, message: message)
+      return .reply(out)
+    }
+    let isSet = option == NBDOption.setMetaContext.rawValue
+    if isSet && !structuredReplies {
+      return error(
+        .invalid, "request option '\(optionName)' when structured reply is not negotiated")
+    }
+    let unexpected = "option '\(optionName)' has unexpected length"
+    guard let maybeName = Self.readString(&payload) else { return error(.invalid, unexpected) }
+    guard let name = maybeName else { return error(.invalid, "name too long for qemu") }
+    guard let count = payload.readInteger(as: UInt32.self) else {
+      return error(.invalid, unexpected)
+    }
+    var queries: [String] = []
+    for _ in 0..<count {
+      guard let maybeQuery = Self.readString(&payload) else { return error(.invalid, unexpected) }
+      guard let query = maybeQuery else { return error(.invalid, "query too long for qemu") }
+      queries.append(query)
+    }
+    guard payload.readableBytes == 0 else { return error(.invalid, unexpected) }
+    guard name == export.name else { return error(.unknown, "export '\(name)' not present") }
+    let matches =
+      isSet
+      ? queries.contains(NBDProtocol.baseAllocation)
+      : queries.isEmpty || queries.contains { $0 == "base:" || $0 == NBDProtocol.baseAllocation }
+    if isSet { baseAllocation = matches }
+    if matches {
+      var context = ByteBuffer()
+      context.writeInteger(NBDProtocol.baseAllocationID)
+      context.writeString(NBDProtocol.baseAllocation)
+      NBDEncoding.optionReply(&out, option: option, type: .metaContext, payload: context)
+    }
+    NBDEncoding.optionReply(&out, option: option, type: .ack)
+    return .reply(out)
+  }
+}

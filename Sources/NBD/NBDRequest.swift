@@ -1,0 +1,90 @@
+import NIOCore
+
+/// A transmission-phase request header (28 bytes on the wire).
+public struct NBDRequest: Sendable, Equatable {
+  /// The header's length on the wire.
+  public static let size = 28
+  /// The magic sent (checked by the server after decoding).
+  public var magic: UInt32
+  /// The command flags.
+  public var flags: NBDCommandFlags
+  /// The raw command type (may name no known command).
+  public var type: UInt16
+  /// The client's cookie, echoed in the reply.
+  public var cookie: UInt64
+  /// The offset.
+  public var offset: UInt64
+  /// The length (of the payload for WRITE, of the effect otherwise).
+  public var length: UInt32
+
+  /// Creates a request.
+  public init(
+    magic: UInt32 = NBDProtocol.requestMagic, flags: NBDCommandFlags = [], type: UInt16,
+    cookie: UInt64, offset: UInt64, length: UInt32
+  ) {
+    self.magic = magic
+    self.flags = flags
+    self.type = type
+    self.cookie = cookie
+    self.offset = offset
+    self.length = length
+  }
+
+  /// Decodes a header from the first 28 readable bytes of `buffer`, or nil
+  /// when fewer are there. The magic is not checked here.
+  public static func decode(_ buffer: inout ByteBuffer) -> NBDRequest? {
+    guard buffer.readableBytes >= size,
+      let magic = buffer.readInteger(as: UInt32.self),
+      let flags = buffer.readInteger(as: UInt16.self),
+      let type = buffer.readInteger(as: UInt16.self),
+      let cookie = buffer.readInteger(as: UInt64.self),
+      let offset = buffer.readInteger(as: UInt64.self),
+      let length = buffer.readInteger(as: UInt32.self)
+    else { return nil }
+    return NBDRequest(
+      magic: magic, flags: NBDCommandFlags(rawValue: flags), type: type, cookie: cookie,
+      offset: offset, length: length)
+  }
+
+  /// Encodes the header (a client's side; the tests use it).
+  public func encode(into buffer: inout ByteBuffer) {
+    buffer.writeInteger(magic)
+    buffer.writeInteger(flags.rawValue)
+    buffer.writeInteger(type)
+    buffer.writeInteger(cookie)
+    buffer.writeInteger(offset)
+    buffer.writeInteger(length)
+  }
+}
+
+/// An option header from the client (16 bytes on the wire).
+public struct NBDOptionHeader: Sendable, Equatable {
+  /// The header's length on the wire.
+  public static let size = 16
+  /// The magic sent (must be IHAVEOPT).
+  public var magic: UInt64
+  /// The option number.
+  public var option: UInt32
+  /// The length of the payload that follows.
+  public var length: UInt32
+
+  /// Decodes a header from 16 readable bytes, or nil when fewer are there.
+  public static func decode(_ buffer: inout ByteBuffer) -> NBDOptionHeader? {
+    guard buffer.readableBytes >= size,
+      let magic = buffer.readInteger(as: UInt64.self),
+      let option = buffer.readInteger(as: UInt32.self),
+      let length = buffer.readInteger(as: UInt32.self)
+    else { return nil }
+    return NBDOptionHeader(magic: magic, option: option, length: length)
+  }
+
+  /// Why the server must drop the connection after this header, or nil: a
+  /// bad magic, or a payload longer than 32 MiB (qemu-nbd's messages).
+  public var fatalProblem: String? {
+    if magic != NBDProtocol.optionMagic { return "Bad magic received" }
+    if length > NBDProtocol.maxBufferSize {
+      return "len (\(length)) is larger than max len (\(NBDProtocol.maxBufferSize))"
+    }
+    return nil
+  }
+}

@@ -1,0 +1,176 @@
+import BlockCore
+import NIOCore
+import NIOPosix
+import SystemPackage
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Where an ``NBDServer`` listens.
+public enum NBDListenAddress: Sendable, Equatable {
+  /// A Unix socket at an absolute path (created, and unlinked on shutdown).
+  case unix(path: String)
+  /// TCP on a host and port.
+  case tcp(host: String, port: Int)
+  /// A socket already bound and listening, inherited from the parent
+  /// (systemd socket activation: fd 3).
+  case inherited(descriptor: Int32)
+}
+
+/// An NBD server for one export: accepts clients on swift-nio event loops and
+/// serves each on ``BlockActor`` through the engine.
+///
+/// Lifetime as qemu-nbd 7.2: at most `shared` clients at once (0: no limit;
+/// later ones wait, accepted but unread, until one leaves); unless
+/// `persistent`, the server stops once a client that reached transmission
+/// leaves and no other client is connected.
+@BlockActor
+public final class NBDServer {
+  /// An error while listening: the message qemu-nbd prints.
+  public struct ListenError: Error, CustomStringConvertible {
+    /// The text after the program name.
+    public let description: String
+  }
+
+  private let backend: BlockBackend
+  private let export: NBDExportInfo
+  private let persistent: Bool
+  private let shared: Int
+  private let report: @BlockActor (String) -> Void
+  private var listeners: [NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>] = []
+  private var unixPaths: [String] = []
+  private var clients: [ObjectIdentifier: any Channel] = [:]
+  private var active = 0
+  private var slotWaiters: [CheckedContinuation<Bool, Never>] = []
+  private var stopping = false
+
+  /// A server for `export`, read and written through `backend`; `report`
+  /// receives runtime messages (without the program name).
+  public init(
+    backend: BlockBackend, export: NBDExportInfo, persistent: Bool, shared: Int,
+    report: @escaping @BlockActor (String) -> Void
+  ) {
+    self.backend = backend
+    self.export = export
+    self.persistent = persistent
+    self.shared = shared
+    self.report = report
+  }
+
+  /// Starts listening on `address` (clients are served once ``run()`` runs).
+  public func listen(on address: NBDListenAddress) async throws {
+    let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+      .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+      .serverChannelOption(.backlog, value: Int32(shared == 1 ? 1 : 128))
+    @Sendable func wrap(_ channel: any Channel) -> EventLoopFuture<
+      NIOAsyncChannel<ByteBuffer, ByteBuffer>
+    > {
+      channel.eventLoop.makeCompletedFuture {
+        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+      }
+    }
+    do {
+      switch address {
+      case .unix(let path):
+        do {
+          let channel = try await bootstrap.bind(
+            unixDomainSocketPath: path, cleanupExistingSocketFile: true,
+            childChannelInitializer: wrap)
+          listeners.append(channel)
+          unixPaths.append(path)
+        } catch {
+          throw ListenError(description: "Failed to bind socket to \(path): \(Self.text(of: error))")
+        }
+      case .tcp(let host, let port):
+        do {
+          let channel = try await bootstrap.childChannelOption(
+            .socketOption(.tcp_nodelay), value: 1
+          ).bind(host: host, port: port, childChannelInitializer: wrap)
+          listeners.append(channel)
+        } catch {
+          throw ListenError(
+            description: "Failed to find an available port: \(Self.text(of: error))")
+        }
+      case .inherited(let descriptor):
+        let channel = try await bootstrap.bind(descriptor, childChannelInitializer: wrap)
+        listeners.append(channel)
+      }
+    }
+  }
+
+  private static func text(of error: any Error) -> String {
+    if let error = error as? IOError { return Errno.describe(Errno(rawValue: error.errnoCode)) }
+    return "\(error)"
+  }
+
+  /// Serves clients until ``shutdown()`` (or, unless persistent, the last
+  /// negotiated client leaves); then closes every connection and unlinks
+  /// the Unix sockets.
+  public func run() async {
+    await withTaskGroup(of: Void.self) { group in
+      for listener in listeners {
+        group.addTask { await self.accept(on: listener) }
+      }
+    }
+    for path in unixPaths { _ = unlink(path) }
+    unixPaths = []
+  }
+
+  /// Stops accepting, drops every client and lets ``run()`` return.
+  public func shutdown() {
+    guard !stopping else { return }
+    stopping = true
+    for listener in listeners { listener.channel.close(promise: nil) }
+    for client in clients.values { client.close(promise: nil) }
+    let waiters = slotWaiters
+    slotWaiters = []
+    for waiter in waiters { waiter.resume(returning: false) }
+  }
+
+  private func accept(on listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>)
+    async
+  {
+    try? await listener.executeThenClose { inbound in
+      try await withThrowingDiscardingTaskGroup { group in
+        for try await client in inbound {
+          guard await takeSlot() else {
+            client.channel.close(promise: nil)
+            continue
+          }
+          let id = ObjectIdentifier(client.channel)
+          clients[id] = client.channel
+          group.addTask { await self.serve(client, id: id) }
+        }
+      }
+    }
+  }
+
+  private func serve(_ client: NIOAsyncChannel<ByteBuffer, ByteBuffer>, id: ObjectIdentifier)
+    async
+  {
+    var negotiated = false
+    let connection = NBDConnection(backend: backend, export: export, report: report)
+    await connection.serve(client) { negotiated = true }
+    clients[id] = nil
+    releaseSlot(negotiated: negotiated)
+  }
+
+  private func takeSlot() async -> Bool {
+    if stopping { return false }
+    if shared > 0 && active >= shared {
+      guard await withCheckedContinuation({ slotWaiters.append($0) }) else { return false }
+    }
+    active += 1
+    return true
+  }
+
+  private func releaseSlot(negotiated: Bool) {
+    active -= 1
+    if negotiated && active == 0 && !persistent {
+      shutdown()
+      return
+    }
+    if !slotWaiters.isEmpty { slotWaiters.removeFirst().resume(returning: true) }
+  }
+}

@@ -1,0 +1,183 @@
+import BlockCore
+import NBD
+
+/// `spindle serve` / a link named `qemu-nbd`: qemu-nbd 7.2's command line,
+/// serving one image over NBD through the engine.
+///
+/// Implemented: -k/--socket, -p/--port, -b/--bind, -x/--export-name,
+/// -D/--description, -f/--format, -r/--read-only, -t/--persistent,
+/// -e/--shared, -n/--nocache, --cache, --aio, --discard, --detect-zeroes,
+/// --image-opts, -h, -V, and socket activation (LISTEN_PID/LISTEN_FDS). Every
+/// other qemu-nbd option is refused with "not supported by Spindle yet".
+@BlockActor
+enum ServeCommand {
+  static let longOptions: [Getopt.LongOption] = [
+    .init("help", key: "h"), .init("version", key: "V"), .init("bind", .required, key: "b"),
+    .init("port", .required, key: "p"), .init("socket", .required, key: "k"),
+    .init("offset", .required, key: "o"), .init("read-only", key: "r"),
+    .init("allocation-depth", key: "A"), .init("bitmap", .required, key: "B"),
+    .init("connect", .required, key: "c"), .init("disconnect", key: "d"),
+    .init("list", key: "L"), .init("snapshot", key: "s"),
+    .init("load-snapshot", .required, key: "l"), .init("nocache", key: "n"),
+    .init("cache", .required), .init("aio", .required), .init("discard", .required),
+    .init("detect-zeroes", .required), .init("shared", .required, key: "e"),
+    .init("format", .required, key: "f"), .init("persistent", key: "t"),
+    .init("verbose", key: "v"), .init("object", .required),
+    .init("export-name", .required, key: "x"), .init("description", .required, key: "D"),
+    .init("tls-creds", .required), .init("tls-hostname", .required),
+    .init("tls-authz", .required), .init("image-opts"), .init("trace", .required, key: "T"),
+    .init("fork"), .init("pid-file", .required), .init("selinux-label", .required),
+  ]
+
+  /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
+  static let unsupported: [String: String] = [
+    "o": "-o/--offset", "A": "-A/--allocation-depth", "B": "-B/--bitmap",
+    "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list", "s": "-s/--snapshot",
+    "l": "-l/--load-snapshot", "v": "-v/--verbose", "object": "--object",
+    "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
+    "T": "-T/--trace", "fork": "--fork", "pid-file": "--pid-file",
+    "selinux-label": "--selinux-label",
+  ]
+
+  /// Runs qemu-nbd with `arguments` (the first is the name it was invoked by).
+  static func run(arguments: [String], console: Console) async -> Int32 {
+    let reporter = Reporter(console: console, programName: "qemu-nbd")
+    guard let options = parse(arguments, reporter: reporter, console: console) else {
+      return 1
+    }
+    if case .exit(let status) = options { return status }
+    guard case .serve(let options) = options else { return 1 }
+    return await ServeRunner(options: options, reporter: reporter).run()
+  }
+
+  enum Parsed {
+    case serve(ServeOptions)
+    case exit(Int32)
+  }
+
+  private static func parse(_ arguments: [String], reporter: Reporter, console: Console)
+    -> Parsed?
+  {
+    var options = ServeOptions()
+    var parser = Getopt(
+      arguments: ["qemu-nbd"] + arguments.dropFirst(),
+      options: "hVb:o:p:rsnc:dvk:e:f:tl:x:T:D:AB:L", longOptions: longOptions
+    ) { console.writeError($0) }
+    var cacheGiven = false
+    while let result = parser.next() {
+      guard case .option(let key) = result else {
+        reporter.error("Try `qemu-nbd --help' for more information.")
+        return nil
+      }
+      let argument = parser.optarg ?? ""
+      if let name = unsupported[key] {
+        reporter.error("\(name) is not supported by Spindle yet")
+        return nil
+      }
+      switch key {
+      case "h":
+        console.write(ServeHelp.text)
+        return .exit(0)
+      case "V":
+        console.write("qemu-nbd 7.2.0 (spindle \(Spindle.version))\nWritten by Anthony Liguori.\n")
+        return .exit(0)
+      case "b": options.bindAddress = argument
+      case "p": options.port = argument
+      case "k":
+        guard argument.hasPrefix("/") else {
+          reporter.error("socket path must be absolute")
+          return nil
+        }
+        options.socketPath = argument
+      case "r": options.readOnly = true
+      case "n", "cache":
+        if cacheGiven {
+          reporter.error("-n and --cache can only be specified once")
+          return nil
+        }
+        cacheGiven = true
+        let text = key == "n" ? "none" : argument
+        guard let mode = parseCacheMode(text) else {
+          reporter.error("Invalid cache mode `\(argument)'")
+          return nil
+        }
+        options.cache = mode
+      case "aio":
+        guard isValidAIOMode(argument) else {
+          reporter.error("Invalid aio mode '\(argument)'")
+          return nil
+        }
+        options.aio = argument
+      case "discard":
+        guard let mode = parseDiscardMode(argument) else {
+          reporter.error("Invalid discard mode `\(argument)'")
+          return nil
+        }
+        options.discard = mode
+      case "detect-zeroes":
+        guard let mode = DetectZeroesMode(rawValue: argument) else {
+          reporter.error(
+            "Failed to parse detect_zeroes mode: invalid parameter value: \(argument)")
+          return nil
+        }
+        if mode == .unmap && options.discard != .unmap {
+          reporter.error(
+            "setting detect-zeroes to unmap is not allowed without setting discard operation to unmap"
+          )
+          return nil
+        }
+        options.detectZeroes = mode
+      case "e":
+        guard let shared = parseCInt(argument), shared >= 0 else {
+          reporter.error("Invalid shared device number '\(argument)'")
+          return nil
+        }
+        options.shared = shared
+      case "f": options.format = argument
+      case "t": options.persistent = true
+      case "x":
+        guard argument.utf8.count <= 4096 else {
+          reporter.error("export name '\(argument)' too long")
+          return nil
+        }
+        options.exportName = argument
+      case "D":
+        guard argument.utf8.count <= 4096 else {
+          reporter.error("description '\(argument)' too long")
+          return nil
+        }
+        options.description = argument
+      case "image-opts": options.imageOpts = true
+      default:
+        reporter.error("Try `qemu-nbd --help' for more information.")
+        return nil
+      }
+    }
+    let operands = parser.operands
+    guard operands.count == 1 else {
+      reporter.error("Invalid number of arguments")
+      console.writeError("Try `qemu-nbd --help' for more information.\n")
+      return nil
+    }
+    options.filename = operands.first!
+    if options.imageOpts && options.format != nil {
+      reporter.error("--image-opts and -f are mutually exclusive")
+      return nil
+    }
+    return .serve(options)
+  }
+
+  /// `qemu_strtoi` with base 0: decimal, 0x hex or 0 octal, the whole text.
+  private static func parseCInt(_ text: String) -> Int? {
+    let value: Int?
+    if text.hasPrefix("0x") || text.hasPrefix("0X") {
+      value = Int(text.dropFirst(2), radix: 16)
+    } else if text.hasPrefix("0") && text.count > 1 {
+      value = Int(text.dropFirst(), radix: 8)
+    } else {
+      value = Int(text)
+    }
+    guard let value, value <= Int(Int32.max), value >= Int(Int32.min) else { return nil }
+    return value
+  }
+}

@@ -1,0 +1,36 @@
+import BlockCore
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// What `qemu-nbd`'s command line asked for (qemu-nbd 7.2's options that
+/// Spindle implements; the others are refused by ``ServeCommand``).
+struct ServeOptions {
+  var socketPath: String?
+  var port: String?
+  var bindAddress: String?
+  var exportName = ""
+  var description: String?
+  var format: String?
+  var readOnly = false
+  var persistent = false
+  var shared = 1
+  var imageOpts = false
+  var cache: CacheMode?
+  var aio: String?
+  var discard: DiscardMode = .ignore
+  var detectZeroes: DetectZeroesMode = .off
+  var filename = ""
+}
+
+/// Systemd socket activation (QEMU's `check_socket_activation`): the number
+/// of sockets passed from fd 3 when `LISTEN_PID` names this process, else 0.
+func socketActivationCount() -> Int {
+  guard let pidText = getenv("LISTEN_PID").map({ String(cString: $0) }),
+    let pid = Int32(pidText), pid == getpid(),
+    let countText = getenv("LISTEN_FDS").map({ String(cString: $0) }),
+    let count = Int(countText), count > 0
+  else { return 0 }
+  return count
+}

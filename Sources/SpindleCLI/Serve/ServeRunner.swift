@@ -1,0 +1,107 @@
+import BlockCore
+import BlockDrivers
+import NBD
+
+/// Opens the image, listens, and serves until the server stops (qemu-nbd's
+/// `main` after option parsing).
+@BlockActor
+struct ServeRunner {
+  let options: ServeOptions
+  let reporter: Reporter
+
+  func run() async -> Int32 {
+    let activated = socketActivationCount()
+    if activated > 1 {
+      reporter.error("qemu-nbd does not support socket activation with LISTEN_FDS > 1")
+      return 1
+    }
+    if activated == 1 {
+      if options.socketPath != nil {
+        reporter.error("Unix socket can't be set when using socket activation")
+        return 1
+      }
+      if options.bindAddress != nil {
+        reporter.error("TCP address can't be set when using socket activation")
+        return 1
+      }
+      if options.port != nil {
+        reporter.error("TCP port number can't be set when using socket activation")
+        return 1
+      }
+    }
+    guard let backend = await open() else { return 1 }
+    let root = backend.root
+    let export = NBDExportInfo(
+      name: options.exportName, description: options.description,
+      size: UInt64(max(backend.length, 0)) & ~511, readOnly: options.readOnly,
+      multiConn: options.shared != 1,
+      requestAlignment: UInt32(clamping: root.limits.requestAlignment),
+      maxTransfer: UInt32(clamping: root.limits.maxTransfer))
+    let console = reporter.console
+    let reporter = reporter
+    let server = NBDServer(
+      backend: backend, export: export, persistent: options.persistent, shared: options.shared
+    ) {
+      reporter.error($0)
+      console.flush()
+    }
+    do {
+      if activated == 1 {
+        try await server.listen(on: .inherited(descriptor: 3))
+      } else if let path = options.socketPath {
+        try await server.listen(on: .unix(path: path))
+      } else {
+        let port = Int(options.port ?? "10809") ?? -1
+        guard (0...65535).contains(port) else {
+          reporter.error("Failed to find an available port: Invalid argument")
+          await backend.close()
+          return 1
+        }
+        try await server.listen(on: .tcp(host: options.bindAddress ?? "0.0.0.0", port: port))
+      }
+    } catch {
+      reporter.error("\(error)")
+      server.shutdown()
+      await server.run()
+      await backend.close()
+      return 1
+    }
+    console.flush()
+    onShutdownSignal { Task { @BlockActor in server.shutdown() } }
+    await server.run()
+    await backend.close()
+    return 0
+  }
+
+  /// `blk_new_open` with qemu-nbd's flags and its error message.
+  private func open() async -> BlockBackend? {
+    var spec = ImageSpec()
+    spec.format = options.format
+    spec.node.readOnly = options.readOnly
+    spec.node.cache = options.cache ?? .writeback
+    spec.node.discard = options.discard
+    spec.node.detectZeroes = options.detectZeroes
+    spec.aio = options.aio
+    if options.imageOpts {
+      spec.options = parseOptionString(options.filename, impliedKey: "file", reporter: reporter)
+    } else {
+      spec.filename = options.filename
+    }
+    let console = reporter.console
+    spec.diagnostics = { console.writeError($0) }
+    let reporter = reporter
+    spec.errorReport = { reporter.error($0) }
+    do {
+      let backend = try await openBackend(spec)
+      if warnsAboutProbedRaw(spec, backend) {
+        console.writeError(probedRawWarning(options.filename))
+      }
+      return backend
+    } catch {
+      reporter.error(
+        "Failed to blk_new_open '\(options.filename)': Could not open '\(options.filename)': \(errorMessage(error))"
+      )
+      return nil
+    }
+  }
+}
