@@ -14,7 +14,8 @@ public enum NBDEncoding {
 
   /// An option reply with its payload.
   public static func optionReply(
-    _ buffer: inout ByteBuffer, option: UInt32, type: NBDReplyType, payload: ByteBuffer = ByteBuffer()
+    _ buffer: inout ByteBuffer, option: UInt32, type: NBDReplyType,
+    payload: ByteBuffer = ByteBuffer()
   ) {
     buffer.writeInteger(NBDProtocol.optionReplyMagic)
     buffer.writeInteger(option)

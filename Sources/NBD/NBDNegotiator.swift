@@ -145,7 +145,8 @@ public struct NBDNegotiator: Sendable {
       NBDEncoding.info(&out, option: option, type: .name, body: ByteBuffer(string: export.name))
     }
     if let description = export.description {
-      NBDEncoding.info(&out, option: option, type: .description, body: ByteBuffer(string: description))
+      NBDEncoding.info(
+        &out, option: option, type: .description, body: ByteBuffer(string: description))
     }
     let sizes = export.blockSizes(clientAsked: isInfo || asksSizes)
     var body = ByteBuffer()

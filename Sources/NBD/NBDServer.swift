@@ -80,7 +80,8 @@ public final class NBDServer {
           listeners.append(channel)
           unixPaths.append(path)
         } catch {
-          throw ListenError(description: "Failed to bind socket to \(path): \(Self.text(of: error))")
+          throw ListenError(
+            description: "Failed to bind socket to \(path): \(Self.text(of: error))")
         }
       case .tcp(let host, let port):
         do {

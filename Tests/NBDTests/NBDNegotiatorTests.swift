@@ -21,7 +21,8 @@ import Testing
       let option = buffer.readInteger(as: UInt32.self)!
       let type = buffer.readInteger(as: UInt32.self)!
       let length = buffer.readInteger(as: UInt32.self)!
-      result.append(Reply(option: option, type: type, payload: buffer.readBytes(length: Int(length))!))
+      result.append(
+        Reply(option: option, type: type, payload: buffer.readBytes(length: Int(length))!))
     }
     return result
   }
@@ -66,12 +67,14 @@ import Testing
   }
 
   @Test func goSendsBlockSizeThenExportThenAck() throws {
-    var negotiator = Self.negotiator(NBDExportInfo(description: "d", size: 1 << 20, requestAlignment: 512))
+    var negotiator = Self.negotiator(
+      NBDExportInfo(description: "d", size: 1 << 20, requestAlignment: 512))
     guard case .reply = negotiator.handle(option: 8, payload: ByteBuffer()) else {
       Issue.record("structured reply refused")
       return
     }
-    let outcome = negotiator.handle(option: 7, payload: Self.infoPayload(name: "", requests: [1, 3]))
+    let outcome = negotiator.handle(
+      option: 7, payload: Self.infoPayload(name: "", requests: [1, 3]))
     guard case .transmission(let bytes) = outcome else {
       Issue.record("GO did not start transmission")
       return
@@ -87,7 +90,8 @@ import Testing
 
   @Test func goWithoutSizeRequestHasMinimumOne() {
     var negotiator = Self.negotiator(NBDExportInfo(size: 4096, requestAlignment: 512))
-    let bytes = replyBytes(negotiator.handle(option: 7, payload: Self.infoPayload(name: "", requests: [])))!
+    let bytes = replyBytes(
+      negotiator.handle(option: 7, payload: Self.infoPayload(name: "", requests: [])))!
     let replies = Self.replies(bytes)
     #expect(replies[0].payload.prefix(6) == [0, 3, 0, 0, 0, 1])
     // No structured replies: no DF (0x0c6d).
@@ -96,31 +100,46 @@ import Testing
 
   @Test func infoWithoutSizeRequestNeedsItWhenAligned() {
     var negotiator = Self.negotiator(NBDExportInfo(size: 4096, requestAlignment: 512))
-    let bytes = replyBytes(negotiator.handle(option: 6, payload: Self.infoPayload(name: "", requests: [])))!
+    let bytes = replyBytes(
+      negotiator.handle(option: 6, payload: Self.infoPayload(name: "", requests: [])))!
     #expect(
       Self.replies(bytes) == [
-        Reply(option: 6, type: 0x8000_0008, payload: Array("request NBD_INFO_BLOCK_SIZE to use this export".utf8))
+        Reply(
+          option: 6, type: 0x8000_0008,
+          payload: Array("request NBD_INFO_BLOCK_SIZE to use this export".utf8))
       ])
   }
 
   @Test func unknownExportAndUnknownOption() {
     var negotiator = Self.negotiator()
-    let bytes = replyBytes(negotiator.handle(option: 6, payload: Self.infoPayload(name: "x", requests: [])))!
-    #expect(Self.replies(bytes) == [Reply(option: 6, type: 0x8000_0006, payload: Array("export 'x' not present".utf8))])
+    let bytes = replyBytes(
+      negotiator.handle(option: 6, payload: Self.infoPayload(name: "x", requests: [])))!
+    #expect(
+      Self.replies(bytes) == [
+        Reply(option: 6, type: 0x8000_0006, payload: Array("export 'x' not present".utf8))
+      ])
     let unsupported = replyBytes(negotiator.handle(option: 4, payload: ByteBuffer()))!
     #expect(
       Self.replies(unsupported) == [
-        Reply(option: 4, type: 0x8000_0001, payload: Array("Unsupported option 4 (peek export)".utf8))
+        Reply(
+          option: 4, type: 0x8000_0001, payload: Array("Unsupported option 4 (peek export)".utf8))
       ])
     let tls = replyBytes(negotiator.handle(option: 5, payload: ByteBuffer()))!
-    #expect(Self.replies(tls) == [Reply(option: 5, type: 0x8000_0002, payload: Array("TLS not configured".utf8))])
+    #expect(
+      Self.replies(tls) == [
+        Reply(option: 5, type: 0x8000_0002, payload: Array("TLS not configured".utf8))
+      ])
   }
 
   @Test func oversizedAndTruncatedNamesAreInvalid() {
     var negotiator = Self.negotiator()
     let long = String(repeating: "a", count: 4097)
-    let bytes = replyBytes(negotiator.handle(option: 7, payload: Self.infoPayload(name: long, requests: [])))!
-    #expect(Self.replies(bytes) == [Reply(option: 7, type: 0x8000_0003, payload: Array("name too long for qemu".utf8))])
+    let bytes = replyBytes(
+      negotiator.handle(option: 7, payload: Self.infoPayload(name: long, requests: [])))!
+    #expect(
+      Self.replies(bytes) == [
+        Reply(option: 7, type: 0x8000_0003, payload: Array("name too long for qemu".utf8))
+      ])
     var truncated = ByteBuffer()
     truncated.writeInteger(UInt32(10))
     let short = replyBytes(negotiator.handle(option: 7, payload: truncated))!
@@ -151,18 +170,27 @@ import Testing
       Self.replies(refused) == [
         Reply(
           option: 10, type: 0x8000_0003,
-          payload: Array("request option 'set meta context' when structured reply is not negotiated".utf8))
+          payload: Array(
+            "request option 'set meta context' when structured reply is not negotiated".utf8))
       ])
-    let listed = replyBytes(negotiator.handle(option: 9, payload: Self.metaPayload(name: "", queries: [])))!
+    let listed = replyBytes(
+      negotiator.handle(option: 9, payload: Self.metaPayload(name: "", queries: [])))!
     let context = [0, 0, 0, 0] + Array("base:allocation".utf8)
-    #expect(Self.replies(listed) == [Reply(option: 9, type: 4, payload: context), Reply(option: 9, type: 1, payload: [])])
+    #expect(
+      Self.replies(listed) == [
+        Reply(option: 9, type: 4, payload: context), Reply(option: 9, type: 1, payload: []),
+      ])
     _ = negotiator.handle(option: 8, payload: ByteBuffer())
     let again = replyBytes(negotiator.handle(option: 8, payload: ByteBuffer()))!
     #expect(Self.replies(again).map(\.type) == [0x8000_0003])
     let selected = replyBytes(negotiator.handle(option: 10, payload: set))!
-    #expect(Self.replies(selected) == [Reply(option: 10, type: 4, payload: context), Reply(option: 10, type: 1, payload: [])])
+    #expect(
+      Self.replies(selected) == [
+        Reply(option: 10, type: 4, payload: context), Reply(option: 10, type: 1, payload: []),
+      ])
     #expect(negotiator.baseAllocation)
-    let other = replyBytes(negotiator.handle(option: 10, payload: Self.metaPayload(name: "", queries: ["qemu:x"])))!
+    let other = replyBytes(
+      negotiator.handle(option: 10, payload: Self.metaPayload(name: "", queries: ["qemu:x"])))!
     #expect(Self.replies(other) == [Reply(option: 10, type: 1, payload: [])])
     #expect(!negotiator.baseAllocation)
   }
@@ -174,12 +202,15 @@ import Testing
       Issue.record("EXPORT_NAME refused")
       return
     }
-    #expect(Array(buffer: bytes) == [0, 0, 0, 0, 0, 0, 4, 0, 0x04, 0x0f] + [UInt8](repeating: 0, count: 124))
+    #expect(
+      Array(buffer: bytes) == [0, 0, 0, 0, 0, 0, 4, 0, 0x04, 0x0f]
+        + [UInt8](repeating: 0, count: 124))
   }
 
   @Test func abortAcksThenCloses() {
     var negotiator = Self.negotiator()
-    guard case .replyAndClose(let bytes) = negotiator.handle(option: 2, payload: ByteBuffer()) else {
+    guard case .replyAndClose(let bytes) = negotiator.handle(option: 2, payload: ByteBuffer())
+    else {
       Issue.record("ABORT did not close")
       return
     }
@@ -187,26 +218,49 @@ import Testing
   }
 
   @Test func requestValidationFollowsQEMU() {
-    func check(_ type: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64 = 0, length: UInt32 = 512,
-               readOnly: Bool = false, magic: UInt32 = NBDProtocol.requestMagic) -> NBDRequestValidation {
+    func check(
+      _ type: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64 = 0, length: UInt32 = 512,
+      readOnly: Bool = false, magic: UInt32 = NBDProtocol.requestMagic
+    ) -> NBDRequestValidation {
       NBDRequestValidation.check(
-        NBDRequest(magic: magic, flags: flags, type: type.rawValue, cookie: 1, offset: offset, length: length),
+        NBDRequest(
+          magic: magic, flags: flags, type: type.rawValue, cookie: 1, offset: offset, length: length
+        ),
         exportSize: 4096, readOnly: readOnly, structuredReplies: true)
     }
     #expect(check(.read) == .valid(.read))
     #expect(check(.read, flags: .dontFragment) == .valid(.read))
     #expect(
-      check(.read, offset: 4096) == .reject(error: .invalid, message: "operation past EOF; From: 4096, Len: 512, Size: 4096", payloadFollows: false, fatal: false))
+      check(.read, offset: 4096)
+        == .reject(
+          error: .invalid, message: "operation past EOF; From: 4096, Len: 512, Size: 4096",
+          payloadFollows: false, fatal: false))
     #expect(
       check(.write, length: (32 << 20) + 1)
-        == .reject(error: .invalid, message: "len (33554433) is larger than max len (33554432)", payloadFollows: false, fatal: true))
-    #expect(check(.write, readOnly: true) == .reject(error: .invalid, message: "Export is read-only", payloadFollows: true, fatal: false))
+        == .reject(
+          error: .invalid, message: "len (33554433) is larger than max len (33554432)",
+          payloadFollows: false, fatal: true))
     #expect(
-      check(.flush, flags: .reqOne) == .reject(error: .invalid, message: "unsupported flags for command flush (got 0x8)", payloadFollows: false, fatal: false))
-    #expect(check(.read, magic: 1) == .reject(error: .invalid, message: "invalid magic (got 0x1)", payloadFollows: false, fatal: true))
+      check(.write, readOnly: true)
+        == .reject(
+          error: .invalid, message: "Export is read-only", payloadFollows: true, fatal: false))
+    #expect(
+      check(.flush, flags: .reqOne)
+        == .reject(
+          error: .invalid, message: "unsupported flags for command flush (got 0x8)",
+          payloadFollows: false, fatal: false))
+    #expect(
+      check(.read, magic: 1)
+        == .reject(
+          error: .invalid, message: "invalid magic (got 0x1)", payloadFollows: false, fatal: true))
     #expect(check(.disconnect) == .disconnect)
     let unknown = NBDRequestValidation.check(
-      NBDRequest(type: 99, cookie: 1, offset: 0, length: 0), exportSize: 4096, readOnly: false, structuredReplies: true)
-    #expect(unknown == .reject(error: .invalid, message: "invalid request type (99) received", payloadFollows: false, fatal: false))
+      NBDRequest(type: 99, cookie: 1, offset: 0, length: 0), exportSize: 4096, readOnly: false,
+      structuredReplies: true)
+    #expect(
+      unknown
+        == .reject(
+          error: .invalid, message: "invalid request type (99) received", payloadFollows: false,
+          fatal: false))
   }
 }
