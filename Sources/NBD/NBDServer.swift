@@ -33,8 +33,8 @@ public final class NBDServer {
     public let description: String
   }
 
-  private let backend: BlockBackend
-  private let export: NBDExportInfo
+  private var backend: BlockBackend?
+  private var export = NBDExportInfo(size: 0)
   private let persistent: Bool
   private let shared: Int
   private let report: @BlockActor (String) -> Void
@@ -45,20 +45,19 @@ public final class NBDServer {
   private var slotWaiters: [CheckedContinuation<Bool, Never>] = []
   private var stopping = false
 
-  /// A server for `export`, read and written through `backend`; `report`
-  /// receives runtime messages (without the program name).
+  /// A server that keeps running after its last client unless `persistent`
+  /// is false, and takes `shared` clients at once; `report` receives runtime
+  /// messages (without the program name).
   public init(
-    backend: BlockBackend, export: NBDExportInfo, persistent: Bool, shared: Int,
-    report: @escaping @BlockActor (String) -> Void
+    persistent: Bool, shared: Int, report: @escaping @BlockActor (String) -> Void
   ) {
-    self.backend = backend
-    self.export = export
     self.persistent = persistent
     self.shared = shared
     self.report = report
   }
 
-  /// Starts listening on `address` (clients are served once ``run()`` runs).
+  /// Starts listening on `address` (clients wait in the backlog until
+  /// ``run(backend:export:)`` serves them).
   public func listen(on address: NBDListenAddress) async throws {
     let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -108,7 +107,9 @@ public final class NBDServer {
   /// Serves clients until ``shutdown()`` (or, unless persistent, the last
   /// negotiated client leaves); then closes every connection and unlinks
   /// the Unix sockets.
-  public func run() async {
+  public func run(backend: BlockBackend, export: NBDExportInfo) async {
+    self.backend = backend
+    self.export = export
     await withTaskGroup(of: Void.self) { group in
       for listener in listeners {
         group.addTask { await self.accept(on: listener) }
@@ -118,7 +119,16 @@ public final class NBDServer {
     unixPaths = []
   }
 
-  /// Stops accepting, drops every client and lets ``run()`` return.
+  /// Closes the listeners and unlinks the Unix sockets without serving
+  /// (when the image cannot be opened after listening).
+  public func stop() async {
+    shutdown()
+    for listener in listeners { try? await listener.channel.closeFuture.get() }
+    for path in unixPaths { _ = unlink(path) }
+    unixPaths = []
+  }
+
+  /// Stops accepting, drops every client and lets ``run(backend:export:)`` return.
   public func shutdown() {
     guard !stopping else { return }
     stopping = true
@@ -151,6 +161,11 @@ public final class NBDServer {
     async
   {
     var negotiated = false
+    guard let backend else {
+      clients[id] = nil
+      releaseSlot(negotiated: false)
+      return
+    }
     let connection = NBDConnection(backend: backend, export: export, report: report)
     await connection.serve(client) { negotiated = true }
     clients[id] = nil

@@ -29,22 +29,14 @@ struct ServeRunner {
         return 1
       }
     }
-    guard let backend = await open() else { return 1 }
-    let root = backend.root
-    let export = NBDExportInfo(
-      name: options.exportName, description: options.description,
-      size: UInt64(max(backend.length, 0)) & ~511, readOnly: options.readOnly,
-      multiConn: options.shared != 1,
-      requestAlignment: UInt32(clamping: root.limits.requestAlignment),
-      maxTransfer: UInt32(clamping: root.limits.maxTransfer))
     let console = reporter.console
     let reporter = reporter
-    let server = NBDServer(
-      backend: backend, export: export, persistent: options.persistent, shared: options.shared
-    ) {
+    let server = NBDServer(persistent: options.persistent, shared: options.shared) {
       reporter.error($0)
       console.flush()
     }
+    onShutdownSignal { Task { @BlockActor in server.shutdown() } }
+    // qemu-nbd listens before it opens the image.
     do {
       if activated == 1 {
         try await server.listen(on: .inherited(descriptor: 3))
@@ -54,21 +46,28 @@ struct ServeRunner {
         let port = Int(options.port ?? "10809") ?? -1
         guard (0...65535).contains(port) else {
           reporter.error("Failed to find an available port: Invalid argument")
-          await backend.close()
           return 1
         }
         try await server.listen(on: .tcp(host: options.bindAddress ?? "0.0.0.0", port: port))
       }
     } catch {
       reporter.error("\(error)")
-      server.shutdown()
-      await server.run()
-      await backend.close()
+      await server.stop()
       return 1
     }
+    guard let backend = await open() else {
+      await server.stop()
+      return 1
+    }
+    let root = backend.root
+    let export = NBDExportInfo(
+      name: options.exportName, description: options.description,
+      size: UInt64(max(backend.length, 0)) & ~511, readOnly: options.readOnly,
+      multiConn: options.shared != 1,
+      requestAlignment: UInt32(clamping: root.limits.requestAlignment),
+      maxTransfer: UInt32(clamping: root.limits.maxTransfer))
     console.flush()
-    onShutdownSignal { Task { @BlockActor in server.shutdown() } }
-    await server.run()
+    await server.run(backend: backend, export: export)
     await backend.close()
     return 0
   }
@@ -99,7 +98,7 @@ struct ServeRunner {
       return backend
     } catch {
       reporter.error(
-        "Failed to blk_new_open '\(options.filename)': Could not open '\(options.filename)': \(errorMessage(error))"
+        "Failed to blk_new_open '\(options.filename)': \(errorMessage(error))"
       )
       return nil
     }
