@@ -52,10 +52,15 @@ public final class ChildProcess: @unchecked Sendable {
   /// (the sanitizers' `*SAN_OPTIONS` are kept even then, so that a child
   /// built with a sanitizer runs with the test run's settings).
   /// `pipeInput`: give the child a pipe for standard input (else
-  /// /dev/null); `mergeError`: standard error goes to the output pipe.
+  /// /dev/null); `mergeError`: standard error goes to the output pipe;
+  /// `defaultSignals`: the child starts with no signal blocked and SIGTERM,
+  /// SIGINT, SIGHUP and SIGPIPE at their default actions, as from a shell
+  /// (else it inherits the spawning thread's mask, which on the Swift
+  /// runtime's threads blocks most signals: servers that must end on SIGTERM
+  /// need this).
   public init(
     _ executable: String, _ arguments: [String], environment: [String: String]? = nil,
-    pipeInput: Bool = false, mergeError: Bool = false
+    pipeInput: Bool = false, mergeError: Bool = false, defaultSignals: Bool = false
   ) throws {
     func makePipe() throws -> (read: Int32, write: Int32) {
       var fds: [Int32] = [-1, -1]
@@ -90,12 +95,25 @@ public final class ChildProcess: @unchecked Sendable {
     let envp = variables.map { $0.map { strdup($0) } + [nil] }
     defer { for pointer in envp ?? [] { free(pointer) } }
 
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    if defaultSignals {
+      var empty = sigset_t()
+      sigemptyset(&empty)
+      posix_spawnattr_setsigmask(&attributes, &empty)
+      var defaults = sigset_t()
+      sigemptyset(&defaults)
+      for number in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { sigaddset(&defaults, number) }
+      posix_spawnattr_setsigdefault(&attributes, &defaults)
+      posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    }
     var pid: pid_t = 0
     let status =
       if let envp {
-        posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
       } else {
-        posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
       }
     // The child has its copies; the parent keeps only its own ends.
     if let stdin { close(stdin.read) }
@@ -150,11 +168,11 @@ public final class ChildProcess: @unchecked Sendable {
   /// termination, standard output and standard error (empty when merged).
   public static func run(
     _ executable: String, _ arguments: [String], input: String? = nil,
-    environment: [String: String]? = nil, mergeError: Bool = false
+    environment: [String: String]? = nil, mergeError: Bool = false, defaultSignals: Bool = false
   ) async throws -> (termination: Termination, output: String, error: String) {
     let child = try ChildProcess(
       executable, arguments, environment: environment, pipeInput: input != nil,
-      mergeError: mergeError)
+      mergeError: mergeError, defaultSignals: defaultSignals)
     if let handle = child.input, let input {
       Thread {
         try? handle.write(contentsOf: Data(input.utf8))

@@ -60,11 +60,17 @@ struct ServeRunner {
       return 1
     }
     let root = backend.root
+    // QEMU's raw format restricts a probed image to 512-byte requests (to
+    // guard block 0), which qemu-nbd advertises as the minimum block size.
+    let probedRaw =
+      root.driver.formatName == "raw" && options.format == nil && !options.imageOpts
+      && !options.filename.hasPrefix("json:")
+    let alignment = max(root.limits.requestAlignment, probedRaw ? 512 : 1)
     let export = NBDExportInfo(
       name: options.exportName, description: options.description,
       size: UInt64(max(backend.length, 0)) & ~511, readOnly: options.readOnly,
       multiConn: options.shared != 1,
-      requestAlignment: UInt32(clamping: root.limits.requestAlignment),
+      requestAlignment: UInt32(clamping: alignment),
       maxTransfer: UInt32(clamping: root.limits.maxTransfer))
     console.flush()
     await server.run(backend: backend, export: export)

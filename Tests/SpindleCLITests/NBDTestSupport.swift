@@ -1,0 +1,170 @@
+import BlockTestSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// The NBD servers the interoperability tests compare: `spindle serve` and
+/// the real qemu-nbd 7.2, each as a command line to which options are added.
+enum NBDServer: String, CaseIterable, Sendable {
+  case spindle
+  case qemu
+
+  var command: [String] {
+    switch self {
+    case .spindle: [SpindleExecutable.path!, "serve"]
+    case .qemu: [ToolLocator.path(of: "qemu-nbd")!]
+    }
+  }
+
+  /// libnbd's socket-activation syntax: the client starts the server with a
+  /// listening socket on fd 3, so there is nothing to wait for.
+  func activated(_ options: [String]) -> [String] {
+    ["--", "["] + command + options + ["]"]
+  }
+}
+
+/// Runs an NBD client tool (nbdinfo, nbdcopy, qemu-img...) under coreutils'
+/// `timeout`, so that a server that never answers fails the test instead of
+/// hanging it.
+func runNBDClient(_ tool: String, _ arguments: [String]) async throws -> ToolResult {
+  let path = try #require(ToolLocator.path(of: tool))
+  let result = try await ChildProcess.run(
+    "/usr/bin/timeout", ["-k", "10", "120", path] + arguments, defaultSignals: true)
+  return ToolResult(
+    status: result.termination.status, output: result.output, error: result.error)
+}
+
+/// A server started in the background on a Unix socket (`-k`), for clients
+/// that cannot start one themselves (qemu-io, qemu-img, raw sockets).
+final class BackgroundNBDServer: @unchecked Sendable {
+  let process: ChildProcess
+  let socket: String
+  private var ended: ChildProcess.Termination?
+
+  /// Starts `server` with `options` and `-k socket`; returns once the
+  /// socket accepts connections (a bounded number of attempts).
+  init(_ server: NBDServer, socket: String, options: [String]) async throws {
+    self.socket = socket
+    let command = server.command + ["-k", socket] + options
+    process = try ChildProcess(command[0], Array(command.dropFirst()), defaultSignals: true)
+    for _ in 0..<600 {
+      if let connection = try? NBDSocket(path: socket) {
+        connection.close()
+        return
+      }
+      try await Task.sleep(for: .milliseconds(50))
+    }
+    process.send(SIGKILL)
+    _ = await process.wait()
+    throw POSIXError(.ETIMEDOUT)
+  }
+
+  /// Waits for the server to end by itself (bounded: killed after 60 s).
+  func waitForExit() async -> ChildProcess.Termination {
+    if let ended { return ended }
+    let pid = process.pid
+    let watchdog = Task {
+      try await Task.sleep(for: .seconds(60))
+      kill(pid, SIGKILL)
+    }
+    let termination = await process.wait()
+    watchdog.cancel()
+    ended = termination
+    return termination
+  }
+
+  /// Sends SIGTERM and waits for the end.
+  func terminate() async -> ChildProcess.Termination {
+    if ended == nil { process.send(SIGTERM) }
+    return await waitForExit()
+  }
+
+  /// The server's standard error once it has ended.
+  func errorOutput() async -> String {
+    guard let handle = process.error else { return "" }
+    return await ChildProcess.readAll(handle)
+  }
+}
+
+/// A blocking client socket with a receive timeout, for raw protocol tests.
+final class NBDSocket {
+  private var fd: Int32
+
+  /// Connects to a Unix socket; throws when nobody listens.
+  init(path: String) throws {
+    fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw POSIXError(.EIO) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+      Glibc.close(fd)
+      throw POSIXError(.ENAMETOOLONG)
+    }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+      raw.copyBytes(from: bytes)
+      raw[bytes.count] = 0
+    }
+    let status = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+      }
+    }
+    guard status == 0 else {
+      let code = errno
+      Glibc.close(fd)
+      throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
+    }
+    var timeout = timeval(tv_sec: 30, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+  }
+
+  deinit { close() }
+
+  func close() {
+    if fd >= 0 { Glibc.close(fd) }
+    fd = -1
+  }
+
+  /// Sends every byte (false if the peer is gone).
+  @discardableResult
+  func send(_ bytes: [UInt8]) -> Bool {
+    var done = 0
+    while done < bytes.count {
+      let sent = bytes[done...].withUnsafeBytes {
+        Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+      }
+      if sent <= 0 { return false }
+      done += sent
+    }
+    return true
+  }
+
+  /// Exactly `count` bytes, or nil at end of file (or after the timeout).
+  func receive(_ count: Int) -> [UInt8]? {
+    var result = [UInt8](repeating: 0, count: count)
+    var done = 0
+    while done < count {
+      let got = result[done...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+      if got <= 0 { return nil }
+      done += got
+    }
+    return result
+  }
+}
+
+/// Big-endian helpers for building and reading NBD messages in tests.
+extension Array where Element == UInt8 {
+  static func be<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
+    Swift.withUnsafeBytes(of: value.bigEndian) { Array($0) }
+  }
+
+  func be<T: FixedWidthInteger>(_ type: T.Type, at offset: Int) -> T {
+    var value: T = 0
+    for byte in self[offset..<offset + MemoryLayout<T>.size] { value = value << 8 | T(byte) }
+    return value
+  }
+}
