@@ -107,12 +107,20 @@ public struct NBDNegotiator: Sendable {
     return .transmission(out)
   }
 
-  /// Reads a u32-length-prefixed string of at most 4096 bytes.
-  private static func readString(_ payload: inout ByteBuffer) -> String?? {
-    guard let length = payload.readInteger(as: UInt32.self) else { return nil }
-    guard length <= NBDProtocol.maxStringSize else { return .some(nil) }
-    guard let text = payload.readString(length: Int(length)) else { return nil }
-    return .some(text)
+  /// A u32-length-prefixed string from an option's payload.
+  private enum PayloadString {
+    case text(String)
+    /// Longer than 4096 bytes (the length given).
+    case tooLong(UInt32)
+    /// The payload ends first.
+    case truncated
+  }
+
+  private static func readString(_ payload: inout ByteBuffer) -> PayloadString {
+    guard let length = payload.readInteger(as: UInt32.self) else { return .truncated }
+    guard length <= NBDProtocol.maxStringSize else { return .tooLong(length) }
+    guard let text = payload.readString(length: Int(length)) else { return .truncated }
+    return .text(text)
   }
 
   /// INFO and GO: NAME (if asked), DESCRIPTION, BLOCK_SIZE, EXPORT, ACK.
@@ -124,10 +132,12 @@ public struct NBDNegotiator: Sendable {
       NBDEncoding.optionError(&out, option: option, type: type, message: message)
       return .reply(out)
     }
-    guard let maybeName = Self.readString(&payload) else {
-      return error(.invalid, "option '\(optionName)' has unexpected length")
+    let name: String
+    switch Self.readString(&payload) {
+    case .text(let text): name = text
+    case .tooLong(let length): return error(.invalid, "Invalid name length: \(length)")
+    case .truncated: return error(.invalid, "option '\(optionName)' has unexpected length")
     }
-    guard let name = maybeName else { return error(.invalid, "name too long for qemu") }
     guard let count = payload.readInteger(as: UInt16.self),
       payload.readableBytes == Int(count) * 2
     else {
@@ -179,16 +189,22 @@ public struct NBDNegotiator: Sendable {
         .invalid, "request option '\(optionName)' when structured reply is not negotiated")
     }
     let unexpected = "option '\(optionName)' has unexpected length"
-    guard let maybeName = Self.readString(&payload) else { return error(.invalid, unexpected) }
-    guard let name = maybeName else { return error(.invalid, "name too long for qemu") }
+    let name: String
+    switch Self.readString(&payload) {
+    case .text(let text): name = text
+    case .tooLong(let length): return error(.invalid, "Invalid name length: \(length)")
+    case .truncated: return error(.invalid, unexpected)
+    }
     guard let count = payload.readInteger(as: UInt32.self) else {
       return error(.invalid, unexpected)
     }
     var queries: [String] = []
     for _ in 0..<count {
-      guard let maybeQuery = Self.readString(&payload) else { return error(.invalid, unexpected) }
-      guard let query = maybeQuery else { return error(.invalid, "query too long for qemu") }
-      queries.append(query)
+      switch Self.readString(&payload) {
+      case .text(let query): queries.append(query)
+      case .tooLong(let length): return error(.invalid, "Invalid query length: \(length)")
+      case .truncated: return error(.invalid, unexpected)
+      }
     }
     guard payload.readableBytes == 0 else { return error(.invalid, unexpected) }
     guard name == export.name else { return error(.unknown, "export '\(name)' not present") }

