@@ -59,14 +59,17 @@ enum ServeCommand {
     -> Parsed?
   {
     var options = ServeOptions()
+    // glibc's messages and the pointer to --help name the program as invoked.
+    let invokedAs = arguments.first ?? "qemu-nbd"
+    let tryHelp = "Try `\(invokedAs) --help' for more information."
     var parser = Getopt(
-      arguments: ["qemu-nbd"] + arguments.dropFirst(),
+      arguments: [invokedAs] + arguments.dropFirst(),
       options: "hVb:o:p:rsnc:dvk:e:f:tl:x:T:D:AB:L", longOptions: longOptions
     ) { console.writeError($0) }
     var cacheGiven = false
     while let result = parser.next() {
       guard case .option(let key) = result else {
-        reporter.error("Try `qemu-nbd --help' for more information.")
+        reporter.error(tryHelp)
         return nil
       }
       let argument = parser.optarg ?? ""
@@ -143,20 +146,20 @@ enum ServeCommand {
         options.exportName = argument
       case "D":
         guard argument.utf8.count <= 4096 else {
-          reporter.error("description '\(argument)' too long")
+          reporter.error("export description '\(argument)' too long")
           return nil
         }
         options.description = argument
       case "image-opts": options.imageOpts = true
       default:
-        reporter.error("Try `qemu-nbd --help' for more information.")
+        reporter.error(tryHelp)
         return nil
       }
     }
     let operands = parser.operands
     guard operands.count == 1 else {
       reporter.error("Invalid number of arguments")
-      console.writeError("Try `qemu-nbd --help' for more information.\n")
+      console.writeError(tryHelp + "\n")
       return nil
     }
     options.filename = operands.first!
