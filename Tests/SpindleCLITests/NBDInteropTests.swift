@@ -183,4 +183,29 @@ struct NBDInteropTests {
     #expect(termination.status == 0 && !termination.signaled)
     #expect(!FileManager.default.fileExists(atPath: socket))
   }
+
+  /// TCP on 127.0.0.1 (-b, -p): nbdinfo sees the same export from both
+  /// servers, and nbdcopy reads the image's bytes back.
+  @Test func tcpOnLoopback() async throws {
+    let fixture = try ImageFixture()
+    let (qcow2, raw) = try await Self.images(fixture)
+    var outputs: [ToolResult] = []
+    for server in NBDServer.allCases {
+      let port = try NBDSocket.freePort()
+      let running = try await BackgroundNBDServer(
+        server, port: port, options: ["-t", "-f", "qcow2", "-r", qcow2])
+      let uri = "nbd://127.0.0.1:\(port)"
+      outputs.append(try await runNBDClient("nbdinfo", ["--json", uri]).masked(replacing: uri))
+      let out = fixture.path("tcp-\(server).raw")
+      let copied = try await runNBDClient("nbdcopy", [uri, out])
+      #expect(copied.status == 0, "\(server): \(copied)")
+      #expect(
+        try Data(contentsOf: URL(fileURLWithPath: out))
+          == Data(contentsOf: URL(fileURLWithPath: raw)))
+      let termination = await running.terminate()
+      #expect(termination.status == 0 && !termination.signaled, "\(server)")
+    }
+    #expect(outputs[0] == outputs[1])
+    #expect(outputs[1].status == 0)
+  }
 }

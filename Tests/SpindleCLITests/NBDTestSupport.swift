@@ -41,17 +41,33 @@ func runNBDClient(_ tool: String, _ arguments: [String]) async throws -> ToolRes
 /// that cannot start one themselves (qemu-io, qemu-img, raw sockets).
 final class BackgroundNBDServer: @unchecked Sendable {
   let process: ChildProcess
-  let socket: String
+  private(set) var socket: String
   private var ended: ChildProcess.Termination?
 
   /// Starts `server` with `options` and `-k socket`; returns once the
   /// socket accepts connections (a bounded number of attempts).
-  init(_ server: NBDServer, socket: String, options: [String]) async throws {
+  convenience init(_ server: NBDServer, socket: String, options: [String]) async throws {
+    try await self.init(server, listen: ["-k", socket], options: options) {
+      try NBDSocket(path: socket)
+    }
     self.socket = socket
-    let command = server.command + ["-k", socket] + options
+  }
+
+  /// Starts `server` with `options` on TCP 127.0.0.1:`port`.
+  convenience init(_ server: NBDServer, port: UInt16, options: [String]) async throws {
+    try await self.init(server, listen: ["-b", "127.0.0.1", "-p", "\(port)"], options: options) {
+      try NBDSocket(port: port)
+    }
+  }
+
+  private init(
+    _ server: NBDServer, listen: [String], options: [String], connect: () throws -> NBDSocket
+  ) async throws {
+    socket = ""
+    let command = server.command + listen + options
     process = try ChildProcess(command[0], Array(command.dropFirst()), defaultSignals: true)
     for _ in 0..<600 {
-      if let connection = try? NBDSocket(path: socket) {
+      if let connection = try? connect() {
         connection.close()
         return
       }
@@ -120,6 +136,44 @@ final class NBDSocket {
     }
     var timeout = timeval(tv_sec: 30, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+  }
+
+  /// Connects to TCP `port` on 127.0.0.1; throws when nobody listens.
+  init(port: UInt16) throws {
+    fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw POSIXError(.EIO) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = port.bigEndian
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    let status = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+      }
+    }
+    guard status == 0 else {
+      let code = errno
+      Glibc.close(fd)
+      throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
+    }
+  }
+
+  /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0,
+  /// then released).
+  static func freePort() throws -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { Glibc.close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let status = withUnsafeMutablePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        bind(fd, $0, length) == 0 ? getsockname(fd, $0, &length) : -1
+      }
+    }
+    guard status == 0 else { throw POSIXError(.EADDRINUSE) }
+    return UInt16(bigEndian: address.sin_port)
   }
 
   deinit { close() }
