@@ -45,7 +45,8 @@ final class BackgroundNBDServer: @unchecked Sendable {
   private var ended: ChildProcess.Termination?
 
   /// Starts `server` with `options` and `-k socket`; returns once the
-  /// socket accepts connections (a bounded number of attempts).
+  /// socket accepts connections (polled every 50 ms, at most 60 s: the
+  /// socket exists only once the server listens, as for qemu-nbd).
   convenience init(_ server: NBDServer, socket: String, options: [String]) async throws {
     try await self.init(server, listen: ["-k", socket], options: options) {
       try NBDSocket(path: socket)
@@ -66,7 +67,7 @@ final class BackgroundNBDServer: @unchecked Sendable {
     socket = ""
     let command = server.command + listen + options
     process = try ChildProcess(command[0], Array(command.dropFirst()), defaultSignals: true)
-    for _ in 0..<600 {
+    for _ in 0..<1200 {
       if let connection = try? connect() {
         connection.close()
         return
@@ -76,6 +77,14 @@ final class BackgroundNBDServer: @unchecked Sendable {
     process.send(SIGKILL)
     _ = await process.wait()
     throw POSIXError(.ETIMEDOUT)
+  }
+
+  /// A server the test did not end (it failed early) is killed and reaped.
+  deinit {
+    guard ended == nil else { return }
+    kill(process.pid, SIGKILL)
+    var status: Int32 = 0
+    while waitpid(process.pid, &status, 0) < 0 && errno == EINTR {}
   }
 
   /// Waits for the server to end by itself (bounded: killed after 60 s).
