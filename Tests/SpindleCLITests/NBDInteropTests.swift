@@ -208,4 +208,36 @@ struct NBDInteropTests {
     #expect(outputs[0] == outputs[1])
     #expect(outputs[1].status == 0)
   }
+
+  /// `--image-opts`: the image named by an option string.
+  @Test func nbdinfoJSONWithImageOpts() async throws {
+    let fixture = try ImageFixture()
+    let (qcow2, _) = try await Self.images(fixture)
+    try await compare(
+      "nbdinfo", ["--json"], options: ["--image-opts", "driver=qcow2,file.filename=\(qcow2)"])
+  }
+
+  /// A read-only export (-r): qemu-io refuses to open it for writing, as
+  /// with qemu-nbd; the non-persistent server then ends by itself.
+  @Test func readOnlyExportIsOpenedReadOnly() async throws {
+    let fixture = try ImageFixture()
+    let (qcow2, _) = try await Self.images(fixture)
+    var results: [ToolResult] = []
+    for server in NBDServer.allCases {
+      let socket = fixture.path("\(server).sock")
+      let running = try await BackgroundNBDServer(
+        server, socket: socket, options: ["-r", "-f", "qcow2", qcow2])
+      let result = try await runNBDClient(
+        "qemu-io",
+        [
+          "-f", "raw", "-c", "write -P 1 0 512", "-c", "write -z 0 64k", "-c", "discard 0 64k",
+          "-c", "read -P 0xab 0 512", "nbd+unix:///?socket=\(socket)",
+        ])
+      results.append(result.masked(replacing: socket))
+      let termination = await running.waitForExit()
+      #expect(termination.status == 0 && !termination.signaled, "\(server)")
+    }
+    #expect(results[0] == results[1])
+    #expect(results[1].error.contains("Could not open image: Permission denied"), "\(results[1])")
+  }
 }
