@@ -175,7 +175,9 @@ public final class NBDServer {
   private func takeSlot() async -> Bool {
     if stopping { return false }
     if shared > 0 && active >= shared {
-      guard await withCheckedContinuation({ slotWaiters.append($0) }) else { return false }
+      guard await withCheckedContinuation({ slotWaiters.append($0) }), !stopping else {
+        return false
+      }
     }
     active += 1
     return true
