@@ -70,6 +70,11 @@ final class NBDConnection {
     }
   }
 
+  /// qemu-nbd's message for a client that left in the middle of a request.
+  private func reportEndOfFile() {
+    report("Disconnect client, due to: Unexpected end-of-file before all bytes were read")
+  }
+
   /// Handles one request and writes its whole reply at once (replies of
   /// requests in flight never interleave).
   private static func answer(
@@ -93,7 +98,10 @@ final class NBDConnection {
       var inFlight = 0
       do {
         while true {
-          guard var bytes = try await reader.read(NBDRequest.size) else { break }
+          guard var bytes = try await reader.read(NBDRequest.size) else {
+            if reader.endedMidMessage { reportEndOfFile() }
+            break
+          }
           let request = NBDRequest.decode(&bytes)!
           let check = NBDRequestValidation.check(
             request, exportSize: export.size, readOnly: export.readOnly,
@@ -103,7 +111,10 @@ final class NBDConnection {
           case .disconnect:
             return
           case .reject(let error, let message, let payloadFollows, let fatal):
-            if payloadFollows, try await !reader.skip(Int(request.length)) { return }
+            if payloadFollows, try await !reader.skip(Int(request.length)) {
+              reportEndOfFile()
+              return
+            }
             let reply = handler.errorReply(cookie: request.cookie, error: error, message: message)
             try await outbound.write(reply)
             if fatal {
@@ -112,7 +123,10 @@ final class NBDConnection {
             }
             continue
           case .valid(.write):
-            guard let data = try await reader.read(Int(request.length)) else { return }
+            guard let data = try await reader.read(Int(request.length)) else {
+              reportEndOfFile()
+              return
+            }
             payload = data
           case .valid:
             break

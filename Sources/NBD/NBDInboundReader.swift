@@ -5,6 +5,8 @@ import NIOCore
 struct NBDInboundReader {
   private var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
   private var pending = ByteBuffer()
+  /// Whether the peer closed after sending part of what the last read wanted.
+  private(set) var endedMidMessage = false
 
   init(_ inbound: NIOAsyncChannelInboundStream<ByteBuffer>) {
     iterator = inbound.makeAsyncIterator()
@@ -15,7 +17,10 @@ struct NBDInboundReader {
     -> ByteBuffer?
   {
     while pending.readableBytes < count {
-      guard var more = try await iterator.next(isolation: isolation) else { return nil }
+      guard var more = try await iterator.next(isolation: isolation) else {
+        endedMidMessage = pending.readableBytes > 0
+        return nil
+      }
       if pending.readableBytes == 0 {
         pending = more
       } else {

@@ -83,7 +83,8 @@ public struct NBDOptionHeader: Sendable, Equatable {
   public var fatalProblem: String? {
     if magic != NBDProtocol.optionMagic { return "Bad magic received" }
     if length > NBDProtocol.maxBufferSize {
-      return "len (\(length)) is larger than max len (\(NBDProtocol.maxBufferSize))"
+      // qemu-nbd 7.2's text has this stray space.
+      return "len (\(length) ) is larger than max len (\(NBDProtocol.maxBufferSize))"
     }
     return nil
   }

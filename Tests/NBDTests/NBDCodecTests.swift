@@ -76,7 +76,7 @@ import Testing
     #expect(header(magic: 0x1234, length: 0).fatalProblem == "Bad magic received")
     #expect(
       header(magic: NBDProtocol.optionMagic, length: (32 << 20) + 1).fatalProblem
-        == "len (33554433) is larger than max len (33554432)")
+        == "len (33554433 ) is larger than max len (33554432)")
   }
 }
 
