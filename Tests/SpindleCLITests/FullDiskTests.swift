@@ -219,4 +219,42 @@ struct FullDiskTests {
     try await Self.expectPatterns(
       overlay, [(9, "0", "3M"), (0, "3M", "512k"), (6, "3584k", "256k")])
   }
+
+  /// Fills the filesystem holding `directory` with a file of zeroes until
+  /// `bytes` remain free.
+  static func fill(_ directory: String, leaving bytes: Int) throws {
+    var stats = statvfs()
+    #expect(statvfs(directory, &stats) == 0)
+    let available = Int(stats.f_bavail) * Int(stats.f_frsize)
+    #expect(available > bytes, "only \(available) bytes free")
+    try Data(count: max(0, available - bytes)).write(
+      to: URL(fileURLWithPath: "\(directory)/filler"))
+  }
+
+  /// `amend -o refcount_bits=64` with 32 KiB left, too little for the new
+  /// refcount blocks: qemu-img's "Failed to write refblock: No space left on
+  /// device" and exit status, the image unchanged (16-bit refcounts, its
+  /// data) and, as QEMU leaves it, without leaked clusters.
+  @Test func amendRunsOutOfSpace() async throws {
+    let run = try await Self.run("qemu-img", ["amend", "-o", "refcount_bits=64", "FS/a.qcow2"]) {
+      directory in
+      let image = "\(directory)/a.qcow2"
+      try await qemuImg(["create", "-q", "-f", "qcow2", image, "4M"])
+      let write = try await runProcess("qemu-io", ["-c", "write -P 4 0 1M", image])
+      #expect(write.status == 0, "\(write)")
+      try Self.fill(directory, leaving: 32 << 10)
+    }
+    defer { run.unmount() }
+    #expect(run.spindle == run.qemu, "\(run)")
+    #expect(run.spindle.status == 1)
+    let image = run.spindleDisk.path("a.qcow2")
+    let check = try await runProcess("qemu-img", ["check", image])
+    let qemuCheck = try await runProcess("qemu-img", ["check", run.qemuDisk.path("a.qcow2")])
+    #expect(check.status == 0, "\(check)")
+    #expect(
+      check.masked(replacing: image) == qemuCheck.masked(replacing: run.qemuDisk.path("a.qcow2")))
+    let info = try await runProcess("qemu-img", ["info", image])
+    #expect(info.output.contains("refcount bits: 16"), "\(info)")
+    try await Self.expectPatterns(image, [(4, "0", "1M")])
+  }
 }
