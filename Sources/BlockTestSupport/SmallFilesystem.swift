@@ -31,7 +31,8 @@ public final class SmallFilesystem: @unchecked Sendable {
   /// Mounts a tmpfs of `kibibytes` KiB (a multiple of the page size) on a
   /// new directory under the temporary directory.
   public init(kibibytes: Int) throws {
-    var template = Array("\(NSTemporaryDirectory())/spindle-full-XXXXXX".utf8CString)
+    let temporary = FileManager.default.temporaryDirectory.path
+    var template = Array("\(temporary)/spindle-full-XXXXXX".utf8CString)
     guard let made = mkdtemp(&template) else {
       throw MountError(code: errno, description: "mkdtemp: \(String(cString: strerror(errno)))")
     }
