@@ -130,11 +130,6 @@ extension Qcow2Driver {
         try await file.truncate(
           to: allocationStart + dataClusters * clusterSize, exact: false, preallocation: mode)
       } catch let error as BlockError {
-        // As QEMU does, the data clusters are given back (a full disk may
-        // refuse that too: they then leak, which check repairs).
-        let freed = try? await refcounts.free(
-          offset: allocationStart, bytes: dataClusters * clusterSize, file: file)
-        for offset in freed ?? [] { l2Cache.remove(at: offset) }
         throw BlockError(error.code, "Failed to resize underlying file: \(error)")
       }
       var offset = start
