@@ -123,6 +123,10 @@ struct FullDiskTests {
     try await Self.expectConsistent(image)
     try await Self.expectPatterns(
       image, [(5, "0", "64k"), (1, "64k", "448k"), (2, "512k", "1M")])
+    // The failed writes left nothing behind, as in QEMU's image.
+    let compare = try await runProcess(
+      "qemu-img", ["compare", run.qemuDisk.path("a.qcow2"), image])
+    #expect(compare.status == 0, "\(compare)")
   }
 
   /// `convert` of 4 MiB of data onto 3 MiB (the first 2 MiB chunk fits
