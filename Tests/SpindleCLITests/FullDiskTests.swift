@@ -4,14 +4,16 @@ import Testing
 
 /// Spindle on a filesystem that really fills: a small tmpfs (see
 /// ``SmallFilesystem``) runs out of space under qcow2 allocating writes,
-/// convert, create and resize with preallocation, and commit. The real QEMU
-/// tool runs the same command on an identical tmpfs and is the oracle for
-/// the messages and exit statuses; afterwards every image left behind must
-/// pass `qemu-img check` (leaks allowed) and keep the data that was written
-/// and flushed before the disk filled.
+/// convert, create and resize with preallocation, commit and amend (see
+/// docs/reliability.md). The real QEMU tool runs the same command on an
+/// identical tmpfs and is the oracle for the messages and exit statuses;
+/// afterwards every image left behind must pass `qemu-img check` (leaks
+/// allowed) and keep the data that was written and flushed before the disk
+/// filled.
 @Suite(.requiresMounting, .requires("qemu-img", "qemu-io"))
 struct FullDiskTests {
-  /// The tmpfs size of every test: 2 MiB, against 4 MiB of data.
+  /// The tmpfs size of the tests (convert uses 3 MiB): 2 MiB, against up to
+  /// 4 MiB of data.
   static let filesystemKiB = 2048
 
   /// One command run by the real tool and by Spindle (in-process, invoked
@@ -55,7 +57,7 @@ struct FullDiskTests {
       setup: setup)
   }
 
-  /// ``run(_:_:setup:)`` with the arguments made from each mount directory.
+  /// ``run(_:_:kibibytes:setup:)`` with the arguments made from each mount directory.
   static func run(
     _ tool: String, kibibytes: Int = filesystemKiB, _ arguments: (String) -> [String],
     setup: (String) async throws -> Void = { _ in }
