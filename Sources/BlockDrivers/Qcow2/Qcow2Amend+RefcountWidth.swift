@@ -7,7 +7,9 @@ extension Qcow2Driver {
   /// new-width range with a cluster in use and a new refcount table, until
   /// nothing more needs allocating; then writes the new blocks and table,
   /// switches the header and frees the old structure. Call with the
-  /// metadata lock held.
+  /// metadata lock held. A failure before the switch (a full disk) frees
+  /// the new structure again and reports QEMU's wording ("Failed to write
+  /// refblock: No space left on device").
   func changeRefcountWidth(
     _ node: BlockNode, file: BlockNode, order: UInt32, status: Qcow2AmendProgress
   ) async throws {
@@ -22,50 +24,73 @@ extension Qcow2Driver {
     var newTable: [UInt64] = []
     var newTableOffset: Int64 = 0
     var allocatedTableEntries = 0
-    var allocated: Bool
-    var walkIndex = 0
-    repeat {
-      allocated = false
-      let totalWalks = max(walkIndex + 2, 3)
-      defer { walkIndex += 1 }
-      try await walk.run(filling: false, walk: walkIndex, of: totalWalks) { index, _, empty in
-        guard !empty else { return }
-        if index >= newTable.count {
-          let perCluster = Int(clusterSize / 8)
-          let size = (index + 1 + perCluster - 1) / perCluster * perCluster
-          if UInt64(size) > Qcow2Header.maxRefcountTableBytes / 8 {
-            throw BlockError(
-              .notSupported,
-              "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting"
-            )
+    do {
+      var allocated: Bool
+      var walkIndex = 0
+      repeat {
+        allocated = false
+        let totalWalks = max(walkIndex + 2, 3)
+        defer { walkIndex += 1 }
+        try await walk.run(filling: false, walk: walkIndex, of: totalWalks) { index, _, empty in
+          guard !empty else { return }
+          if index >= newTable.count {
+            let perCluster = Int(clusterSize / 8)
+            let size = (index + 1 + perCluster - 1) / perCluster * perCluster
+            if UInt64(size) > Qcow2Header.maxRefcountTableBytes / 8 {
+              throw BlockError(
+                .notSupported,
+                "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting"
+              )
+            }
+            newTable += [UInt64](repeating: 0, count: size - newTable.count)
           }
-          newTable += [UInt64](repeating: 0, count: size - newTable.count)
+          if newTable[index] == 0 {
+            newTable[index] = UInt64(
+              try await Self.failing("Failed to allocate refblock") {
+                try await old.allocate(clusters: 1, file: file)
+              })
+            allocated = true
+          }
         }
-        if newTable[index] == 0 {
-          newTable[index] = UInt64(try await old.allocate(clusters: 1, file: file))
-          allocated = true
+        if allocated {
+          if newTableOffset != 0 {
+            _ = try await old.free(
+              offset: newTableOffset, bytes: Int64(allocatedTableEntries) * 8, file: file)
+            newTableOffset = 0
+          }
+          let clusters = (Int64(newTable.count) * 8 + clusterSize - 1) / clusterSize
+          newTableOffset = try await Self.failing("Failed to allocate the new reftable") {
+            try await old.allocate(clusters: clusters, file: file)
+          }
+          allocatedTableEntries = newTable.count
         }
-      }
-      if allocated {
-        if newTableOffset != 0 {
-          _ = try await old.free(
-            offset: newTableOffset, bytes: Int64(allocatedTableEntries) * 8, file: file)
-        }
-        let clusters = (Int64(newTable.count) * 8 + clusterSize - 1) / clusterSize
-        newTableOffset = try await old.allocate(clusters: clusters, file: file)
-        allocatedTableEntries = newTable.count
-      }
-    } while allocated
-    try await file.flush()
+      } while allocated
+      try await file.flush()
 
-    try await walk.run(filling: true, walk: walkIndex, of: walkIndex + 1) { index, block, _ in
-      guard index < newTable.count, newTable[index] != 0 else { return }
-      try await file.write(at: Int64(newTable[index]), bytes: block.bytes)
+      try await walk.run(filling: true, walk: walkIndex, of: walkIndex + 1) { index, block, _ in
+        guard index < newTable.count, newTable[index] != 0 else { return }
+        try await Self.failing("Failed to write refblock") {
+          try await file.write(at: Int64(newTable[index]), bytes: block.bytes)
+        }
+      }
+      var tableBytes = [UInt8](repeating: 0, count: newTable.count * 8)
+      for (index, entry) in newTable.enumerated() { tableBytes.setUInt64(entry, at: index * 8) }
+      try await Self.failing("Failed to write the new reftable") {
+        try await file.write(at: newTableOffset, bytes: tableBytes)
+      }
+      try await Self.failing("Failed to flush the refblock cache") { try await file.flush() }
+    } catch {
+      // As QEMU does, the new structure is given back to the old one (which
+      // is still the image's): a failed change leaks nothing.
+      for entry in newTable where entry != 0 {
+        _ = try? await old.free(offset: Int64(entry), bytes: clusterSize, file: file)
+      }
+      if newTableOffset != 0 {
+        _ = try? await old.free(
+          offset: newTableOffset, bytes: Int64(allocatedTableEntries) * 8, file: file)
+      }
+      throw error
     }
-    var tableBytes = [UInt8](repeating: 0, count: newTable.count * 8)
-    for (index, entry) in newTable.enumerated() { tableBytes.setUInt64(entry, at: index * 8) }
-    try await file.write(at: newTableOffset, bytes: tableBytes)
-    try await file.flush()
 
     let oldTable = old.table
     try await rewriteHeader(file) { header in
@@ -82,6 +107,20 @@ extension Qcow2Driver {
     }
     _ = try await new.free(offset: oldTableOffset, bytes: Int64(oldTable.count) * 8, file: file)
     try await file.flush()
+  }
+}
+
+extension Qcow2Driver {
+  /// Runs `body`; a ``BlockError`` it throws is reworded as QEMU's
+  /// `error_setg_errno(errp, -ret, what)`: "what: strerror".
+  fileprivate static func failing<T>(_ what: String, _ body: () async throws -> T)
+    async throws -> T
+  {
+    do {
+      return try await body()
+    } catch let error as BlockError {
+      throw BlockError(error.code, "\(what): \(error.codeDescription)")
+    }
   }
 }
 

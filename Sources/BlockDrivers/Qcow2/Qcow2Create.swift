@@ -96,6 +96,15 @@ public enum Qcow2Create {
         try await driver.preallocate(
           node, from: 0, to: options.size, mode: options.preallocation)
       }
+    } catch let error as BlockError {
+      await node.close()
+      // QEMU's qcow2_co_create words a failed truncate so.
+      throw BlockError(error.code, "Could not resize image: \(error)")
+    } catch {
+      await node.close()
+      throw error
+    }
+    do {
       if options.dataFileRaw, let driver = node.driver as? Qcow2Driver {
         try await driver.mapWholeDataFile(node)
       }

@@ -7,7 +7,8 @@ extension Qcow2Driver {
   /// data, and extends the file to the last cluster (QEMU's
   /// `preallocate_co`); `falloc` and `full` lay out new refcount structures
   /// after the last used cluster, the data clusters right after them,
-  /// allocate those in the file with the same mode, then map them.
+  /// allocate those in the file with the same mode (an error then is
+  /// QEMU's "Failed to resize underlying file: ..."), then map them.
   func preallocate(
     _ node: BlockNode, from start: Int64, to end: Int64, mode: PreallocationMode
   ) async throws {
@@ -125,8 +126,12 @@ extension Qcow2Driver {
         throw BlockError(.ioError, "qcow2: the preallocated area is not free")
       }
       try await file.flush()
-      try await file.truncate(
-        to: allocationStart + dataClusters * clusterSize, exact: false, preallocation: mode)
+      do {
+        try await file.truncate(
+          to: allocationStart + dataClusters * clusterSize, exact: false, preallocation: mode)
+      } catch let error as BlockError {
+        throw BlockError(error.code, "Failed to resize underlying file: \(error)")
+      }
       var offset = start
       var host = allocationStart
       while offset < end {

@@ -18,7 +18,8 @@ import BlockDrivers
 /// (which implies `-d`), the image is emptied (``Qcow2Driver/makeEmpty(_:)``).
 /// The base, opened read-only with the chain, is reopened writable in place.
 /// `-r` limits the bytes copied per second as QEMU's commit job does
-/// (``RateLimiter``).
+/// (``RateLimiter``). An error while copying is reported as QEMU's job
+/// reports it: "Block job failed: " and the errno's text.
 @BlockActor
 enum CommitTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -136,6 +137,10 @@ enum CommitTool: ImageSubcommand {
     } catch {
       parent.detach(role: .backing)
       await base.close()
+      // QEMU's job callback (common_block_job_cb) keeps only the errno.
+      if let error = error as? BlockError {
+        throw ImageCopier.Failure(message: "Block job failed: \(error.codeDescription)")
+      }
       throw error
     }
     // The chain below the top is done with; a closed child would leave the
