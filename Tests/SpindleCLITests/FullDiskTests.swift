@@ -210,16 +210,20 @@ struct FullDiskTests {
     func top(_ directory: String) -> String {
       fixture.path("top-\((directory as NSString).lastPathComponent).qcow2")
     }
-    let run = try await Self.run("qemu-img", { ["commit", top($0)] }) { directory in
-      let base = "\(directory)/base.qcow2"
-      try await qemuImg(["create", "-q", "-f", "qcow2", base, "4M"])
-      let fill = try await runProcess(
-        "qemu-io", ["-c", "write -P 1 0 256k", "-c", "write -P 6 3584k 256k", base])
-      #expect(fill.status == 0, "\(fill)")
-      try await qemuImg(["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top(directory)])
-      let write = try await runProcess("qemu-io", ["-c", "write -P 9 0 3M", top(directory)])
-      #expect(write.status == 0, "\(write)")
-    }
+    let run = try await Self.run(
+      "qemu-img", { ["commit", top($0)] },
+      setup: { directory in
+        let base = "\(directory)/base.qcow2"
+        try await qemuImg(["create", "-q", "-f", "qcow2", base, "4M"])
+        let fill = try await runProcess(
+          "qemu-io", ["-c", "write -P 1 0 256k", "-c", "write -P 6 3584k 256k", base])
+        #expect(fill.status == 0, "\(fill)")
+        try await qemuImg([
+          "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top(directory),
+        ])
+        let write = try await runProcess("qemu-io", ["-c", "write -P 9 0 3M", top(directory)])
+        #expect(write.status == 0, "\(write)")
+      })
     defer { run.unmount() }
     #expect(run.spindle == run.qemu, "\(run)")
     #expect(run.spindle.status == 1)
