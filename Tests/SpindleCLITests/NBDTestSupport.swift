@@ -126,7 +126,7 @@ final class NBDSocket {
     address.sun_family = sa_family_t(AF_UNIX)
     let bytes = Array(path.utf8)
     guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-      Glibc.close(fd)
+      close()  // a throwing init still runs deinit: close exactly once
       throw POSIXError(.ENAMETOOLONG)
     }
     withUnsafeMutableBytes(of: &address.sun_path) { raw in
@@ -140,7 +140,7 @@ final class NBDSocket {
     }
     guard status == 0 else {
       let code = errno
-      Glibc.close(fd)
+      close()  // a throwing init still runs deinit: close exactly once
       throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
     }
     var timeout = timeval(tv_sec: 30, tv_usec: 0)
@@ -162,7 +162,7 @@ final class NBDSocket {
     }
     guard status == 0 else {
       let code = errno
-      Glibc.close(fd)
+      close()  // a throwing init still runs deinit: close exactly once
       throw POSIXError(POSIXErrorCode(rawValue: code) ?? .EIO)
     }
   }
