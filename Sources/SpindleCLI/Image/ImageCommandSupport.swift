@@ -48,20 +48,31 @@ func openImage(_ filename: String, imageOpts: Bool, spec: ImageSpec, reporter: R
   } else {
     spec.filename = filename
   }
-  let console = reporter.console
-  spec.diagnostics = { console.writeError($0) }
-  let reporter = reporter
-  spec.errorReport = { reporter.error($0) }
   do {
-    let backend = try await openBackend(spec)
-    if warnsAboutProbedRaw(spec, backend) {
-      reporter.console.writeError(probedRawWarning(filename))
-    }
-    return backend
+    return try await openReporting(spec, named: filename, reporter: reporter)
   } catch {
     reporter.error("Could not open '\(filename)': \(errorMessage(error))")
     return nil
   }
+}
+
+/// Opens `spec` with the driver's diagnostics and error reports going to
+/// `reporter`'s console, and prints QEMU's warning when a writable image
+/// named `filename` was probed as raw. The tools print their own message
+/// for a failure.
+@BlockActor
+func openReporting(_ spec: ImageSpec, named filename: String, reporter: Reporter) async throws
+  -> BlockBackend
+{
+  var spec = spec
+  let console = reporter.console
+  spec.diagnostics = { console.writeError($0) }
+  spec.errorReport = { reporter.error($0) }
+  let backend = try await openBackend(spec)
+  if warnsAboutProbedRaw(spec, backend) {
+    console.writeError(probedRawWarning(filename))
+  }
+  return backend
 }
 
 extension Reporter {

@@ -92,16 +92,8 @@ struct ServeRunner {
     } else {
       spec.filename = options.filename
     }
-    let console = reporter.console
-    spec.diagnostics = { console.writeError($0) }
-    let reporter = reporter
-    spec.errorReport = { reporter.error($0) }
     do {
-      let backend = try await openBackend(spec)
-      if warnsAboutProbedRaw(spec, backend) {
-        console.writeError(probedRawWarning(options.filename))
-      }
-      return backend
+      return try await openReporting(spec, named: options.filename, reporter: reporter)
     } catch {
       reporter.error(
         "Failed to blk_new_open '\(options.filename)': \(errorMessage(error))"
