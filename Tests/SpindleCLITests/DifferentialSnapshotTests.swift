@@ -107,10 +107,14 @@ import Testing
   enum Step: Sendable, CustomStringConvertible {
     case io(String)
     case snapshot([String])
+    /// A qemu-img command run by qemu-img on both images (`IMG` stands for
+    /// the image).
+    case qemuImg([String])
     var description: String {
       switch self {
       case .io(let command): "qemu-io \(command)"
       case .snapshot(let arguments): "snapshot \(arguments.joined(separator: " "))"
+      case .qemuImg(let arguments): "qemu-img \(arguments.joined(separator: " "))"
       }
     }
   }
@@ -138,6 +142,9 @@ import Testing
     .io("write -P 4 1M 64k"), .snapshot(["-c", "c"]), .io("discard 0 64k"),
     .snapshot(["-d", "b"]), .snapshot(["-a", "c"]), .io("write -z 1M 32k"),
     .snapshot(["-d", "a"]), .snapshot(["-c", "a"]), .snapshot(["-a", "1"]),
+    // Applying a snapshot taken at another disk size resizes the disk.
+    .qemuImg(["resize", "IMG", "3M"]), .io("write -P 5 2M 64k"), .snapshot(["-c", "big"]),
+    .snapshot(["-a", "a"]), .snapshot(["-a", "big"]), .snapshot(["-d", "big"]),
     .snapshot(["-d", "c"]), .snapshot(["-d", "a"]),
   ]
 
@@ -155,6 +162,9 @@ import Testing
       case .io(let command):
         try await Self.io(command, qemu)
         try await Self.io(command, spindle)
+      case .qemuImg(let arguments):
+        try await qemuImg(arguments.map { $0 == "IMG" ? qemu : $0 })
+        try await qemuImg(arguments.map { $0 == "IMG" ? spindle : $0 })
       case .snapshot(let arguments):
         let expected = try await runProcess("qemu-img", ["snapshot"] + arguments + [qemu])
         let actual = await runSpindle(["qemu-img", "snapshot"] + arguments + [spindle])

@@ -67,8 +67,8 @@ extension Qcow2Driver {
   {
     let file = try fileNode(node)
     let refcounts = try refcountsForWrite()
+    guard header.snapshotCount < Qcow2Header.maxSnapshots else { throw BlockError(.fileTooLarge) }
     var (entries, tableBytes) = try await snapshotEntries(node)
-    guard entries.count < Qcow2Header.maxSnapshots else { throw BlockError(.fileTooLarge) }
     if hasDataFile { throw BlockError(.notSupported) }
     var created = request
     if created.id.isEmpty { created.id = Self.newSnapshotID(entries) }
@@ -125,9 +125,20 @@ extension Qcow2Driver {
   /// a reference first, then the active L1 table is overwritten with the
   /// snapshot's (flushed), then the clusters the old active table reached
   /// lose theirs (freed ones discarded as snapshot discards), then the
-  /// COPIED flags are set again. ENOENT when there is no such snapshot.
+  /// COPIED flags are set again. A disk whose size differs from the
+  /// snapshot's is resized to it first. ENOENT when there is no such
+  /// snapshot.
   public func applySnapshot(_ node: BlockNode, idOrName: String) async throws {
     try checkUsable()
+    let entries = try await lock.withLock { try await snapshotEntries(node).0 }
+    guard let index = Self.snapshotIndex(entries, idOrName: idOrName) else {
+      throw BlockError(.noSuchFileOrDirectory)
+    }
+    if entries[index].diskSize != header.size {
+      // The disk takes the snapshot's size first (QEMU truncates the same
+      // way, which may shrink an image with snapshots).
+      try await node.truncate(to: Int64(entries[index].diskSize), exact: true)
+    }
     try await node.drained {
       try await lock.withLock { try await applySnapshotLocked(node, idOrName: idOrName) }
     }
@@ -142,8 +153,7 @@ extension Qcow2Driver {
     }
     let snapshot = entries[index]
     if snapshot.diskSize != header.size {
-      errorReport("qcow2: Loading snapshots with different disk size is not implemented")
-      throw BlockError(.notSupported)
+      throw BlockError(.notSupported, "qcow2: the disk was resized while loading a snapshot")
     }
     try validateSnapshotL1(snapshot)
     if Int(snapshot.l1Size) > l1Table.count {
