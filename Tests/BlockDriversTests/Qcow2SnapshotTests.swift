@@ -60,6 +60,31 @@ struct Qcow2SnapshotTests {
     try await QcowTools.io(path, ["read -P 0x11 0 64k"])
   }
 
+  /// The VM state saved before a snapshot belongs to it: the active
+  /// layer's VM state area is discarded (as QEMU's `qcow2_snapshot_create`
+  /// does) and applying the snapshot brings the state back.
+  @Test func vmStateGoesWithTheSnapshot() async throws {
+    let path = try await image("t.qcow2")
+    let node = try await openQcow2(path, readOnly: false)
+    let qcow2 = try #require(node.driver as? Qcow2Driver)
+    let state = IOVector(allocating: 70_000)
+    state.fill(0x5C)
+    try await node.vmstate(at: 0, iov: state, isLoad: false)
+    try await qcow2.createSnapshot(node, Qcow2SnapshotInfo(name: "vm", vmStateSize: 70_000))
+    let active = IOVector(allocating: 70_000)
+    try await node.vmstate(at: 0, iov: active, isLoad: true)
+    #expect(active.toArray() == [UInt8](repeating: 0, count: 70_000))
+    try await qcow2.applySnapshot(node, idOrName: "vm")
+    try await node.vmstate(at: 0, iov: active, isLoad: true)
+    #expect(active.toArray() == [UInt8](repeating: 0x5C, count: 70_000))
+    #expect(try await qcow2.snapshots(node).first?.vmStateSize == 70_000)
+    await node.close()
+    let check = try await QEMUTools.run(QEMUTools.qemuImg, ["check", path])
+    #expect(check.status == 0, "\(check.output)")
+    let list = try await QEMUTools.run(QEMUTools.qemuImg, ["snapshot", "-l", path])
+    #expect(list.output.contains("68.4 KiB"), "\(list.output)")
+  }
+
   @Test func errorsAreQEMUs() async throws {
     let path = try await image("t.qcow2")
     let node = try await openQcow2(path, readOnly: false)
