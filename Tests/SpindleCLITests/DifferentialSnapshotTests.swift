@@ -75,6 +75,12 @@ import Testing
     ["--object", "secret,id=s0,data=x", "-l", "DIR/snaps.qcow2"],
     ["-c", "new", "DIR/snaps.qcow2"], ["-c", "snap1", "DIR/snaps.qcow2"],
     ["-q", "-c", "new", "DIR/snaps.qcow2"], ["-c", "", "DIR/snaps.qcow2"],
+    // qemu-img keeps 255 bytes of a name.
+    [
+      "-c", String(repeating: "é", count: 100) + String(repeating: "x", count: 200),
+      "DIR/snaps.qcow2",
+    ],
+    ["-c", "ñame with spaces", "DIR/snaps.qcow2"],
     ["-c", "new", "DIR/c512.qcow2"], ["-c", "new", "DIR/v2.qcow2"],
     ["--image-opts", "-c", "new", "driver=qcow2,file.filename=DIR/snaps.qcow2"],
     ["-a", "snap1", "DIR/snaps.qcow2"], ["-a", "1", "DIR/snaps.qcow2"],

@@ -86,6 +86,20 @@ enum SnapshotTool: ImageSubcommand {
     return succeeded ? 0 : 1
   }
 
+  /// The name as qemu-img stores it: at most 255 bytes (QEMU copies it
+  /// into `QEMUSnapshotInfo.name`, 256 bytes with the terminator). Spindle
+  /// cuts at a character boundary where QEMU may cut a UTF-8 sequence.
+  static func truncatedName(_ name: String) -> String {
+    var result = ""
+    var bytes = 0
+    for scalar in name.unicodeScalars {
+      bytes += String(scalar).utf8.count
+      guard bytes <= 255 else { break }
+      result.unicodeScalars.append(scalar)
+    }
+    return result
+  }
+
   /// Runs `action` on the image's top node, reporting failures as
   /// qemu-img's `img_snapshot` does; returns whether it succeeded.
   private static func perform(
@@ -106,7 +120,7 @@ enum SnapshotTool: ImageSubcommand {
     case .create(let name):
       do {
         guard let qcow2 else { throw BlockError(.notSupported) }
-        try await qcow2.createSnapshot(node, Qcow2SnapshotInfo(name: name))
+        try await qcow2.createSnapshot(node, Qcow2SnapshotInfo(name: truncatedName(name)))
         return true
       } catch {
         let failure = error as? BlockError ?? BlockError(.ioError)
