@@ -155,7 +155,13 @@ extension Qcow2Driver {
     if snapshot.diskSize != header.size {
       throw BlockError(.notSupported, "qcow2: the disk was resized while loading a snapshot")
     }
-    try validateSnapshotL1(snapshot)
+    do {
+      try validateSnapshotL1(snapshot)
+    } catch let error as BlockError {
+      // QEMU reports the table's problem, then fails with its errno.
+      errorReport(error.message)
+      throw BlockError(error.code)
+    }
     if Int(snapshot.l1Size) > l1Table.count {
       try await growL1Table(node, toAtLeast: Int(snapshot.l1Size))
     }
