@@ -57,6 +57,33 @@ struct Qcow2BitmapLoadTests {
     #expect(idle.dirtyRanges.isEmpty)
     #expect(bitmap.dirtyRanges == (try await Self.qemuDirtyExtents(path, bitmap: "b0")))
     #expect(!bitmap.dirtyRanges.isEmpty)
+    try await expectSameDataClusters(path, bitmap)
+  }
+
+  /// Serialising the loaded bitmap gives the data clusters QEMU stored, and
+  /// no cluster where QEMU's table entry is zero.
+  func expectSameDataClusters(_ path: String, _ bitmap: DirtyBitmap) async throws {
+    let node = try await openQcow2(path)
+    let qcow2 = try #require(node.driver as? Qcow2Driver)
+    let info = try #require(try await qcow2.persistentBitmaps(node).first { $0.name == "b0" })
+    await node.close()
+    let bytes = try contents(of: path)
+    let header = try Qcow2Header.parse(bytes, fileLength: Int64(bytes.count))
+    var stored = 0
+    for index in 0..<Int(info.tableEntries) {
+      let entry = bytes.uint64(at: Int(info.tableOffset) + index * 8)
+      let serialised = bitmap.dataCluster(
+        index, clusterSize: header.clusterSize, diskSize: Int64(header.size))
+      if entry == 0 {
+        #expect(serialised == nil, "cluster \(index)")
+      } else {
+        let offset = Int(entry & 0x00FF_FFFF_FFFF_FE00)
+        stored += 1
+        #expect(
+          serialised == Array(bytes[offset..<offset + Int(header.clusterSize)]), "cluster \(index)")
+      }
+    }
+    #expect(stored > 0, "QEMU stored data clusters")
   }
 
   @Test func inUseBitmapsAreRefused() async throws {
