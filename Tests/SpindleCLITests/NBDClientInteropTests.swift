@@ -1,0 +1,258 @@
+import BlockCore
+import BlockDrivers
+import BlockTestSupport
+import Foundation
+import NBD
+import Testing
+
+/// Spindle's `nbd` client driver against real servers (qemu-nbd 7.2 and
+/// nbdkit, over Unix sockets in a temporary folder), compared with QEMU's
+/// own client (qemu-img and qemu-io 7.2) on the same server or on servers of
+/// identical images.
+@Suite(.requires("qemu-nbd", "qemu-img", "qemu-io"))
+struct NBDClientInteropTests {
+  /// A 16 MiB raw image with data at 0 and 5 MiB and a zeroed range.
+  static func image(_ fixture: ImageFixture, name: String = "a.raw") async throws -> String {
+    let path = fixture.path(name)
+    try await qemuImg(["create", "-q", "-f", "raw", path, "16M"])
+    let written = try await runProcess(
+      "qemu-io",
+      [
+        "-f", "raw", "-c", "write -P 0xab 0 1M", "-c", "write -P 0x5c 5M 192k",
+        "-c", "write -z 8M 1M", path,
+      ])
+    try #require(written.status == 0, "\(written)")
+    return path
+  }
+
+  /// qemu-nbd serving `image` on a socket in `fixture` (persistent unless
+  /// told otherwise).
+  static func qemuNBD(
+    _ fixture: ImageFixture, _ image: String, name: String = "q.sock", options: [String] = ["-t"]
+  ) async throws -> BackgroundNBDServer {
+    try await BackgroundNBDServer(
+      .qemu, socket: fixture.path(name), options: options + ["-f", "raw", image])
+  }
+
+  static func url(_ server: BackgroundNBDServer, export: String = "") -> String {
+    "nbd+unix:///\(export)?socket=\(server.socket)"
+  }
+
+  /// `spindle img ARGS` and `qemu-img ARGS`: same output, same status.
+  func compareImg(_ arguments: [String]) async throws {
+    let spindle = await runSpindle(["qemu-img"] + arguments)
+    let qemu = try await runProcess("qemu-img", arguments)
+    #expect(spindle == qemu, "\(arguments)")
+  }
+
+  @Test func infoOfEveryNameFormMatchesQEMU() async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.qemuNBD(fixture, try await Self.image(fixture))
+    let socket = server.socket
+    for name in [
+      Self.url(server), "nbd+unix://?socket=\(socket)", "nbd:unix:\(socket)",
+      #"json:{"driver":"nbd","server":{"type":"unix","path":"\#(socket)"}}"#,
+      #"json:{"driver":"raw","file":{"driver":"nbd","path":"\#(socket)"}}"#,
+    ] {
+      try await compareImg(["info", name])
+      try await compareImg(["info", "--output=json", name])
+    }
+    try await compareImg(["info", "-f", "nbd", Self.url(server)])
+    try await compareImg([
+      "info", "--image-opts", "driver=nbd,server.type=unix,server.path=\(socket)",
+    ])
+    _ = await server.terminate()
+  }
+
+  @Test func mapMatchesQEMU() async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.qemuNBD(fixture, try await Self.image(fixture))
+    try await compareImg(["map", "--output=json", Self.url(server)])
+    try await compareImg(["map", Self.url(server)])
+    try await compareImg(["map", "--output=json", "-f", "nbd", Self.url(server)])
+    _ = await server.terminate()
+  }
+
+  /// A qemu-nbd without `-t` serves one client and exits: QEMU probes the
+  /// format through the connection it keeps, and so must Spindle.
+  @Test func probingUsesTheOneConnection() async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.qemuNBD(fixture, try await Self.image(fixture), options: [])
+    let spindle = await runSpindle(["qemu-img", "info", Self.url(server)])
+    #expect(spindle.status == 0, "\(spindle)")
+    #expect(spindle.output.contains("file format: raw"))
+    #expect(await server.waitForExit().status == 0)
+  }
+
+  @Test func convertFromAndToNBD() async throws {
+    let fixture = try ImageFixture()
+    let image = try await Self.image(fixture)
+    let server = try await Self.qemuNBD(fixture, image)
+    let copy = fixture.path("copy.qcow2")
+    let converted = await runSpindle(["qemu-img", "convert", "-O", "qcow2", Self.url(server), copy])
+    #expect(converted == ToolResult(status: 0, output: "", error: ""))
+    let same = try await runProcess("qemu-img", ["compare", "-f", "raw", image, copy])
+    #expect(same.status == 0, "\(same)")
+    _ = await server.terminate()
+
+    // Into an export: written through Spindle's client, read back by qemu-img.
+    let target = fixture.path("target.raw")
+    try await qemuImg(["create", "-q", "-f", "raw", target, "16M"])
+    let targetServer = try await Self.qemuNBD(fixture, target, name: "t.sock")
+    let written = await runSpindle([
+      "qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", copy, Self.url(targetServer),
+    ])
+    #expect(written.status == 0, "\(written)")
+    _ = await targetServer.terminate()
+    let back = try await runProcess(
+      "qemu-img", ["compare", "-f", "raw", "-F", "raw", image, target])
+    #expect(back.status == 0, "\(back)")
+  }
+
+  /// The same qemu-io script through Spindle's client and QEMU's, each on
+  /// its own qemu-nbd serving a copy of one image: same output, same bytes.
+  @Test func ioScriptsMatchQEMU() async throws {
+    let fixture = try ImageFixture()
+    let image = try await Self.image(fixture)
+    let mine = try fixture.copy(image, to: "mine.raw")
+    let theirs = try fixture.copy(image, to: "theirs.raw")
+    let script = [
+      "read -P 0xab 0 64k", "read -v 1M 32", "write -P 0x11 4k 8k", "write -P 0x22 -F 64k 4k",
+      "write -z 1M 64k", "write -z -u 2M 64k", "discard 5M 64k", "flush", "read -P 0x11 4k 8k",
+      "read -P 0 1M 64k", "readv -P 0x5c 5M+64k 4k 4k", "map", "aio_write -P 0x33 3M 4k",
+      "aio_flush", "read -P 0x33 3M 4k", "write 16M 512", "read 15M 2M",
+    ]
+    let arguments = script.flatMap { ["-c", $0] } + ["-f", "raw"]
+    let mineServer = try await Self.qemuNBD(fixture, mine, name: "m.sock")
+    let theirsServer = try await Self.qemuNBD(fixture, theirs, name: "t.sock")
+    let spindle = await runSpindle(["qemu-io"] + arguments + [Self.url(mineServer)])
+    let qemu = try await runProcess("qemu-io", arguments + [Self.url(theirsServer)])
+    #expect(spindle.masked() == qemu.masked())
+    _ = await mineServer.terminate()
+    _ = await theirsServer.terminate()
+    let same = try await runProcess(
+      "qemu-img", ["compare", "-f", "raw", "-F", "raw", mine, theirs])
+    #expect(same.status == 0, "\(same)")
+  }
+
+  /// A qcow2 overlay whose backing file is an NBD URL.
+  @Test func overlayOnAnNBDBackingFile() async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.qemuNBD(fixture, try await Self.image(fixture))
+    var results: [ToolResult] = []
+    for tool in ["spindle", "qemu"] {
+      let overlay = fixture.path("\(tool).qcow2")
+      try await qemuImg([
+        "create", "-q", "-f", "qcow2", "-b", Self.url(server), "-F", "raw", overlay,
+      ])
+      let script = [
+        "-c", "read -P 0xab 0 1M", "-c", "write -P 0x77 0 4k", "-c", "read -P 0x5c 5M 4k",
+        "-c", "read -P 0x77 0 4k", "-c", "map",
+      ]
+      results.append(
+        tool == "spindle"
+          ? await runSpindle(["qemu-io"] + script + [overlay])
+          : try await runProcess("qemu-io", script + [overlay]))
+      #expect(results.last?.status == 0, "\(results.last!)")
+    }
+    #expect(results[0].masked() == results[1].masked())
+    try await compareImg(["info", "--backing-chain", fixture.path("qemu.qcow2")])
+    _ = await server.terminate()
+  }
+
+  @Test func errorsMatchQEMU() async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.qemuNBD(
+      fixture, try await Self.image(fixture), options: ["-t", "-x", "exp"])
+    let readOnly = try await Self.qemuNBD(
+      fixture, fixture.path("a.raw"), name: "r.sock", options: ["-t", "-r"])
+    for name in [
+      Self.url(server, export: "nope"), "nbd+unix:///?socket=\(fixture.path("none.sock"))",
+      "nbd:unix:\(fixture.path("none.sock")):exportname=e", "nbd://", "nbd+unix:///x",
+      "nbd+unix://h/x?socket=/s", "nbd+unix:///x?socket=/s&foo=1", "nbd://h/x?socket=/s",
+      "nbd:foo", "nbd:", "nbd:localhost", "nbd://:1/", "nbd://localhost:99999/",
+      #"json:{"driver":"nbd"}"#, #"json:{"driver":"nbd","server":{"type":"unix"}}"#,
+      #"json:{"driver":"nbd","path":"/p","host":"h"}"#,
+      #"json:{"driver":"nbd","server":{"type":"bogus"}}"#,
+    ] {
+      try await compareImg(["info", name])
+    }
+    // Writing to a read-only export: the open fails as in QEMU.
+    let arguments = ["-c", "write 0 512", Self.url(readOnly)]
+    let spindle = await runSpindle(["qemu-io"] + arguments)
+    let qemu = try await runProcess("qemu-io", arguments)
+    #expect(spindle == qemu)
+    _ = await server.terminate()
+    _ = await readOnly.terminate()
+  }
+}
+
+/// The client against nbdkit: its error filter injects EIO, its delay
+/// filter makes replies come out of order.
+@Suite(.requires("nbdkit", "qemu-io"))
+struct NBDClientNbdkitTests {
+  static func nbdkit(_ fixture: ImageFixture, _ arguments: [String]) async throws
+    -> BackgroundNBDServer
+  {
+    let socket = fixture.path("k.sock")
+    let path = try #require(ToolLocator.path(of: "nbdkit"))
+    return try await BackgroundNBDServer(
+      command: [path, "-f", "-U", socket] + arguments, socket: socket)
+  }
+
+  @Test func memoryPluginReadWriteMatchesQEMU() async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.nbdkit(fixture, ["memory", "16M"])
+    let url = "nbd+unix:///?socket=\(server.socket)"
+    let script = [
+      "-c", "write -P 0x5a 0 64k", "-c", "write -z 64k 64k", "-c", "discard 0 4k", "-c",
+      "read -P 0x5a 4k 60k", "-c", "map", "-c", "flush",
+    ]
+    let spindle = await runSpindle(["qemu-io", "-f", "raw"] + script + [url])
+    let qemu = try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
+    #expect(spindle.masked() == qemu.masked())
+    _ = await server.terminate()
+  }
+
+  @Test func injectedErrorsMatchQEMU() async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.nbdkit(
+      fixture,
+      [
+        "--filter=error", "memory", "16M", "error-pread=EIO", "error-pread-rate=1",
+        "error-pwrite=ENOSPC", "error-pwrite-rate=1",
+      ])
+    let url = "nbd+unix:///?socket=\(server.socket)"
+    let script = ["-c", "read 0 512", "-c", "write 0 512", "-c", "write -z 0 512"]
+    let spindle = await runSpindle(["qemu-io", "-f", "raw"] + script + [url])
+    let qemu = try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
+    #expect(spindle.masked() == qemu.masked())
+    #expect(spindle.output.contains("read failed: Input/output error"))
+    _ = await server.terminate()
+  }
+
+  /// Reads held back by the server (delay filter) answer after a write sent
+  /// later: replies are matched by cookie, not by order.
+  @BlockActor
+  @Test func repliesOutOfOrderAreMatchedByCookie() async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.nbdkit(fixture, ["--filter=delay", "memory", "16M", "rdelay=2"])
+    NBDClient.register()
+    let node = try await ImageOpener.open(
+      filename: "nbd+unix:///?socket=\(server.socket)", format: "nbd")
+    var order: [String] = []
+    let read = Task { @BlockActor in
+      _ = try await node.read(at: 0, count: 4096)
+      order.append("read")
+    }
+    // Let the read go out first.
+    await Task.yield()
+    try await node.write(at: 8192, bytes: [UInt8](repeating: 7, count: 4096))
+    order.append("write")
+    try await read.value
+    #expect(order == ["write", "read"])
+    #expect(try await node.read(at: 8192, count: 4096) == [UInt8](repeating: 7, count: 4096))
+    await node.close()
+    _ = await server.terminate()
+  }
+}
