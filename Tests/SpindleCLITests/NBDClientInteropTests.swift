@@ -256,3 +256,73 @@ struct NBDClientNbdkitTests {
     _ = await server.terminate()
   }
 }
+
+/// `reconnect-delay` and `open-timeout` (QEMU 7.2's semantics) against an
+/// nbdkit that is killed and started again on the same socket.
+@Suite(.requires("nbdkit"))
+@BlockActor
+struct NBDClientReconnectTests {
+  static func nbdkit(_ socket: String) async throws -> BackgroundNBDServer {
+    let path = try #require(ToolLocator.path(of: "nbdkit"))
+    return try await BackgroundNBDServer(
+      command: [path, "-f", "-U", socket, "memory", "16M"], socket: socket)
+  }
+
+  /// Kills the server and removes its socket (nbdkit cannot unlink it
+  /// after SIGKILL).
+  static func kill(_ server: BackgroundNBDServer) async {
+    server.process.send(SIGKILL)
+    _ = await server.waitForExit()
+    unlink(server.socket)
+  }
+
+  func open(_ socket: String, _ options: [String: String]) async throws -> BlockNode {
+    NBDClient.register()
+    var all = DriverOptions(options)
+    all["driver"] = "nbd"
+    all["server.type"] = "unix"
+    all["server.path"] = socket
+    return try await ImageOpener.open(filename: nil, options: all)
+  }
+
+  @Test func requestsWaitForTheNewConnectionWithinTheDelay() async throws {
+    let fixture = try ImageFixture()
+    let socket = fixture.path("k.sock")
+    let first = try await Self.nbdkit(socket)
+    let node = try await open(socket, ["reconnect-delay": "60"])
+    try await node.write(at: 0, bytes: [1, 2, 3, 4])
+    await Self.kill(first)
+    let second = try await Self.nbdkit(socket)
+    // A fresh memory export: the read reaches the new server.
+    #expect(try await node.read(at: 0, count: 4) == [0, 0, 0, 0])
+    try await node.write(at: 512, bytes: [9])
+    #expect(try await node.read(at: 512, count: 1) == [9])
+    await node.close()
+    _ = await second.terminate()
+  }
+
+  @Test func withoutDelayRequestsFailAtOnce() async throws {
+    let fixture = try ImageFixture()
+    let socket = fixture.path("k.sock")
+    let first = try await Self.nbdkit(socket)
+    let node = try await open(socket, [:])
+    #expect(try await node.read(at: 0, count: 4) == [0, 0, 0, 0])
+    await Self.kill(first)
+    let second = try await Self.nbdkit(socket)
+    await #expect(throws: BlockError(.ioError)) { _ = try await node.read(at: 0, count: 4) }
+    await node.close()
+    _ = await second.terminate()
+  }
+
+  @Test func openTimeoutWaitsForTheServer() async throws {
+    let fixture = try ImageFixture()
+    let socket = fixture.path("k.sock")
+    await #expect(throws: BlockError.self) { _ = try await open(socket, [:]) }
+    let opening = Task { @BlockActor in try await open(socket, ["open-timeout": "60"]) }
+    let server = try await Self.nbdkit(socket)
+    let node = try await opening.value
+    #expect(node.length == 16 << 20)
+    await node.close()
+    _ = await server.terminate()
+  }
+}

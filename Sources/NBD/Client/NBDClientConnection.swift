@@ -3,6 +3,10 @@ import NIOCore
 import NIOPosix
 import SystemPackage
 
+/// Thrown for a request that could not be answered because the connection
+/// ended (the server went away, or broke the protocol).
+struct NBDConnectionLost: Error {}
+
 /// One negotiated connection to an NBD server: requests go out as soon as
 /// they are issued, any number in flight, and each reply (simple or
 /// structured, in any order, chunks of different requests interleaved) is
@@ -11,7 +15,7 @@ import SystemPackage
 /// State lives on ``BlockActor``, as every driver's: a reader loop on the
 /// actor decodes replies and resumes the waiting request's continuation. A
 /// protocol violation or a lost connection fails every request in flight
-/// and every later one with EIO.
+/// and every later one with ``NBDConnectionLost``.
 @BlockActor
 final class NBDClientConnection {
   /// What the handshake negotiated.
@@ -126,12 +130,12 @@ final class NBDClientConnection {
   /// Sends a request and waits for its whole reply. A READ's data lands in
   /// `into` (`length` bytes); a BLOCK_STATUS answer is returned. A WRITE
   /// sends `payload`. Errors from the server are thrown as ``BlockError``
-  /// with the errno it sent; a broken connection throws EIO.
+  /// with the errno it sent; a broken connection throws ``NBDConnectionLost``.
   func request(
     _ command: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64, length: UInt32,
     payload: IOVector? = nil, into destination: IOVector? = nil
   ) async throws -> NBDBlockStatusExtent? {
-    guard !broken, !closing else { throw BlockError(.ioError) }
+    guard !broken, !closing else { throw NBDConnectionLost() }
     let cookie = nextCookie
     nextCookie += 1
     let header = NBDRequest(
@@ -153,7 +157,7 @@ final class NBDClientConnection {
       try await outbound.write(buffer)
     } catch {
       if pending.removeValue(forKey: cookie) != nil { fail() }
-      throw BlockError(.ioError)
+      throw NBDConnectionLost()
     }
     return try await entry.outcome()
   }
@@ -186,7 +190,7 @@ final class NBDClientConnection {
     broken = true
     let failed = pending.values
     pending = [:]
-    for entry in failed { entry.finish(.failure(BlockError(.ioError))) }
+    for entry in failed { entry.finish(.failure(NBDConnectionLost())) }
   }
 
   // MARK: Replies

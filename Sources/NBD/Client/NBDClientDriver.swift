@@ -17,19 +17,20 @@ public final class NBDClientDriver: BlockDriver {
   public let config: NBDClientConfig
   /// What the handshake negotiated.
   public let export: NBDNegotiatedExport
-  private let connection: NBDClientConnection
+  private let connection: NBDReconnectingConnection
 
-  private init(config: NBDClientConfig, connection: NBDClientConnection) {
+  private init(config: NBDClientConfig, connection: NBDReconnectingConnection) {
     self.config = config
     self.connection = connection
     export = connection.export
   }
 
-  /// Connects to the server `config` names and negotiates the export.
+  /// Connects to the server `config` names and negotiates the export
+  /// (retrying for `open-timeout` seconds).
   public static func connect(_ config: NBDClientConfig) async throws -> NBDClientDriver {
     let handshake = NBDClientHandshake(
       export: config.export, context: config.dirtyBitmap ?? NBDProtocol.baseAllocation)
-    let connection = try await NBDClientConnection.open(to: config.server, handshake: handshake)
+    let connection = try await NBDReconnectingConnection.open(config, handshake: handshake)
     return NBDClientDriver(config: config, connection: connection)
   }
 
@@ -105,17 +106,21 @@ public final class NBDClientDriver: BlockDriver {
     let inside = max(0, min(length, size - offset))
     if inside < length { iov.fill(0, at: Int(inside), count: Int(length - inside)) }
     guard inside > 0 else { return }
-    _ = try await connection.request(
-      .read, offset: UInt64(offset), length: UInt32(inside),
-      into: inside == length ? iov : iov.slice(0, Int(inside)))
+    _ = try await connection.perform {
+      try await $0.request(
+        .read, offset: UInt64(offset), length: UInt32(inside),
+        into: inside == length ? iov : iov.slice(0, Int(inside)))
+    }
   }
 
   public func write(
     _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector, flags: RequestFlags
   ) async throws {
-    _ = try await connection.request(
-      .write, flags: flags.contains(.fua) ? .fua : [], offset: UInt64(offset),
-      length: UInt32(length), payload: iov)
+    _ = try await connection.perform {
+      try await $0.request(
+        .write, flags: flags.contains(.fua) ? .fua : [], offset: UInt64(offset),
+        length: UInt32(length), payload: iov)
+    }
   }
 
   public func writeZeroes(_ node: BlockNode, offset: Int64, length: Int64, flags: RequestFlags)
@@ -126,20 +131,24 @@ public final class NBDClientDriver: BlockDriver {
     if flags.contains(.fua) { command.insert(.fua) }
     if !flags.contains(.mayUnmap) { command.insert(.noHole) }
     if flags.contains(.noFallback) { command.insert(.fastZero) }
-    _ = try await connection.request(
-      .writeZeroes, flags: command, offset: UInt64(offset), length: UInt32(length))
+    _ = try await connection.perform {
+      try await $0.request(
+        .writeZeroes, flags: command, offset: UInt64(offset), length: UInt32(length))
+    }
   }
 
   public func discard(_ node: BlockNode, offset: Int64, length: Int64) async throws {
     guard export.flags.contains(.sendTrim) else { return }
-    _ = try await connection.request(.trim, offset: UInt64(offset), length: UInt32(length))
+    _ = try await connection.perform {
+      try await $0.request(.trim, offset: UInt64(offset), length: UInt32(length))
+    }
   }
 
   /// QEMU flushes an NBD node in `bdrv_co_flush_to_os`: every flush is sent,
   /// written data or not.
   public func flushToOS(_ node: BlockNode) async throws {
     guard export.flags.contains(.sendFlush) else { return }
-    _ = try await connection.request(.flush, offset: 0, length: 0)
+    _ = try await connection.perform { try await $0.request(.flush, offset: 0, length: 0) }
   }
 
   public func blockStatus(_ node: BlockNode, wantZero: Bool, offset: Int64, length: Int64)
@@ -156,10 +165,11 @@ public final class NBDClientDriver: BlockDriver {
     }
     let alignment = node.limits.requestAlignment
     let asked = min(length, size - offset, Int64(Int32.max) / alignment * alignment)
-    guard
-      let extent = try await connection.request(
+    let answer = try await connection.perform {
+      try await $0.request(
         .blockStatus, flags: .reqOne, offset: UInt64(offset), length: UInt32(asked))
-    else { throw BlockError(.ioError) }
+    }
+    guard let extent = answer else { throw BlockError(.ioError) }
     var count = Int64(extent.length)
     var flags = extent.flags
     let minimum = Int64(export.minimumBlock)

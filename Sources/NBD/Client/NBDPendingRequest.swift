@@ -20,7 +20,7 @@ final class NBDPendingRequest {
   private let contextID: UInt32?
   private var extent: NBDBlockStatusExtent?
   private var error: BlockError?
-  private var outcomeValue: Result<NBDBlockStatusExtent?, BlockError>?
+  private var outcomeValue: Result<NBDBlockStatusExtent?, any Error>?
   private var waiter: CheckedContinuation<NBDBlockStatusExtent?, any Error>?
 
   init(
@@ -35,7 +35,7 @@ final class NBDPendingRequest {
   }
 
   /// What the chunks received so far amount to.
-  var result: Result<NBDBlockStatusExtent?, BlockError> {
+  var result: Result<NBDBlockStatusExtent?, any Error> {
     if let error { return .failure(error) }
     if command == .blockStatus && extent == nil {
       return .failure(BlockError(.ioError, "server did not reply with any status extents"))
@@ -50,10 +50,10 @@ final class NBDPendingRequest {
   }
 
   /// Ends the request.
-  func finish(_ result: Result<NBDBlockStatusExtent?, BlockError>) {
+  func finish(_ result: Result<NBDBlockStatusExtent?, any Error>) {
     guard outcomeValue == nil else { return }
     outcomeValue = result
-    waiter?.resume(with: result.mapError { $0 as any Error })
+    waiter?.resume(with: result)
     waiter = nil
   }
 
