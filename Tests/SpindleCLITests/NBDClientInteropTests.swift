@@ -117,7 +117,7 @@ struct NBDClientInteropTests {
     let mine = try fixture.copy(image, to: "mine.raw")
     let theirs = try fixture.copy(image, to: "theirs.raw")
     let script = [
-      "read -P 0xab 0 64k", "read -v 1M 32", "write -P 0x11 4k 8k", "write -P 0x22 -F 64k 4k",
+      "read -P 0xab 0 64k", "read -v 1M 32", "write -P 0x11 4k 8k", "write -P 0x22 -f 64k 4k",
       "write -z 1M 64k", "write -z -u 2M 64k", "discard 5M 64k", "flush", "read -P 0x11 4k 8k",
       "read -P 0 1M 64k", "readv -P 0x5c 5M+64k 4k 4k", "map", "aio_write -P 0x33 3M 4k",
       "aio_flush", "read -P 0x33 3M 4k", "write 16M 512", "read 15M 2M",
@@ -212,6 +212,47 @@ struct NBDClientNbdkitTests {
     let qemu = try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
     #expect(spindle.masked() == qemu.masked())
     _ = await server.terminate()
+  }
+
+  /// The requests each client sends for the same script, as nbdkit's log
+  /// filter records them (flags included: FUA, NO_HOLE as `trim=0`,
+  /// FAST_ZERO, REQ_ONE), up to the client's close (Spindle's close sends
+  /// one more FLUSH than QEMU's: docs/nbd.md).
+  @Test func requestsMatchQEMUs() async throws {
+    let fixture = try ImageFixture()
+    let script = [
+      "-c", "write -P 1 0 64k", "-c", "write -z 64k 64k", "-c", "write -z -u 128k 64k",
+      "-c", "write -P 2 -f 256k 4k", "-c", "write -z -n 512k 64k", "-c", "discard 0 4k", "-c",
+      "flush", "-c", "read 0 8k",
+      "-c", "map",
+    ]
+    var logs: [[String]] = []
+    for tool in ["spindle", "qemu"] {
+      let log = fixture.path("\(tool).log")
+      let server = try await Self.nbdkit(
+        fixture, ["--filter=log", "memory", "16M", "logfile=\(log)"])
+      let url = "nbd+unix:///?socket=\(server.socket)"
+      let result =
+        tool == "spindle"
+        ? await runSpindle(["qemu-io", "-f", "raw"] + script + [url])
+        : try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
+      #expect(result.status == 0, "\(result)")
+      _ = await server.terminate()
+      let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+      // Drop the timestamps; keep what the client asked for until its last
+      // block status query.
+      var requests = lines.map { $0.split(separator: " ").dropFirst(2).joined(separator: " ") }
+        .filter { $0.hasPrefix("connection=") }
+      if let last = requests.lastIndex(where: { $0.contains("...Extents") }) {
+        requests = Array(requests[...last])
+      }
+      logs.append(requests)
+      unlink(server.socket)
+    }
+    #expect(logs[0] == logs[1])
+    #expect(logs[0].contains { $0.contains("Zero") && $0.contains("trim=0 fua=1 fast=0") })
+    #expect(logs[0].contains { $0.contains("Zero") && $0.contains("fast=1") })
+    #expect(logs[0].contains { $0.contains("Write") && $0.contains("fua=1") })
   }
 
   @Test func injectedErrorsMatchQEMU() async throws {
