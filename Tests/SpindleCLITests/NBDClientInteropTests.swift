@@ -73,6 +73,48 @@ struct NBDClientInteropTests {
     _ = await server.terminate()
   }
 
+  /// `x-dirty-bitmap` reads another context as if it were
+  /// `base:allocation` (here qemu-nbd's `-A` allocation depth over a
+  /// backing chain of three, depth 3 clamped to 2); a context the server lacks fails the open.
+  @Test func dirtyBitmapContextMatchesQEMU() async throws {
+    let fixture = try ImageFixture()
+    let base = fixture.path("base.qcow2")
+    let middle = fixture.path("middle.qcow2")
+    let top = fixture.path("top.qcow2")
+    try await qemuImg(["create", "-q", "-f", "qcow2", base, "4M"])
+    try await qemuImg(["create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", middle])
+    try await qemuImg(["create", "-q", "-f", "qcow2", "-b", middle, "-F", "qcow2", top])
+    for (image, command) in [(base, "write -P 1 0 256k"), (top, "write -P 2 64k 64k")] {
+      let written = try await runProcess("qemu-io", ["-f", "qcow2", "-c", command, image])
+      try #require(written.status == 0, "\(written)")
+    }
+    let server = try await BackgroundNBDServer(
+      .qemu, socket: fixture.path("d.sock"), options: ["-t", "-A", "-f", "qcow2", top])
+    let options = "driver=nbd,server.type=unix,server.path=\(server.socket)"
+    try await compareImg([
+      "map", "--output=json", "--image-opts", options + ",x-dirty-bitmap=qemu:allocation-depth",
+    ])
+    try await compareImg([
+      "map", "--output=json", "--image-opts", options + ",x-dirty-bitmap=qemu:dirty-bitmap:nope",
+    ])
+    _ = await server.terminate()
+  }
+
+  @Test func compareMatchesQEMU() async throws {
+    let fixture = try ImageFixture()
+    let image = try await Self.image(fixture)
+    // The served file is locked by qemu-nbd: compare with copies.
+    let same = try fixture.copy(image, to: "same.raw")
+    let other = try fixture.copy(image, to: "other.raw")
+    let written = try await runProcess("qemu-io", ["-f", "raw", "-c", "write -P 9 5M 512", other])
+    try #require(written.status == 0, "\(written)")
+    let server = try await Self.qemuNBD(fixture, image)
+    try await compareImg(["compare", Self.url(server), same])
+    try await compareImg(["compare", "-f", "raw", "-F", "raw", Self.url(server), other])
+    try await compareImg(["compare", "-s", Self.url(server), other])
+    _ = await server.terminate()
+  }
+
   /// A qemu-nbd without `-t` serves one client and exits: QEMU probes the
   /// format through the connection it keeps, and so must Spindle.
   @Test func probingUsesTheOneConnection() async throws {

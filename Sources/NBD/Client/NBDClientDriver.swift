@@ -172,6 +172,11 @@ public final class NBDClientDriver: BlockDriver {
     guard let extent = answer else { throw BlockError(.ioError) }
     var count = Int64(extent.length)
     var flags = extent.flags
+    if config.dirtyBitmap == "qemu:allocation-depth" {
+      // QEMU reads the depth as if it were base:allocation's bits, clamped
+      // to 2 (ZERO): deeper layers show as zero data.
+      flags = min(flags, 2)
+    }
     let minimum = Int64(export.minimumBlock)
     if minimum > 1 && count % minimum != 0 {
       // QEMU's fix for a server that breaks its own minimum: round down, or
