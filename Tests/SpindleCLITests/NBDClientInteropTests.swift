@@ -297,6 +297,26 @@ struct NBDClientNbdkitTests {
     #expect(logs[0].contains { $0.contains("Write") && $0.contains("fua=1") })
   }
 
+  /// Older servers: oldstyle (no options), newstyle without the fixed bit
+  /// (EXPORT_NAME only), no structured replies (simple replies, no block
+  /// status).
+  @Test(arguments: [["--oldstyle"], ["--mask-handshake=0"], ["--no-sr"]])
+  func olderServersMatchQEMU(_ flags: [String]) async throws {
+    let fixture = try ImageFixture()
+    let server = try await Self.nbdkit(fixture, flags + ["memory", "16M"])
+    let url = "nbd+unix:///?socket=\(server.socket)"
+    let script = [
+      "-c", "write -P 0x5a 0 64k", "-c", "write -z 64k 64k", "-c", "read -P 0x5a 4k 60k",
+      "-c", "read -P 0 64k 64k", "-c", "map", "-c", "flush",
+    ]
+    let spindle = await runSpindle(["qemu-io", "-f", "raw"] + script + [url])
+    let qemu = try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
+    // (Over nbdkit's oldstyle both clients' writes and flushes fail alike.)
+    #expect(qemu.output.contains("bytes at offset"), "\(qemu)")
+    #expect(spindle.masked() == qemu.masked())
+    _ = await server.terminate()
+  }
+
   @Test func injectedErrorsMatchQEMU() async throws {
     let fixture = try ImageFixture()
     let server = try await Self.nbdkit(
