@@ -115,6 +115,27 @@ struct NBDClientInteropTests {
     _ = await server.terminate()
   }
 
+  /// TCP on 127.0.0.1 (a port found free a moment before), and a port
+  /// nobody listens on.
+  @Test func tcpMatchesQEMU() async throws {
+    let fixture = try ImageFixture()
+    let image = try await Self.image(fixture)
+    let port = try NBDSocket.freePort()
+    let server = try await BackgroundNBDServer(
+      .qemu, port: port, options: ["-t", "-x", "exp", "-f", "raw", image])
+    for name in [
+      "nbd://127.0.0.1:\(port)/exp", "nbd+tcp://127.0.0.1:\(port)/exp",
+      "nbd:127.0.0.1:\(port):exportname=exp",
+    ] {
+      try await compareImg(["info", name])
+      try await compareImg(["map", "--output=json", name])
+    }
+    _ = await server.terminate()
+    let closed = try NBDSocket.freePort()
+    try await compareImg(["info", "nbd://127.0.0.1:\(closed)/exp"])
+    try await compareImg(["info", "nbd:localhost:\(closed)"])
+  }
+
   /// A qemu-nbd without `-t` serves one client and exits: QEMU probes the
   /// format through the connection it keeps, and so must Spindle.
   @Test func probingUsesTheOneConnection() async throws {
