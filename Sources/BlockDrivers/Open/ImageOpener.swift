@@ -311,10 +311,14 @@ public enum ImageOpener {
       child["filename"] = reference
     }
     guard (try? selectChildDriver(&child, role: "file")) != nil else { return nil }
-    let filename = options["file.filename"]
-    let keeps =
-      child["driver"].flatMap { drivers[$0]?.keepsProbedNode } == true && filename != nil
-      && options["file"] == nil && probedNodes[filename!] == nil
+    var keptName: String?
+    if let filename = options["file.filename"], options["file"] == nil,
+      probedNodes[filename] == nil, let driver = child["driver"],
+      drivers[driver]?.keepsProbedNode == true
+    {
+      keptName = filename
+    }
+    let keeps = keptName != nil
     var probeContext = context
     if !keeps {
       probeContext.node = NodeOptions(readOnly: true)
@@ -326,8 +330,8 @@ public enum ImageOpener {
       file.length > 0
       ? try? await file.read(at: 0, count: Int(min(file.length, Int64(FormatProbe.bufferSize))))
       : nil
-    if keeps, let filename {
-      probedNodes[filename] = file
+    if let keptName {
+      probedNodes[keptName] = file
     } else {
       await file.close()
     }
