@@ -425,6 +425,8 @@ struct NBDClientReconnectTests {
     _ = await second.terminate()
   }
 
+  /// Without a delay a request on a broken connection fails at once (no
+  /// server comes back here: the background reconnect could otherwise win).
   @Test func withoutDelayRequestsFailAtOnce() async throws {
     let fixture = try ImageFixture()
     let socket = fixture.path("k.sock")
@@ -432,10 +434,8 @@ struct NBDClientReconnectTests {
     let node = try await open(socket, [:])
     #expect(try await node.read(at: 0, count: 4) == [0, 0, 0, 0])
     await Self.kill(first)
-    let second = try await Self.nbdkit(socket)
     await #expect(throws: BlockError(.ioError)) { _ = try await node.read(at: 0, count: 4) }
     await node.close()
-    _ = await second.terminate()
   }
 
   @Test func openTimeoutWaitsForTheServer() async throws {
