@@ -195,6 +195,19 @@ final class NBDClientConnection {
 
   // MARK: Replies
 
+  /// Copies `count` bytes of READ data from the connection into `entry`'s
+  /// buffer at `position`, piece by piece; false when the peer closed first.
+  private func receiveData(
+    _ reader: inout NBDInboundReader, _ entry: NBDPendingRequest, at position: UInt64,
+    _ count: Int
+  ) async throws -> Bool {
+    var done: UInt64 = 0
+    return try await reader.forEachPiece(count) { piece in
+      entry.receiveData(at: position + done, piece)
+      done += UInt64(piece.readableBytes)
+    }
+  }
+
   /// Reads replies until the server closes or breaks the protocol.
   private func receiveReplies(_ reader: inout NBDInboundReader) async {
     do {
@@ -209,16 +222,26 @@ final class NBDClientConnection {
         switch header {
         case .simple(let error, let cookie):
           if error == 0, entry.command == .read {
-            guard let data = try await reader.read(Int(entry.length)) else { break replies }
-            entry.receiveData(at: entry.offset, data)
+            guard try await receiveData(&reader, entry, at: entry.offset, Int(entry.length))
+            else { break replies }
           }
           pending[cookie] = nil
           entry.finish(error == 0 ? .success(nil) : .failure(NBDError.blockError(wire: error)))
         case .chunk(let flags, let type, let cookie, let length):
-          guard export.structuredReplies, length <= UInt32(NBDProtocol.maxBufferSize + 64),
-            let payload = try await reader.read(Int(length)),
-            entry.receiveChunk(type: type, payload)
+          guard export.structuredReplies, length <= UInt32(NBDProtocol.maxBufferSize + 64)
           else { break replies }
+          if type == NBDChunkType.offsetData.rawValue {
+            // Data goes straight from the socket's buffers to the request's.
+            guard length >= 8, var offsetBytes = try await reader.read(8),
+              let position = offsetBytes.readInteger(as: UInt64.self),
+              entry.acceptsData(at: position, count: UInt64(length - 8)),
+              try await receiveData(&reader, entry, at: position, Int(length - 8))
+            else { break replies }
+          } else {
+            guard let payload = try await reader.read(Int(length)),
+              entry.receiveChunk(type: type, payload)
+            else { break replies }
+          }
           if flags & NBDReplyHeader.doneFlag != 0 {
             pending[cookie] = nil
             entry.finish(entry.result)

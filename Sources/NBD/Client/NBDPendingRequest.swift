@@ -64,6 +64,12 @@ final class NBDPendingRequest {
     data.withUnsafeReadableBytes { destination.copyIn($0, at: start) }
   }
 
+  /// Whether an OFFSET_DATA chunk of `count` bytes at `position` may be
+  /// taken (a READ, inside the request).
+  func acceptsData(at position: UInt64, count: UInt64) -> Bool {
+    command == .read && covers(position, count)
+  }
+
   /// Whether `start..<start+count` lies inside the request.
   private func covers(_ start: UInt64, _ count: UInt64) -> Bool {
     start >= offset && count <= UInt64(length) && start - offset <= UInt64(length) - count
