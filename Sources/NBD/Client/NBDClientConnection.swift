@@ -51,6 +51,11 @@ final class NBDClientConnection {
   {
     let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .channelOption(.allowRemoteHalfClosure, value: false)
+      // READ replies are up to 32 MiB: read the socket in pieces of up to
+      // 1 MiB rather than swift-nio's default 64 KiB.
+      .channelOption(
+        .recvAllocator,
+        value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 65536, maximum: 1 << 20))
     @Sendable func wrap(_ channel: any Channel) -> EventLoopFuture<
       NIOAsyncChannel<ByteBuffer, ByteBuffer>
     > {
