@@ -64,10 +64,12 @@ let package = Package(
       name: "BlockDriversTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
     .testTarget(
       name: "NBDTests",
-      dependencies: ["NBD", "BlockCore", .product(name: "NIOCore", package: "swift-nio")]),
+      dependencies: [
+        "NBD", "BlockCore", "BlockDrivers", .product(name: "NIOCore", package: "swift-nio"),
+      ]),
     .testTarget(
       name: "SpindleCLITests",
-      dependencies: ["SpindleCLI", "BlockCore", "BlockDrivers", "BlockTestSupport"]),
+      dependencies: ["SpindleCLI", "BlockCore", "BlockDrivers", "BlockTestSupport", "NBD"]),
   ],
   swiftLanguageModes: [.v6]
 )

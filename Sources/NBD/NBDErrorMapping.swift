@@ -21,3 +21,22 @@ extension NBDError {
     (error as? BlockError).map { NBDError($0.code) } ?? .io
   }
 }
+
+extension NBDError {
+  /// QEMU's `nbd_errno_to_system_errno`: the engine error for a wire error a
+  /// server sent (unknown values are EINVAL).
+  public static func blockError(wire value: UInt32) -> BlockError {
+    let code: Errno =
+      switch NBDError(rawValue: value) {
+      case .perm: .notPermitted
+      case .io: .ioError
+      case .noMemory: .noMemory
+      case .noSpace: .noSpace
+      case .overflow: .overflow
+      case .notSupported: .notSupported
+      case .shutdown: .socketShutdown
+      case .invalid, nil: .invalidArgument
+      }
+    return BlockError(code)
+  }
+}

@@ -30,6 +30,30 @@ struct NBDInboundReader {
     return pending.readSlice(length: count)
   }
 
+  /// Hands the next `count` bytes to `body` in the pieces they arrived in,
+  /// without gathering them into one buffer first (a large payload is then
+  /// copied once, by `body`); false when the peer closed first.
+  mutating func forEachPiece(
+    _ count: Int, isolation: isolated (any Actor)? = #isolation,
+    _ body: (ByteBuffer) -> Void
+  ) async throws -> Bool {
+    var remaining = count
+    while remaining > 0 {
+      if pending.readableBytes == 0 {
+        guard let more = try await iterator.next(isolation: isolation) else {
+          endedMidMessage = true
+          return false
+        }
+        pending = more
+        continue
+      }
+      let piece = pending.readSlice(length: min(remaining, pending.readableBytes))!
+      remaining -= piece.readableBytes
+      body(piece)
+    }
+    return true
+  }
+
   /// Reads and throws away `count` bytes; false when the peer closed first.
   mutating func skip(_ count: Int, isolation: isolated (any Actor)? = #isolation) async throws
     -> Bool

@@ -89,3 +89,14 @@ public struct NBDOptionHeader: Sendable, Equatable {
     return nil
   }
 }
+
+extension NBDOptionHeader {
+  /// Encodes the header followed by `payload` (a client's side).
+  public static func encode(option: NBDOption, payload: ByteBuffer, into buffer: inout ByteBuffer) {
+    buffer.writeInteger(NBDProtocol.optionMagic)
+    buffer.writeInteger(option.rawValue)
+    buffer.writeInteger(UInt32(payload.readableBytes))
+    var payload = payload
+    buffer.writeBuffer(&payload)
+  }
+}

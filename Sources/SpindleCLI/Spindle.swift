@@ -1,5 +1,6 @@
 import BlockCore
 import BlockDrivers
+import NBD
 
 #if canImport(Glibc)
   import Glibc
@@ -48,6 +49,7 @@ public enum Spindle {
   public static func run(_ arguments: [String], console: Console, input: any LineInput) async
     -> Int32
   {
+    NBDClient.register()
     let invokedAs = arguments.first ?? "spindle"
     let name = invokedAs.split(separator: "/").last.map(String.init) ?? invokedAs
     let status: Int32

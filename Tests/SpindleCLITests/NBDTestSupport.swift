@@ -61,11 +61,21 @@ final class BackgroundNBDServer: @unchecked Sendable {
     }
   }
 
-  private init(
+  /// Starts any server `command` that listens on the Unix socket `socket`
+  /// (nbdkit's `-U`), returning once the socket accepts connections.
+  convenience init(command: [String], socket: String) async throws {
+    try await self.init(command: command) { try NBDSocket(path: socket) }
+    self.socket = socket
+  }
+
+  private convenience init(
     _ server: NBDServer, listen: [String], options: [String], connect: () throws -> NBDSocket
   ) async throws {
+    try await self.init(command: server.command + listen + options, connect: connect)
+  }
+
+  private init(command: [String], connect: () throws -> NBDSocket) async throws {
     socket = ""
-    let command = server.command + listen + options
     process = try ChildProcess(command[0], Array(command.dropFirst()), defaultSignals: true)
     for _ in 0..<1200 {
       if let connection = try? connect() {

@@ -57,6 +57,18 @@ public struct DriverEntry: Sendable {
   public let kind: DriverKind
   /// Opens a node; leaves unknown options in `options` for the opener to reject.
   public let open: DriverFactory
+  /// Whether a node of this protocol opened to probe the format above it
+  /// becomes that format's `file` child instead of being closed and opened
+  /// again (as QEMU probes through the protocol node it keeps): a network
+  /// protocol whose server may take one connection only, such as NBD.
+  public let keepsProbedNode: Bool
+
+  /// Creates an entry (drivers outside this module register through it).
+  public init(kind: DriverKind, open: @escaping DriverFactory, keepsProbedNode: Bool = false) {
+    self.kind = kind
+    self.open = open
+    self.keepsProbedNode = keepsProbedNode
+  }
 }
 
 /// Builds block graphs from filenames and QEMU-style options (QEMU's
@@ -74,6 +86,11 @@ public enum ImageOpener {
     "blkdebug": DriverEntry(kind: .filter, open: BlkdebugDriver.openNode),
     "copy-on-read": DriverEntry(kind: .filter, open: CopyOnReadDriver.openNode),
   ]
+
+  /// Protocol nodes opened to probe a format, waiting to become that
+  /// format's `file` child, by the child's filename (see
+  /// ``DriverEntry/keepsProbedNode``).
+  private static var probedNodes: [String: BlockNode] = [:]
 
   /// Drivers chosen by a filename's `NAME:` prefix (QEMU's protocol names),
   /// which then parse the whole filename (`blkdebug:CONFIG:IMAGE`, or
@@ -150,6 +167,13 @@ public enum ImageOpener {
     if let driver = options["driver"], drivers[driver]?.kind == .protocolDriver {
       context.sharesFileWrites = !context.noShare
     }
+    let probedName = options["file.filename"]
+    defer {
+      // A probed node the format did not take (it failed first) is closed.
+      if let probedName, let unused = probedNodes.removeValue(forKey: probedName) {
+        Task { await unused.close() }
+      }
+    }
     return try await openNode(&options, context: context)
   }
 
@@ -208,6 +232,13 @@ public enum ImageOpener {
   public static func openFileChild(_ options: inout DriverOptions, context: OpenContext)
     async throws -> BlockNode
   {
+    if let filename = options["file.filename"], let probed = probedNodes[filename],
+      options["file"] == nil
+    {
+      probedNodes[filename] = nil
+      _ = options.takeChild("file")
+      return probed
+    }
     var child = options.takeChild("file")
     if let reference = options.take("file") {
       child["filename"] = reference
@@ -269,7 +300,8 @@ public enum ImageOpener {
 
   /// Opens the `file` child read-only and shared and reads what probing
   /// looks at; nil when it cannot be opened or read (the real open then
-  /// reports why) or is empty.
+  /// reports why) or is empty. A protocol that keeps its probed node is
+  /// opened as the format will use it and left in ``probedNodes``.
   private static func probeBytes(_ options: DriverOptions, context: OpenContext) async
     -> [UInt8]?
   {
@@ -279,18 +311,30 @@ public enum ImageOpener {
       child["filename"] = reference
     }
     guard (try? selectChildDriver(&child, role: "file")) != nil else { return nil }
+    var keptName: String?
+    if let filename = options["file.filename"], options["file"] == nil,
+      probedNodes[filename] == nil, let driver = child["driver"],
+      drivers[driver]?.keepsProbedNode == true
+    {
+      keptName = filename
+    }
+    let keeps = keptName != nil
     var probeContext = context
-    probeContext.node = NodeOptions(readOnly: true)
-    probeContext.forceShare = true
+    if !keeps {
+      probeContext.node = NodeOptions(readOnly: true)
+      probeContext.forceShare = true
+    }
     probeContext.diagnostics = { _ in }
     guard let file = try? await openNode(&child, context: probeContext) else { return nil }
-    guard file.length > 0 else {
+    let bytes =
+      file.length > 0
+      ? try? await file.read(at: 0, count: Int(min(file.length, Int64(FormatProbe.bufferSize))))
+      : nil
+    if let keptName {
+      probedNodes[keptName] = file
+    } else {
       await file.close()
-      return nil
     }
-    let bytes = try? await file.read(
-      at: 0, count: Int(min(file.length, Int64(FormatProbe.bufferSize))))
-    await file.close()
     return bytes
   }
 

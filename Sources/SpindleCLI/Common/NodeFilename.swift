@@ -1,5 +1,6 @@
 import BlockCore
 import BlockDrivers
+import NBD
 
 /// The names QEMU gives an opened graph: what `bdrv_refresh_filename`
 /// makes of a node's file name and the folder `bdrv_dirname` resolves
@@ -12,6 +13,7 @@ enum NodeFilename {
   /// blkdebug node, and a format's or filter's `file` child's name.
   static func name(of node: BlockNode) -> String? {
     if let file = node.driver as? FileDriver { return file.filename }
+    if let nbd = node.driver as? NBDClientDriver { return nbd.config.filename }
     guard let child = node.file, let childName = name(of: child) else { return nil }
     if let blkdebug = node.driver as? BlkdebugDriver {
       return "blkdebug:\(blkdebug.configFile ?? ""):\(childName)"

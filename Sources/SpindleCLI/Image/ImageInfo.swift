@@ -1,5 +1,6 @@
 import BlockCore
 import BlockDrivers
+import NBD
 
 #if canImport(Glibc)
   import Glibc
@@ -17,6 +18,9 @@ struct ImageInfo {
   var actualSize: Int64?
   var clusterSize: Int64?
   var dirty = false
+  /// Whether the driver answers QEMU's `bdrv_get_info` (the `dirty-flag`
+  /// member is shown only then): not an `nbd` node, nor raw over one.
+  var hasDirtyFlag = true
   var backingFilename: String?
   var fullBackingFilename: String?
   var backingFormat: String?
@@ -50,7 +54,7 @@ struct ImageInfo {
       members.append(("full-backing-filename", .string(fullBackingFilename)))
     }
     if let backingFilename { members.append(("backing-filename", .string(backingFilename))) }
-    members.append(("dirty-flag", .bool(dirty)))
+    if hasDirtyFlag { members.append(("dirty-flag", .bool(dirty))) }
     return .dict(members)
   }
 
@@ -151,6 +155,8 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
   var info = ImageInfo(
     filename: filename, format: root.driver.formatName, virtualSize: root.length)
   let fileNode = root.driver is FileDriver ? root : root.file
+  let infoNode = root.driver is RawDriver ? root.file : root
+  info.hasDirtyFlag = !(infoNode?.driver is NBDClientDriver)
   if let file = fileNode?.driver as? FileDriver {
     info.actualSize = await allocatedBytes(file.filename)
   }

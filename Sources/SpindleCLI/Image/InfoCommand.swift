@@ -1,5 +1,6 @@
 import BlockCore
 import BlockDrivers
+import NBD
 
 /// `qemu-img info`, a qemu-img 7.2 work-alike:
 ///
@@ -87,7 +88,9 @@ enum InfoTool: ImageSubcommand {
       }
       // QEMU shows the name it makes of the graph; for a plain file name
       // that is the name as given.
-      let isPlainName = !(filename.hasPrefix("json:") || filename.hasPrefix("file:"))
+      let isPlainName =
+        !(filename.hasPrefix("json:") || filename.hasPrefix("file:"))
+        && !NBDFilename.schemes.contains { filename.hasPrefix($0 + ":") }
       let shownName =
         spec.filename != nil && isPlainName
         ? filename : (NodeFilename.name(of: backend.root) ?? filename)

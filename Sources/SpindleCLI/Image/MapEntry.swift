@@ -1,5 +1,6 @@
 import BlockCore
 import BlockDrivers
+import NBD
 
 /// One run of `qemu-img map` (QEMU's `MapEntry`).
 struct MapEntry: Equatable {
@@ -62,6 +63,8 @@ func mapEntry(_ node: BlockNode, offset: Int64, bytes: Int64) async throws -> Ma
   var filename: String?
   if hasOffset, let file = status.file?.driver as? FileDriver {
     filename = file.filename
+  } else if hasOffset, let nbd = status.file?.driver as? NBDClientDriver {
+    filename = nbd.config.filename
   }
   return MapEntry(
     start: offset, length: count, data: status.flags.contains(.data),

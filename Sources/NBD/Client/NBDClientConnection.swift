@@ -1,0 +1,261 @@
+import BlockCore
+import NIOCore
+import NIOPosix
+import SystemPackage
+
+/// Thrown for a request that could not be answered because the connection
+/// ended (the server went away, or broke the protocol).
+struct NBDConnectionLost: Error {}
+
+/// One negotiated connection to an NBD server: requests go out as soon as
+/// they are issued, any number in flight, and each reply (simple or
+/// structured, in any order, chunks of different requests interleaved) is
+/// matched to its request by cookie.
+///
+/// State lives on ``BlockActor``, as every driver's: a reader loop on the
+/// actor decodes replies and resumes the waiting request's continuation. A
+/// protocol violation or a lost connection fails every request in flight
+/// and every later one with ``NBDConnectionLost``.
+@BlockActor
+final class NBDClientConnection {
+  /// What the handshake negotiated.
+  let export: NBDNegotiatedExport
+  private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+  private var pending: [UInt64: NBDPendingRequest] = [:]
+  private var nextCookie: UInt64 = 1
+  private var broken = false
+  private var closing = false
+  private var finished: [CheckedContinuation<Void, Never>] = []
+  private var readerEnded = false
+
+  private init(export: NBDNegotiatedExport, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) {
+    self.export = export
+    self.outbound = outbound
+  }
+
+  /// Connects to `address` and negotiates; throws QEMU's messages
+  /// ("Failed to connect to '...': ...", or the handshake's).
+  static func open(to address: NBDServerAddress, handshake: NBDClientHandshake) async throws
+    -> NBDClientConnection
+  {
+    let channel = try await connect(to: address)
+    return try await withCheckedThrowingContinuation { opened in
+      Task { @BlockActor in
+        await run(channel, handshake: handshake, opened: opened)
+      }
+    }
+  }
+
+  private static func connect(to address: NBDServerAddress) async throws
+    -> NIOAsyncChannel<ByteBuffer, ByteBuffer>
+  {
+    let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+      .channelOption(.allowRemoteHalfClosure, value: false)
+      // READ replies are up to 32 MiB: read the socket in pieces of up to
+      // 1 MiB rather than swift-nio's default 64 KiB.
+      .channelOption(
+        .recvAllocator,
+        value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 65536, maximum: 1 << 20))
+    @Sendable func wrap(_ channel: any Channel) -> EventLoopFuture<
+      NIOAsyncChannel<ByteBuffer, ByteBuffer>
+    > {
+      channel.eventLoop.makeCompletedFuture {
+        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
+          wrappingChannelSynchronously: channel,
+          configuration: .init(isOutboundHalfClosureEnabled: true))
+      }
+    }
+    do {
+      switch address {
+      case .unix(let path):
+        return try await bootstrap.connect(unixDomainSocketPath: path, channelInitializer: wrap)
+      case .inet(let host, let port):
+        guard let number = Int(port), (0...65535).contains(number) else {
+          throw BlockError(
+            .invalidArgument,
+            "address resolution failed for \(host):\(port): Servname not supported for ai_socktype")
+        }
+        return try await bootstrap.channelOption(.tcpOption(.tcp_nodelay), value: 1)
+          .connect(host: host, port: number, channelInitializer: wrap)
+      }
+    } catch let error as BlockError {
+      throw error
+    } catch {
+      throw BlockError(
+        .connectionRefused, "Failed to connect to '\(address)': \(describe(error, address))")
+    }
+  }
+
+  /// The system's text for a connection failure.
+  private static func describe(_ error: any Error, _ address: NBDServerAddress) -> String {
+    if let error = error as? IOError { return Errno.describe(Errno(rawValue: error.errnoCode)) }
+    if let error = error as? NIOConnectionError {
+      if let first = error.connectionErrors.first?.error as? IOError {
+        return Errno.describe(Errno(rawValue: first.errnoCode))
+      }
+      if error.connectionErrors.isEmpty {
+        return "Name or service not known"
+      }
+    }
+    return "\(error)"
+  }
+
+  /// Negotiates, hands the connection to `opened`, then reads replies until
+  /// the connection ends.
+  private static func run(
+    _ channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, handshake: NBDClientHandshake,
+    opened: CheckedContinuation<NBDClientConnection, any Error>
+  ) async {
+    var connection: NBDClientConnection?
+    do {
+      try await channel.executeThenClose { inbound, outbound in
+        var reader = NBDInboundReader(inbound)
+        let export: NBDNegotiatedExport
+        do {
+          export = try await handshake.run(&reader, outbound)
+        } catch {
+          opened.resume(throwing: error)
+          return
+        }
+        let negotiated = NBDClientConnection(export: export, outbound: outbound)
+        connection = negotiated
+        opened.resume(returning: negotiated)
+        await negotiated.receiveReplies(&reader)
+      }
+    } catch {
+      if connection == nil {
+        opened.resume(throwing: BlockError(.ioError, "\(error)"))
+      }
+    }
+    connection?.readerDidEnd()
+  }
+
+  // MARK: Requests
+
+  /// Sends a request and waits for its whole reply. A READ's data lands in
+  /// `into` (`length` bytes); a BLOCK_STATUS answer is returned. A WRITE
+  /// sends `payload`. Errors from the server are thrown as ``BlockError``
+  /// with the errno it sent; a broken connection throws ``NBDConnectionLost``.
+  func request(
+    _ command: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64, length: UInt32,
+    payload: IOVector? = nil, into destination: IOVector? = nil
+  ) async throws -> NBDBlockStatusExtent? {
+    guard !broken, !closing else { throw NBDConnectionLost() }
+    let cookie = nextCookie
+    nextCookie += 1
+    let header = NBDRequest(
+      flags: flags, type: command.rawValue, cookie: cookie, offset: offset, length: length)
+    var buffer = ByteBuffer()
+    buffer.reserveCapacity(NBDRequest.size + (payload?.count ?? 0))
+    header.encode(into: &buffer)
+    if let payload {
+      buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: payload.count) { space in
+        payload.copyOut(to: UnsafeMutableRawBufferPointer(rebasing: space[..<payload.count]))
+        return payload.count
+      }
+    }
+    let entry = NBDPendingRequest(
+      command: command, offset: offset, length: length, destination: destination,
+      contextID: export.contextID)
+    pending[cookie] = entry
+    do {
+      try await outbound.write(buffer)
+    } catch {
+      if pending.removeValue(forKey: cookie) != nil { fail() }
+      throw NBDConnectionLost()
+    }
+    return try await entry.outcome()
+  }
+
+  /// Sends DISC, half-closes, and waits until the server has closed its end
+  /// (so a process that exits next does not cut the message off).
+  func close() async {
+    guard !closing else { return }
+    closing = true
+    if !broken {
+      var buffer = ByteBuffer()
+      NBDRequest(type: NBDCommand.disconnect.rawValue, cookie: 0, offset: 0, length: 0)
+        .encode(into: &buffer)
+      try? await outbound.write(buffer)
+    }
+    outbound.finish()
+    if readerEnded { return }
+    await withCheckedContinuation { finished.append($0) }
+  }
+
+  private func readerDidEnd() {
+    readerEnded = true
+    fail()
+    for waiter in finished { waiter.resume() }
+    finished = []
+  }
+
+  /// Fails every request in flight (the connection is unusable).
+  private func fail() {
+    broken = true
+    let failed = pending.values
+    pending = [:]
+    for entry in failed { entry.finish(.failure(NBDConnectionLost())) }
+  }
+
+  // MARK: Replies
+
+  /// Copies `count` bytes of READ data from the connection into `entry`'s
+  /// buffer at `position`, piece by piece; false when the peer closed first.
+  private func receiveData(
+    _ reader: inout NBDInboundReader, _ entry: NBDPendingRequest, at position: UInt64,
+    _ count: Int
+  ) async throws -> Bool {
+    var done: UInt64 = 0
+    return try await reader.forEachPiece(count) { piece in
+      entry.receiveData(at: position + done, piece)
+      done += UInt64(piece.readableBytes)
+    }
+  }
+
+  /// Reads replies until the server closes or breaks the protocol.
+  private func receiveReplies(_ reader: inout NBDInboundReader) async {
+    do {
+      replies: while let magicBytes = try await reader.read(4) {
+        var magicBuffer = magicBytes
+        let magic = magicBuffer.readInteger(as: UInt32.self)!
+        guard let remainder = NBDReplyHeader.remainder(after: magic),
+          var rest = try await reader.read(remainder),
+          let header = NBDReplyHeader.decode(magic: magic, &rest),
+          let entry = pending[header.cookie]
+        else { break replies }
+        switch header {
+        case .simple(let error, let cookie):
+          if error == 0, entry.command == .read {
+            guard try await receiveData(&reader, entry, at: entry.offset, Int(entry.length))
+            else { break replies }
+          }
+          pending[cookie] = nil
+          entry.finish(error == 0 ? .success(nil) : .failure(NBDError.blockError(wire: error)))
+        case .chunk(let flags, let type, let cookie, let length):
+          guard export.structuredReplies, length <= UInt32(NBDProtocol.maxBufferSize + 64)
+          else { break replies }
+          if type == NBDChunkType.offsetData.rawValue {
+            // Data goes straight from the socket's buffers to the request's.
+            guard length >= 8, var offsetBytes = try await reader.read(8),
+              let position = offsetBytes.readInteger(as: UInt64.self),
+              entry.acceptsData(at: position, count: UInt64(length - 8)),
+              try await receiveData(&reader, entry, at: position, Int(length - 8))
+            else { break replies }
+          } else {
+            guard let payload = try await reader.read(Int(length)),
+              entry.receiveChunk(type: type, payload)
+            else { break replies }
+          }
+          if flags & NBDReplyHeader.doneFlag != 0 {
+            pending[cookie] = nil
+            entry.finish(entry.result)
+          }
+        }
+      }
+    } catch {
+      // The connection broke: every request in flight fails below.
+    }
+    fail()
+  }
+}

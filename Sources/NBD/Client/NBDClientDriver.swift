@@ -1,0 +1,222 @@
+import BlockCore
+import BlockDrivers
+
+/// The `nbd` protocol driver (QEMU 7.2's `block/nbd.c`): a node whose data
+/// is an export of an NBD server.
+///
+/// Requests map to NBD commands as QEMU maps them: reads (structured, with
+/// holes), writes (FUA when the server takes it), zero-writes (NO_HOLE
+/// unless MAY_UNMAP, FAST_ZERO for NO_FALLBACK), discards as TRIM (skipped
+/// when the server does not advertise it), flushes to the OS as FLUSH, and
+/// block status with REQ_ONE from `base:allocation` (or the `x-dirty-bitmap`
+/// context, read as if it were `base:allocation`). Limits come from
+/// INFO_BLOCK_SIZE, the size and read-only state from the export.
+@BlockActor
+public final class NBDClientDriver: BlockDriver {
+  /// The node's options.
+  public let config: NBDClientConfig
+  /// What the handshake negotiated.
+  public let export: NBDNegotiatedExport
+  private let connection: NBDReconnectingConnection
+
+  private init(config: NBDClientConfig, connection: NBDReconnectingConnection) {
+    self.config = config
+    self.connection = connection
+    export = connection.export
+  }
+
+  /// Connects to the server `config` names and negotiates the export
+  /// (retrying for `open-timeout` seconds).
+  public static func connect(_ config: NBDClientConfig) async throws -> NBDClientDriver {
+    let handshake = NBDClientHandshake(
+      export: config.export, context: config.dirtyBitmap ?? NBDProtocol.baseAllocation)
+    let connection = try await NBDReconnectingConnection.open(config, handshake: handshake)
+    return NBDClientDriver(config: config, connection: connection)
+  }
+
+  /// The ``DriverFactory`` of `driver=nbd`.
+  public static func openNode(_ options: inout DriverOptions, _ context: OpenContext)
+    async throws -> BlockNode
+  {
+    let config = try NBDClientConfig.take(from: &options)
+    let driver = try await connect(config)
+    // QEMU's nbd_handle_updated_info runs without an error pointer, so only
+    // its errno reaches the user ("Could not open image: ...").
+    if config.dirtyBitmap != nil && driver.export.contextID == nil {
+      await driver.connection.close()
+      throw BlockError(.invalidArgument, "Could not open image: Invalid argument")
+    }
+    if driver.export.readOnly && !context.node.readOnly {
+      await driver.connection.close()
+      throw BlockError(.permissionDenied, "Could not open image: Permission denied")
+    }
+    let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
+    do {
+      try await node.open()
+    } catch {
+      await driver.connection.close()
+      throw error
+    }
+    return node
+  }
+
+  public nonisolated var formatName: String { "nbd" }
+
+  public var capabilities: DriverCapabilities {
+    var capabilities = DriverCapabilities(kind: .protocolDriver)
+    capabilities.hasBlockStatus = true
+    let flags = export.flags
+    if flags.contains(.sendFUA) {
+      capabilities.supportedWriteFlags = [.fua]
+      capabilities.supportedZeroFlags.insert(.fua)
+    }
+    if flags.contains(.sendWriteZeroes) {
+      capabilities.canWriteZeroes = true
+      capabilities.supportedZeroFlags.insert(.mayUnmap)
+      if flags.contains(.sendFastZero) { capabilities.supportedZeroFlags.insert(.noFallback) }
+    }
+    return capabilities
+  }
+
+  /// QEMU's `nbd_refresh_limits`: the request alignment is the server's
+  /// minimum block size (none sent: 1 when the size is not a multiple of
+  /// 512 or block status is negotiated, else 512); transfers and zero-writes
+  /// are at most min(32 MiB, maximum block size).
+  public func refreshLimits(_ limits: inout BlockLimits, node: BlockNode) {
+    var minimum = Int64(export.minimumBlock)
+    let maximum = BlockLimits.minNonZero(
+      Int64(NBDProtocol.maxBufferSize), Int64(export.maximumBlock))
+    if minimum == 0 && (export.size % 512 != 0 || export.contextID != nil) { minimum = 1 }
+    let alignment = minimum == 0 ? 512 : minimum
+    limits.requestAlignment = alignment
+    limits.maxPdiscard = Int64(Int32.max) / alignment * alignment
+    limits.maxPwriteZeroes = maximum
+    limits.maxTransfer = maximum
+    limits.optTransfer = max(limits.optTransfer, Int64(export.preferredBlock))
+  }
+
+  public func length(_ node: BlockNode) async throws -> Int64 { Int64(export.size) }
+
+  public func read(
+    _ node: BlockNode, offset: Int64, length: Int64, into iov: IOVector, flags: RequestFlags
+  ) async throws {
+    // The engine may read up to the aligned end past the export's end:
+    // that tail reads as zeroes without asking the server.
+    let size = Int64(export.size)
+    let inside = max(0, min(length, size - offset))
+    if inside < length { iov.fill(0, at: Int(inside), count: Int(length - inside)) }
+    guard inside > 0 else { return }
+    _ = try await connection.perform {
+      try await $0.request(
+        .read, offset: UInt64(offset), length: UInt32(inside),
+        into: inside == length ? iov : iov.slice(0, Int(inside)))
+    }
+  }
+
+  public func write(
+    _ node: BlockNode, offset: Int64, length: Int64, from iov: IOVector, flags: RequestFlags
+  ) async throws {
+    _ = try await connection.perform {
+      try await $0.request(
+        .write, flags: flags.contains(.fua) ? .fua : [], offset: UInt64(offset),
+        length: UInt32(length), payload: iov)
+    }
+  }
+
+  public func writeZeroes(_ node: BlockNode, offset: Int64, length: Int64, flags: RequestFlags)
+    async throws
+  {
+    guard export.flags.contains(.sendWriteZeroes) else { throw BlockError.notSupported() }
+    var command: NBDCommandFlags = []
+    if flags.contains(.fua) { command.insert(.fua) }
+    if !flags.contains(.mayUnmap) { command.insert(.noHole) }
+    if flags.contains(.noFallback) { command.insert(.fastZero) }
+    _ = try await connection.perform {
+      try await $0.request(
+        .writeZeroes, flags: command, offset: UInt64(offset), length: UInt32(length))
+    }
+  }
+
+  public func discard(_ node: BlockNode, offset: Int64, length: Int64) async throws {
+    guard export.flags.contains(.sendTrim) else { return }
+    _ = try await connection.perform {
+      try await $0.request(.trim, offset: UInt64(offset), length: UInt32(length))
+    }
+  }
+
+  /// QEMU flushes an NBD node in `bdrv_co_flush_to_os`: every flush is sent,
+  /// written data or not.
+  public func flushToOS(_ node: BlockNode) async throws {
+    guard export.flags.contains(.sendFlush) else { return }
+    _ = try await connection.perform { try await $0.request(.flush, offset: 0, length: 0) }
+  }
+
+  public func blockStatus(_ node: BlockNode, wantZero: Bool, offset: Int64, length: Int64)
+    async throws -> BlockStatus
+  {
+    let size = Int64(export.size)
+    guard export.contextID != nil else {
+      return BlockStatus(
+        flags: [.data, .offsetValid], count: length, mapOffset: offset, file: node)
+    }
+    if offset >= size {
+      // The aligned tail past the export's end reads as zeroes.
+      return BlockStatus(flags: .zero, count: length, mapOffset: 0, file: nil)
+    }
+    let alignment = node.limits.requestAlignment
+    let asked = min(length, size - offset, Int64(Int32.max) / alignment * alignment)
+    let answer = try await connection.perform {
+      try await $0.request(
+        .blockStatus, flags: .reqOne, offset: UInt64(offset), length: UInt32(asked))
+    }
+    guard let extent = answer else { throw BlockError(.ioError) }
+    var count = Int64(extent.length)
+    var flags = extent.flags
+    if config.dirtyBitmap == "qemu:allocation-depth" {
+      // QEMU reads the depth as if it were base:allocation's bits, clamped
+      // to 2 (ZERO): deeper layers show as zero data.
+      flags = min(flags, 2)
+    }
+    let minimum = Int64(export.minimumBlock)
+    if minimum > 1 && count % minimum != 0 {
+      // QEMU's fix for a server that breaks its own minimum: round down, or
+      // up to one block reported as data when shorter than a block.
+      if count > minimum {
+        count -= count % minimum
+      } else {
+        count = minimum
+        flags = 0
+      }
+    }
+    var status: BlockStatusFlags = [.offsetValid]
+    if flags & NBDAllocationFlags.hole.rawValue == 0 { status.insert(.data) }
+    if flags & NBDAllocationFlags.zero.rawValue != 0 { status.insert(.zero) }
+    return BlockStatus(flags: status, count: min(count, length), mapOffset: offset, file: node)
+  }
+
+  /// QEMU's `nbd_co_truncate`: an NBD node keeps its size.
+  public func truncate(
+    _ node: BlockNode, to length: Int64, exact: Bool, preallocation: PreallocationMode
+  ) async throws {
+    let size = Int64(export.size)
+    if length != size && exact {
+      throw BlockError(.notSupported, "Cannot resize NBD nodes")
+    }
+    if length > size { throw BlockError(.invalidArgument, "Cannot grow NBD nodes") }
+  }
+
+  /// Reopening keeps the connection; a read-only export cannot become
+  /// writable.
+  public func prepareReopen(_ node: BlockNode, _ request: inout BlockReopenRequest) async throws
+    -> any BlockReopenChange
+  {
+    if !request.nodeOptions.readOnly && export.readOnly {
+      throw BlockError(.permissionDenied, "Can't reopen read-only NBD mount as read/write")
+    }
+    return UnchangedReopen()
+  }
+
+  public func close(_ node: BlockNode) async {
+    await connection.close()
+  }
+}
