@@ -39,13 +39,14 @@ struct DifferentialFuzzTests {
   }
 
   /// Runs `script` through both tools and compares everything observable.
-  /// Where requests ran concurrently, where clusters landed in the file (map
-  /// offsets, the image's end, fragmentation) is not compared unless
-  /// `strictAllocation`: see ``DifferentialFuzzRegressionTests``.
+  /// Where placement may differ for a known reason (concurrent requests,
+  /// compressed writes), where clusters landed in the file (map offsets, the
+  /// image's end, fragmentation) is not compared unless `strictAllocation`:
+  /// see ``DifferentialFuzzRegressionTests``.
   static func compare(_ script: DifferentialFuzzScript, strictAllocation: Bool = false)
     async throws
   {
-    let relaxed = script.hasConcurrentRequests && !strictAllocation
+    let relaxed = script.placementMayDiffer && !strictAllocation
     let fixture = try ImageFixture()
     let top = fixture.path("top.qcow2")
     var create = ["create", "-q", "-f", "qcow2", "-o", script.createOptions]
@@ -88,7 +89,7 @@ struct DifferentialFuzzTests {
     let qemuMap = try await runProcess("qemu-img", ["map", "--output=json", qemuImage])
     let spindleMap = try await runProcess("qemu-img", ["map", "--output=json", spindleImage])
     if relaxed {
-      // Concurrent allocations may take clusters in another order.
+      // Clusters may be taken in another order.
       #expect(
         withoutOffsets(spindleMap.output) == withoutOffsets(qemuMap.output),
         "\(context)\n\(qemuMap.output)\n\(spindleMap.output)")
@@ -102,8 +103,23 @@ struct DifferentialFuzzTests {
     text.split(separator: "\n").map(String.init).sorted()
   }
 
-  private static func withoutOffsets(_ map: String) -> String {
-    map.replacing(#/, "offset": \d+/#, with: "")
+  /// A `qemu-img map --output=json` listing without host offsets, extents
+  /// of the same kind merged (they were apart only by their offsets).
+  private static func withoutOffsets(_ map: String) -> [String] {
+    var merged: [(start: Int, length: Int, kind: String)] = []
+    for line in map.split(separator: "\n") {
+      guard let start = line.firstMatch(of: #/"start": (\d+)/#).flatMap({ Int($0.output.1) }),
+        let length = line.firstMatch(of: #/"length": (\d+)/#).flatMap({ Int($0.output.1) })
+      else { continue }
+      let kind = String(
+        line.replacing(#/, "offset": \d+/#, with: "").replacing(#/.*"length": \d+/#, with: ""))
+      if let last = merged.last, last.kind == kind, last.start + last.length == start {
+        merged[merged.count - 1].length += length
+      } else {
+        merged.append((start, length, kind))
+      }
+    }
+    return merged.map { "\($0.start)+\($0.length)\($0.kind)" }
   }
 
   /// A check report without what depends on where clusters landed.
@@ -131,6 +147,7 @@ struct DifferentialFuzzRegressionTests {
       script.backingChain = false
       script.commands = ["info", "truncate 300M", "info"]
       script.hasConcurrentRequests = false
+      script.hasCompressedWrites = false
       try await DifferentialFuzzTests.compare(script)
     }
   }
@@ -156,9 +173,57 @@ struct DifferentialFuzzRegressionTests {
       "aio_write -P 7 1121478 58170", "aio_write -P 8 1708648 24761", "aio_flush",
     ]
     script.hasConcurrentRequests = true
+    script.hasCompressedWrites = false
     try await DifferentialFuzzTests.compare(script)
     await withKnownIssue("QEMU allocates before the copy-on-write frees the compressed cluster") {
       try await DifferentialFuzzTests.compare(script, strictAllocation: true)
+    }
+  }
+
+  /// Seed 1020 (a known divergence in the compressed-cluster allocator, not
+  /// fixed here: reported): QEMU keeps the offset where the last compressed
+  /// cluster ended and puts the next compressed cluster there even after
+  /// that host cluster was freed (its refcount goes from 0 back to 1);
+  /// Spindle takes a new cluster. Contents, check results and allocation
+  /// are the same; the compressed data lies one cluster further.
+  @Test("a compressed write after the last compressed cluster was overwritten")
+  func compressedWriteAfterFreedCompressedCluster() async throws {
+    var script = DifferentialFuzzScript(seed: 0)
+    script.createOptions = "cluster_size=65536"
+    script.size = 1 << 20
+    script.backingChain = false
+    script.commands = [
+      "write -c -P 1 0 65536", "write -P 4 0 65536", "write -P 5 65536 131072",
+      "write -c -P 7 262144 65536", "map",
+    ]
+    script.hasConcurrentRequests = false
+    script.hasCompressedWrites = true
+    try await DifferentialFuzzTests.compare(script)
+    await withKnownIssue("QEMU reuses the freed cluster's tail for the next compressed cluster") {
+      try await DifferentialFuzzTests.compare(script, strictAllocation: true)
+    }
+  }
+
+  /// Seed 1463 (a known divergence in the qcow2 compressed write path, not
+  /// fixed here: reported): a compressed write of several clusters whose
+  /// first cluster is already allocated fails with EIO in both, but QEMU
+  /// runs one task per cluster concurrently, so the clusters after the
+  /// first are written (compressed) anyway; Spindle stops at the first and
+  /// writes none. The output is the same; the contents differ.
+  @Test("a failing compressed write of several clusters: the clusters after the failure")
+  func failingMultiClusterCompressedWrite() async throws {
+    var script = DifferentialFuzzScript(seed: 0)
+    script.createOptions = "cluster_size=65536,compat=0.10"
+    script.size = 1 << 20
+    script.backingChain = false
+    script.commands = [
+      "write -P 7 327680 262144", "discard 458752 196608", "write -c -P 9 393216 262144",
+      "read -v 458752 16", "map",
+    ]
+    script.hasConcurrentRequests = false
+    script.hasCompressedWrites = true
+    await withKnownIssue("QEMU writes the clusters after the failing one") {
+      try await DifferentialFuzzTests.compare(script)
     }
   }
 }
