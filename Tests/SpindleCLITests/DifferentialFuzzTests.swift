@@ -72,13 +72,17 @@ struct DifferentialFuzzTests {
     } else {
       #expect(spindle == qemu, "\(context)\n\(qemu)\n\(spindle)")
     }
-    #expect(
-      try await qemuImgStatus(["compare", "-q", qemuImage, spindleImage]) == 0,
-      "contents differ: \(context)")
     let qemuCheck = try await runProcess("qemu-img", ["check", qemuImage]).masked(
       replacing: qemuImage)
     let spindleCheck = try await runProcess("qemu-img", ["check", spindleImage]).masked(
       replacing: spindleImage)
+    if qemuCheck.status == 2 && spindleCheck.status == 0 {
+      // QEMU corrupted its own image (see
+      // ``DifferentialFuzzRegressionTests/compressedWriteIntoClusterFreedByShrinking()``):
+      // it is no oracle for this script's contents.
+      print("seed \(script.seed): QEMU's image is corrupt, Spindle's is clean")
+      return
+    }
     if relaxed {
       #expect(
         withoutPlacement(spindleCheck) == withoutPlacement(qemuCheck),
@@ -86,6 +90,9 @@ struct DifferentialFuzzTests {
     } else {
       #expect(spindleCheck == qemuCheck, "\(context)\n\(qemuCheck)\n\(spindleCheck)")
     }
+    #expect(
+      try await qemuImgStatus(["compare", "-q", qemuImage, spindleImage]) == 0,
+      "contents differ: \(context)")
     let qemuMap = try await runProcess("qemu-img", ["map", "--output=json", qemuImage])
     let spindleMap = try await runProcess("qemu-img", ["map", "--output=json", spindleImage])
     if relaxed {
@@ -104,7 +111,9 @@ struct DifferentialFuzzTests {
   }
 
   /// A `qemu-img map --output=json` listing without host offsets, extents
-  /// of the same kind merged (they were apart only by their offsets).
+  /// of the same kind merged (they were apart only by their offsets). Data
+  /// that reads as zeroes because its host cluster is a hole in the file
+  /// counts as data: which host clusters are holes depends on placement.
   private static func withoutOffsets(_ map: String) -> [String] {
     var merged: [(start: Int, length: Int, kind: String)] = []
     for line in map.split(separator: "\n") {
@@ -112,7 +121,8 @@ struct DifferentialFuzzTests {
         let length = line.firstMatch(of: #/"length": (\d+)/#).flatMap({ Int($0.output.1) })
       else { continue }
       let kind = String(
-        line.replacing(#/, "offset": \d+/#, with: "").replacing(#/.*"length": \d+/#, with: ""))
+        line.replacing(#/, "offset": \d+/#, with: "").replacing(#/.*"length": \d+/#, with: "")
+          .replacing(#/"zero": true, "data": true/#, with: #""zero": false, "data": true"#))
       if let last = merged.last, last.kind == kind, last.start + last.length == start {
         merged[merged.count - 1].length += length
       } else {
@@ -225,5 +235,30 @@ struct DifferentialFuzzRegressionTests {
     await withKnownIssue("QEMU writes the clusters after the failing one") {
       try await DifferentialFuzzTests.compare(script)
     }
+  }
+
+  /// Seeds 1492 and 1728: QEMU 7.2 corrupts its own image, Spindle does not.
+  /// A shrinking truncate frees the host cluster that holds the last
+  /// compressed cluster; QEMU keeps the offset after it for the next
+  /// compressed cluster, an allocating write takes the freed cluster, and
+  /// the next compressed write goes into that cluster too (refcount 2,
+  /// `OFLAG_COPIED` error, the first write's data overwritten). Spindle's
+  /// image must check clean and keep both writes; QEMU's is not compared.
+  @Test("a compressed write after a shrink freed the last compressed cluster")
+  func compressedWriteIntoClusterFreedByShrinking() async throws {
+    let fixture = try ImageFixture()
+    let image = fixture.path("shrunk.qcow2")
+    try await qemuImg(["create", "-q", "-f", "qcow2", "-o", "cluster_size=16384", image, "1M"])
+    let commands = [
+      "write -c -P 3 512k 16k", "truncate 256k", "write -P 6 0 32k", "write -c -P 7 128k 16k",
+      "read -P 6 0 32k", "read -P 7 128k 16k",
+    ]
+    let spindle = await runSpindle(
+      ["qemu-io", "-f", "qcow2", image] + commands.flatMap { ["-c", $0] })
+    #expect(spindle.status == 0 && !spindle.output.contains("failed"), "\(spindle)")
+    #expect(try await qemuImgStatus(["check", "-q", image]) == 0)
+    let reread = try await runProcess(
+      "qemu-io", ["-r", "-f", "qcow2", image, "-c", "read -P 6 0 32k", "-c", "read -P 7 128k 16k"])
+    #expect(!reread.output.contains("failed"), "\(reread)")
   }
 }
