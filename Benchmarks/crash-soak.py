@@ -191,7 +191,9 @@ def main():
             if "failed" in output:
                 failures += 1
                 print(f"FAIL {context}: a request failed:\n{output}", flush=True)
-            completed = sum(1 for line in output.splitlines() if SIZE_LINE.match(line))
+            # A kill can cut the buffered output mid-line: only whole lines count.
+            whole_lines = output.splitlines()[:-1] if not output.endswith("\n") else output.splitlines()
+            completed = sum(1 for line in whole_lines if SIZE_LINE.match(line))
             durable = flushes[completed - 1] if completed else 0
             if is_dirty(path):
                 dirty += 1
