@@ -21,7 +21,9 @@ enum OptionsTarget {
   }
 
   static func checkJSON(_ text: String) {
-    if let value = try? QEMUJSON.parse(text) {
+    // A number too large for a double parses as infinity (as QEMU's
+    // strtod-based reader does), which JSON text cannot write back.
+    if let value = try? QEMUJSON.parse(text), JSONWriter.isWritable(value) {
       let written = JSONWriter.write(value)
       do {
         let again = try QEMUJSON.parse(written)
@@ -79,6 +81,16 @@ enum JSONWriter {
     case .double(let number): double(number)
     case .bool(let flag): flag ? "true" : "false"
     case .null: "null"
+    }
+  }
+
+  /// Whether every number in `value` is finite.
+  static func isWritable(_ value: QEMUJSONValue) -> Bool {
+    switch value {
+    case .object(let members): members.allSatisfy { isWritable($0.value) }
+    case .array(let items): items.allSatisfy(isWritable)
+    case .double(let number): number.isFinite
+    default: true
     }
   }
 
