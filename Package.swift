@@ -7,6 +7,9 @@ let package = Package(
   products: [
     .library(name: "BlockCore", targets: ["BlockCore"]),
     .library(name: "BlockDrivers", targets: ["BlockDrivers"]),
+    // For the fuzz targets' package (Fuzz/), which reaches these by path.
+    .library(name: "NBD", targets: ["NBD"]),
+    .library(name: "SpindleCLI", targets: ["SpindleCLI"]),
     .executable(name: "spindle", targets: ["spindle"]),
   ],
   dependencies: [

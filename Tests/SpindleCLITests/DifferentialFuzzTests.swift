@@ -244,6 +244,10 @@ struct DifferentialFuzzRegressionTests {
   /// the next compressed write goes into that cluster too (refcount 2,
   /// `OFLAG_COPIED` error, the first write's data overwritten). Spindle's
   /// image must check clean and keep both writes; QEMU's is not compared.
+  /// Seeds 11108, 11282, 12198, 12215, 13383, 14273, 14985, 15146, 15458
+  /// and 15855 hit the same bug; seed 15521 by overwriting the compressed
+  /// cluster instead of shrinking (a later discard then hides the refcount
+  /// error, and only the contents differ: QEMU lost data).
   @Test("a compressed write after a shrink freed the last compressed cluster")
   func compressedWriteIntoClusterFreedByShrinking() async throws {
     let fixture = try ImageFixture()

@@ -77,7 +77,11 @@ extension Qcow2Checker {
     var blockIndex = -1
     var block: Qcow2RefcountBlock?
     var blockError: BlockError?
-    for cluster in 0..<Int64(references.count) {
+    let total = Int64(references.count)
+    var next: Int64 = 0
+    while next < total {
+      let cluster = next
+      next += 1
       let index = Int(cluster >> blockBits)
       if index != blockIndex {
         blockIndex = index
@@ -86,6 +90,15 @@ extension Qcow2Checker {
           blockError = nil
         } catch let error as BlockError {
           blockError = error
+        }
+        // A range without a refcount block and without references has
+        // nothing to compare: skip it whole.
+        let end = min(total, (Int64(index) + 1) << blockBits)
+        if blockError == nil && block == nil
+          && references.firstReferenced(from: Int(cluster), to: Int(end)) == nil
+        {
+          next = end
+          continue
         }
       }
       if let blockError {

@@ -58,7 +58,13 @@ extension Qcow2Checker {
     let entriesPerBlock = Int64(1) << blockBits
     while cluster < end {
       defer { cluster += 1 }
-      if counted(cluster) == 0 { continue }
+      if counted(cluster) == 0 {
+        // Straight to the next counted cluster (or past the end).
+        let found = references.firstReferenced(
+          from: Int(cluster), to: Int(min(end, Int64(references.count))))
+        cluster = found.map(Int64.init) ?? end
+        if found == nil { continue }
+      }
       let blockIndex = Int(cluster >> blockBits)
       let blockStart = Int64(blockIndex) << blockBits
       let blockOffset: Int64

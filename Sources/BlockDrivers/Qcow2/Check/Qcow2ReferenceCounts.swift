@@ -25,6 +25,31 @@ struct Qcow2ReferenceCounts {
     }
   }
 
+  /// The first cluster from `start` up to `end` (exclusive) with references,
+  /// if any: a word-wise scan, so that the check skips the empty stretches
+  /// of a huge (or hostile) file quickly.
+  func firstReferenced(from start: Int, to end: Int) -> Int? {
+    let end = min(end, small.count)
+    guard start < end else { return nil }
+    return small.withUnsafeBufferPointer { counters -> Int? in
+      var index = start
+      while index < end && index % 4 != 0 {
+        if counters[index] != 0 { return index }
+        index += 1
+      }
+      let raw = UnsafeRawBufferPointer(counters)
+      while index + 4 <= end {
+        if raw.loadUnaligned(fromByteOffset: index * 2, as: UInt64.self) != 0 { break }
+        index += 4
+      }
+      while index < end {
+        if counters[index] != 0 { return index }
+        index += 1
+      }
+      return nil
+    }
+  }
+
   /// Grows the counted range to `count` clusters.
   mutating func grow(to count: Int) {
     if count > small.count { small += [UInt16](repeating: 0, count: count - small.count) }
