@@ -87,6 +87,10 @@ struct ServeRunner {
     spec.node.discard = options.discard
     spec.node.detectZeroes = options.detectZeroes
     spec.aio = options.aio
+    // qemu-nbd opens without BDRV_O_NO_SHARE and its export shares every
+    // permission (blk_exp_add): only a format's metadata keeps other writers
+    // off the file (qcow2), a raw image may be written by others meanwhile.
+    spec.sharesWrites = true
     if options.imageOpts {
       spec.options = parseOptionString(options.filename, impliedKey: "file", reporter: reporter)
     } else {
