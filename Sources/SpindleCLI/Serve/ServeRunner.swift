@@ -71,7 +71,8 @@ struct ServeRunner {
       size: UInt64(max(backend.length, 0)) & ~511, readOnly: options.readOnly,
       multiConn: options.shared != 1,
       requestAlignment: UInt32(clamping: alignment),
-      maxTransfer: UInt32(clamping: root.limits.maxTransfer))
+      maxTransfer: UInt32(clamping: root.limits.maxTransfer),
+      allocationDepth: options.allocationDepth)
     console.flush()
     await server.run(backend: backend, export: export)
     await backend.close()
