@@ -11,6 +11,10 @@ public struct Qcow2BitmapInfo: Sendable, Equatable {
   public var inUse: Bool
   /// The bitmap tracks writes automatically.
   public var auto: Bool
+  /// Where the bitmap table is, and its number of entries (one per data
+  /// cluster of the bitmap).
+  var tableOffset: UInt64 = 0
+  var tableEntries: UInt32 = 0
 
   /// QEMU's limit on the number of bitmaps (`QCOW2_MAX_BITMAPS`).
   static let maxBitmaps: UInt32 = 65535
@@ -99,7 +103,7 @@ public struct Qcow2BitmapInfo: Sendable, Equatable {
       bitmaps.append(
         Qcow2BitmapInfo(
           name: name, granularity: UInt64(1) << granularityBits, inUse: inUse,
-          auto: flags & 0x2 != 0))
+          auto: flags & 0x2 != 0, tableOffset: tableOffset, tableEntries: UInt32(tableSize)))
       position = next
     }
     guard bitmaps.count == count else {

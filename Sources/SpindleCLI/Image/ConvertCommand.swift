@@ -18,8 +18,9 @@ import BlockDrivers
 /// read per second as QEMU does (``RateLimiter``); `--salvage` turns failed
 /// reads and block-status queries into warnings and zeroes, sector by
 /// sector. `-C` is checked and otherwise ignored.
-/// `--object` defines secrets (see ``ObjectRegistry``); `-l` and `--bitmaps`
-/// are refused as not supported yet.
+/// `--object` defines secrets (see ``ObjectRegistry``); `-l` reads the
+/// sources at an internal snapshot (``InternalSnapshotOption``);
+/// `--bitmaps` is refused as not supported yet.
 @BlockActor
 enum ConvertTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -67,12 +68,18 @@ enum ConvertTool: ImageSubcommand {
     var salvage = false
     var explicitSparse = false
     var objects = ObjectRegistry()
+    var snapshot: InternalSnapshotOption?
     while let result = parser.next() {
       let argument = parser.optarg ?? ""
       switch result {
       case .missingArgument, .invalid, .option("h"):
         throw reporter.sharedOptionExit(result, parser, console: console)
       case .option("f"): sourceFormat = argument
+      case .option("l"):
+        guard let parsed = InternalSnapshotOption.parse(argument, reporter: reporter) else {
+          throw CommandExit()
+        }
+        snapshot = parsed
       case .option("c"): settings.compressed = true
       case .option("o"):
         guard CreateTool.isValidOptionList(argument) else {
@@ -170,7 +177,8 @@ enum ConvertTool: ImageSubcommand {
       try await openAndConvert(
         operands: operands, outputFilename: outputFilename, sourceFormat: sourceFormat,
         sourceCache: sourceCacheMode, forceShare: forceShare, imageOpts: imageOpts,
-        outputFormat: outputFormat, options: options, cache: cache, skipCreate: skipCreate,
+        snapshot: snapshot, outputFormat: outputFormat, options: options, cache: cache,
+        skipCreate: skipCreate,
         targetIsZero: targetIsZero, target: target, settings: settings, meter: meter,
         reporter: reporter, quiet: quiet)
     } catch {
@@ -185,7 +193,8 @@ enum ConvertTool: ImageSubcommand {
   /// Opens the sources, then converts.
   private static func openAndConvert(
     operands: [String], outputFilename: String, sourceFormat: String?, sourceCache: CacheMode,
-    forceShare: Bool, imageOpts: Bool, outputFormat: String, options: String?, cache: String,
+    forceShare: Bool, imageOpts: Bool, snapshot: InternalSnapshotOption?, outputFormat: String,
+    options: String?, cache: String,
     skipCreate: Bool, targetIsZero: Bool, target: TargetOptions, settings: ImageCopier.Settings,
     meter: ProgressMeter, reporter: Reporter, quiet: Bool
   ) async throws {
@@ -209,6 +218,22 @@ enum ConvertTool: ImageSubcommand {
         throw CommandExit()
       }
       sources.append(source)
+    }
+    if let snapshot {
+      do {
+        if snapshot.isPlainName && sources.count > 1 {
+          throw BlockError(.invalidArgument, "No support for concatenating multiple snapshot")
+        }
+        do {
+          try await snapshot.load(into: sources[0].root)
+        } catch {
+          throw BlockError(.invalidArgument, "Failed to load snapshot: \(errorMessage(error))")
+        }
+      } catch {
+        reporter.error(errorMessage(error))
+        await closeSources()
+        throw CommandExit()
+      }
     }
     do {
       try await convert(

@@ -1,8 +1,8 @@
 import BlockCore
 
 /// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
-/// Every qemu-img 7.2 command exists (``commands``) except `bitmap` and
-/// `snapshot`, which fail with "not supported yet"; unknown ones are "not
+/// Every qemu-img 7.2 command exists (``commands``) except `bitmap`, which
+/// fails with "not supported yet"; unknown ones are "not
 /// found" as in qemu-img. `--help` prints qemu-img's usage (``help``).
 @BlockActor
 enum ImageTool {
@@ -71,7 +71,9 @@ enum ImageTool {
       return await CheckTool.run(arguments: operands, programName: programName, console: console)
     case "amend":
       return await AmendTool.run(arguments: operands, programName: programName, console: console)
-    case "bitmap", "snapshot":
+    case "snapshot":
+      return await SnapshotTool.run(arguments: operands, programName: programName, console: console)
+    case "bitmap":
       reporter.error("Command '\(command)' is not supported by Spindle yet")
       return 1
     default:

@@ -37,7 +37,7 @@ enum MeasureTool: ImageSubcommand {
     var format: String?
     var outputFormat = "raw"
     var options: String?
-    var snapshot: String?
+    var snapshot: InternalSnapshotOption?
     var forceShare = false
     var imageOpts = false
     var json = false
@@ -53,7 +53,11 @@ enum MeasureTool: ImageSubcommand {
           throw fail("Invalid option list: \(argument)")
         }
         options = options.map { "\($0),\(argument)" } ?? argument
-      case .option("l"): snapshot = argument
+      case .option("l"):
+        guard let parsed = InternalSnapshotOption.parse(argument, reporter: reporter) else {
+          throw CommandExit()
+        }
+        snapshot = parsed
       case .option("U"): forceShare = true
       case .option("image-opts"): imageOpts = true
       case .option("object"):
@@ -96,9 +100,13 @@ enum MeasureTool: ImageSubcommand {
         let opened = await openImage(filename, imageOpts: imageOpts, spec: spec, reporter: reporter)
       else { throw CommandExit() }
       source = opened
-      if snapshot != nil {
-        await opened.close()
-        throw fail("Failed to load snapshot: -l is not supported by Spindle yet")
+      if let snapshot {
+        do {
+          try await snapshot.load(into: opened.root)
+        } catch {
+          await opened.close()
+          throw fail("Failed to load snapshot: \(errorMessage(error))")
+        }
       }
     }
     let measurement: Qcow2Measurement

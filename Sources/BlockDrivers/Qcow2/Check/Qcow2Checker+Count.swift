@@ -272,7 +272,19 @@ extension Qcow2Checker {
       report("ERROR could not resize image: \(error.codeDescription)")
       return false
     }
-    growReferences(to: clusters(file.length))
+    let needed = clusters(file.length)
+    if needed - Int64(references.count) > Self.maximumReferenceGrowth {
+      // QEMU's realloc_refcount_array fails for an array this large (and
+      // the check with it); counting would take gigabytes here.
+      result.checkErrors += 1
+      throw Abort(error: BlockError(.noMemory))
+    }
+    growReferences(to: needed)
     return offset >> clusterBits < Int64(references.count)
   }
+
+  /// The most clusters a repair grows the counted range by to cover one
+  /// refcount block past the end of the file (256 MiB of counters): a
+  /// refcount table entry pointing terabytes away is damage, not an image.
+  static let maximumReferenceGrowth: Int64 = 1 << 27
 }

@@ -189,7 +189,7 @@ extension Qcow2Checker {
     var placed: [(Int64, [UInt8])] = []
     for snapshot in snapshots {
       length = (length + 7) & ~7
-      let bytes = Self.encode(snapshot)
+      let bytes = snapshot.encoded
       placed.append((length, bytes))
       length += Int64(bytes.count)
       if length > Qcow2SnapshotTable.maxBytes { throw BlockError(.fileTooLarge) }
@@ -221,39 +221,5 @@ extension Qcow2Checker {
     header.snapshotCount = UInt32(snapshots.count)
     header.snapshotsOffset = UInt64(newOffset)
     snapshotTableSize = length
-  }
-
-  /// One entry as QEMU writes it.
-  private static func encode(_ snapshot: Qcow2SnapshotEntry) -> [UInt8] {
-    let record = snapshot.record
-    let id = Array(snapshot.id.utf8)
-    let name = Array(snapshot.name.utf8)
-    let extraSize = max(knownSnapshotExtraData, Int(record.extraDataSize))
-    var bytes = [UInt8](
-      repeating: 0, count: Qcow2SnapshotEntry.fixedLength + extraSize + id.count + name.count)
-    bytes.setUInt64(snapshot.l1TableOffset, at: 0)
-    bytes.setUInt32(snapshot.l1Size, at: 8)
-    bytes[12] = UInt8(id.count >> 8)
-    bytes[13] = UInt8(id.count & 0xFF)
-    bytes[14] = UInt8(name.count >> 8)
-    bytes[15] = UInt8(name.count & 0xFF)
-    bytes.setUInt32(record.dateSeconds, at: 16)
-    bytes.setUInt32(record.dateNanoseconds, at: 20)
-    bytes.setUInt64(record.vmClock, at: 24)
-    if snapshot.vmStateSize <= UInt64(UInt32.max) {
-      bytes.setUInt32(UInt32(snapshot.vmStateSize), at: 32)
-    }
-    bytes.setUInt32(UInt32(extraSize), at: 36)
-    var position = Qcow2SnapshotEntry.fixedLength
-    bytes.setUInt64(snapshot.vmStateSize, at: position)
-    bytes.setUInt64(snapshot.diskSize, at: position + 8)
-    bytes.setUInt64(record.instructionCount, at: position + 16)
-    position += knownSnapshotExtraData
-    bytes.replaceSubrange(
-      position..<position + record.unknownExtraData.count, with: record.unknownExtraData)
-    position = Qcow2SnapshotEntry.fixedLength + extraSize
-    bytes.replaceSubrange(position..<position + id.count, with: id)
-    bytes.replaceSubrange(position + id.count..<bytes.count, with: name)
-    return bytes
   }
 }

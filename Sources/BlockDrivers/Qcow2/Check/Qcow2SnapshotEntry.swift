@@ -1,7 +1,8 @@
 import BlockCore
 
-/// What the consistency check needs of an internal snapshot: its L1 table
-/// and names (qcow2 spec, "Snapshots").
+/// An internal snapshot's table entry (qcow2 spec, "Snapshots"; QEMU's
+/// `QCowSnapshot`): what the check, the downgrade and the snapshot
+/// operations read and write.
 struct Qcow2SnapshotEntry: Equatable {
   /// Where the snapshot's L1 table is.
   var l1TableOffset: UInt64
@@ -61,13 +62,21 @@ struct Qcow2SnapshotEntry: Equatable {
       let extra = try await file.read(at: offset + Int64(fixedLength), count: extraLength)
       let names = try await file.read(
         at: offset + Int64(fixedLength + extraLength), count: idLength + nameLength)
+      var record = Record(
+        dateSeconds: fixed.uint32(at: 16), dateNanoseconds: fixed.uint32(at: 20),
+        vmClock: fixed.uint64(at: 24), extraDataSize: UInt32(extraLength))
+      if extraLength >= 24 {
+        record.instructionCount = extra.uint64(at: 16)
+        record.unknownExtraData = Array(extra[24...])
+      }
       entries.append(
         Qcow2SnapshotEntry(
           l1TableOffset: fixed.uint64(at: 0), l1Size: fixed.uint32(at: 8),
           id: String(decoding: names[0..<idLength], as: UTF8.self),
           name: String(decoding: names[idLength...], as: UTF8.self),
           diskSize: extraLength >= 16 ? extra.uint64(at: 8) : header.size,
-          vmStateSize: extraLength >= 8 ? extra.uint64(at: 0) : UInt64(fixed.uint32(at: 32))))
+          vmStateSize: extraLength >= 8 ? extra.uint64(at: 0) : UInt64(fixed.uint32(at: 32)),
+          record: record))
       offset += Int64((fixedLength + variable + 7) & ~7)
     }
     return (entries, offset - Int64(header.snapshotsOffset))
