@@ -93,7 +93,7 @@ final class NBDConnection {
   ) async throws {
     let handler = NBDRequestHandler(
       backend: backend, size: export.size, structuredReplies: negotiator.structuredReplies,
-      baseAllocation: negotiator.baseAllocation)
+      baseAllocation: negotiator.baseAllocation, allocationDepth: negotiator.allocationDepth)
     await withTaskGroup(of: Void.self) { group in
       var inFlight = 0
       do {

@@ -16,12 +16,16 @@ public struct NBDExportInfo: Sendable, Equatable {
   public var requestAlignment: UInt32
   /// The longest transfer the image takes (0: no limit).
   public var maxTransfer: UInt32
+  /// Whether the `qemu:allocation-depth` context is offered (qemu-nbd -A).
+  public var allocationDepth: Bool
 
   /// Creates the facts of an export.
   public init(
     name: String = "", description: String? = nil, size: UInt64, readOnly: Bool = false,
-    multiConn: Bool = false, requestAlignment: UInt32 = 1, maxTransfer: UInt32 = 0
+    multiConn: Bool = false, requestAlignment: UInt32 = 1, maxTransfer: UInt32 = 0,
+    allocationDepth: Bool = false
   ) {
+    self.allocationDepth = allocationDepth
     self.name = name
     self.description = description
     self.size = size

@@ -29,6 +29,8 @@ public struct NBDNegotiator: Sendable {
   public private(set) var structuredReplies = false
   /// Whether SET_META_CONTEXT selected `base:allocation`.
   public private(set) var baseAllocation = false
+  /// Whether SET_META_CONTEXT selected `qemu:allocation-depth` (offered with -A).
+  public private(set) var allocationDepth = false
   /// Whether the client asked for block sizes in its GO (it must then obey them).
   public private(set) var blockSizeRequested = false
 
@@ -174,7 +176,10 @@ public struct NBDNegotiator: Sendable {
     return .transmission(out)
   }
 
-  /// LIST_META_CONTEXT and SET_META_CONTEXT: only `base:allocation` exists.
+  /// LIST_META_CONTEXT and SET_META_CONTEXT: `base:allocation`, and
+  /// `qemu:allocation-depth` when the export offers it, matched as qemu-nbd
+  /// 7.2 does (`base:` and `qemu:` list everything in their namespace; SET
+  /// takes exact names only; no query lists every context).
   private mutating func metaContext(option: UInt32, payload: ByteBuffer) -> Outcome {
     var payload = payload
     var out = ByteBuffer()
@@ -208,15 +213,25 @@ public struct NBDNegotiator: Sendable {
     }
     guard payload.readableBytes == 0 else { return error(.invalid, unexpected) }
     guard name == export.name else { return error(.unknown, "export '\(name)' not present") }
-    let matches =
-      isSet
-      ? queries.contains(NBDProtocol.baseAllocation)
-      : queries.isEmpty || queries.contains { $0 == "base:" || $0 == NBDProtocol.baseAllocation }
-    if isSet { baseAllocation = matches }
-    if matches {
+    let listsAll = !isSet && queries.isEmpty
+    let base =
+      listsAll
+      || queries.contains { $0 == NBDProtocol.baseAllocation || (!isSet && $0 == "base:") }
+    let depth =
+      export.allocationDepth
+      && (listsAll
+        || queries.contains { $0 == NBDProtocol.allocationDepth || (!isSet && $0 == "qemu:") })
+    if isSet {
+      baseAllocation = base
+      allocationDepth = depth
+    }
+    for (selected, id, contextName) in [
+      (base, NBDProtocol.baseAllocationID, NBDProtocol.baseAllocation),
+      (depth, NBDProtocol.allocationDepthID, NBDProtocol.allocationDepth),
+    ] where selected {
       var context = ByteBuffer()
-      context.writeInteger(NBDProtocol.baseAllocationID)
-      context.writeString(NBDProtocol.baseAllocation)
+      context.writeInteger(id)
+      context.writeString(contextName)
       NBDEncoding.optionReply(&out, option: option, type: .metaContext, payload: context)
     }
     NBDEncoding.optionReply(&out, option: option, type: .ack)

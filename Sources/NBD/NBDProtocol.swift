@@ -31,6 +31,13 @@ public enum NBDProtocol {
   public static let baseAllocationID: UInt32 = 0
   /// The name of the allocation context.
   public static let baseAllocation = "base:allocation"
+  /// The id of the `qemu:allocation-depth` context (QEMU's
+  /// `NBD_META_ID_ALLOCATION_DEPTH`).
+  public static let allocationDepthID: UInt32 = 1
+  /// The name of QEMU's allocation-depth context (qemu-nbd -A): each extent's
+  /// flags are the depth in the backing chain of the layer that allocates it
+  /// (0 = unallocated, 1 = the top image).
+  public static let allocationDepth = "qemu:allocation-depth"
 }
 
 /// Option numbers (`NBD_OPT_*`).

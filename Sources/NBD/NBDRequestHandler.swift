@@ -10,6 +10,7 @@ struct NBDRequestHandler {
   let size: UInt64
   let structuredReplies: Bool
   let baseAllocation: Bool
+  let allocationDepth: Bool
 
   /// QEMU's cap on the extents of one BLOCK_STATUS chunk.
   static let maxExtents = 131072
@@ -94,7 +95,7 @@ struct NBDRequestHandler {
       if length == 0 {
         return errorReply(cookie: cookie, error: .invalid, message: "need non-zero length")
       }
-      guard baseAllocation else {
+      guard baseAllocation || allocationDepth else {
         return errorReply(
           cookie: cookie, error: .invalid, message: "CMD_BLOCK_STATUS not negotiated")
       }
@@ -161,31 +162,58 @@ struct NBDRequestHandler {
     out.writeBytes(data)
   }
 
-  /// BLOCK_STATUS for `base:allocation`: neighbouring extents with equal
-  /// flags merged, at most ``maxExtents`` (one with REQ_ONE).
+  /// BLOCK_STATUS: one chunk per selected context, `base:allocation` first,
+  /// then `qemu:allocation-depth`, the last one marked done (as qemu-nbd).
   private func blockStatus(_ request: NBDRequest) async throws -> ByteBuffer {
+    var out = ByteBuffer()
+    if baseAllocation {
+      let extents = try await extents(of: request) { position, bytes in
+        let status = try await backend.blockStatus(offset: position, bytes: bytes).status
+        var flags: NBDAllocationFlags = []
+        if !status.flags.contains(.data) { flags.insert(.hole) }
+        if status.flags.contains(.zero) { flags.insert(.zero) }
+        return (status.count, flags.rawValue)
+      }
+      NBDEncoding.blockStatus(
+        &out, done: !allocationDepth, cookie: request.cookie,
+        contextID: NBDProtocol.baseAllocationID, extents: extents)
+    }
+    if allocationDepth {
+      let extents = try await extents(of: request) { position, bytes in
+        // QEMU's blockalloc_to_extents: bdrv_is_allocated_above's depth.
+        let (depth, count) = try await backend.root.isAllocatedAbove(
+          base: nil, offset: position, bytes: bytes)
+        return (count, UInt32(depth))
+      }
+      NBDEncoding.blockStatus(
+        &out, done: true, cookie: request.cookie, contextID: NBDProtocol.allocationDepthID,
+        extents: extents)
+    }
+    return out
+  }
+
+  /// The extents of the request's range as `status` reports them (bytes it
+  /// holds for, flags): neighbouring extents with equal flags merged, at most
+  /// ``maxExtents`` (one with REQ_ONE).
+  private func extents(
+    of request: NBDRequest,
+    _ status: (_ offset: Int64, _ bytes: Int64) async throws -> (count: Int64, flags: UInt32)
+  ) async throws -> [(length: UInt32, flags: UInt32)] {
     let limit = request.flags.contains(.reqOne) ? 1 : Self.maxExtents
     var extents: [(length: UInt32, flags: UInt32)] = []
     var position = Int64(request.offset)
     let end = position + Int64(request.length)
     while position < end {
-      let status = try await backend.blockStatus(offset: position, bytes: end - position).status
-      let count = status.count > 0 ? min(status.count, end - position) : end - position
-      var flags: NBDAllocationFlags = []
-      if !status.flags.contains(.data) { flags.insert(.hole) }
-      if status.flags.contains(.zero) { flags.insert(.zero) }
-      if let last = extents.last, last.flags == flags.rawValue {
+      let answer = try await status(position, end - position)
+      let count = answer.count > 0 ? min(answer.count, end - position) : end - position
+      if let last = extents.last, last.flags == answer.flags {
         extents[extents.count - 1].length = last.length + UInt32(count)
       } else {
         if extents.count == limit { break }
-        extents.append((UInt32(count), flags.rawValue))
+        extents.append((UInt32(count), answer.flags))
       }
       position += count
     }
-    var out = ByteBuffer()
-    NBDEncoding.blockStatus(
-      &out, done: true, cookie: request.cookie, contextID: NBDProtocol.baseAllocationID,
-      extents: extents)
-    return out
+    return extents
   }
 }

@@ -450,3 +450,39 @@ struct NBDClientReconnectTests {
     _ = await server.terminate()
   }
 }
+
+/// A server that never hangs up (a Python oldstyle server that keeps every
+/// connection open): closing the node still ends, after the grace period.
+@Suite(.requires("python3"))
+@BlockActor
+struct NBDClientUnresponsiveServerTests {
+  static let server = """
+    import socket, struct, sys
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(sys.argv[1])
+    listener.listen(8)
+    held = []
+    while True:
+        connection, _ = listener.accept()
+        try:
+            connection.sendall(b"NBDMAGIC" + struct.pack(">QQI", 0x00420281861253, 1 << 20, 1)
+                               + bytes(124))
+            held.append(connection)
+        except OSError:
+            pass
+    """
+
+  @Test(.timeLimit(.minutes(1))) func closeEndsWhenTheServerNeverHangsUp() async throws {
+    let fixture = try ImageFixture()
+    let socket = fixture.path("p.sock")
+    let python = try #require(ToolLocator.path(of: "python3"))
+    let server = try await BackgroundNBDServer(
+      command: [python, "-c", Self.server, socket], socket: socket)
+    NBDClient.register()
+    let node = try await ImageOpener.open(
+      filename: "nbd+unix:///?socket=\(socket)", format: "nbd")
+    #expect(node.length == 1 << 20)
+    await node.close()
+    _ = await server.terminate()
+  }
+}

@@ -53,7 +53,7 @@ struct NBDServeOptionTests {
   }
 
   @Test(arguments: [
-    (["-o", "512"], "-o/--offset"), (["-A"], "-A/--allocation-depth"),
+    (["-o", "512"], "-o/--offset"),
     (["-B", "b"], "-B/--bitmap"),
     (["-L"], "-L/--list"), (["-s"], "-s/--snapshot"), (["--fork"], "--fork"),
     (["--tls-creds", "t"], "--tls-creds"), (["--object", "secret,id=s,data=x"], "--object"),

@@ -28,9 +28,19 @@ final class NBDClientConnection {
   private var finished: [CheckedContinuation<Void, Never>] = []
   private var readerEnded = false
 
-  private init(export: NBDNegotiatedExport, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>) {
+  private let channel: any Channel
+
+  /// How long ``close()`` waits for the server to hang up after DISC before
+  /// closing the socket itself.
+  static let closeGracePeriod: Duration = .seconds(5)
+
+  private init(
+    export: NBDNegotiatedExport, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+    channel: any Channel
+  ) {
     self.export = export
     self.outbound = outbound
+    self.channel = channel
   }
 
   /// Connects to `address` and negotiates; throws QEMU's messages
@@ -86,6 +96,12 @@ final class NBDClientConnection {
     }
   }
 
+  /// The system's text for a socket error during the handshake.
+  private static func socketErrorText(_ error: any Error) -> String {
+    if let error = error as? IOError { return Errno.describe(Errno(rawValue: error.errnoCode)) }
+    return "\(error)"
+  }
+
   /// The system's text for a connection failure.
   private static func describe(_ error: any Error, _ address: NBDServerAddress) -> String {
     if let error = error as? IOError { return Errno.describe(Errno(rawValue: error.errnoCode)) }
@@ -113,11 +129,17 @@ final class NBDClientConnection {
         let export: NBDNegotiatedExport
         do {
           export = try await handshake.run(&reader, outbound)
-        } catch {
+        } catch let error as BlockError {
           opened.resume(throwing: error)
           return
+        } catch {
+          opened.resume(
+            throwing: BlockError(
+              .ioError, "Failed to read from socket: \(socketErrorText(error))"))
+          return
         }
-        let negotiated = NBDClientConnection(export: export, outbound: outbound)
+        let negotiated = NBDClientConnection(
+          export: export, outbound: outbound, channel: channel.channel)
         connection = negotiated
         opened.resume(returning: negotiated)
         await negotiated.receiveReplies(&reader)
@@ -168,7 +190,8 @@ final class NBDClientConnection {
   }
 
   /// Sends DISC, half-closes, and waits until the server has closed its end
-  /// (so a process that exits next does not cut the message off).
+  /// (so a process that exits next does not cut the message off); a server
+  /// that has not hung up after ``closeGracePeriod`` is cut off.
   func close() async {
     guard !closing else { return }
     closing = true
@@ -180,7 +203,13 @@ final class NBDClientConnection {
     }
     outbound.finish()
     if readerEnded { return }
+    let socket = channel
+    let cutOff = Task {
+      try await Task.sleep(for: Self.closeGracePeriod)
+      socket.close(promise: nil)
+    }
     await withCheckedContinuation { finished.append($0) }
+    cutOff.cancel()
   }
 
   private func readerDidEnd() {

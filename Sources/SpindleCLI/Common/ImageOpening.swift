@@ -20,9 +20,10 @@ struct ImageSpec {
   var aio: String?
   /// Whether the backing chain is opened (false: `BDRV_O_NO_BACKING`).
   var openBacking = true
-  /// Whether the tool shares writing with other users: qemu-io does, qemu-img
-  /// does not (`BDRV_O_NO_SHARE`) unless `-U`.
-  var sharesWrites = false
+  /// Whether the tool shares writing with other users: qemu-io, qemu-nbd and
+  /// qemu-img do, except for `qemu-img convert`'s sources, the only images
+  /// QEMU 7.2 opens with `BDRV_O_NO_SHARE` (unless `-U`).
+  var sharesWrites = true
   /// Whether the image is opened to be checked (`BDRV_O_CHECK`).
   var forCheck = false
   /// Where drivers' messages (qcow2 corruption reports) go.

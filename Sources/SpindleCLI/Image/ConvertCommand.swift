@@ -209,6 +209,7 @@ enum ConvertTool: ImageSubcommand {
       spec.node.readOnly = true
       spec.node.cache = sourceCacheMode
       spec.forceShare = forceShare
+      spec.sharesWrites = false  // BDRV_O_NO_SHARE: no one may change a source
       guard
         let source = await openImage(
           filename, imageOpts: imageOpts, spec: spec, reporter: reporter)

@@ -6,7 +6,7 @@ import NBD
 ///
 /// Implemented: -k/--socket, -p/--port, -b/--bind, -x/--export-name,
 /// -D/--description, -f/--format, -r/--read-only, -t/--persistent,
-/// -e/--shared, -n/--nocache, --cache, --aio, --discard, --detect-zeroes,
+/// -e/--shared, -A/--allocation-depth, -n/--nocache, --cache, --aio, --discard, --detect-zeroes,
 /// --image-opts, -h, -V, and socket activation (LISTEN_PID/LISTEN_FDS). Every
 /// other qemu-nbd option is refused with "not supported by Spindle yet".
 @BlockActor
@@ -31,7 +31,7 @@ enum ServeCommand {
 
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
   static let unsupported: [String: String] = [
-    "o": "-o/--offset", "A": "-A/--allocation-depth", "B": "-B/--bitmap",
+    "o": "-o/--offset", "B": "-B/--bitmap",
     "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list", "s": "-s/--snapshot",
     "l": "-l/--load-snapshot", "v": "-v/--verbose", "object": "--object",
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
@@ -93,6 +93,7 @@ enum ServeCommand {
         }
         options.socketPath = argument
       case "r": options.readOnly = true
+      case "A": options.allocationDepth = true
       case "n", "cache":
         if cacheGiven {
           reporter.error("-n and --cache can only be specified once")

@@ -21,6 +21,8 @@ struct ServeOptions {
   var aio: String?
   var discard: DiscardMode = .ignore
   var detectZeroes: DetectZeroesMode = .off
+  /// -A: offer the `qemu:allocation-depth` meta context.
+  var allocationDepth = false
   var filename = ""
 }
 

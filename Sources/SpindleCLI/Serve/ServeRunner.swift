@@ -71,7 +71,8 @@ struct ServeRunner {
       size: UInt64(max(backend.length, 0)) & ~511, readOnly: options.readOnly,
       multiConn: options.shared != 1,
       requestAlignment: UInt32(clamping: alignment),
-      maxTransfer: UInt32(clamping: root.limits.maxTransfer))
+      maxTransfer: UInt32(clamping: root.limits.maxTransfer),
+      allocationDepth: options.allocationDepth)
     console.flush()
     await server.run(backend: backend, export: export)
     await backend.close()
@@ -87,6 +88,10 @@ struct ServeRunner {
     spec.node.discard = options.discard
     spec.node.detectZeroes = options.detectZeroes
     spec.aio = options.aio
+    // qemu-nbd opens without BDRV_O_NO_SHARE and its export shares every
+    // permission (blk_exp_add): only a format's metadata keeps other writers
+    // off the file (qcow2), a raw image may be written by others meanwhile.
+    spec.sharesWrites = true
     if options.imageOpts {
       spec.options = parseOptionString(options.filename, impliedKey: "file", reporter: reporter)
     } else {
