@@ -69,6 +69,9 @@ public final class Qcow2BitmapEditor {
     }
   }
 
+  /// The bitmaps in memory that are not inconsistent.
+  public var consistentBitmaps: [DirtyBitmap] { entries.compactMap(\.bitmap) }
+
   /// The names of the bitmaps in memory.
   public var names: [String] { entries.map(\.name) }
 

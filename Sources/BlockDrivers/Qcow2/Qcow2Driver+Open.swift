@@ -66,8 +66,14 @@ extension Qcow2Driver {
       var refcountTable: [UInt64]?
       var snapshots = Qcow2SnapshotTable()
       if !context.node.readOnly {
+        // Persistent bitmaps stay valid when this open keeps them current
+        // (``trackPersistentBitmaps(_:)``) or only edits them.
+        let keepsBitmaps =
+          context.editsPersistentBitmaps
+          || (!context.forCheck && header.version >= 3
+            && header.extensions.contains { $0.type == Qcow2HeaderExtension.bitmaps })
         refcountTable = try await prepareForWriting(
-          file, header: &header, keepingBitmaps: context.editsPersistentBitmaps)
+          file, header: &header, keepingBitmaps: keepsBitmaps)
         // A check reads (and repairs) the snapshot table itself.
         if !context.forCheck {
           snapshots = try await Qcow2SnapshotTable.read(file, header: header)
@@ -107,6 +113,7 @@ extension Qcow2Driver {
       try await node.open()
       if refcountTable != nil && !context.forCheck {
         try await driver.repairIfDirty(node)
+        if !context.editsPersistentBitmaps { try await driver.trackPersistentBitmaps(node) }
       }
       return node
     } catch {
