@@ -156,6 +156,13 @@ extension BlockNode {
     return bitmap
   }
 
+  /// Attaches an existing bitmap (such as a persistent bitmap loaded from
+  /// the image) so that writes, zero-writes and discards mark it.
+  public func attachDirtyBitmap(_ bitmap: DirtyBitmap) {
+    guard !dirtyBitmaps.contains(where: { $0 === bitmap }) else { return }
+    dirtyBitmaps.append(bitmap)
+  }
+
   /// Removes a dirty bitmap.
   public func removeDirtyBitmap(_ bitmap: DirtyBitmap) {
     dirtyBitmaps.removeAll { $0 === bitmap }

@@ -26,6 +26,10 @@ public struct OpenContext: Sendable {
   /// `qemu-img check` opens it): formats then open inconsistent images
   /// (dirty, corrupt) writable without repairing them first.
   public var forCheck = false
+  /// Whether the image is opened only to edit its persistent dirty bitmaps
+  /// (`qemu-img bitmap`): qcow2 then keeps its bitmaps extension valid on a
+  /// writable open, so the caller must not write data through the node.
+  public var editsPersistentBitmaps = false
   /// Where drivers print messages for the user, such as qcow2's corruption
   /// reports (standard error when nil).
   public var diagnostics: Diagnostics?

@@ -66,7 +66,14 @@ extension Qcow2Driver {
       var refcountTable: [UInt64]?
       var snapshots = Qcow2SnapshotTable()
       if !context.node.readOnly {
-        refcountTable = try await prepareForWriting(file, header: &header)
+        // Persistent bitmaps stay valid when this open keeps them current
+        // (``trackPersistentBitmaps(_:)``) or only edits them.
+        let keepsBitmaps =
+          context.editsPersistentBitmaps
+          || (!context.forCheck && header.version >= 3
+            && header.extensions.contains { $0.type == Qcow2HeaderExtension.bitmaps })
+        refcountTable = try await prepareForWriting(
+          file, header: &header, keepingBitmaps: keepsBitmaps)
         // A check reads (and repairs) the snapshot table itself.
         if !context.forCheck {
           snapshots = try await Qcow2SnapshotTable.read(file, header: header)
@@ -106,6 +113,7 @@ extension Qcow2Driver {
       try await node.open()
       if refcountTable != nil && !context.forCheck {
         try await driver.repairIfDirty(node)
+        if !context.editsPersistentBitmaps { try await driver.trackPersistentBitmaps(node) }
       }
       return node
     } catch {
@@ -118,12 +126,15 @@ extension Qcow2Driver {
 
   /// A writable open (QEMU's `qcow2_do_open` for read-write): clears
   /// the autoclear bits of features it does not maintain (all but "raw
-  /// external data": Spindle does not update persistent bitmaps) in the
-  /// header, and loads the refcount table.
-  static func prepareForWriting(_ file: BlockNode, header: inout Qcow2Header) async throws
-    -> [UInt64]
-  {
-    let kept = header.autoclearFeatures & Qcow2Feature.rawExternalData
+  /// external data": Spindle does not update persistent bitmaps on data
+  /// writes) in the header, and loads the refcount table. An open that only
+  /// edits the bitmaps (`keepingBitmaps`) keeps their bit too.
+  static func prepareForWriting(
+    _ file: BlockNode, header: inout Qcow2Header, keepingBitmaps: Bool = false
+  ) async throws -> [UInt64] {
+    let kept =
+      header.autoclearFeatures
+      & (Qcow2Feature.rawExternalData | (keepingBitmaps ? Qcow2Feature.bitmaps : 0))
     if header.version >= 3 && kept != header.autoclearFeatures {
       header.autoclearFeatures = kept
       try await file.writeQcow2HeaderField(.autoclearFeatures, kept)

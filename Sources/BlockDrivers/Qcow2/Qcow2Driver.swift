@@ -27,6 +27,8 @@ public final class Qcow2Driver: BlockDriver {
   let lock = Qcow2Lock()
   /// Overlap checks and corruption state.
   var safety = Qcow2SafetyState()
+  /// The persistent bitmaps a writable open keeps current, stored on close.
+  var trackedBitmaps: Qcow2BitmapEditor?
   /// Whether the image looks metadata-preallocated, decided at the first
   /// block status query (QEMU's `metadata_preallocation` and
   /// `metadata_preallocation_checked`); nil until then.

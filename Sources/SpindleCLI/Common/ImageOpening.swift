@@ -26,6 +26,8 @@ struct ImageSpec {
   var sharesWrites = true
   /// Whether the image is opened to be checked (`BDRV_O_CHECK`).
   var forCheck = false
+  /// Whether the image is opened only to edit its persistent bitmaps.
+  var editsPersistentBitmaps = false
   /// Where drivers' messages (qcow2 corruption reports) go.
   var diagnostics: OpenContext.Diagnostics?
   /// Where drivers' error reports go (see ``OpenContext/errorReport``).
@@ -174,6 +176,7 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
   var context = OpenContext(node: imageNode, forceShare: spec.forceShare)
   context.openBacking = spec.openBacking
   context.forCheck = spec.forCheck
+  context.editsPersistentBitmaps = spec.editsPersistentBitmaps
   context.noShare = !spec.sharesWrites && !spec.forceShare
   context.diagnostics = spec.diagnostics
   context.errorReport = spec.errorReport

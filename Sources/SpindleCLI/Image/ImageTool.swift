@@ -1,8 +1,7 @@
 import BlockCore
 
 /// `qemu-img`'s front end: global options (`-h`, `-V`, `-T`), then a command.
-/// Every qemu-img 7.2 command exists (``commands``) except `bitmap`, which
-/// fails with "not supported yet"; unknown ones are "not
+/// Every qemu-img 7.2 command exists (``commands``); unknown ones are "not
 /// found" as in qemu-img. `--help` prints qemu-img's usage (``help``).
 @BlockActor
 enum ImageTool {
@@ -74,8 +73,7 @@ enum ImageTool {
     case "snapshot":
       return await SnapshotTool.run(arguments: operands, programName: programName, console: console)
     case "bitmap":
-      reporter.error("Command '\(command)' is not supported by Spindle yet")
-      return 1
+      return await BitmapTool.run(arguments: operands, programName: programName, console: console)
     default:
       return usageError("Command not found: \(command)")
     }

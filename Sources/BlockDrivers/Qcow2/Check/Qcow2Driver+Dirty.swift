@@ -22,11 +22,13 @@ extension Qcow2Driver {
 }
 
 extension Qcow2Driver {
-  /// QEMU's `qcow2_inactivate` on close: the metadata caches are flushed
+  /// QEMU's `qcow2_inactivate` on close: the persistent bitmaps are stored
+  /// (``storeTrackedBitmaps(_:)``), the metadata caches are flushed
   /// (see ``flushCachesForClose(_:)``); when that succeeds, a writable image
   /// left dirty (opened for a check that did not repair it) is marked clean,
   /// as everything this driver wrote is on disk.
   public func close(_ node: BlockNode) async {
+    await storeTrackedBitmaps(node)
     guard await flushCachesForClose(node) else { return }
     guard refcounts != nil, header.incompatibleFeatures & Qcow2Feature.dirty != 0,
       header.incompatibleFeatures & Qcow2Feature.corrupt == 0,
