@@ -146,8 +146,18 @@ public final class IOContext: SerialExecutor, @unchecked Sendable {
       ready.append(job)
       return
     }
-    inbox.withLock { $0.append(job) }
-    precondition(!hasEnded, "job enqueued on I/O context \(name) after it shut down")
+    let appended = inbox.withLock { jobs in
+      guard !ended.load(ordering: .sequentiallyConsistent) else { return false }
+      jobs.append(job)
+      return true
+    }
+    guard appended else {
+      // The loop has ended (``shutdown()``): a late job, such as an actor
+      // bound to this context being let go by a task, runs on the global
+      // executor; the actor's own queue still serialises it.
+      globalConcurrentExecutor.enqueue(ExecutorJob(job))
+      return
+    }
     // After the append: a loop that stored `asleep` before our swap looks at
     // the inbox after it (and finds the job) or sleeps and gets the signal.
     if state.exchange(LoopState.awake.rawValue, ordering: .sequentiallyConsistent)
@@ -215,7 +225,14 @@ public final class IOContext: SerialExecutor, @unchecked Sendable {
     ring?.destroy()
     close(wakeFD)
     pthread_setspecific(Self.currentKey, nil)
-    ended.store(true, ordering: .sequentiallyConsistent)
+    // Jobs that arrived after the last look go to the global executor, as
+    // later ones will (see ``enqueue(_:)``).
+    let late = inbox.withLock { jobs in
+      ended.store(true, ordering: .sequentiallyConsistent)
+      defer { jobs.removeAll() }
+      return jobs
+    }
+    for job in late { globalConcurrentExecutor.enqueue(ExecutorJob(job)) }
   }
 
   private func takeInbox() {

@@ -265,8 +265,10 @@ struct IOContextTests {
     var fds: [Int32] = [0, 0]
     try #require(pipe(&fds) == 0)
     defer { for fd in fds { close(fd) } }
-    let read = await probe.startRead(fds[0], count: 3)
+    let readEnd = fds[0]
     let writeEnd = fds[1]
+    async let read = probe.read(readEnd, count: 3, at: -1)
+    while await probe.ringStatistics().inFlight == 0 { await Task.yield() }
     let stopped = DispatchSemaphore(value: 0)
     Thread {
       context.shutdown()
@@ -276,7 +278,7 @@ struct IOContextTests {
       while !context.isStopping { sched_yield() }
       _ = write(writeEnd, "abc", 3)
     }
-    let result = await read.value
+    let result = await read
     #expect(result.result == 3 && result.bytes == Array("abc".utf8))
     await onThread { stopped.wait() }
     #expect(context.hasEnded)
