@@ -120,4 +120,30 @@ struct FileRingTests {
     }
     await node.close()
   }
+
+  @Test(
+    "short transfers continue, EAGAIN and ECANCELED are resubmitted (injected through the seam)",
+    arguments: [
+      [Int32(512)], [-EAGAIN], [-ECANCELED], [-ECANCELED, -ECANCELED], [Int32(100), -EAGAIN],
+    ])
+  func injectedResults(results: [Int32]) async throws {
+    guard sharedRing() != nil else { return }
+    let path = try scratch.makeFile("disk", size: 16384)
+    let node = try await openFileNode(path, aio: "io_uring")
+    let driver = node.fileDriver
+    // A write whose first completion(s) are replaced: the driver must still
+    // write all of it.
+    driver.injectedRingResults = results
+    let data = IOVector(copying: pattern(4096, seed: 9))
+    try await node.driver.write(node, offset: 4096, length: 4096, from: data, flags: [])
+    #expect(driver.injectedRingResults.isEmpty)
+    #expect(Array(try contents(of: path)[4096..<8192]) == pattern(4096, seed: 9))
+    // The same for a read.
+    driver.injectedRingResults = results
+    let iov = IOVector(allocating: 4096)
+    try await node.driver.read(node, offset: 4096, length: 4096, into: iov, flags: [])
+    #expect(driver.injectedRingResults.isEmpty)
+    #expect(iov.toArray() == pattern(4096, seed: 9))
+    await node.close()
+  }
 }

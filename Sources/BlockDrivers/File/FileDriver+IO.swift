@@ -76,7 +76,7 @@ extension FileDriver {
     var retried = false
     while done < iov.count {
       let rest = iov.slice(done, iov.count - done)
-      switch await ring.read(file.fd, into: rest, at: offset + Int64(done)) {
+      switch injected(await ring.read(file.fd, into: rest, at: offset + Int64(done))) {
       case .done(let count) where count > 0:
         done += count
         retried = false
@@ -111,7 +111,7 @@ extension FileDriver {
     var retried = false
     while done < iov.count {
       let rest = iov.slice(done, iov.count - done)
-      switch await ring.write(file.fd, from: rest, at: offset + Int64(done)) {
+      switch injected(await ring.write(file.fd, from: rest, at: offset + Int64(done))) {
       case .done(let count) where count > 0:
         done += count
         retried = false
@@ -138,7 +138,7 @@ extension FileDriver {
   private func ringDataSync(_ ring: FileRing, _ file: PosixFile) async throws {
     var retried = false
     while true {
-      switch await ring.dataSync(file.fd) {
+      switch injected(await ring.dataSync(file.fd)) {
       case .done:
         return
       case .failed(EINTR):
@@ -154,6 +154,12 @@ extension FileDriver {
         throw BlockError(Errno(rawValue: code))
       }
     }
+  }
+
+  /// `outcome`, or the next of ``injectedRingResults`` (a test seam).
+  private func injected(_ outcome: FileRing.Outcome) -> FileRing.Outcome {
+    guard !injectedRingResults.isEmpty else { return outcome }
+    return FileRing.outcome(injectedRingResults.removeFirst())
   }
 
   /// Whether O_DIRECT cannot take `iov` as it is: a segment's address or

@@ -34,11 +34,6 @@ final class FileRing {
   /// The context's ring.
   let ring: IOContextRing
 
-  /// A test seam: results that replace those of the next completions, in
-  /// order (the operation itself is still submitted and completes). Lets tests
-  /// produce short transfers, EAGAIN and ECANCELED the kernel will not.
-  var injectedResults: [Int32] = []
-
   init(_ ring: IOContextRing) { self.ring = ring }
 
   /// preadv on `fd` into `iov` at `offset` (at most ``PosixFile/maxVectors``
@@ -69,9 +64,10 @@ final class FileRing {
     return outcome(result)
   }
 
-  private func outcome(_ result: Int32) -> Outcome {
-    var result = result
-    if !injectedResults.isEmpty { result = injectedResults.removeFirst() }
-    return result >= 0 ? .done(Int(result)) : .failed(-result)
+  /// The outcome of a completion's result.
+  static func outcome(_ result: Int32) -> Outcome {
+    result >= 0 ? .done(Int(result)) : .failed(-result)
   }
+
+  private func outcome(_ result: Int32) -> Outcome { Self.outcome(result) }
 }
