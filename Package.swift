@@ -17,9 +17,12 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
   ],
   targets: [
+    // The block layer's event loops: an I/O context is a serial executor on
+    // its own thread with its own io_uring (BlockActor runs on the main one).
+    .target(name: "BlockLoop", dependencies: ["CURing"]),
     .target(
       name: "BlockCore",
-      dependencies: [.product(name: "SystemPackage", package: "swift-system")]
+      dependencies: ["BlockLoop", .product(name: "SystemPackage", package: "swift-system")]
     ),
     // Linux file interfaces Swift's Glibc module does not import (O_DIRECT,
     // SEEK_DATA/SEEK_HOLE, OFD locks, fallocate); used by the file driver.
@@ -35,8 +38,8 @@ let package = Package(
       name: "BlockDrivers",
       dependencies: [
         "BlockCore",
+        "BlockLoop",
         "CFileSupport",
-        "CURing",
         "CZlib",
         "CZstd",
         .product(name: "SystemPackage", package: "swift-system"),
@@ -62,9 +65,11 @@ let package = Package(
     ),
     .executableTarget(name: "spindle", dependencies: ["SpindleCLI"]),
     .testTarget(
-      name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
+      name: "BlockCoreTests",
+      dependencies: ["BlockCore", "BlockLoop", "BlockDrivers", "BlockTestSupport"]),
     .testTarget(
-      name: "BlockDriversTests", dependencies: ["BlockCore", "BlockDrivers", "BlockTestSupport"]),
+      name: "BlockDriversTests",
+      dependencies: ["BlockCore", "BlockLoop", "BlockDrivers", "BlockTestSupport"]),
     .testTarget(
       name: "NBDTests",
       dependencies: [

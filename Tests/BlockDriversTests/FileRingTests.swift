@@ -24,10 +24,8 @@ struct FileRingTests {
     return FileRing.shared
   }
 
-  @Test("a ring the kernel refuses to set up is nil, and such nodes use the thread pool")
-  func setupFailure() async throws {
-    // More entries than IORING_MAX_ENTRIES: io_uring_setup fails with EINVAL.
-    #expect(FileRing(entries: 1 << 30) == nil)
+  @Test("aio=threads nodes use the thread pool")
+  func threadsBackend() async throws {
     let path = try scratch.makeFile("disk", size: 8192)
     let node = try await openFileNode(path, aio: "threads")
     #expect(!node.fileDriver.usesIOURing)
@@ -100,27 +98,52 @@ struct FileRingTests {
     await node.close()
   }
 
-  @Test("a ring too small for the requests in flight sends the rest to the thread pool")
-  func fullRingFallsBack() async throws {
-    guard sharedRing() != nil, let small = FileRing(entries: 1) else { return }
+  @Test("more requests than the ring holds all go through it: the rest wait for a slot")
+  func moreRequestsThanTheRingHolds() async throws {
+    guard let ring = sharedRing() else { return }
     let path = try scratch.makeFile("disk", size: 1 << 20)
     let node = try await openFileNode(path, aio: "io_uring")
-    node.fileDriver.ring = small
-    #expect(small.capacity < 64)
-    let writes = (0..<64).map { index in
+    let waitsBefore = ring.ring.slotWaits
+    let count = ring.ring.capacity + 64
+    let writes = (0..<count).map { index in
       Task { @BlockActor in
-        try await node.write(at: Int64(index) * 16384, bytes: pattern(16384, seed: UInt8(index)))
+        try await node.write(
+          at: Int64(index % 256) * 4096, bytes: pattern(4096, seed: UInt8(index % 256)))
       }
     }
     for write in writes { try await write.value }
-    for index in 0..<64 {
+    #expect(ring.ring.slotWaits > waitsBefore)
+    for index in 0..<256 {
       #expect(
-        try await node.read(at: Int64(index) * 16384, count: 16384)
-          == pattern(16384, seed: UInt8(index)))
+        try await node.read(at: Int64(index) * 4096, count: 4096)
+          == pattern(4096, seed: UInt8(index)))
     }
-    #expect(small.inFlight == 0)
     await node.close()
-    let disk = try contents(of: path)
-    #expect(Array(disk[16384..<32768]) == pattern(16384, seed: 1))
+  }
+
+  @Test(
+    "short transfers continue, EAGAIN and ECANCELED are resubmitted (injected through the seam)",
+    arguments: [
+      [Int32(512)], [-EAGAIN], [-ECANCELED], [-ECANCELED, -ECANCELED], [Int32(100), -EAGAIN],
+    ])
+  func injectedResults(results: [Int32]) async throws {
+    guard sharedRing() != nil else { return }
+    let path = try scratch.makeFile("disk", size: 16384)
+    let node = try await openFileNode(path, aio: "io_uring")
+    let driver = node.fileDriver
+    // A write whose first completion(s) are replaced: the driver must still
+    // write all of it.
+    driver.injectedRingResults = results
+    let data = IOVector(copying: pattern(4096, seed: 9))
+    try await node.driver.write(node, offset: 4096, length: 4096, from: data, flags: [])
+    #expect(driver.injectedRingResults.isEmpty)
+    #expect(Array(try contents(of: path)[4096..<8192]) == pattern(4096, seed: 9))
+    // The same for a read.
+    driver.injectedRingResults = results
+    let iov = IOVector(allocating: 4096)
+    try await node.driver.read(node, offset: 4096, length: 4096, into: iov, flags: [])
+    #expect(driver.injectedRingResults.isEmpty)
+    #expect(iov.toArray() == pattern(4096, seed: 9))
+    await node.close()
   }
 }

@@ -65,18 +65,21 @@ extension FileDriver {
 
   /// Reads into `iov` at `offset` through the ring until it is full or the
   /// file ends, as ``PosixFile/read(into:at:direct:)``: short reads continue
-  /// with the rest, EINTR and EAGAIN are retried, and what the ring cannot
-  /// take (it is full, or the kernel cancelled the request, as when the
-  /// submitting thread exited) is finished on the thread pool.
+  /// with the rest and EINTR is resubmitted. EAGAIN and ECANCELED are
+  /// resubmitted once; a second one in a row finishes the request on the
+  /// thread pool (the loop's thread never exits, so the kernel has no reason
+  /// to cancel its work; this is a safety net, not a path).
   private func ringRead(_ ring: FileRing, _ file: PosixFile, into iov: IOVector, at offset: Int64)
     async throws -> Int
   {
     var done = 0
+    var retried = false
     while done < iov.count {
       let rest = iov.slice(done, iov.count - done)
-      switch await ring.read(file.fd, into: rest, at: offset + Int64(done)) {
+      switch injected(await ring.read(file.fd, into: rest, at: offset + Int64(done))) {
       case .done(let count) where count > 0:
         done += count
+        retried = false
       case .done:
         return done
       case .failed(EINTR):
@@ -84,7 +87,11 @@ extension FileDriver {
       case .failed(EINVAL) where direct && done > 0:
         // O_DIRECT at an unaligned end of file.
         return done
-      case .failed(ECANCELED), .failed(EAGAIN), .busy:
+      case .failed(ECANCELED), .failed(EAGAIN):
+        if !retried {
+          retried = true
+          continue
+        }
         let direct = direct
         let start = offset + Int64(done)
         return try await done + io { try file.read(into: rest, at: start, direct: direct) }
@@ -96,22 +103,28 @@ extension FileDriver {
   }
 
   /// Writes all of `iov` at `offset` through the ring, continuing after
-  /// short writes; falls back to the thread pool as ``ringRead``.
+  /// short writes; EINTR, EAGAIN and ECANCELED as ``ringRead``.
   private func ringWrite(_ ring: FileRing, _ file: PosixFile, from iov: IOVector, at offset: Int64)
     async throws
   {
     var done = 0
+    var retried = false
     while done < iov.count {
       let rest = iov.slice(done, iov.count - done)
-      switch await ring.write(file.fd, from: rest, at: offset + Int64(done)) {
+      switch injected(await ring.write(file.fd, from: rest, at: offset + Int64(done))) {
       case .done(let count) where count > 0:
         done += count
+        retried = false
       case .done:
         // No progress and no error: the file system cannot take more.
         throw BlockError(Errno.noSpace)
       case .failed(EINTR):
         continue
-      case .failed(ECANCELED), .failed(EAGAIN), .busy:
+      case .failed(ECANCELED), .failed(EAGAIN):
+        if !retried {
+          retried = true
+          continue
+        }
         let start = offset + Int64(done)
         try await io { try file.write(from: rest, at: start) }
         return
@@ -121,21 +134,32 @@ extension FileDriver {
     }
   }
 
-  /// fdatasync through the ring (the thread pool when it is full).
+  /// fdatasync through the ring; EINTR, EAGAIN and ECANCELED as ``ringRead``.
   private func ringDataSync(_ ring: FileRing, _ file: PosixFile) async throws {
+    var retried = false
     while true {
-      switch await ring.dataSync(file.fd) {
+      switch injected(await ring.dataSync(file.fd)) {
       case .done:
         return
       case .failed(EINTR):
         continue
-      case .failed(ECANCELED), .failed(EAGAIN), .busy:
+      case .failed(ECANCELED), .failed(EAGAIN):
+        if !retried {
+          retried = true
+          continue
+        }
         try await io { try file.dataSync() }
         return
       case .failed(let code):
         throw BlockError(Errno(rawValue: code))
       }
     }
+  }
+
+  /// `outcome`, or the next of ``injectedRingResults`` (a test seam).
+  private func injected(_ outcome: FileRing.Outcome) -> FileRing.Outcome {
+    guard !injectedRingResults.isEmpty else { return outcome }
+    return FileRing.outcome(injectedRingResults.removeFirst())
   }
 
   /// Whether O_DIRECT cannot take `iov` as it is: a segment's address or

@@ -47,6 +47,11 @@ public final class FileDriver: BlockDriver {
   /// A test hook: treat the ring as full, so that every request falls back
   /// to the thread pool.
   var ringRefusesRequests = false
+  /// A test seam: completion results that replace those of this node's next
+  /// ring operations, in order (each operation is still submitted and
+  /// completes). Lets tests produce short transfers, EAGAIN and ECANCELED
+  /// that the kernel will not.
+  var injectedRingResults: [Int32] = []
 
   /// Whether reads, writes and fdatasyncs go through io_uring.
   public var usesIOURing: Bool { ring != nil }

@@ -1,4 +1,5 @@
 import BlockCore
+import BlockLoop
 import NIOPosix
 
 /// The bounded thread pool on which file drivers run their blocking system
@@ -6,8 +7,9 @@ import NIOPosix
 ///
 /// One pool of ``threadCount`` threads is started on first use and shared by
 /// every file node; it is never shut down. Work submitted from ``BlockActor``
-/// runs on a pool thread and the awaiting request resumes on the actor when it
-/// completes. A submitted call always runs to completion: task cancellation
+/// runs on a pool thread and the awaiting request resumes on the actor (its
+/// I/O context's thread) when it completes; the context counts the call as
+/// outstanding meanwhile, so it does not shut down under it. A submitted call always runs to completion: task cancellation
 /// does not abandon a system call that may still be touching the request's
 /// buffers.
 enum FileIOPool {
@@ -21,8 +23,13 @@ enum FileIOPool {
   }()
 
   /// Runs `body` on a pool thread and returns its result.
-  static func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
+  static func run<T: Sendable>(
+    isolation: isolated (any Actor)? = #isolation, _ body: @escaping @Sendable () throws -> T
+  ) async throws -> T {
+    let context = IOContext.current
+    context?.beginOutstanding()
+    defer { context?.endOutstanding() }
+    return try await withCheckedThrowingContinuation { continuation in
       pool.submit { state in
         guard case .active = state else {
           continuation.resume(throwing: BlockError(.canceled, "I/O thread pool is not running"))
