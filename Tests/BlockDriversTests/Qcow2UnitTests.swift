@@ -34,14 +34,56 @@ struct Qcow2UnitTests {
   @Test("the L2 cache evicts the least recently used table")
   func l2Cache() {
     var cache = Qcow2L2Cache(capacity: 2)
-    cache.insert([1], at: 100)
-    cache.insert([2], at: 200)
-    #expect(cache.table(at: 100) == [1])
-    cache.insert([3], at: 300)
+    cache.insert(Qcow2L2Table(words: [1]), at: 100)
+    cache.insert(Qcow2L2Table(words: [2]), at: 200)
+    #expect(cache.table(at: 100)?.words == [1])
+    cache.insert(Qcow2L2Table(words: [3]), at: 300)
     #expect(cache.table(at: 200) == nil)
-    #expect(cache.table(at: 100) == [1] && cache.table(at: 300) == [3])
+    #expect(cache.table(at: 100)?.words == [1] && cache.table(at: 300)?.words == [3])
     cache.remove(at: 100)
     #expect(cache.table(at: 100) == nil && cache.count == 1)
+  }
+
+  @Test("a cached L2 table changes in place: the cache and its readers share it")
+  func l2TableInPlace() {
+    var cache = Qcow2L2Cache(capacity: 2)
+    let table = Qcow2L2Table(zeroedWords: 4)
+    cache.insert(table, at: 100)
+    table[2] = 7
+    #expect(cache.table(at: 100)?.words == [0, 0, 7, 0])
+    #expect(cache.table(at: 100) === table)
+  }
+
+  @Test("a refcount block change that did not reach the file can be undone")
+  func refcountRestore() {
+    var block = Qcow2RefcountBlock(clusterSize: 512, bits: 4)
+    block[1] = 3
+    let saved = Array(block.bytes[0..<2])
+    block[0] = 5
+    block[2] = 9
+    block.restore(saved, at: 0)
+    #expect(block[0] == 0 && block[1] == 3 && block[2] == 0)
+  }
+
+  @Test("the overlap check looks at table entries up to the last one in use")
+  func usedEntries() {
+    #expect([UInt64]().usedEntryCount == 0)
+    #expect([0, 0].usedEntryCount == 0)
+    #expect([0x30000, 0, 0x50000, 0, 0].usedEntryCount == 3)
+  }
+
+  @Test("the refcount table's used part follows every change of the table")
+  @BlockActor
+  func usedRefcountTable() throws {
+    let options = Qcow2CreateOptions(size: 1 << 20)
+    let image = try Qcow2Create.layout(options)
+    let header = try Qcow2Header.parse(image, fileLength: Int64(image.count))
+    let refcounts = Qcow2Refcounts(header: header, table: [0x20000, 0, 0, 0])
+    #expect(refcounts.usedTableEntries == 1)
+    refcounts.table[3] = 0x90000
+    #expect(refcounts.usedTableEntries == 4)
+    refcounts.table[3] = 0
+    #expect(refcounts.usedTableEntries == 1)
   }
 
   @Test("rewriting a header keeps unknown extensions and clears unknown autoclear bits")

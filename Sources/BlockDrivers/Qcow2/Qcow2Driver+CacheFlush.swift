@@ -66,7 +66,7 @@ extension Qcow2Driver {
         try await file.emit(.l2Update)
         guard live.contains(offset), let table = l2Cache.table(at: offset) else { return }
         var bytes = [UInt8](repeating: 0, count: table.count * 8)
-        for (index, word) in table.enumerated() { bytes.setUInt64(word, at: index * 8) }
+        for (index, word) in table.words.enumerated() { bytes.setUInt64(word, at: index * 8) }
         try await file.write(at: offset, bytes: bytes)
       }
     }

@@ -24,10 +24,10 @@ extension Qcow2Driver {
       for index in l1Table.indices where l1Table[index] & Qcow2Entry.offsetMask != 0 {
         let current = try await l2Table(
           node, at: Int64(l1Table[index] & Qcow2Entry.offsetMask))
-        guard current.contains(where: { $0 != 0 }) else { continue }
+        guard current.words.contains(where: { $0 != 0 }) else { continue }
         // A table shared with a snapshot is copied first.
         let l2Offset = try await l2TableForWrite(node, offset: Int64(index) << tableSpan)
-        let old = try await l2Table(node, at: l2Offset)
+        let old = try await l2Table(node, at: l2Offset).words
         try await writeL2Entries(
           node, l2Offset: l2Offset, first: 0, [UInt64](repeating: 0, count: old.count))
         try await releaseClusters(

@@ -86,7 +86,7 @@ extension Qcow2Driver {
   }
 
   /// The decoded L2 table at `offset`, from the cache or the file.
-  func l2Table(_ node: BlockNode, at offset: Int64) async throws -> [UInt64] {
+  func l2Table(_ node: BlockNode, at offset: Int64) async throws -> Qcow2L2Table {
     if let table = l2Cache.table(at: offset) { return table }
     if let clash = metadataOverlap(offset, length: header.clusterSize) {
       throw corruption("L2 table offset 0x\(String(offset, radix: 16)) overlaps with \(clash)")
@@ -95,7 +95,8 @@ extension Qcow2Driver {
     let iov = IOVector(allocating: Int(header.clusterSize))
     try await file.emit(.l2Load)
     try await file.read(at: offset, into: iov)
-    let table = iov.toArray().bigEndianUInt64s(count: Int(header.clusterSize / 8))
+    let table = Qcow2L2Table(
+      words: iov.toArray().bigEndianUInt64s(count: Int(header.clusterSize / 8)))
     l2Cache.insert(table, at: offset)
     return table
   }

@@ -8,12 +8,12 @@ import BlockCore
 /// standard behaviour.
 extension Qcow2Driver {
   /// The L2 entry (offset and flags) at `index` of a decoded table.
-  func l2Entry(_ table: [UInt64], _ index: Int) -> UInt64 {
+  func l2Entry(_ table: Qcow2L2Table, _ index: Int) -> UInt64 {
     table[index * header.l2EntryWords]
   }
 
   /// The subcluster bitmap at `index` (0 without extended L2 entries).
-  func l2Bitmap(_ table: [UInt64], _ index: Int) -> UInt64 {
+  func l2Bitmap(_ table: Qcow2L2Table, _ index: Int) -> UInt64 {
     header.extendedL2 ? table[index * 2 + 1] : 0
   }
 
@@ -34,7 +34,7 @@ extension Qcow2Driver {
   /// type, with contiguous host clusters for types with a host offset (QEMU's
   /// `count_contiguous_subclusters`).
   func subclusterMapping(
-    table: [UInt64], l2Offset: Int64, l2Index: Int, offset: Int64, wanted: Int64
+    table: Qcow2L2Table, l2Offset: Int64, l2Index: Int, offset: Int64, wanted: Int64
   ) throws -> Qcow2Mapping {
     let clusterSize = header.clusterSize
     let inCluster = offset & (clusterSize - 1)
@@ -90,7 +90,7 @@ extension Qcow2Driver {
   /// else the guest range to complete and mark allocated (QEMU's
   /// `calculate_l2_meta` with `keep_old`).
   func keptClustersCOW(
-    _ table: [UInt64], l2Index: Int, clusters: Int, offset: Int64, bytes: Int64
+    _ table: Qcow2L2Table, l2Index: Int, clusters: Int, offset: Int64, bytes: Int64
   ) throws -> (start: Int64, end: Int64)? {
     let clusterSize = header.clusterSize
     let clusterStart = offset & ~(clusterSize - 1)
@@ -131,7 +131,7 @@ extension Qcow2Driver {
   /// old clusters held data (less their unallocated edge subclusters), only
   /// the touched subclusters when they held none.
   func newClustersCOW(
-    _ table: [UInt64], l2Index: Int, clusters: Int, offset: Int64, bytes: Int64
+    _ table: Qcow2L2Table, l2Index: Int, clusters: Int, offset: Int64, bytes: Int64
   ) throws -> (start: Int64, end: Int64) {
     let clusterSize = header.clusterSize
     let subclusterSize = header.subclusterSize
@@ -179,7 +179,7 @@ extension Qcow2Driver {
   /// `from ..< to` was written to them: its subclusters allocated and no
   /// longer zero (QEMU's `qcow2_alloc_cluster_link_l2`); nil without
   /// extended L2 entries.
-  func writtenBitmaps(_ table: [UInt64], l2Index: Int, clusters: Int, from: Int64, to: Int64)
+  func writtenBitmaps(_ table: Qcow2L2Table, l2Index: Int, clusters: Int, from: Int64, to: Int64)
     -> [UInt64]?
   {
     guard header.extendedL2 else { return nil }
@@ -222,7 +222,7 @@ extension Qcow2Driver {
   }
 
   /// The type of the subcluster holding guest `offset` in entry `index`.
-  private func typeAt(_ table: [UInt64], _ index: Int, _ offset: Int64) throws
+  private func typeAt(_ table: Qcow2L2Table, _ index: Int, _ offset: Int64) throws
     -> Qcow2ClusterType
   {
     guard

@@ -29,9 +29,9 @@ extension Qcow2Driver {
     let table =
       existing != 0
       ? try await l2Table(node, at: existing)
-      : [UInt64](repeating: 0, count: Int(header.clusterSize / 8))
+      : Qcow2L2Table(zeroedWords: Int(header.clusterSize / 8))
     var bytes = [UInt8](repeating: 0, count: Int(header.clusterSize))
-    for (index, entry) in table.enumerated() where entry != 0 {
+    for (index, entry) in table.words.enumerated() where entry != 0 {
       bytes.setUInt64(entry, at: index * 8)
     }
     try await checkOverlapBeforeWrite(
@@ -42,7 +42,7 @@ extension Qcow2Driver {
       try await file.write(at: l2Offset, bytes: bytes)
     }
     try await file.flush()
-    l2Cache.insert(table, at: l2Offset)
+    l2Cache.insert(existing != 0 ? Qcow2L2Table(words: table.words) : table, at: l2Offset)
     let newEntry = UInt64(l2Offset) | Qcow2Entry.copied
     var entryBytes = [UInt8](repeating: 0, count: 8)
     entryBytes.setUInt64(newEntry, at: 0)
@@ -65,31 +65,38 @@ extension Qcow2Driver {
 
   /// Replaces entries `first ..< first + entries.count` of the L2 table at
   /// `l2Offset`, in the cache and in the file; with extended L2 entries also
-  /// their subcluster bitmaps (kept as they are when `bitmaps` is nil). Call
+  /// their subcluster bitmaps (kept as they are when `bitmaps` is nil). The
+  /// cached table changes in place; when the write fails its old words come
+  /// back, so that the cache never shows what the file does not have. Call
   /// with the lock held.
   func writeL2Entries(
     _ node: BlockNode, l2Offset: Int64, first: Int, _ entries: [UInt64],
     bitmaps: [UInt64]? = nil
   ) async throws {
-    var table = try await l2Table(node, at: l2Offset)
+    let table = try await l2Table(node, at: l2Offset)
     let words = header.l2EntryWords
-    for (index, entry) in entries.enumerated() {
-      table[(first + index) * words] = entry
-      if words == 2, let bitmaps { table[(first + index) * 2 + 1] = bitmaps[index] }
-    }
     let range = first * words..<(first + entries.count) * words
     try await checkOverlapBeforeWrite(
       node, offset: l2Offset + Int64(range.lowerBound) * 8, size: Int64(range.count) * 8,
       ignoring: .activeL2)
-    var bytes = [UInt8](repeating: 0, count: range.count * 8)
-    for (index, word) in table[range].enumerated() { bytes.setUInt64(word, at: index * 8) }
-    let file = try fileNode(node)
-    try await recordingL2Failure(at: l2Offset) {
-      try await file.emit(.l2Update)
-      try await file.write(at: l2Offset + Int64(range.lowerBound) * 8, bytes: bytes)
+    let previous = Array(table.words[range])
+    for (index, entry) in entries.enumerated() {
+      table[(first + index) * words] = entry
+      if words == 2, let bitmaps { table[(first + index) * 2 + 1] = bitmaps[index] }
     }
-    // Cached only once on disk: the cache must never show what a failed
-    // write left out of the file.
+    var bytes = [UInt8](repeating: 0, count: range.count * 8)
+    for (index, word) in table.words[range].enumerated() { bytes.setUInt64(word, at: index * 8) }
+    do {
+      let file = try fileNode(node)
+      try await recordingL2Failure(at: l2Offset) {
+        try await file.emit(.l2Update)
+        try await file.write(at: l2Offset + Int64(range.lowerBound) * 8, bytes: bytes)
+      }
+    } catch {
+      for (index, word) in zip(range, previous) { table[index] = word }
+      throw error
+    }
+    // Still the cached table (and now the most recently used one).
     l2Cache.insert(table, at: l2Offset)
   }
 

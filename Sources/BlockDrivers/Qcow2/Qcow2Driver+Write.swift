@@ -107,13 +107,16 @@ extension Qcow2Driver {
         table, l2Index: l2Index, clusters: run, offset: offset, bytes: bytes)
       do {
         // The refcounts must be on disk before an L2 entry points at the
-        // clusters (or, with lazy refcounts, the image marked dirty).
-        try await refcountsReachedDisk(file)
+        // clusters (or, with lazy refcounts, the image marked dirty), and
+        // so must the data (QEMU's qcow2_cache_depends_on_flush on the L2
+        // cache). Both wait for one flush after the data write when they
+        // share the file: a dependency costs at most one flush.
+        let lazy = usesLazyRefcounts
+        if lazy { try await refcountsReachedDisk(file) }
         try await writeWithCOW(
           node, guestOffset: offset, host: host, data: iov.slice(0, Int(bytes)),
           cowStart: cow.start, cowEnd: cow.end)
-        // The data must be durable before an L2 entry points at it (QEMU's
-        // qcow2_cache_depends_on_flush on the L2 cache).
+        if !lazy && data !== file { try await refcountsReachedDisk(file) }
         try await data.flush()
       } catch {
         // Nothing points at the new clusters yet: give them back (QEMU's

@@ -22,18 +22,15 @@ extension Qcow2Driver {
     let head = offset & mask
     let tail =
       offset + length == Int64(header.size) ? 0 : (mask + 1 - (offset + length) & mask) & mask
-    if head != 0 || tail != 0 {
+    let partial = head != 0 || tail != 0
+    if partial {
       guard head + length + tail <= unit,
         try await readsAsZero(node, offset: offset - head, bytes: head),
         try await readsAsZero(node, offset: offset + length, bytes: tail)
       else { throw BlockError.notSupported() }
       offset -= head
       length = min(unit, Int64(header.size) - offset)
-      let type = try await lock.withLock {
-        try await mapping(node, offset: offset, bytes: length).type
-      }
-      guard [.unallocated, .unallocatedAllocated, .zeroPlain, .zeroAllocated].contains(type)
-      else { throw BlockError.notSupported() }
+      try await lock.withLock { try await requireNoData(node, offset: offset, bytes: length) }
     }
     try checkAligned(offset: offset, length: length, unit: unit)
     try await zeroRawDataFile(node, offset: offset, length: length, flags: flags)
@@ -53,6 +50,10 @@ extension Qcow2Driver {
     let tailBytes =
       end >= Int64(header.size) ? 0 : end - max(middle, end & ~(clusterSize - 1))
     try await lock.withLock {
+      // Checked again in the lock section that zeroes: a write may have put
+      // data there since (QEMU's "We can have new write after previous
+      // check"), and zeroing the whole subcluster would lose it.
+      if partial { try await requireNoData(node, offset: offset, bytes: length) }
       if headBytes > 0 { try await zeroSubclusters(node, offset: offset, bytes: headBytes) }
       try await rewriteEntries(node, offset: middle, length: end - tailBytes - middle) { slot in
         let type = clusterType(slot.entry)
@@ -67,6 +68,15 @@ extension Qcow2Driver {
         try await zeroSubclusters(node, offset: end - tailBytes, bytes: tailBytes)
       }
     }
+  }
+
+  /// Refuses (ENOTSUP: the engine then writes zeroes) to zero a subcluster
+  /// widened from a partial zero-write when it holds data. Call with the
+  /// lock held.
+  private func requireNoData(_ node: BlockNode, offset: Int64, bytes: Int64) async throws {
+    let type = try await mapping(node, offset: offset, bytes: bytes).type
+    guard [.unallocated, .unallocatedAllocated, .zeroPlain, .zeroAllocated].contains(type)
+    else { throw BlockError.notSupported() }
   }
 
   /// QEMU's `qcow2_co_pdiscard` (not a full discard): discarded clusters read

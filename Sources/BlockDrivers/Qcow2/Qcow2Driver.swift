@@ -18,7 +18,10 @@ public final class Qcow2Driver: BlockDriver {
   /// The validated header.
   public internal(set) var header: Qcow2Header
   /// The active L1 table, decoded.
-  var l1Table: [UInt64]
+  var l1Table: [UInt64] { didSet { usedL1Entries = l1Table.usedEntryCount } }
+  /// How many entries of ``l1Table`` the overlap check looks at: up to the
+  /// last one in use.
+  private(set) var usedL1Entries: Int
   /// Decoded L2 tables.
   var l2Cache: Qcow2L2Cache
   /// Refcounts and the cluster allocator; nil when opened read-only.
@@ -38,6 +41,7 @@ public final class Qcow2Driver: BlockDriver {
   init(header: Qcow2Header, l1Table: [UInt64], refcountTable: [UInt64]?) {
     self.header = header
     self.l1Table = l1Table
+    self.usedL1Entries = l1Table.usedEntryCount
     self.refcounts = refcountTable.map { Qcow2Refcounts(header: header, table: $0) }
     // QEMU caches L2 tables covering up to 32 MiB of them (its default
     // l2-cache-size), or the whole disk when that needs less.

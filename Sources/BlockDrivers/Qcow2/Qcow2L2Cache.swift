@@ -1,12 +1,13 @@
 /// A bounded cache of decoded L2 tables, keyed by their host offset, evicting
 /// the least recently used table (QEMU's L2 `Qcow2Cache`, read side).
 ///
-/// Tables are immutable values once loaded; the driver replaces a table after
-/// changing it on disk.
+/// Tables are shared by reference (``Qcow2L2Table``): the driver changes a
+/// cached table in place, under its metadata lock, once the change is on
+/// disk (or undoes it when the write fails).
 struct Qcow2L2Cache {
   /// How many tables the cache holds at most.
   let capacity: Int
-  private var tables: [Int64: [UInt64]] = [:]
+  private var tables: [Int64: Qcow2L2Table] = [:]
   private var lastUse: [Int64: UInt64] = [:]
   private var clock: UInt64 = 0
 
@@ -14,7 +15,7 @@ struct Qcow2L2Cache {
   init(capacity: Int) { self.capacity = max(1, capacity) }
 
   /// The table at `offset`, if cached; marks it recently used.
-  mutating func table(at offset: Int64) -> [UInt64]? {
+  mutating func table(at offset: Int64) -> Qcow2L2Table? {
     guard let table = tables[offset] else { return nil }
     clock += 1
     lastUse[offset] = clock
@@ -22,7 +23,7 @@ struct Qcow2L2Cache {
   }
 
   /// Caches `table` at `offset`, evicting the least recently used table when full.
-  mutating func insert(_ table: [UInt64], at offset: Int64) {
+  mutating func insert(_ table: Qcow2L2Table, at offset: Int64) {
     if tables[offset] == nil, tables.count >= capacity,
       let victim = lastUse.min(by: { $0.value < $1.value })?.key
     {

@@ -134,11 +134,14 @@ extension Qcow2Driver {
     {
       return .inactiveL1
     }
-    if checks.contains(.activeL2), Self.anyCluster(of: l1Table, within: start..<end, clusterSize) {
+    if checks.contains(.activeL2),
+      Self.anyCluster(of: l1Table[..<usedL1Entries], within: start..<end, clusterSize)
+    {
       return .activeL2
     }
     if checks.contains(.refcountBlock), let refcounts,
-      Self.anyCluster(of: refcounts.table, within: start..<end, clusterSize)
+      Self.anyCluster(
+        of: refcounts.table[..<refcounts.usedTableEntries], within: start..<end, clusterSize)
     {
       return .refcountBlock
     }
@@ -162,10 +165,11 @@ extension Qcow2Driver {
 
   /// Whether a cluster some entry of `table` points at (its offset field)
   /// lies in `range` (cluster-aligned host offsets). A plain loop: it runs
-  /// for every write, over whole tables (QEMU's `cached` checks do the same).
-  static func anyCluster(of table: [UInt64], within range: Range<Int64>, _ clusterSize: Int64)
-    -> Bool
-  {
+  /// for every write, over the tables' entries up to the last one in use
+  /// (QEMU's `cached` checks stop at `max_refcount_table_index` too).
+  static func anyCluster(
+    of table: ArraySlice<UInt64>, within range: Range<Int64>, _ clusterSize: Int64
+  ) -> Bool {
     table.withUnsafeBufferPointer { entries in
       for entry in entries {
         let offset = Int64(entry & Qcow2Entry.offsetMask)
@@ -192,6 +196,12 @@ extension Qcow2Driver {
       "Preventing invalid write on metadata (overlaps with \(section.messageName))")
     throw BlockError(.ioError)
   }
+}
+
+extension [UInt64] {
+  /// The number of entries up to and including the last non-zero one: the
+  /// part of a table of offsets (L1, refcount table) that is in use.
+  var usedEntryCount: Int { (lastIndex { $0 != 0 } ?? -1) + 1 }
 }
 
 extension Qcow2Header {

@@ -46,4 +46,10 @@ struct Qcow2RefcountBlock: Equatable {
       }
     }
   }
+
+  /// Puts back `saved` (bytes this block had) from byte `start` on: undoes
+  /// a change that did not reach the file.
+  mutating func restore(_ saved: [UInt8], at start: Int) {
+    bytes.replaceSubrange(start..<start + saved.count, with: saved)
+  }
 }

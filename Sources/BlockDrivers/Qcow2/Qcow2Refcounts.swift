@@ -21,7 +21,10 @@ final class Qcow2Refcounts {
   /// Where the refcount table is.
   var tableOffset: Int64
   /// The refcount table's entries (the offsets of refcount blocks).
-  var table: [UInt64]
+  var table: [UInt64] { didSet { usedTableEntries = table.usedEntryCount } }
+  /// How many entries of ``table`` the overlap check looks at: up to the
+  /// last one in use (QEMU's `max_refcount_table_index` + 1).
+  private(set) var usedTableEntries: Int
   /// Cached refcount blocks by offset (always equal to the file's).
   var blocks: [Int64: Qcow2RefcountBlock] = [:]
   /// How many refcount blocks ``blocks`` keeps (`refcount-cache-size`).
@@ -59,6 +62,7 @@ final class Qcow2Refcounts {
     blockBits = Int64(header.clusterBits) + 3 - Int64(header.refcountOrder)
     tableOffset = Int64(header.refcountTableOffset)
     self.table = table
+    usedTableEntries = table.usedEntryCount
   }
 
   var clusterSize: Int64 { 1 << clusterBits }
@@ -209,15 +213,19 @@ final class Qcow2Refcounts {
   /// Refuses a refcount block offset that cannot be one: unaligned (QEMU's
   /// message), in the header cluster, or inside the refcount table (a loop).
   private func validateBlockOffset(_ offset: Int64, index: Int) throws {
+    let unaligned = offset & (clusterSize - 1) != 0
+    guard unaligned || offset < clusterSize || overlapsTable(offset, length: clusterSize) else {
+      return
+    }
+    // The messages are built only for a bad offset: this runs for every
+    // refcount lookup.
     let location = "(reftable index: 0x\(String(index, radix: 16)))"
     let hex = "0x\(String(offset, radix: 16))"
-    if offset & (clusterSize - 1) != 0 {
+    if unaligned {
       throw BlockError(.ioError, "Image is corrupt: Refblock offset \(hex) unaligned \(location)")
     }
-    if offset < clusterSize || overlapsTable(offset, length: clusterSize) {
-      throw BlockError(
-        .ioError, "Image is corrupt: Refblock offset \(hex) overlaps with metadata \(location)")
-    }
+    throw BlockError(
+      .ioError, "Image is corrupt: Refblock offset \(hex) overlaps with metadata \(location)")
   }
 
   /// Adds `addend` to the refcounts of `count` clusters from `first`, block
@@ -252,40 +260,52 @@ final class Qcow2Refcounts {
         throw BlockError(.ioError, "qcow2: refcount block vanished")
       }
       try await file.emit(.refblockLoad)
-      var block = try await cachedBlock(at: offset, file: file)
-      let base = (cluster >> blockBits) << blockBits
-      for index in cluster..<blockEnd {
-        let old = block[Int(index - base)]
-        let new = Int64(bitPattern: old) + addend
-        if new < 0 || UInt64(new) > block.maxValue {
-          throw BlockError(.invalidArgument, "qcow2: refcount of cluster \(index) out of range")
-        }
-        block[Int(index - base)] = UInt64(new)
-        if new == 0 {
-          freed.append(index << clusterBits)
-          freeClusterIndex = min(freeClusterIndex, index)
-          blocks[index << clusterBits] = nil
-          deferredBlocks.remove(index << clusterBits)
-          // Compressed data must not be packed into a cluster that was freed
-          // (and may be reallocated whole). QEMU 7.2 keeps packing there and
-          // only its overlap check stops the write.
-          if freeByteOffset >> clusterBits == index { freeByteOffset = 0 }
-        }
+      // Taken out of the cache while it changes, so that the change happens
+      // in place (no copy of the whole block); what the change replaced
+      // comes back when it fails, so that the cache keeps the file's counts.
+      _ = try await cachedBlock(at: offset, file: file)
+      guard var block = blocks.removeValue(forKey: offset) else {
+        throw BlockError(.ioError, "qcow2: refcount block vanished")
       }
+      let base = (cluster >> blockBits) << blockBits
       let start = Int(cluster - base) * refcountBits / 8
       let end = (Int(blockEnd - base) * refcountBits + 7) / 8
-      if defersWrites {
+      let previous = Array(block.bytes[start..<end])
+      do {
+        for index in cluster..<blockEnd {
+          let old = block[Int(index - base)]
+          let new = Int64(bitPattern: old) + addend
+          if new < 0 || UInt64(new) > block.maxValue {
+            throw BlockError(.invalidArgument, "qcow2: refcount of cluster \(index) out of range")
+          }
+          block[Int(index - base)] = UInt64(new)
+          if new == 0 {
+            freed.append(index << clusterBits)
+            freeClusterIndex = min(freeClusterIndex, index)
+            blocks[index << clusterBits] = nil
+            deferredBlocks.remove(index << clusterBits)
+            // Compressed data must not be packed into a cluster that was freed
+            // (and may be reallocated whole). QEMU 7.2 keeps packing there and
+            // only its overlap check stops the write.
+            if freeByteOffset >> clusterBits == index { freeByteOffset = 0 }
+          }
+        }
+        if defersWrites {
+          blocks[offset] = block
+          deferredBlocks.insert(offset)
+          cluster = blockEnd
+          continue
+        }
+        try await checkWrite?(offset + Int64(start), Int64(end - start), .refcountBlock)
+        try await recordingFailure(at: offset) {
+          try await file.emit(.refblockUpdatePart)
+          try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
+        }
+      } catch {
+        block.restore(previous, at: start)
         blocks[offset] = block
-        deferredBlocks.insert(offset)
-        cluster = blockEnd
-        continue
+        throw error
       }
-      try await checkWrite?(offset + Int64(start), Int64(end - start), .refcountBlock)
-      try await recordingFailure(at: offset) {
-        try await file.emit(.refblockUpdatePart)
-        try await file.write(at: offset + Int64(start), bytes: Array(block.bytes[start..<end]))
-      }
-      // Cached only once on disk (a failed write leaves the file's counts).
       blocks[offset] = block
       cluster = blockEnd
     }
