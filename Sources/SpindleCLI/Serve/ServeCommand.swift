@@ -6,7 +6,7 @@ import NBD
 ///
 /// Implemented: -k/--socket, -p/--port, -b/--bind, -x/--export-name,
 /// -D/--description, -f/--format, -r/--read-only, -t/--persistent,
-/// -e/--shared, -A/--allocation-depth, -n/--nocache, --cache, --aio, --discard, --detect-zeroes,
+/// -e/--shared, -A/--allocation-depth, -l/--load-snapshot, -n/--nocache, --cache, --aio, --discard, --detect-zeroes,
 /// --image-opts, -h, -V, and socket activation (LISTEN_PID/LISTEN_FDS). Every
 /// other qemu-nbd option is refused with "not supported by Spindle yet".
 @BlockActor
@@ -33,7 +33,7 @@ enum ServeCommand {
   static let unsupported: [String: String] = [
     "o": "-o/--offset", "B": "-B/--bitmap",
     "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list", "s": "-s/--snapshot",
-    "l": "-l/--load-snapshot", "v": "-v/--verbose", "object": "--object",
+    "v": "-v/--verbose", "object": "--object",
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
     "T": "-T/--trace", "fork": "--fork", "pid-file": "--pid-file",
     "selinux-label": "--selinux-label",
@@ -94,6 +94,13 @@ enum ServeCommand {
         options.socketPath = argument
       case "r": options.readOnly = true
       case "A": options.allocationDepth = true
+      case "l":
+        guard
+          let snapshot = InternalSnapshotOption.parse(
+            argument, reporter: reporter, openingQuote: "`")
+        else { return nil }
+        options.snapshot = snapshot
+        options.readOnly = true  // -l implies -r
       case "n", "cache":
         if cacheGiven {
           reporter.error("-n and --cache can only be specified once")

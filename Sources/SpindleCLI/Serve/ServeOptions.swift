@@ -23,6 +23,8 @@ struct ServeOptions {
   var detectZeroes: DetectZeroesMode = .off
   /// -A: offer the `qemu:allocation-depth` meta context.
   var allocationDepth = false
+  /// -l: the internal snapshot served (read-only).
+  var snapshot: InternalSnapshotOption?
   var filename = ""
 }
 

@@ -60,6 +60,16 @@ struct ServeRunner {
       return 1
     }
     let root = backend.root
+    if let snapshot = options.snapshot {
+      do {
+        try await snapshot.load(into: root)
+      } catch {
+        reporter.error("Failed to load snapshot: \(errorMessage(error))")
+        await backend.close()
+        await server.stop()
+        return 1
+      }
+    }
     // QEMU's raw format restricts a probed image to 512-byte requests (to
     // guard block 0), which qemu-nbd advertises as the minimum block size.
     let probedRaw =
