@@ -55,7 +55,7 @@ struct NBDServeOptionTests {
   @Test(arguments: [
     (["-o", "512"], "-o/--offset"),
     (["-B", "b"], "-B/--bitmap"),
-    (["-L"], "-L/--list"), (["-s"], "-s/--snapshot"), (["--fork"], "--fork"),
+    (["-L"], "-L/--list"), (["--fork"], "--fork"),
     (["--tls-creds", "t"], "--tls-creds"), (["--object", "secret,id=s,data=x"], "--object"),
     (["-c", "/dev/nbd0"], "-c/--connect"), (["--pid-file", "p"], "--pid-file"),
   ])

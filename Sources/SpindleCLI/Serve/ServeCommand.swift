@@ -32,7 +32,7 @@ enum ServeCommand {
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
   static let unsupported: [String: String] = [
     "o": "-o/--offset", "B": "-B/--bitmap",
-    "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list", "s": "-s/--snapshot",
+    "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list",
     "v": "-v/--verbose", "object": "--object",
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
     "T": "-T/--trace", "fork": "--fork", "pid-file": "--pid-file",
@@ -94,6 +94,7 @@ enum ServeCommand {
         options.socketPath = argument
       case "r": options.readOnly = true
       case "A": options.allocationDepth = true
+      case "s": options.temporaryOverlay = true
       case "l":
         guard
           let snapshot = InternalSnapshotOption.parse(

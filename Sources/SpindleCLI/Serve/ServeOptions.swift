@@ -25,6 +25,8 @@ struct ServeOptions {
   var allocationDepth = false
   /// -l: the internal snapshot served (read-only).
   var snapshot: InternalSnapshotOption?
+  /// -s: writes go to a temporary overlay discarded at exit.
+  var temporaryOverlay = false
   var filename = ""
 }
 

@@ -102,6 +102,7 @@ struct ServeRunner {
     // permission (blk_exp_add): only a format's metadata keeps other writers
     // off the file (qcow2), a raw image may be written by others meanwhile.
     spec.sharesWrites = true
+    spec.snapshot = options.temporaryOverlay
     if options.imageOpts {
       spec.options = parseOptionString(options.filename, impliedKey: "file", reporter: reporter)
     } else {
