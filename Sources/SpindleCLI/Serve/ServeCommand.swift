@@ -27,6 +27,7 @@ enum ServeCommand {
     .init("tls-creds", .required), .init("tls-hostname", .required),
     .init("tls-authz", .required), .init("image-opts"), .init("trace", .required, key: "T"),
     .init("fork"), .init("pid-file", .required), .init("selinux-label", .required),
+    .init("handshake-limit", .required),
   ]
 
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
@@ -160,6 +161,13 @@ enum ServeCommand {
         }
         options.description = argument
       case "image-opts": options.imageOpts = true
+      case "handshake-limit":
+        // QEMU 9.1's option (CVE-2024-7409); qemu-nbd 7.2 has no limit.
+        guard let seconds = parseCInt(argument), seconds >= 0 else {
+          reporter.error("Invalid handshake limit '\(argument)'")
+          return nil
+        }
+        options.handshakeLimit = seconds
       default:
         reporter.error(tryHelp)
         return nil

@@ -27,6 +27,8 @@ struct ServeOptions {
   var snapshot: InternalSnapshotOption?
   /// -s: writes go to a temporary overlay discarded at exit.
   var temporaryOverlay = false
+  /// --handshake-limit: seconds a client may take to negotiate (0: no limit).
+  var handshakeLimit = 10
   var filename = ""
 }
 

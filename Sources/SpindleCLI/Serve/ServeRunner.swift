@@ -31,7 +31,10 @@ struct ServeRunner {
     }
     let console = reporter.console
     let reporter = reporter
-    let server = NBDServer(persistent: options.persistent, shared: options.shared) {
+    let server = NBDServer(
+      persistent: options.persistent, shared: options.shared,
+      handshakeLimit: options.handshakeLimit > 0 ? .seconds(options.handshakeLimit) : nil
+    ) {
       reporter.error($0)
       console.flush()
     }
