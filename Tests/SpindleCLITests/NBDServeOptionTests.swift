@@ -57,7 +57,7 @@ struct NBDServeOptionTests {
     (["-B", "b"], "-B/--bitmap"),
     (["-L"], "-L/--list"), (["--fork"], "--fork"),
     (["--tls-creds", "t"], "--tls-creds"), (["--object", "secret,id=s,data=x"], "--object"),
-    (["-c", "/dev/nbd0"], "-c/--connect"), (["--pid-file", "p"], "--pid-file"),
+    (["-c", "/dev/nbd0"], "-c/--connect"),
   ])
   func unimplementedOptionsAreRefused(_ options: [String], _ name: String) async throws {
     let result = await runSpindle(["spindle", "serve"] + options + ["x.raw"])

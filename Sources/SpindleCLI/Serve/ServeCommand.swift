@@ -6,9 +6,11 @@ import NBD
 ///
 /// Implemented: -k/--socket, -p/--port, -b/--bind, -x/--export-name,
 /// -D/--description, -f/--format, -r/--read-only, -t/--persistent,
-/// -e/--shared, -A/--allocation-depth, -l/--load-snapshot, -n/--nocache, --cache, --aio, --discard, --detect-zeroes,
-/// --image-opts, -h, -V, and socket activation (LISTEN_PID/LISTEN_FDS). Every
-/// other qemu-nbd option is refused with "not supported by Spindle yet".
+/// -e/--shared, -A/--allocation-depth, -l/--load-snapshot, -s/--snapshot,
+/// -n/--nocache, --cache, --aio, --discard, --detect-zeroes, --image-opts,
+/// --pid-file, -h, -V, socket activation (LISTEN_PID/LISTEN_FDS), and QEMU
+/// 9.1's --handshake-limit. Every other qemu-nbd option is refused with "not
+/// supported by Spindle yet".
 @BlockActor
 enum ServeCommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -36,7 +38,7 @@ enum ServeCommand {
     "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list",
     "v": "-v/--verbose", "object": "--object",
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
-    "T": "-T/--trace", "fork": "--fork", "pid-file": "--pid-file",
+    "T": "-T/--trace", "fork": "--fork",
     "selinux-label": "--selinux-label",
   ]
 
@@ -161,6 +163,7 @@ enum ServeCommand {
         }
         options.description = argument
       case "image-opts": options.imageOpts = true
+      case "pid-file": options.pidFile = argument
       case "handshake-limit":
         // QEMU 9.1's option (CVE-2024-7409); qemu-nbd 7.2 has no limit.
         guard let seconds = parseCInt(argument), seconds >= 0 else {

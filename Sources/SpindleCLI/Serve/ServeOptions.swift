@@ -29,6 +29,8 @@ struct ServeOptions {
   var temporaryOverlay = false
   /// --handshake-limit: seconds a client may take to negotiate (0: no limit).
   var handshakeLimit = 10
+  /// --pid-file: where the server's pid goes once it serves.
+  var pidFile: String?
   var filename = ""
 }
 

@@ -86,6 +86,12 @@ struct ServeRunner {
       requestAlignment: UInt32(clamping: alignment),
       maxTransfer: UInt32(clamping: root.limits.maxTransfer),
       allocationDepth: options.allocationDepth)
+    if let path = options.pidFile, let problem = PidFile.write(to: path) {
+      reporter.error(problem)
+      await backend.close()
+      await server.stop()
+      return 1
+    }
     console.flush()
     await server.run(backend: backend, export: export)
     await backend.close()
