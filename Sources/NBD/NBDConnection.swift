@@ -9,11 +9,15 @@ final class NBDConnection {
   private let backend: BlockBackend
   private let export: NBDExportInfo
   private let report: @BlockActor (String) -> Void
+  private let handshakeLimit: Duration?
 
-  init(backend: BlockBackend, export: NBDExportInfo, report: @escaping @BlockActor (String) -> Void)
-  {
+  init(
+    backend: BlockBackend, export: NBDExportInfo, handshakeLimit: Duration?,
+    report: @escaping @BlockActor (String) -> Void
+  ) {
     self.backend = backend
     self.export = export
+    self.handshakeLimit = handshakeLimit
     self.report = report
   }
 
@@ -22,11 +26,21 @@ final class NBDConnection {
   func serve(
     _ channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, negotiated: @BlockActor () -> Void
   ) async {
+    // The handshake time limit: the connection is cut when it expires
+    // before transmission; reading then ends and the client is dropped.
+    let limiter = handshakeLimit.map { limit in
+      Task { [channel = channel.channel] in
+        try await Task.sleep(for: limit)
+        channel.close(promise: nil)
+      }
+    }
+    defer { limiter?.cancel() }
     do {
       try await channel.executeThenClose { inbound, outbound in
         var reader = NBDInboundReader(inbound)
         try await outbound.write(NBDEncoding.greeting())
         guard let negotiator = try await negotiate(&reader, outbound) else { return }
+        limiter?.cancel()
         negotiated()
         try await transmit(&reader, outbound, negotiator)
       }

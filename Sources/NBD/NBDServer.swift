@@ -44,15 +44,20 @@ public final class NBDServer {
   private var active = 0
   private var slotWaiters: [CheckedContinuation<Bool, Never>] = []
   private var stopping = false
+  private let handshakeLimit: Duration?
 
   /// A server that keeps running after its last client unless `persistent`
   /// is false, and takes `shared` clients at once; `report` receives runtime
-  /// messages (without the program name).
+  /// messages (without the program name). A client that has not reached
+  /// transmission `handshakeLimit` after it was served is dropped (QEMU
+  /// 9.1's answer to CVE-2024-7409, 10 s by default; nil: no limit).
   public init(
-    persistent: Bool, shared: Int, report: @escaping @BlockActor (String) -> Void
+    persistent: Bool, shared: Int, handshakeLimit: Duration? = .seconds(10),
+    report: @escaping @BlockActor (String) -> Void
   ) {
     self.persistent = persistent
     self.shared = shared
+    self.handshakeLimit = handshakeLimit
     self.report = report
   }
 
@@ -166,7 +171,8 @@ public final class NBDServer {
       releaseSlot(negotiated: false)
       return
     }
-    let connection = NBDConnection(backend: backend, export: export, report: report)
+    let connection = NBDConnection(
+      backend: backend, export: export, handshakeLimit: handshakeLimit, report: report)
     await connection.serve(client) { negotiated = true }
     clients[id] = nil
     releaseSlot(negotiated: negotiated)

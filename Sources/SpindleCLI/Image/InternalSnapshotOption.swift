@@ -13,9 +13,12 @@ struct InternalSnapshotOption {
   /// The plain form's ID or name; nil for the option form.
   var idOrName: String?
 
-  /// Parses `-l`'s argument; nil after printing QEMU's errors.
+  /// Parses `-l`'s argument; nil after printing QEMU's errors (qemu-nbd
+  /// quotes the argument `like this', qemu-img 'like this').
   @BlockActor
-  static func parse(_ text: String, reporter: Reporter) -> InternalSnapshotOption? {
+  static func parse(_ text: String, reporter: Reporter, openingQuote: String = "'")
+    -> InternalSnapshotOption?
+  {
     guard text.hasPrefix("snapshot.") else { return InternalSnapshotOption(idOrName: text) }
     let options = parseOptionString(text, reporter: reporter)
     let unknown = options.values.keys.filter { $0 != "snapshot.id" && $0 != "snapshot.name" }
@@ -24,7 +27,7 @@ struct InternalSnapshotOption {
         < (text.range(of: $1)?.lowerBound ?? text.endIndex)
     }) {
       reporter.error("Invalid parameter '\(first)'")
-      reporter.error("Failed in parsing snapshot param '\(text)'")
+      reporter.error("Failed in parsing snapshot param \(openingQuote)\(text)'")
       return nil
     }
     return InternalSnapshotOption(

@@ -6,9 +6,11 @@ import NBD
 ///
 /// Implemented: -k/--socket, -p/--port, -b/--bind, -x/--export-name,
 /// -D/--description, -f/--format, -r/--read-only, -t/--persistent,
-/// -e/--shared, -A/--allocation-depth, -n/--nocache, --cache, --aio, --discard, --detect-zeroes,
-/// --image-opts, -h, -V, and socket activation (LISTEN_PID/LISTEN_FDS). Every
-/// other qemu-nbd option is refused with "not supported by Spindle yet".
+/// -e/--shared, -A/--allocation-depth, -l/--load-snapshot, -s/--snapshot,
+/// -n/--nocache, --cache, --aio, --discard, --detect-zeroes, --image-opts,
+/// --pid-file, -h, -V, socket activation (LISTEN_PID/LISTEN_FDS), and QEMU
+/// 9.1's --handshake-limit. Every other qemu-nbd option is refused with "not
+/// supported by Spindle yet".
 @BlockActor
 enum ServeCommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -27,15 +29,16 @@ enum ServeCommand {
     .init("tls-creds", .required), .init("tls-hostname", .required),
     .init("tls-authz", .required), .init("image-opts"), .init("trace", .required, key: "T"),
     .init("fork"), .init("pid-file", .required), .init("selinux-label", .required),
+    .init("handshake-limit", .required),
   ]
 
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
   static let unsupported: [String: String] = [
     "o": "-o/--offset", "B": "-B/--bitmap",
-    "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list", "s": "-s/--snapshot",
-    "l": "-l/--load-snapshot", "v": "-v/--verbose", "object": "--object",
+    "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list",
+    "v": "-v/--verbose", "object": "--object",
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
-    "T": "-T/--trace", "fork": "--fork", "pid-file": "--pid-file",
+    "T": "-T/--trace", "fork": "--fork",
     "selinux-label": "--selinux-label",
   ]
 
@@ -94,6 +97,14 @@ enum ServeCommand {
         options.socketPath = argument
       case "r": options.readOnly = true
       case "A": options.allocationDepth = true
+      case "s": options.temporaryOverlay = true
+      case "l":
+        guard
+          let snapshot = InternalSnapshotOption.parse(
+            argument, reporter: reporter, openingQuote: "`")
+        else { return nil }
+        options.snapshot = snapshot
+        options.readOnly = true  // -l implies -r
       case "n", "cache":
         if cacheGiven {
           reporter.error("-n and --cache can only be specified once")
@@ -152,6 +163,14 @@ enum ServeCommand {
         }
         options.description = argument
       case "image-opts": options.imageOpts = true
+      case "pid-file": options.pidFile = argument
+      case "handshake-limit":
+        // QEMU 9.1's option (CVE-2024-7409); qemu-nbd 7.2 has no limit.
+        guard let seconds = parseCInt(argument), seconds >= 0 else {
+          reporter.error("Invalid handshake limit '\(argument)'")
+          return nil
+        }
+        options.handshakeLimit = seconds
       default:
         reporter.error(tryHelp)
         return nil

@@ -23,6 +23,14 @@ struct ServeOptions {
   var detectZeroes: DetectZeroesMode = .off
   /// -A: offer the `qemu:allocation-depth` meta context.
   var allocationDepth = false
+  /// -l: the internal snapshot served (read-only).
+  var snapshot: InternalSnapshotOption?
+  /// -s: writes go to a temporary overlay discarded at exit.
+  var temporaryOverlay = false
+  /// --handshake-limit: seconds a client may take to negotiate (0: no limit).
+  var handshakeLimit = 10
+  /// --pid-file: where the server's pid goes once it serves.
+  var pidFile: String?
   var filename = ""
 }
 

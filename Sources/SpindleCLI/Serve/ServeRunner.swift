@@ -31,7 +31,10 @@ struct ServeRunner {
     }
     let console = reporter.console
     let reporter = reporter
-    let server = NBDServer(persistent: options.persistent, shared: options.shared) {
+    let server = NBDServer(
+      persistent: options.persistent, shared: options.shared,
+      handshakeLimit: options.handshakeLimit > 0 ? .seconds(options.handshakeLimit) : nil
+    ) {
       reporter.error($0)
       console.flush()
     }
@@ -60,6 +63,16 @@ struct ServeRunner {
       return 1
     }
     let root = backend.root
+    if let snapshot = options.snapshot {
+      do {
+        try await snapshot.load(into: root)
+      } catch {
+        reporter.error("Failed to load snapshot: \(errorMessage(error))")
+        await backend.close()
+        await server.stop()
+        return 1
+      }
+    }
     // QEMU's raw format restricts a probed image to 512-byte requests (to
     // guard block 0), which qemu-nbd advertises as the minimum block size.
     let probedRaw =
@@ -73,6 +86,12 @@ struct ServeRunner {
       requestAlignment: UInt32(clamping: alignment),
       maxTransfer: UInt32(clamping: root.limits.maxTransfer),
       allocationDepth: options.allocationDepth)
+    if let path = options.pidFile, let problem = PidFile.write(to: path) {
+      reporter.error(problem)
+      await backend.close()
+      await server.stop()
+      return 1
+    }
     console.flush()
     await server.run(backend: backend, export: export)
     await backend.close()
@@ -92,6 +111,7 @@ struct ServeRunner {
     // permission (blk_exp_add): only a format's metadata keeps other writers
     // off the file (qcow2), a raw image may be written by others meanwhile.
     spec.sharesWrites = true
+    spec.snapshot = options.temporaryOverlay
     if options.imageOpts {
       spec.options = parseOptionString(options.filename, impliedKey: "file", reporter: reporter)
     } else {
