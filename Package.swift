@@ -74,6 +74,7 @@ let package = Package(
       name: "NBDTests",
       dependencies: [
         "NBD", "BlockCore", "BlockDrivers", .product(name: "NIOCore", package: "swift-nio"),
+        .product(name: "NIOPosix", package: "swift-nio"),
       ]),
     .testTarget(
       name: "SpindleCLITests",

@@ -3,7 +3,7 @@ import NIOCore
 /// Reads exact byte counts from a connection's inbound stream, keeping what
 /// arrived beyond them for the next read.
 struct NBDInboundReader {
-  private var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
+  private var iterator: any AsyncIteratorProtocol<ByteBuffer, any Error>
   private var pending = ByteBuffer()
   /// Whether the peer closed after sending part of what the last read wanted.
   private(set) var endedMidMessage = false
@@ -11,6 +11,17 @@ struct NBDInboundReader {
   init(_ inbound: NIOAsyncChannelInboundStream<ByteBuffer>) {
     iterator = inbound.makeAsyncIterator()
   }
+
+  /// A reader of `inbound`, whose iterator resumes on the reader's caller's
+  /// executor (no hop through Swift's shared pool).
+  init(_ inbound: AsyncThrowingStream<ByteBuffer, any Error>, unread: ByteBuffer = ByteBuffer()) {
+    iterator = inbound.makeAsyncIterator()
+    pending = unread
+  }
+
+  /// What arrived beyond the reads so far (for a reader that goes on from
+  /// the same stream on another executor).
+  var unread: ByteBuffer { pending }
 
   /// The next `count` bytes, or nil when the peer closed the connection first.
   mutating func read(_ count: Int, isolation: isolated (any Actor)? = #isolation) async throws

@@ -12,15 +12,18 @@ struct NBDConnectionLost: Error {}
 /// structured, in any order, chunks of different requests interleaved) is
 /// matched to its request by cookie.
 ///
-/// State lives on ``BlockActor``, as every driver's: a reader loop on the
-/// actor decodes replies and resumes the waiting request's continuation. A
+/// The handshake runs on the socket's swift-nio event loop
+/// (``NBDClientNegotiation``). After it, state lives on ``BlockActor``, as
+/// every driver's: a reader loop on the actor decodes replies and resumes the
+/// waiting request's continuation; bytes reach it through
+/// ``NBDClientChannel`` without a hop through Swift's shared pool. A
 /// protocol violation or a lost connection fails every request in flight
 /// and every later one with ``NBDConnectionLost``.
 @BlockActor
 final class NBDClientConnection {
   /// What the handshake negotiated.
   let export: NBDNegotiatedExport
-  private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+  private let socket: NBDClientChannel
   private var pending: [UInt64: NBDPendingRequest] = [:]
   private var nextCookie: UInt64 = 1
   private var broken = false
@@ -28,19 +31,13 @@ final class NBDClientConnection {
   private var finished: [CheckedContinuation<Void, Never>] = []
   private var readerEnded = false
 
-  private let channel: any Channel
-
   /// How long ``close()`` waits for the server to hang up after DISC before
   /// closing the socket itself.
   static let closeGracePeriod: Duration = .seconds(5)
 
-  private init(
-    export: NBDNegotiatedExport, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-    channel: any Channel
-  ) {
+  private init(export: NBDNegotiatedExport, socket: NBDClientChannel) {
     self.export = export
-    self.outbound = outbound
-    self.channel = channel
+    self.socket = socket
   }
 
   /// Connects to `address` and negotiates; throws QEMU's messages
@@ -48,17 +45,15 @@ final class NBDClientConnection {
   static func open(to address: NBDServerAddress, handshake: NBDClientHandshake) async throws
     -> NBDClientConnection
   {
-    let channel = try await connect(to: address)
+    let socket = try await connect(to: address)
     return try await withCheckedThrowingContinuation { opened in
       Task { @BlockActor in
-        await run(channel, handshake: handshake, opened: opened)
+        await run(socket, handshake: handshake, opened: opened)
       }
     }
   }
 
-  private static func connect(to address: NBDServerAddress) async throws
-    -> NIOAsyncChannel<ByteBuffer, ByteBuffer>
-  {
+  private static func connect(to address: NBDServerAddress) async throws -> NBDClientChannel {
     let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .channelOption(.allowRemoteHalfClosure, value: false)
       // READ replies are up to 32 MiB: read the socket in pieces of up to
@@ -66,14 +61,8 @@ final class NBDClientConnection {
       .channelOption(
         .recvAllocator,
         value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 65536, maximum: 1 << 20))
-    @Sendable func wrap(_ channel: any Channel) -> EventLoopFuture<
-      NIOAsyncChannel<ByteBuffer, ByteBuffer>
-    > {
-      channel.eventLoop.makeCompletedFuture {
-        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(
-          wrappingChannelSynchronously: channel,
-          configuration: .init(isOutboundHalfClosureEnabled: true))
-      }
+    @Sendable func wrap(_ channel: any Channel) -> EventLoopFuture<NBDClientChannel> {
+      channel.eventLoop.makeCompletedFuture { try NBDClientChannel.install(on: channel) }
     }
     do {
       switch address {
@@ -117,39 +106,33 @@ final class NBDClientConnection {
   }
 
   /// Negotiates, hands the connection to `opened`, then reads replies until
-  /// the connection ends.
+  /// the connection ends, and closes the socket.
   private static func run(
-    _ channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>, handshake: NBDClientHandshake,
+    _ socket: NBDClientChannel, handshake: NBDClientHandshake,
     opened: CheckedContinuation<NBDClientConnection, any Error>
   ) async {
-    var connection: NBDClientConnection?
+    let export: NBDNegotiatedExport
+    let leftover: ByteBuffer
     do {
-      try await channel.executeThenClose { inbound, outbound in
-        var reader = NBDInboundReader(inbound)
-        let export: NBDNegotiatedExport
-        do {
-          export = try await handshake.run(&reader, outbound)
-        } catch let error as BlockError {
-          opened.resume(throwing: error)
-          return
-        } catch {
-          opened.resume(
-            throwing: BlockError(
-              .ioError, "Failed to read from socket: \(socketErrorText(error))"))
-          return
-        }
-        let negotiated = NBDClientConnection(
-          export: export, outbound: outbound, channel: channel.channel)
-        connection = negotiated
-        opened.resume(returning: negotiated)
-        await negotiated.receiveReplies(&reader)
-      }
+      (export, leftover) = try await NBDClientNegotiation(socket).run(handshake)
+    } catch let error as BlockError {
+      socket.close()
+      opened.resume(throwing: error)
+      return
     } catch {
-      if connection == nil {
-        opened.resume(throwing: BlockError(.ioError, "\(error)"))
-      }
+      socket.close()
+      opened.resume(
+        throwing: BlockError(.ioError, "Failed to read from socket: \(socketErrorText(error))"))
+      return
     }
-    connection?.readerDidEnd()
+    let connection = NBDClientConnection(export: export, socket: socket)
+    opened.resume(returning: connection)
+    // The handshake's iterator has ended: the replies are read on this
+    // actor, from where it stopped.
+    var reader = NBDInboundReader(socket.inbound, unread: leftover)
+    await connection.receiveReplies(&reader)
+    socket.close()
+    connection.readerDidEnd()
   }
 
   // MARK: Requests
@@ -181,7 +164,7 @@ final class NBDClientConnection {
       contextID: export.contextID)
     pending[cookie] = entry
     do {
-      try await outbound.write(buffer)
+      try await socket.write(buffer)
     } catch {
       if pending.removeValue(forKey: cookie) != nil { fail() }
       throw NBDConnectionLost()
@@ -199,14 +182,14 @@ final class NBDClientConnection {
       var buffer = ByteBuffer()
       NBDRequest(type: NBDCommand.disconnect.rawValue, cookie: 0, offset: 0, length: 0)
         .encode(into: &buffer)
-      try? await outbound.write(buffer)
+      try? await socket.write(buffer)
     }
-    outbound.finish()
+    socket.finishWriting()
     if readerEnded { return }
-    let socket = channel
+    let socket = socket
     let cutOff = Task {
       try await Task.sleep(for: Self.closeGracePeriod)
-      socket.close(promise: nil)
+      socket.close()
     }
     await withCheckedContinuation { finished.append($0) }
     cutOff.cancel()

@@ -37,7 +37,7 @@ struct NBDClientHandshake {
   /// The magic of an oldstyle greeting, after NBDMAGIC.
   static let oldstyleMagic: UInt64 = 0x0042_0281_8612_53
 
-  private typealias Writer = NIOAsyncChannelOutboundWriter<ByteBuffer>
+  private typealias Writer = NBDClientChannel
 
   private static func failure(_ message: String) -> BlockError {
     BlockError(.invalidArgument, message)
@@ -58,7 +58,7 @@ struct NBDClientHandshake {
 
   /// Runs the handshake over a fresh connection.
   func run(
-    _ reader: inout NBDInboundReader, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+    _ reader: inout NBDInboundReader, _ outbound: NBDClientChannel,
     isolation: isolated (any Actor)? = #isolation
   ) async throws -> NBDNegotiatedExport {
     var greeting = try await read(&reader, 16, "initial magic")
