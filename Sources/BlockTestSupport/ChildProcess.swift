@@ -86,6 +86,18 @@ public final class ChildProcess: @unchecked Sendable {
     }
     posix_spawn_file_actions_adddup2(&actions, stdout.write, 1)
     posix_spawn_file_actions_adddup2(&actions, stderr?.write ?? stdout.write, 2)
+    // The child gets its three streams and nothing else: descriptors that
+    // other tests' threads hold at this moment without close-on-exec (swift-nio
+    // creates its sockets without it; a probe socket of the NBD tests) would
+    // otherwise live on in the child and keep their connections open after
+    // their owners closed them.
+    // (glibc 2.34's posix_spawn_file_actions_addclosefrom_np, which Swift's
+    // Glibc module does not declare.)
+    typealias AddCloseFrom =
+      @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    if let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") {
+      _ = unsafeBitCast(symbol, to: AddCloseFrom.self)(&actions, 3)
+    }
 
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }

@@ -156,7 +156,10 @@ struct IOContextTests {
           sched_yield()
         }
         proceed.signal()
-        if ran.wait(timeout: .now() + 10) == .timedOut {
+        // (A lost job never runs; the bound is generous because the job's
+        // task starts on Swift's shared pool, which a full test run keeps
+        // busy for seconds at a time.)
+        if ran.wait(timeout: .now() + 120) == .timedOut {
           // Lost: release the hook for good so that the context can end.
           armed.store(false, ordering: .sequentiallyConsistent)
           proceed.signal()

@@ -30,7 +30,10 @@ struct NBDClientTests {
       let node = BlockNode(name: "mem", driver: memory)
       try await node.open()
       backend = BlockBackend(root: node)
-      server = NBDServer(persistent: true, shared: 0, report: { _ in })
+      // No handshake time limit: at the start of a test run every test
+      // starts at once and this process's server can wait longer than the
+      // default 10 s before its first turn (the limit has its own tests).
+      server = NBDServer(persistent: true, shared: 0, handshakeLimit: nil, report: { _ in })
       try await server.listen(on: .unix(path: socket))
       let export = NBDExportInfo(size: UInt64(size), readOnly: readOnly, multiConn: true)
       task = Task { [server, backend] in await server.run(backend: backend, export: export) }

@@ -12,9 +12,9 @@ struct NBDBadInputTests {
   static let optionMagic: UInt64 = 0x4948_4156_454f_5054
 
   /// Connects, reads the greeting and sends the fixed-newstyle client flags.
-  static func handshake(_ path: String) throws -> NBDSocket {
+  static func handshake(_ path: String) async throws -> NBDSocket {
     let socket = try NBDSocket(path: path)
-    let greeting = try #require(socket.receive(18))
+    let greeting = try #require(await socket.receive(18))
     #expect(Array(greeting[0..<8]) == Array("NBDMAGIC".utf8))
     socket.send(.be(UInt32(3)))
     return socket
@@ -32,12 +32,12 @@ struct NBDBadInputTests {
 
   /// Option replies until ACK or an error, as "type:payload" lines (text
   /// payloads of errors as text).
-  static func optionReplies(_ socket: NBDSocket) -> [String] {
+  static func optionReplies(_ socket: NBDSocket) async -> [String] {
     var lines: [String] = []
-    while let header = socket.receive(20) {
+    while let header = await socket.receive(20) {
       let type = header.be(UInt32.self, at: 12)
       let length = Int(header.be(UInt32.self, at: 16))
-      guard let payload = socket.receive(length) else { return lines + ["closed"] }
+      guard let payload = await socket.receive(length) else { return lines + ["closed"] }
       let text =
         type >= 0x8000_0000
         ? String(decoding: payload, as: UTF8.self)
@@ -49,12 +49,12 @@ struct NBDBadInputTests {
   }
 
   /// One reply in transmission (structured chunks until DONE), as text.
-  static func reply(_ socket: NBDSocket) -> String {
-    guard let header = socket.receive(20) else { return "closed" }
+  static func reply(_ socket: NBDSocket) async -> String {
+    guard let header = await socket.receive(20) else { return "closed" }
     let type = header.be(UInt16.self, at: 6)
     let cookie = header.be(UInt64.self, at: 8)
     let length = Int(header.be(UInt32.self, at: 16))
-    guard let payload = socket.receive(length) else { return "closed" }
+    guard let payload = await socket.receive(length) else { return "closed" }
     if type == 0x8001 {
       let error = payload.be(UInt32.self, at: 0)
       let message = String(decoding: payload[6...], as: UTF8.self)
@@ -63,8 +63,8 @@ struct NBDBadInputTests {
     return "cookie \(cookie) chunk \(type) length \(length)"
   }
 
-  static func isClosed(_ socket: NBDSocket) -> String {
-    socket.receive(1) == nil ? "closed" : "open"
+  static func isClosed(_ socket: NBDSocket) async -> String {
+    await socket.receive(1) == nil ? "closed" : "open"
   }
 
   /// Everything a misbehaving client sees, against `server`.
@@ -75,54 +75,54 @@ struct NBDBadInputTests {
       server, socket: path, options: ["-t", "-f", "raw", image])
     var lines: [String] = []
     do {
-      let socket = try handshake(path)
+      let socket = try await handshake(path)
       socket.send(option(7, [], magic: 0x1234))
-      lines.append("bad option magic: \(isClosed(socket))")
+      lines.append("bad option magic: \(await isClosed(socket))")
     }
     do {
-      let socket = try handshake(path)
+      let socket = try await handshake(path)
       socket.send(.be(optionMagic) + .be(UInt32(7)) + .be(UInt32((32 << 20) + 1)))
-      lines.append("oversized option: \(isClosed(socket))")
+      lines.append("oversized option: \(await isClosed(socket))")
     }
     do {
-      let socket = try handshake(path)
+      let socket = try await handshake(path)
       socket.send(option(99, []))
-      lines += optionReplies(socket)
+      lines += await optionReplies(socket)
       socket.send(option(6, .be(UInt32(5)) + Array("nope!".utf8) + .be(UInt16(0))))
-      lines += optionReplies(socket)
+      lines += await optionReplies(socket)
       socket.send(
         option(7, .be(UInt32(4097)) + [UInt8](repeating: 0x61, count: 4097) + .be(UInt16(0))))
-      lines += optionReplies(socket)
+      lines += await optionReplies(socket)
       socket.send(option(8, []))
-      lines += optionReplies(socket)
+      lines += await optionReplies(socket)
       socket.send(option(7, .be(UInt32(0)) + .be(UInt16(1)) + .be(UInt16(3))))
-      lines += optionReplies(socket)
+      lines += await optionReplies(socket)
       let size: UInt64 = 1 << 20
       socket.send(request(type: 0, cookie: 1, offset: size, length: 512))
-      lines.append(reply(socket))
+      lines.append(await reply(socket))
       socket.send(
         request(type: 1, cookie: 2, offset: size - 256, length: 512)
           + [UInt8](repeating: 1, count: 512))
-      lines.append(reply(socket))
+      lines.append(await reply(socket))
       socket.send(request(type: 7, cookie: 3, offset: 0, length: 4096))
-      lines.append(reply(socket))
+      lines.append(await reply(socket))
       socket.send(request(type: 42, cookie: 4, offset: 0, length: 0))
-      lines.append(reply(socket))
+      lines.append(await reply(socket))
       socket.send(request(type: 3, flags: 8, cookie: 5, offset: 0, length: 0))
-      lines.append(reply(socket))
+      lines.append(await reply(socket))
       socket.send(request(type: 0, cookie: 6, offset: 0, length: (32 << 20) + 1))
-      lines.append(reply(socket))
+      lines.append(await reply(socket))
       socket.send(request(type: 0, cookie: 7, offset: 4096, length: 0))
-      lines.append(reply(socket))
+      lines.append(await reply(socket))
       socket.send(request(type: 1, cookie: 8, offset: 0, length: (32 << 20) + 1))
-      lines.append(reply(socket))
-      lines.append("oversized write: \(isClosed(socket))")
+      lines.append(await reply(socket))
+      lines.append("oversized write: \(await isClosed(socket))")
     }
     do {
       // A client that leaves in the middle of a request.
-      let socket = try handshake(path)
+      let socket = try await handshake(path)
       socket.send(option(7, .be(UInt32(0)) + .be(UInt16(0))))
-      _ = optionReplies(socket)
+      _ = await optionReplies(socket)
       socket.send(Array(request(type: 1, cookie: 9, offset: 0, length: 4096).prefix(10)))
     }
     let size = try await runNBDClient("nbdinfo", ["--size", "nbd+unix:///?socket=\(path)"])

@@ -21,10 +21,10 @@ struct NBDHandshakeLimitTests {
     // The greeting comes, then nothing: the client says nothing either. The
     // server closing the connection ends the read (end of file) well before
     // the socket's 30-second receive timeout would.
-    #expect(silent.receive(18) != nil)
+    #expect(await silent.receive(18) != nil)
     let clock = ContinuousClock()
     let start = clock.now
-    #expect(silent.receive(1) == nil)
+    #expect(await silent.receive(1) == nil)
     #expect(clock.now - start < .seconds(20))
     let size = try await runNBDClient("nbdinfo", ["--size", "nbd+unix:///?socket=\(socket)"])
     #expect(size == ToolResult(status: 0, output: "1048576\n", error: ""))

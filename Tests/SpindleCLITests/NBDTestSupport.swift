@@ -130,7 +130,7 @@ final class NBDSocket {
 
   /// Connects to a Unix socket; throws when nobody listens.
   init(path: String) throws {
-    fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { throw POSIXError(.EIO) }
     var address = sockaddr_un()
     address.sun_family = sa_family_t(AF_UNIX)
@@ -159,7 +159,7 @@ final class NBDSocket {
 
   /// Connects to TCP `port` on 127.0.0.1; throws when nobody listens.
   init(port: UInt16) throws {
-    fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { throw POSIXError(.EIO) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
@@ -180,7 +180,7 @@ final class NBDSocket {
   /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0,
   /// then released).
   static func freePort() throws -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     defer { Glibc.close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
@@ -217,15 +217,26 @@ final class NBDSocket {
   }
 
   /// Exactly `count` bytes, or nil at end of file (or after the timeout).
-  func receive(_ count: Int) -> [UInt8]? {
-    var result = [UInt8](repeating: 0, count: count)
-    var done = 0
-    while done < count {
-      let got = result[done...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-      if got <= 0 { return nil }
-      done += got
+  /// The blocking reads run on a thread of their own: a test waiting for a
+  /// server must not hold one of Swift's few pool threads for seconds (the
+  /// in-process clients and servers of other tests need them).
+  func receive(_ count: Int) async -> [UInt8]? {
+    let fd = fd
+    return await withCheckedContinuation { continuation in
+      Thread {
+        var result = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+          let got = result[done...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+          if got <= 0 {
+            continuation.resume(returning: nil)
+            return
+          }
+          done += got
+        }
+        continuation.resume(returning: result)
+      }.start()
     }
-    return result
   }
 }
 
