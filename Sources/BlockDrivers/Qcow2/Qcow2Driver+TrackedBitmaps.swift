@@ -15,9 +15,7 @@ extension Qcow2Driver {
     guard header.version >= 3, header.autoclearFeatures & Qcow2Feature.bitmaps != 0,
       header.extensions.contains(where: { $0.type == Qcow2HeaderExtension.bitmaps })
     else { return }
-    let editor = try await Qcow2BitmapEditor.open(node)
-    for bitmap in editor.consistentBitmaps { node.attachDirtyBitmap(bitmap) }
-    trackedBitmaps = editor
+    trackedBitmaps = try await Qcow2BitmapEditor.open(node, tracksWrites: true)
   }
 
   /// Stores the tracked bitmaps and detaches them (on close); a failure is
