@@ -53,6 +53,7 @@ extension Qcow2Driver {
     var dataFile: BlockNode?
     do {
       var header = try await readHeader(file, forCheck: context.forCheck)
+      warnIfBitmapsInvalidated(header, context: context)
       if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly
         && !context.forCheck
       {
