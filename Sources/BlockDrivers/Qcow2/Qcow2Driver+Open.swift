@@ -68,10 +68,11 @@ extension Qcow2Driver {
       var snapshots = Qcow2SnapshotTable()
       if !context.node.readOnly {
         // Persistent bitmaps stay valid when this open keeps them current
-        // (``trackPersistentBitmaps(_:)``) or only edits them.
+        // (``trackPersistentBitmaps(_:)``, also for a check, as QEMU loads
+        // them whatever the open is for) or only edits them.
         let keepsBitmaps =
           context.editsPersistentBitmaps
-          || (!context.forCheck && header.version >= 3
+          || (header.version >= 3
             && header.extensions.contains { $0.type == Qcow2HeaderExtension.bitmaps })
         refcountTable = try await prepareForWriting(
           file, header: &header, keepingBitmaps: keepsBitmaps)
@@ -112,8 +113,9 @@ extension Qcow2Driver {
           node, offset: offset, size: bytes, ignoring: ignoring)
       }
       try await node.open()
-      if refcountTable != nil && !context.forCheck {
-        try await driver.repairIfDirty(node)
+      if refcountTable != nil {
+        try await driver.dropInvalidatedBitmaps(node)
+        if !context.forCheck { try await driver.repairIfDirty(node) }
         if !context.editsPersistentBitmaps { try await driver.trackPersistentBitmaps(node) }
       }
       return node

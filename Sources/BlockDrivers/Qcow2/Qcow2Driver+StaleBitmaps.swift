@@ -25,3 +25,18 @@ extension Qcow2Driver {
     }
   }
 }
+
+extension Qcow2Driver {
+  /// A writable open drops an invalidated bitmaps extension from the header
+  /// (QEMU keeps no such extension, so its next header update leaves it
+  /// out); the bitmaps' clusters stay leaked until `check -r leaks`.
+  func dropInvalidatedBitmaps(_ node: BlockNode) async throws {
+    guard refcounts != nil, header.version >= 3,
+      header.autoclearFeatures & Qcow2Feature.bitmaps == 0,
+      header.extensions.contains(where: { $0.type == Qcow2HeaderExtension.bitmaps })
+    else { return }
+    try await rewriteHeader(fileNode(node)) { header in
+      header.extensions.removeAll { $0.type == Qcow2HeaderExtension.bitmaps }
+    }
+  }
+}
