@@ -291,7 +291,8 @@ public final class Qcow2BitmapEditor {
   private func storeLocked() async throws {
     let file = try driver.fileNode(node)
     var directory = try await Qcow2BitmapInfo.readAll(from: file, header: driver.header)
-    var needsWrite = !directory.isEmpty
+    // QEMU writes nothing unless a consistent bitmap is to be stored.
+    var needsWrite = false
     var dropped: [Qcow2BitmapInfo] = []
     var stored: [String: DirtyBitmap] = [:]
     // QEMU walks its bitmaps newest first.
