@@ -23,4 +23,17 @@ import Testing
     let run = try await runImageCommand(arguments, setup: DifferentialInfoSnapshotTests.setup)
     #expect(run.spindle == run.qemu, "\(run)")
   }
+
+  /// `check` and `check -r all` of every patched image (in use, stale,
+  /// broken directories and entries): the same output, status and files.
+  @Test(
+    .requires("qemu-img", "qemu-io"),
+    arguments: DifferentialInfoSnapshotTests.bitmapPatches.map(\.0), [false, true])
+  func checkOfPatchedBitmapsAsQEMU(_ name: String, _ repair: Bool) async throws {
+    let run = try await runImageCommand(
+      ["check"] + (repair ? ["-r", "all"] : []) + ["DIR/\(name).qcow2"],
+      setup: DifferentialInfoSnapshotTests.setup)
+    #expect(run.spindle == run.qemu, "\(run)")
+    #expect(run.sameBytes("\(name).qcow2"), "\(name).qcow2 differs")
+  }
 }

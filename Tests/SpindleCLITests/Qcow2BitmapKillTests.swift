@@ -21,6 +21,16 @@ struct Qcow2BitmapKillTests {
     let fixture = try ImageFixture()
     var random = KillTestRandom(state: 0xB17_3A95)
     var runMicroseconds: UInt32 = 0
+    // How long a run that only opens and closes the image takes: kills
+    // come later, so that most find the bitmaps marked in use.
+    let probe = fixture.path("probe.qcow2")
+    try await qemuImg(["create", "-q", "-f", "qcow2", probe, "\(Self.diskSize)"])
+    try await qemuImg(["bitmap", "--add", probe, "b0"])
+    let probeStart = DispatchTime.now().uptimeNanoseconds
+    _ = try await runAndKill(
+      SpindleExecutable.path!, ["io", "-c", "length", probe], afterMicroseconds: nil)
+    let openMicroseconds = UInt32(
+      min(5_000_000, (DispatchTime.now().uptimeNanoseconds - probeStart) / 1000))
     var killedInUse = 0
     for iteration in 0..<5 {
       let path = fixture.path("kill-\(iteration).qcow2")
@@ -28,13 +38,16 @@ struct Qcow2BitmapKillTests {
       try await qemuImg(["bitmap", "--add", path, "b0"])
       try await qemuImg(["bitmap", "--add", "-g", "4k", "--disable", path, "b1"])
       let script = KillScript(
-        count: 120, diskSize: Self.diskSize, clusterSize: 65536, random: &random)
+        count: 240, diskSize: Self.diskSize, clusterSize: 65536, random: &random)
       var arguments = ["io", "-f", "qcow2"]
       for command in script.commands { arguments += ["-c", command] }
       arguments.append(path)
       // The first run is not killed: it measures how long a run takes.
       let delay =
-        iteration == 0 ? nil : UInt32.random(in: 0..<max(1, runMicroseconds), using: &random)
+        iteration == 0
+        ? nil
+        : UInt32.random(
+          in: openMicroseconds..<max(openMicroseconds + 1, runMicroseconds), using: &random)
       let started = DispatchTime.now().uptimeNanoseconds
       let (output, killed) = try await runAndKill(
         SpindleExecutable.path!, arguments, afterMicroseconds: delay)

@@ -117,6 +117,8 @@ extension Qcow2Driver {
         try await driver.dropInvalidatedBitmaps(node)
         if !context.forCheck { try await driver.repairIfDirty(node) }
         if !context.editsPersistentBitmaps { try await driver.trackPersistentBitmaps(node) }
+      } else {
+        try await driver.validatePersistentBitmaps(node)
       }
       return node
     } catch {

@@ -35,3 +35,15 @@ extension Qcow2Driver {
     }
   }
 }
+
+extension Qcow2Driver {
+  /// A read-only open loads the persistent bitmaps as QEMU's
+  /// `qcow2_load_dirty_bitmaps` does, marking nothing and keeping nothing,
+  /// so that a broken bitmaps extension, directory or table fails the open
+  /// with QEMU's message, whatever the open is for.
+  func validatePersistentBitmaps(_ node: BlockNode) async throws {
+    guard header.extensions.contains(where: { $0.type == Qcow2HeaderExtension.bitmaps })
+    else { return }
+    _ = try await Qcow2BitmapEditor.open(node)
+  }
+}
