@@ -9,7 +9,20 @@ import Testing
 /// bitmap, `nbdinfo --map=qemu:dirty-bitmap:NAME` over qemu-nbd, and clean
 /// for `qemu-img check`.
 @Suite struct DifferentialConvertBitmapTests {
+  /// ``DifferentialBitmapTests/setup(_:)`` plus snap.qcow2: bm.qcow2
+  /// with an internal snapshot "s1" taken before more writes.
+  static func setup(_ directory: String) async throws {
+    try await DifferentialBitmapTests.setup(directory)
+    let snap = "\(directory)/snap.qcow2"
+    try FileManager.default.copyItem(atPath: "\(directory)/bm.qcow2", toPath: snap)
+    try await qemuImg(["snapshot", "-c", "s1", snap])
+    try DifferentialInfoSnapshotTests.fixSnapshots(snap)
+    try await DifferentialBitmapTests.io("write -P 4 1M 64k", snap)
+  }
+
   static let runs: [[String]] = [
+    ["--bitmaps", "-l", "s1", "-O", "qcow2", "DIR/snap.qcow2", "DIR/out.qcow2"],
+    ["--bitmaps", "-O", "qcow2", "-o", "cluster_size=2M", "DIR/bm.qcow2", "DIR/out.qcow2"],
     ["--bitmaps", "-O", "qcow2", "DIR/bm.qcow2", "DIR/out.qcow2"],
     ["--bitmaps", "-O", "qcow2", "-o", "cluster_size=512", "DIR/bm.qcow2", "DIR/out.qcow2"],
     ["--bitmaps", "-c", "-O", "qcow2", "DIR/c512.qcow2", "DIR/out.qcow2"],
@@ -39,7 +52,7 @@ import Testing
   @Test(.requires("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo"), arguments: runs)
   func convertCopiesBitmapsAsQEMU(_ arguments: [String]) async throws {
     var run = try await runImageCommand(
-      ["convert"] + arguments, setup: DifferentialBitmapTests.setup)
+      ["convert"] + arguments, setup: Self.setup)
     run.qemu.error = DifferentialBitmapTests.maskNodeNames(run.qemu.error)
     run.spindle.error = DifferentialBitmapTests.maskNodeNames(run.spindle.error)
     #expect(run.spindle == run.qemu, "\(run)")
