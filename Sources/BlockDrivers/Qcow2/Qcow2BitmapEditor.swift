@@ -10,7 +10,10 @@ import BlockCore
 /// consistent bitmap anew (data clusters, then its table), then a new
 /// directory, the header, and frees the old directory and tables. The node
 /// must have been opened with ``OpenContext/editsPersistentBitmaps`` and
-/// takes no data writes meanwhile.
+/// takes no data writes meanwhile; a node opened writable otherwise has an
+/// editor of its own that keeps the bitmaps current
+/// (``Qcow2Driver/bitmapEditor(_:)``): the bitmaps it adds are attached to
+/// the node, those it removes detached, and the node stores them at close.
 ///
 /// ```swift
 /// let editor = try await Qcow2BitmapEditor.open(node)
@@ -27,13 +30,17 @@ public final class Qcow2BitmapEditor {
 
   private let node: BlockNode
   private let driver: Qcow2Driver
+  /// Whether the consistent bitmaps are attached to the node, so that its
+  /// writes mark them (the editor of a node opened writable for data).
+  private let tracksWrites: Bool
   /// The bitmaps in the order QEMU creates them (the directory's, then new
   /// ones).
   private var entries: [Entry] = []
 
-  private init(node: BlockNode, driver: Qcow2Driver) {
+  private init(node: BlockNode, driver: Qcow2Driver, tracksWrites: Bool) {
     self.node = node
     self.driver = driver
+    self.tracksWrites = tracksWrites
   }
 
   /// Loads the bitmaps of a qcow2 node (QEMU's `qcow2_load_dirty_bitmaps`);
@@ -41,9 +48,18 @@ public final class Qcow2BitmapEditor {
   /// not in use are marked in use on disk: the header's bitmaps bit is
   /// cleared, the directory rewritten in place, then the bit set again.
   public static func open(_ node: BlockNode) async throws -> Qcow2BitmapEditor {
+    try await open(node, tracksWrites: false)
+  }
+
+  /// Loads the bitmaps as ``open(_:)``; with `tracksWrites` the consistent
+  /// ones (and those added later) are attached to the node.
+  static func open(_ node: BlockNode, tracksWrites: Bool) async throws -> Qcow2BitmapEditor {
     guard let driver = node.driver as? Qcow2Driver else { throw BlockError(.notSupported) }
-    let editor = Qcow2BitmapEditor(node: node, driver: driver)
+    let editor = Qcow2BitmapEditor(node: node, driver: driver, tracksWrites: tracksWrites)
     try await driver.lock.withLock { try await editor.load() }
+    if tracksWrites {
+      for bitmap in editor.consistentBitmaps { node.attachDirtyBitmap(bitmap) }
+    }
     return editor
   }
 
@@ -81,6 +97,12 @@ public final class Qcow2BitmapEditor {
     let index = try lookup(name)
     guard let bitmap = entries[index].bitmap else { throw inconsistent(name) }
     return bitmap
+  }
+
+  /// Whether the bitmap `name` is inconsistent (it was in use when the
+  /// image was opened: its data is lost); "not found" when there is none.
+  public func isInconsistent(_ name: String) throws -> Bool {
+    entries[try lookup(name)].bitmap == nil
   }
 
   private func lookup(_ name: String) throws -> Int {
@@ -126,6 +148,7 @@ public final class Qcow2BitmapEditor {
     let bitmap = DirtyBitmap(name: name, granularity: chosen)
     bitmap.isEnabled = !disabled
     entries.append(Entry(name: name, bitmap: bitmap))
+    if tracksWrites { node.attachDirtyBitmap(bitmap) }
   }
 
   /// The first checks of QEMU's `block_dirty_bitmap_add`, whatever the
@@ -188,7 +211,7 @@ public final class Qcow2BitmapEditor {
   /// the directory on disk at once (a new directory, the header, then its
   /// clusters freed), then memory.
   public func remove(_ name: String) async throws {
-    let index = try lookup(name)
+    _ = try lookup(name)
     try await driver.lock.withLock {
       let file = try driver.fileNode(node)
       var directory = try await Qcow2BitmapInfo.readAll(from: file, header: driver.header)
@@ -202,6 +225,9 @@ public final class Qcow2BitmapEditor {
       }
       try await freeClusters(of: removed)
     }
+    // Looked up again: the directory update suspended.
+    guard let index = entries.firstIndex(where: { $0.name == name }) else { return }
+    if tracksWrites, let bitmap = entries[index].bitmap { node.removeDirtyBitmap(bitmap) }
     entries.remove(at: index)
   }
 
@@ -225,6 +251,22 @@ public final class Qcow2BitmapEditor {
   {
     let target = try bitmap(name)
     let (bitmap, sourceDiskSize) = try source()
+    try merge(bitmap, diskSize: sourceDiskSize, into: target)
+  }
+
+  /// Marks in bitmap `name` every chunk dirty in `source`, a bitmap of a
+  /// disk of `diskSize` bytes (which must be this image's disk size).
+  public func merge(into name: String, from source: DirtyBitmap, diskSize sourceDiskSize: Int64)
+    throws
+  {
+    try merge(source, diskSize: sourceDiskSize, into: bitmap(name))
+  }
+
+  private func merge(
+    _ bitmap: DirtyBitmap, diskSize sourceDiskSize: Int64, into target: DirtyBitmap
+  )
+    throws
+  {
     guard sourceDiskSize == diskSize else {
       throw BlockError(
         .invalidArgument,
@@ -249,7 +291,8 @@ public final class Qcow2BitmapEditor {
   private func storeLocked() async throws {
     let file = try driver.fileNode(node)
     var directory = try await Qcow2BitmapInfo.readAll(from: file, header: driver.header)
-    var needsWrite = !directory.isEmpty
+    // QEMU writes nothing unless a consistent bitmap is to be stored.
+    var needsWrite = false
     var dropped: [Qcow2BitmapInfo] = []
     var stored: [String: DirtyBitmap] = [:]
     // QEMU walks its bitmaps newest first.

@@ -140,7 +140,7 @@ extension Qcow2Driver {
 }
 
 /// Writes `text` to file descriptor 2, retrying short writes.
-private func writeToStandardError(_ text: String) {
+func writeToStandardError(_ text: String) {
   let bytes = Array(text.utf8)
   var written = 0
   while written < bytes.count {

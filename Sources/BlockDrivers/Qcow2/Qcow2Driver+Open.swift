@@ -53,6 +53,7 @@ extension Qcow2Driver {
     var dataFile: BlockNode?
     do {
       var header = try await readHeader(file, forCheck: context.forCheck)
+      warnIfBitmapsInvalidated(header, context: context)
       if header.incompatibleFeatures & Qcow2Feature.corrupt != 0 && !context.node.readOnly
         && !context.forCheck
       {
@@ -67,10 +68,11 @@ extension Qcow2Driver {
       var snapshots = Qcow2SnapshotTable()
       if !context.node.readOnly {
         // Persistent bitmaps stay valid when this open keeps them current
-        // (``trackPersistentBitmaps(_:)``) or only edits them.
+        // (``trackPersistentBitmaps(_:)``, also for a check, as QEMU loads
+        // them whatever the open is for) or only edits them.
         let keepsBitmaps =
           context.editsPersistentBitmaps
-          || (!context.forCheck && header.version >= 3
+          || (header.version >= 3
             && header.extensions.contains { $0.type == Qcow2HeaderExtension.bitmaps })
         refcountTable = try await prepareForWriting(
           file, header: &header, keepingBitmaps: keepsBitmaps)
@@ -111,9 +113,12 @@ extension Qcow2Driver {
           node, offset: offset, size: bytes, ignoring: ignoring)
       }
       try await node.open()
-      if refcountTable != nil && !context.forCheck {
-        try await driver.repairIfDirty(node)
+      if refcountTable != nil {
+        try await driver.dropInvalidatedBitmaps(node)
+        if !context.forCheck { try await driver.repairIfDirty(node) }
         if !context.editsPersistentBitmaps { try await driver.trackPersistentBitmaps(node) }
+      } else {
+        try await driver.validatePersistentBitmaps(node)
       }
       return node
     } catch {

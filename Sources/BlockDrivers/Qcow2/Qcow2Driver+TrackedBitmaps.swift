@@ -15,9 +15,7 @@ extension Qcow2Driver {
     guard header.version >= 3, header.autoclearFeatures & Qcow2Feature.bitmaps != 0,
       header.extensions.contains(where: { $0.type == Qcow2HeaderExtension.bitmaps })
     else { return }
-    let editor = try await Qcow2BitmapEditor.open(node)
-    for bitmap in editor.consistentBitmaps { node.attachDirtyBitmap(bitmap) }
-    trackedBitmaps = editor
+    trackedBitmaps = try await Qcow2BitmapEditor.open(node, tracksWrites: true)
   }
 
   /// Stores the tracked bitmaps and detaches them (on close); a failure is
@@ -35,5 +33,17 @@ extension Qcow2Driver {
       let message = (error as? BlockError)?.message ?? "\(error)"
       errorReport("Lost persistent bitmaps during inactivation of node '\(node.name)': \(message)")
     }
+  }
+}
+
+extension Qcow2Driver {
+  /// A read-only open loads the persistent bitmaps as QEMU's
+  /// `qcow2_load_dirty_bitmaps` does, marking nothing and keeping nothing,
+  /// so that a broken bitmaps extension, directory or table fails the open
+  /// with QEMU's message, whatever the open is for.
+  func validatePersistentBitmaps(_ node: BlockNode) async throws {
+    guard header.extensions.contains(where: { $0.type == Qcow2HeaderExtension.bitmaps })
+    else { return }
+    _ = try await Qcow2BitmapEditor.open(node)
   }
 }

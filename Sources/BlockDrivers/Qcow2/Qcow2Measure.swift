@@ -182,37 +182,23 @@ public enum Qcow2Measure {
     return (blocks + table) * clusterSize
   }
 
-  /// QEMU's `qcow2_get_persistent_dirty_bitmap_size`: for each bitmap in the
-  /// source's bitmap directory, its data and bitmap table in whole target
-  /// clusters, plus the directory.
+  /// QEMU's `qcow2_get_persistent_dirty_bitmap_size`: for each bitmap of
+  /// the source (its directory, in use or not; none when a program lacking
+  /// bitmap support invalidated them), its data and bitmap table in whole
+  /// target clusters, plus the directory.
   static func bitmapsSize(_ node: BlockNode, _ driver: Qcow2Driver, clusterSize: Int64)
     async throws -> Int64
   {
-    guard
-      let ext = driver.header.extensions.first(where: {
-        $0.type == Qcow2HeaderExtension.bitmaps
-      }), ext.data.count >= 24, let file = node.file
-    else { return 0 }
-    let count = Int(ext.data.uint32(at: 0))
-    let directorySize = Int(ext.data.uint64(at: 8))
-    let directoryOffset = Int64(ext.data.uint64(at: 16))
-    guard count > 0, directorySize > 0, directorySize <= 64 << 20 else { return 0 }
-    let directory = try await file.read(at: directoryOffset, count: directorySize)
+    guard let file = node.file else { return 0 }
     let length = node.length
     var bitmaps: Int64 = 0
     var directoryBytes: Int64 = 0
-    var position = 0
-    for _ in 0..<count {
-      guard position + 24 <= directory.count else { break }
-      let granularityBits = Int64(directory[position + 17])
-      let nameSize = Int(directory[position + 18]) << 8 | Int(directory[position + 19])
-      let extraSize = Int(directory.uint32(at: position + 20))
-      let granularity: Int64 = 1 << granularityBits
+    for info in try await Qcow2BitmapInfo.readAll(from: file, header: driver.header) {
+      let granularity = Int64(info.granularity)
       let bitmapBytes = divideRoundingUp(divideRoundingUp(length, granularity), 8)
       let clusters = divideRoundingUp(bitmapBytes, clusterSize)
       bitmaps += clusters * clusterSize + roundUp(clusters * 8, clusterSize)
-      directoryBytes += roundUp(Int64(24 + nameSize), 8)
-      position += Int(roundUp(Int64(24 + nameSize + extraSize), 8))
+      directoryBytes += roundUp(Int64(24 + info.name.utf8.count), 8)
     }
     return bitmaps + roundUp(directoryBytes, clusterSize)
   }

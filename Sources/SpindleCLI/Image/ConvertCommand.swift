@@ -20,7 +20,7 @@ import BlockDrivers
 /// sector. `-C` is checked and otherwise ignored.
 /// `--object` defines secrets (see ``ObjectRegistry``); `-l` reads the
 /// sources at an internal snapshot (``InternalSnapshotOption``);
-/// `--bitmaps` is refused as not supported yet.
+/// `--bitmaps` copies the source's persistent bitmaps (``ConvertBitmaps``).
 @BlockActor
 enum ConvertTool: ImageSubcommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -39,6 +39,10 @@ enum ConvertTool: ImageSubcommand {
     var imageOpts = false
     /// Whether `-O` was given (it conflicts with `--target-image-opts`).
     var formatGiven = false
+    /// `--bitmaps`: copy the source's persistent bitmaps.
+    var bitmaps = false
+    /// `--skip-broken-bitmaps`: skip inconsistent ones.
+    var skipBrokenBitmaps = false
   }
 
   static func parseAndRun(_ arguments: [String], reporter: Reporter, console: Console)
@@ -127,6 +131,8 @@ enum ConvertTool: ImageSubcommand {
         salvage = true
         settings.salvage = true
       case .option("target-image-opts"): target.imageOpts = true
+      case .option("bitmaps"): target.bitmaps = true
+      case .option("skip-broken-bitmaps"): target.skipBrokenBitmaps = true
       case .option("object"):
         try objects.add(argument, reporter: reporter, console: console)
       case .option("O"):
@@ -136,6 +142,9 @@ enum ConvertTool: ImageSubcommand {
         let name = parser.arguments[parser.optind - 1]
         throw fail("\(name) is not supported by Spindle's convert yet")
       }
+    }
+    if target.skipBrokenBitmaps && !target.bitmaps {
+      throw fail("Use of --skip-broken-bitmaps requires --bitmaps")
     }
     if settings.compressed && copyOffloading {
       throw fail("Cannot enable copy offloading when -c is used")
@@ -312,6 +321,20 @@ enum ConvertTool: ImageSubcommand {
       if settings.compressed && format != "qcow2" {
         throw fail("Compression not supported for this file format")
       }
+    }
+    var bitmaps: ConvertBitmaps?
+    if targetOptions.bitmaps {
+      guard sources.count == 1 else {
+        throw fail("Copying bitmaps only possible with single source")
+      }
+      do {
+        bitmaps = try await ConvertBitmaps.check(
+          sources[0].root, skipBroken: targetOptions.skipBrokenBitmaps)
+      } catch {
+        throw fail(errorMessage(error))
+      }
+    }
+    if let values {
       do {
         try await createFormatted(filename, format: format, size: size, values: values)
       } catch {
@@ -339,6 +362,14 @@ enum ConvertTool: ImageSubcommand {
         target = try await openBackend(targetSpec)
       } catch {
         throw fail("Could not open '\(filename)': \(errorMessage(error))")
+      }
+    }
+    if bitmaps != nil {
+      do {
+        try ConvertBitmaps.checkTarget(target.root)
+      } catch {
+        await target.close()
+        throw fail(errorMessage(error))
       }
     }
     if skipCreate && target.length < length {
@@ -372,6 +403,14 @@ enum ConvertTool: ImageSubcommand {
     } catch {
       await target.close()
       throw fail("error while flushing: \(errorMessage(error))")
+    }
+    if let bitmaps {
+      do {
+        try await bitmaps.copy(to: target.root) { reporter.warning($0) }
+      } catch {
+        await target.close()
+        throw fail(errorMessage(error))
+      }
     }
     await target.close()
   }

@@ -26,9 +26,6 @@ struct ImageInfo {
   var backingFormat: String?
   /// Internal snapshots, in table order.
   var snapshots: [Qcow2SnapshotInfo] = []
-  /// The image has a bitmaps extension that a program lacking bitmap
-  /// support invalidated (the autoclear bit is clear): QEMU warns on open.
-  var hasStaleBitmaps = false
   /// `format-specific` data members, in QEMU's order.
   var formatSpecific: (type: String, data: [(String, QObject)])?
 
@@ -178,10 +175,6 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
   var specific = qcow2SpecificInfo(header)
   if let file = root.file {
     info.snapshots = try await Qcow2SnapshotInfo.readAll(from: file, header: header)
-    let hasBitmapsExtension = header.extensions.contains {
-      $0.type == Qcow2HeaderExtension.bitmaps
-    }
-    info.hasStaleBitmaps = hasBitmapsExtension && header.autoclearFeatures & 0x1 == 0
     let bitmaps: [Qcow2BitmapInfo]
     do {
       bitmaps = try await Qcow2BitmapInfo.readAll(from: file, header: header)

@@ -68,6 +68,10 @@ enum InfoTool: ImageSubcommand {
       spec.node.readOnly = true
       spec.forceShare = forceShare
       spec.openBacking = false
+      // Driver warnings at open (qcow2's invalidated bitmaps) as QEMU's.
+      let console = reporter.console
+      spec.diagnostics = { console.writeError($0) }
+      spec.errorReport = { reporter.error($0) }
       let backend: BlockBackend
       if imageOpts {
         guard
@@ -106,14 +110,6 @@ enum InfoTool: ImageSubcommand {
           reporter.error("\(filename): \(errorMessage(error))")
         }
         throw CommandExit()
-      }
-      if info.hasStaleBitmaps {
-        // QEMU's qcow2_read_extensions; its hint has no newline.
-        reporter.warning(
-          "a program lacking bitmap support modified this file, so all bitmaps are now "
-            + "considered inconsistent")
-        console.writeError(
-          "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
       }
       infos.append(info)
       guard chain, info.backingFilename != nil else { break }
