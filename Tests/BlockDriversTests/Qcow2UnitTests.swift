@@ -44,6 +44,28 @@ struct Qcow2UnitTests {
     #expect(cache.table(at: 100) == nil && cache.count == 1)
   }
 
+  @Test("a dirty L2 table is neither evicted nor cleaned away until it is marked clean")
+  func l2CacheDirty() {
+    var cache = Qcow2L2Cache(capacity: 2)
+    cache.insert(Qcow2L2Table(words: [1]), at: 100)
+    cache.insert(Qcow2L2Table(words: [2]), at: 200)
+    cache.markDirty(100)
+    cache.markDirty(300)  // not cached: nothing to write back
+    #expect(cache.dirtyOffsets == [100])
+    // 100 is the least recently used, but dirty: 200 goes instead.
+    cache.insert(Qcow2L2Table(words: [3]), at: 300)
+    #expect(cache.table(at: 200) == nil && cache.table(at: 100)?.words == [1])
+    cache.dropUnused(since: cache.useClock)
+    #expect(cache.table(at: 100)?.words == [1] && cache.table(at: 300) == nil)
+    cache.markClean(100)
+    cache.dropUnused(since: cache.useClock)
+    #expect(cache.count == 0)
+    cache.insert(Qcow2L2Table(words: [4]), at: 400)
+    cache.markDirty(400)
+    cache.remove(at: 400)  // freed: its changes are dropped
+    #expect(cache.dirtyOffsets.isEmpty)
+  }
+
   @Test("a cached L2 table changes in place: the cache and its readers share it")
   func l2TableInPlace() {
     var cache = Qcow2L2Cache(capacity: 2)

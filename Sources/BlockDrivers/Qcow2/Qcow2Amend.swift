@@ -36,7 +36,7 @@ extension Qcow2Driver {
   ) async throws {
     let file = try fileNode(node)
     // Amending reads and rewrites the refcount structures in the file.
-    try await lock.withLock { try await writeDeferredRefcounts(file) }
+    try await lock.withLock { try await writeBackMetadata(node) }
     if let bits = options.refcountBits, bits == 0 || bits > 64 || bits & (bits - 1) != 0 {
       throw BlockError(
         .invalidArgument, "Refcount width must be a power of two and may not exceed 64 bits")

@@ -15,14 +15,15 @@ extension Qcow2Driver {
 
   /// QEMU's cache flushes in `qcow2_inactivate`: the L2 table cache, then
   /// the refcount block cache, each writing its dirty tables (the tables of
-  /// the other cache it depends on first) and flushing the file; a failure
-  /// is reported as QEMU's `error_report` does. Metadata here is written
-  /// through, so the dirty tables are those whose write failed; they are
-  /// written again from the cache, which holds what the file last had. A
-  /// table no longer in use passes the instrumentation point of its write
-  /// (where QEMU's cache still holds dirty entries after such a failure) but
-  /// is not written: its cluster may have been freed and reused. Returns
-  /// whether both flushes succeeded.
+  /// the other cache it depends on first, then a flush) and flushing the
+  /// file; a failure is reported as QEMU's `error_report` does. The dirty
+  /// tables are those allocating writes left in the caches (write-back) and
+  /// those whose write-through failed; the latter are written again from
+  /// the cache, which holds what the file last had. A table no longer in
+  /// use passes the instrumentation point of its write (where QEMU's cache
+  /// still holds dirty entries after such a failure) but is not written:
+  /// its cluster may have been freed and reused. Returns whether both
+  /// flushes succeeded.
   func flushCachesForClose(_ node: BlockNode) async -> Bool {
     guard let file = node.file, let refcounts else { return true }
     var failures: [BlockError?] = []
@@ -31,6 +32,7 @@ extension Qcow2Driver {
         await firstFailure(
           { try await refcounts.writeDeferred(file: file) },
           { try await self.rewriteRefcountBlocks(refcounts, file: file) },
+          { try await self.writeBackL2Tables(node) },
           { try await self.rewriteL2Tables(file: file) },
           { try await file.flush() }))
     }

@@ -24,27 +24,23 @@ extension Qcow2Driver {
     try await markDirty(file)
   }
 
-  /// Runs an allocation of guest data clusters; with lazy refcounts their
-  /// refcount updates stay in the refcount cache (QEMU's write-back
-  /// refcount cache: ``refcountsReachedDisk(_:)`` marks the image dirty
-  /// before an L2 entry uses the clusters, and the blocks are written when
-  /// the image is flushed while clean, when the cache evicts them, before a
-  /// new L2 table, L1 table or refcount block is allocated, before a check,
-  /// and on close, which then marks the image clean). A crash in between
-  /// leaves a dirty image whose refcounts lag ("refcount=0 reference=1"),
-  /// repaired when it is next opened.
+  /// Runs an allocation of guest data clusters; their refcount updates stay
+  /// in the refcount cache (QEMU's write-back refcount cache). Normally the
+  /// L2 entries that use the clusters depend on them: the blocks are written
+  /// (and the file flushed) before those entries (see
+  /// ``writeBackL2Tables(_:)``). With lazy refcounts
+  /// ``refcountsReachedDisk(_:)`` marks the image dirty instead, and the
+  /// blocks are written when the image is flushed while clean, when the
+  /// cache evicts them, before a new L2 table, L1 table or refcount block is
+  /// allocated, before a check, and on close, which then marks the image
+  /// clean; a crash in between leaves a dirty image whose refcounts lag
+  /// ("refcount=0 reference=1"), repaired when it is next opened.
   func allocatingData<T>(_ refcounts: Qcow2Refcounts, _ body: () async throws -> T)
     async throws -> T
   {
-    refcounts.defersWrites = usesLazyRefcounts
+    refcounts.defersWrites = true
     defer { refcounts.defersWrites = false }
     return try await body()
-  }
-
-  /// Writes the refcount blocks whose updates were deferred (see
-  /// ``allocatingData(_:_:)``). Call with the lock held.
-  func writeDeferredRefcounts(_ file: BlockNode) async throws {
-    try await refcounts?.writeDeferred(file: file)
   }
 
   /// Sets the dirty bit (incompatible bit 0) in the file, synchronously, if

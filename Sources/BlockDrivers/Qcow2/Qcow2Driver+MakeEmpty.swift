@@ -50,7 +50,7 @@ extension Qcow2Driver {
     let refcounts = try refcountsForWrite()
     let clusterSize = header.clusterSize
     l2Cache = Qcow2L2Cache(capacity: l2Cache.capacity)
-    try await refcounts.writeDeferred(file: file)
+    try await writeBackMetadata(node)
     refcounts.blocks = [:]
     try await markDirty(file)
     try await file.emit(.l1Update)

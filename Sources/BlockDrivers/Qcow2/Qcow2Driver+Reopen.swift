@@ -33,10 +33,14 @@ extension Qcow2Driver {
     let readOnly = request.nodeOptions.readOnly
     let lazyAfter =
       runtime.lazyRefcounts ?? (header.compatibleFeatures & Qcow2Feature.lazyRefcounts != 0)
+    if !node.isReadOnly {
+      // QEMU flushes its caches before it resizes them or goes read-only
+      // (`qcow2_update_options_prepare`, `qcow2_reopen_prepare`); lazily
+      // deferred refcount updates must be on disk before the image says
+      // it is clean.
+      try await writeBackMetadata(node)
+    }
     if !node.isReadOnly && (readOnly || (usesLazyRefcounts && !lazyAfter)) {
-      // QEMU flushes its caches first: the lazily deferred refcount
-      // updates must be on disk before the image says it is clean.
-      try await writeDeferredRefcounts(file)
       try await markClean(file)
     }
     var loaded: (refcounts: [UInt64], snapshots: Qcow2SnapshotTable)?

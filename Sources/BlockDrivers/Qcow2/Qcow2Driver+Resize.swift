@@ -47,7 +47,7 @@ extension Qcow2Driver {
       try await file.flush()
       header.size = UInt64(length)
       // QEMU then updates its cache sizes, which flushes the caches.
-      try await writeDeferredRefcounts(file)
+      try await writeBackMetadata(node)
     }
   }
 

@@ -10,7 +10,7 @@ extension Qcow2Driver {
   /// cluster, and the new size written to the header.
   func shrink(_ node: BlockNode, to length: Int64) async throws {
     let file = try fileNode(node)
-    try await lock.withLock { try await writeDeferredRefcounts(file) }
+    try await lock.withLock { try await writeBackMetadata(node) }
     let clusterSize = header.clusterSize
     let oldSize = Int64(header.size)
     let discardStart = (length + clusterSize - 1) & ~(clusterSize - 1)

@@ -87,6 +87,9 @@ extension Qcow2Driver {
     var bytes = [UInt8](repeating: 0, count: range.count * 8)
     for (index, word) in table.words[range].enumerated() { bytes.setUInt64(word, at: index * 8) }
     do {
+      // An entry written through may keep a cluster whose refcount is
+      // still cached (a zero flag over a new allocation).
+      try await writeRefcountDependency(node)
       let file = try fileNode(node)
       try await recordingL2Failure(at: l2Offset) {
         try await file.emit(.l2Update)
@@ -98,6 +101,23 @@ extension Qcow2Driver {
     }
     // Still the cached table (and now the most recently used one).
     l2Cache.insert(table, at: l2Offset)
+  }
+
+  /// Changes entries `first ..< first + entries.count` of the cached L2
+  /// table at `l2Offset` (and their subcluster bitmaps when given) and
+  /// leaves the table dirty for write-back (see
+  /// ``markL2Dirty(_:at:dependsOnRefcounts:)``). Call with the lock held.
+  func linkL2Entries(
+    _ node: BlockNode, l2Offset: Int64, first: Int, _ entries: [UInt64], bitmaps: [UInt64]?,
+    dependsOnRefcounts: Bool
+  ) async throws {
+    let table = try await l2Table(node, at: l2Offset)
+    let words = header.l2EntryWords
+    for (index, entry) in entries.enumerated() {
+      table[(first + index) * words] = entry
+      if words == 2, let bitmaps { table[(first + index) * 2 + 1] = bitmaps[index] }
+    }
+    try await markL2Dirty(node, at: l2Offset, dependsOnRefcounts: dependsOnRefcounts)
   }
 
   /// Drops the references an old L2 entry held (QEMU's
@@ -120,6 +140,8 @@ extension Qcow2Driver {
       }
     }
     guard !ranges.isEmpty else { return }
+    // The entries that dropped the references must be on disk first.
+    try await writeBackL2Tables(node)
     try await file.flush()
     if hasDataFile {
       // External data clusters carry no refcount (QEMU's qcow2_free_any_cluster

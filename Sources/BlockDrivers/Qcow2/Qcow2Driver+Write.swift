@@ -105,19 +105,14 @@ extension Qcow2Driver {
       let bytes = min(Int64(iov.count), Int64(run) * clusterSize - inCluster)
       let cow = try newClustersCOW(
         table, l2Index: l2Index, clusters: run, offset: offset, bytes: bytes)
+      let lazy = usesLazyRefcounts
       do {
-        // The refcounts must be on disk before an L2 entry points at the
-        // clusters (or, with lazy refcounts, the image marked dirty), and
-        // so must the data (QEMU's qcow2_cache_depends_on_flush on the L2
-        // cache). Both wait for one flush after the data write when they
-        // share the file: a dependency costs at most one flush.
-        let lazy = usesLazyRefcounts
+        // With lazy refcounts the image is marked dirty before an L2 entry
+        // may use the clusters.
         if lazy { try await refcountsReachedDisk(file) }
         try await writeWithCOW(
           node, guestOffset: offset, host: host, data: iov.slice(0, Int(bytes)),
           cowStart: cow.start, cowEnd: cow.end)
-        if !lazy && data !== file { try await refcountsReachedDisk(file) }
-        try await data.flush()
       } catch {
         // Nothing points at the new clusters yet: give them back (QEMU's
         // qcow2_alloc_cluster_abort); if that fails too they only leak.
@@ -126,13 +121,25 @@ extension Qcow2Driver {
         }
         throw error
       }
+      // The new entries stay in the L2 cache (QEMU's
+      // qcow2_alloc_cluster_link_l2): written back after the cached
+      // refcounts of their clusters and a flush that also orders the data
+      // before them, so that the write itself needs no flush.
       let old = (0..<run).map { l2Entry(table, l2Index + $0) }
-      try await writeL2Entries(
+      try await linkL2Entries(
         node, l2Offset: l2Offset, first: l2Index,
         (0..<run).map { UInt64(host + Int64($0) * clusterSize) | Qcow2Entry.copied },
         bitmaps: writtenBitmaps(
-          table, l2Index: l2Index, clusters: run, from: cow.start, to: cow.end))
+          table, l2Index: l2Index, clusters: run, from: cow.start, to: cow.end),
+        dependsOnRefcounts: !lazy && !hasDataFile)
       try await releaseClusters(node, oldEntries: old)
+      if !node.options.cache.writeCacheEnabled {
+        // Writethrough: the flush that follows every write would write the
+        // tables back at once; doing it here, before the lock is released,
+        // keeps overlapping writers behind it as QEMU's flush holding
+        // s->lock does.
+        try await writeBackL2Tables(node)
+      }
       return .done(bytes, hostEnd: host + inCluster + bytes)
     }
     switch plan {

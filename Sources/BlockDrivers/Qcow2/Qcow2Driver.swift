@@ -7,12 +7,13 @@ import BlockCore
 /// discards (v3 zero flag).
 ///
 /// Metadata (L1/L2 tables, refcounts) changes only under ``lock``, the
-/// equivalent of QEMU's `s->lock`, and reaches the file write-through in
-/// QEMU's dependency order: refcounts before the L2 entries that use the
-/// clusters, L2 tables before the L1 entries that point at them, and L2
-/// entries before the refcount decrements of the clusters they dropped, with
-/// a flush of the file between dependent steps. A crash leaves at worst
-/// leaked clusters.
+/// equivalent of QEMU's `s->lock`, and reaches the file in QEMU's dependency
+/// order: refcounts before the L2 entries that use the clusters, L2 tables
+/// before the L1 entries that point at them, and L2 entries before the
+/// refcount decrements of the clusters they dropped, with a flush of the
+/// file between dependent steps. Allocating writes leave their refcount
+/// updates and L2 entries in the caches (write-back, written on flush); the
+/// rest is written through. A crash leaves at worst leaked clusters.
 @BlockActor
 public final class Qcow2Driver: BlockDriver {
   /// The validated header.
@@ -22,8 +23,10 @@ public final class Qcow2Driver: BlockDriver {
   /// How many entries of ``l1Table`` the overlap check looks at: up to the
   /// last one in use.
   private(set) var usedL1Entries: Int
-  /// Decoded L2 tables.
+  /// Decoded L2 tables, some of them dirty (write-back).
   var l2Cache: Qcow2L2Cache
+  /// What the dirty L2 tables wait for before they are written.
+  var l2Dependencies = Qcow2L2Dependencies()
   /// Refcounts and the cluster allocator; nil when opened read-only.
   var refcounts: Qcow2Refcounts?
   /// Guards metadata across awaits (QEMU's `s->lock`).
@@ -63,14 +66,23 @@ public final class Qcow2Driver: BlockDriver {
     return capabilities
   }
 
-  /// QEMU's `qcow2_co_flush_to_os` for the refcounts: deferred refcount
-  /// blocks (lazy refcounts) are written while the image is clean; a dirty
-  /// image keeps them until it is closed.
+  /// QEMU's `qcow2_co_flush_to_os` (`qcow2_write_caches`): the dirty L2
+  /// tables are written back after what they depend on, then the cached
+  /// refcount updates while the image is clean (a dirty image, with lazy
+  /// refcounts, keeps them until it is closed). The engine flushes the
+  /// file afterwards.
   public func flushToOS(_ node: BlockNode) async throws {
-    guard let refcounts, !refcounts.deferredBlocks.isEmpty,
-      header.incompatibleFeatures & Qcow2Feature.dirty == 0, let file = node.file
-    else { return }
-    try await lock.withLock { try await refcounts.writeDeferred(file: file) }
+    guard let refcounts, node.file != nil else { return }
+    let refcountsDue =
+      !refcounts.deferredBlocks.isEmpty
+      && header.incompatibleFeatures & Qcow2Feature.dirty == 0
+    guard !l2Cache.dirtyOffsets.isEmpty || refcountsDue else { return }
+    try await lock.withLock {
+      try await writeBackL2Tables(node)
+      if header.incompatibleFeatures & Qcow2Feature.dirty == 0 {
+        try await refcounts.writeDeferred(file: try fileNode(node))
+      }
+    }
   }
 
   /// QEMU's `qcow2_refresh_limits`: zero-writes and discards by cluster.

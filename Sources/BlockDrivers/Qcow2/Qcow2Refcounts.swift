@@ -4,10 +4,12 @@ import BlockCore
 /// allocator (block/qcow2-refcount.c): a free-cluster search from the lowest
 /// cluster that may be free, and refcount blocks allocated on demand.
 ///
-/// Blocks are written through: every change reaches the file before the
+/// Blocks are written through (every change reaches the file before the
 /// method returns, and callers flush the file where a later metadata write
-/// depends on it (QEMU's cache dependencies). Every method must be called
-/// with the driver's metadata lock held.
+/// depends on it), except the updates of guest data allocations, which stay
+/// in the cache until the driver writes them back (``defersWrites``, QEMU's
+/// write-back refcount cache and its dependencies). Every method must be
+/// called with the driver's metadata lock held.
 @BlockActor
 final class Qcow2Refcounts {
   /// A refcount block was allocated where the caller's clusters might go:
@@ -37,9 +39,10 @@ final class Qcow2Refcounts {
   /// them dirty, and closing the image tries them again.
   var unwrittenBlocks: Set<Int64> = []
   /// Whether ``update(_:count:addend:file:)`` keeps changed blocks in the
-  /// cache instead of writing them (lazy refcounts: QEMU's write-back
-  /// refcount cache, written when the image stops being dirty). The
-  /// driver sets it around guest data allocations only.
+  /// cache instead of writing them (QEMU's write-back refcount cache). The
+  /// driver sets it around guest data allocations only, and writes the
+  /// blocks back before the L2 entries that use the clusters (with lazy
+  /// refcounts: when the image stops being dirty).
   var defersWrites = false
   /// Cached blocks with changes not yet written (see ``defersWrites``).
   var deferredBlocks: Set<Int64> = []

@@ -71,8 +71,8 @@ extension Qcow2Driver {
   /// forgets every cached table the repair may have changed.
   func checkLocked(_ node: BlockNode, mode: Qcow2CheckMode) async throws -> Qcow2CheckResult {
     let file = try fileNode(node)
-    // The check reads the refcounts from the file.
-    try await refcounts?.writeDeferred(file: file)
+    // The check reads the L2 tables and refcounts from the file.
+    try await writeBackMetadata(node)
     let checker = Qcow2Checker(file: file, header: header, mode: mode)
     checker.discardsFreedSnapshotTable = safety.discardPassthrough.passes(.snapshot)
     let result = await checker.run()
