@@ -39,6 +39,7 @@ public final class NBDServer {
 
   private var backend: BlockBackend?
   private var export = NBDExportInfo(size: 0)
+  private var bitmaps: [DirtyBitmap] = []
   private let persistent: Bool
   private let shared: Int
   private let report: @BlockActor (String) -> Void
@@ -125,10 +126,15 @@ public final class NBDServer {
 
   /// Serves clients until ``shutdown()`` (or, unless persistent, the last
   /// negotiated client leaves); then closes every connection and unlinks
-  /// the Unix sockets.
-  public func run(backend: BlockBackend, export: NBDExportInfo) async {
+  /// the Unix sockets. `bitmaps` are the dirty bitmaps behind
+  /// `export.bitmaps`, in the same order.
+  public func run(backend: BlockBackend, export: NBDExportInfo, bitmaps: [DirtyBitmap] = [])
+    async
+  {
+    precondition(bitmaps.count == export.bitmaps.count)
     self.backend = backend
     self.export = export
+    self.bitmaps = bitmaps
     acceptNext()
     await withTaskGroup(of: Void.self) { group in
       for listener in listeners {
@@ -207,7 +213,8 @@ public final class NBDServer {
       return
     }
     let connection = NBDConnection(
-      backend: backend, export: export, handshakeLimit: handshakeLimit, report: report)
+      backend: backend, export: export, bitmaps: bitmaps, handshakeLimit: handshakeLimit,
+      report: report)
     await connection.serve(client) { negotiated = true }
     clients[id] = nil
     releaseSlot(negotiated: negotiated)

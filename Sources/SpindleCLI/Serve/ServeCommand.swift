@@ -6,7 +6,7 @@ import NBD
 ///
 /// Implemented: -k/--socket, -p/--port, -b/--bind, -x/--export-name,
 /// -D/--description, -f/--format, -r/--read-only, -t/--persistent,
-/// -e/--shared, -A/--allocation-depth, -l/--load-snapshot, -s/--snapshot,
+/// -e/--shared, -A/--allocation-depth, -B/--bitmap, -l/--load-snapshot, -s/--snapshot,
 /// -n/--nocache, --cache, --aio, --discard, --detect-zeroes, --image-opts,
 /// --pid-file, -h, -V, socket activation (LISTEN_PID/LISTEN_FDS), and QEMU
 /// 9.1's --handshake-limit. Every other qemu-nbd option is refused with "not
@@ -34,7 +34,7 @@ enum ServeCommand {
 
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
   static let unsupported: [String: String] = [
-    "o": "-o/--offset", "B": "-B/--bitmap",
+    "o": "-o/--offset",
     "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list",
     "v": "-v/--verbose", "object": "--object",
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
@@ -97,6 +97,7 @@ enum ServeCommand {
         options.socketPath = argument
       case "r": options.readOnly = true
       case "A": options.allocationDepth = true
+      case "B": options.bitmaps.insert(argument, at: 0)  // qemu-nbd prepends
       case "s": options.temporaryOverlay = true
       case "l":
         guard

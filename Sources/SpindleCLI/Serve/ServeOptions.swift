@@ -23,6 +23,9 @@ struct ServeOptions {
   var detectZeroes: DetectZeroesMode = .off
   /// -A: offer the `qemu:allocation-depth` meta context.
   var allocationDepth = false
+  /// -B: the dirty bitmaps exported, in qemu-nbd's order (the last given
+  /// first: it prepends each to its list).
+  var bitmaps: [String] = []
   /// -l: the internal snapshot served (read-only).
   var snapshot: InternalSnapshotOption?
   /// -s: writes go to a temporary overlay discarded at exit.

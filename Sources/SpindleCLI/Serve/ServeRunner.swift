@@ -73,6 +73,15 @@ struct ServeRunner {
         return 1
       }
     }
+    let bitmaps: [DirtyBitmap]
+    do {
+      bitmaps = try await exportedBitmaps(root)
+    } catch {
+      reporter.error(errorMessage(error))
+      await backend.close()
+      await server.stop()
+      return 1
+    }
     // QEMU's raw format restricts a probed image to 512-byte requests (to
     // guard block 0), which qemu-nbd advertises as the minimum block size.
     let probedRaw =
@@ -85,7 +94,7 @@ struct ServeRunner {
       multiConn: options.shared != 1,
       requestAlignment: UInt32(clamping: alignment),
       maxTransfer: UInt32(clamping: root.limits.maxTransfer),
-      allocationDepth: options.allocationDepth)
+      allocationDepth: options.allocationDepth, bitmaps: options.bitmaps)
     if let path = options.pidFile, let problem = PidFile.write(to: path) {
       reporter.error(problem)
       await backend.close()
@@ -93,9 +102,30 @@ struct ServeRunner {
       return 1
     }
     console.flush()
-    await server.run(backend: backend, export: export)
+    await server.run(backend: backend, export: export, bitmaps: bitmaps)
     await backend.close()
     return 0
+  }
+
+  /// The `-B` bitmaps (QEMU's `nbd_export_create`): each looked up on the
+  /// root, then down its chain of backing files, with qemu-nbd's errors.
+  private func exportedBitmaps(_ root: BlockNode) async throws -> [DirtyBitmap] {
+    var found: [DirtyBitmap] = []
+    for name in options.bitmaps {
+      var node: BlockNode? = root
+      var bitmap: DirtyBitmap?
+      while let current = node, bitmap == nil {
+        if let qcow2 = current.driver as? Qcow2Driver {
+          bitmap = try await qcow2.exportedBitmap(current, named: name)
+        }
+        node = current.backing
+      }
+      guard let bitmap else {
+        throw BlockError(.noSuchFileOrDirectory, "Bitmap '\(name)' is not found")
+      }
+      found.append(bitmap)
+    }
+    return found
   }
 
   /// `blk_new_open` with qemu-nbd's flags and its error message.
