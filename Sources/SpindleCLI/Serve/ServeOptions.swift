@@ -26,6 +26,9 @@ struct ServeOptions {
   /// -B: the dirty bitmaps exported, in qemu-nbd's order (the last given
   /// first: it prepends each to its list).
   var bitmaps: [String] = []
+  /// -o: where the served disk starts in the image (qemu-nbd's
+  /// `qemu_strtou64`: a leading minus wraps around); 0 for none.
+  var offset: UInt64 = 0
   /// -l: the internal snapshot served (read-only).
   var snapshot: InternalSnapshotOption?
   /// -s: writes go to a temporary overlay discarded at exit.

@@ -58,7 +58,7 @@ struct ServeRunner {
       await server.stop()
       return 1
     }
-    guard let backend = await open() else {
+    guard let opened = await open(), let backend = await applyOffset(opened) else {
       await server.stop()
       return 1
     }
@@ -83,10 +83,11 @@ struct ServeRunner {
       return 1
     }
     // QEMU's raw format restricts a probed image to 512-byte requests (to
-    // guard block 0), which qemu-nbd advertises as the minimum block size.
+    // guard block 0), which qemu-nbd advertises as the minimum block size;
+    // the raw node -o puts on top was not probed.
     let probedRaw =
       root.driver.formatName == "raw" && options.format == nil && !options.imageOpts
-      && !options.filename.hasPrefix("json:")
+      && !options.filename.hasPrefix("json:") && options.offset == 0
     let alignment = max(root.limits.requestAlignment, probedRaw ? 512 : 1)
     let export = NBDExportInfo(
       name: options.exportName, description: options.description,
@@ -105,6 +106,31 @@ struct ServeRunner {
     await server.run(backend: backend, export: export, bitmaps: bitmaps)
     await backend.close()
     return 0
+  }
+
+  /// `-o`: a raw node with the offset on top of the image (qemu-nbd's
+  /// `dev_offset`), or the backend as it is without one; nil (the image
+  /// closed, the error reported) when the offset does not fit.
+  private func applyOffset(_ backend: BlockBackend) async -> BlockBackend? {
+    guard options.offset != 0 else { return backend }
+    do {
+      // The option goes through a QDict as an int64: above 2^63 it is negative.
+      guard let offset = Int64(exactly: options.offset) else {
+        throw BlockError(
+          .invalidArgument,
+          "Parameter 'offset' expects a non-negative number below 2^64\n"
+            + "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+            + "and exabytes, respectively.")
+      }
+      let image = backend.root
+      let window = try await RawDriver.window(over: image, offset: offset, options: image.options)
+      backend.detachRoot()
+      return BlockBackend(root: window)
+    } catch {
+      reporter.error(errorMessage(error))
+      await backend.close()
+      return nil
+    }
   }
 
   /// The `-B` bitmaps (QEMU's `nbd_export_create`): each looked up on the
