@@ -160,6 +160,13 @@ public final class BlockBackend: BlockParent {
     try await request { try await root.vmstate(at: offset, iov: iov, isLoad: isLoad) }
   }
 
+  /// Detaches from the root without closing it (QEMU's `blk_remove_bs`),
+  /// so that another node may take the root as a child; the backend must
+  /// not be used afterwards.
+  public func detachRoot() {
+    root.parents.removeAll { $0.parent === self || $0.parent == nil }
+  }
+
   /// Detaches from the root and closes the graph.
   public func close() async {
     root.parents.removeAll { $0.parent === self || $0.parent == nil }

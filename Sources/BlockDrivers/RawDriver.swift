@@ -141,6 +141,26 @@ extension RawDriver {
     }
   }
 
+  /// A `raw` node over an open node, its disk starting `offset` bytes into
+  /// it (qemu-nbd's `-o`: `bdrv_open` of `driver=raw,file=NODE,offset=N`),
+  /// with `options` as its node options. The node must have no other
+  /// parent; on failure it is left open for its owner.
+  public static func window(over file: BlockNode, offset: Int64, options: NodeOptions)
+    async throws -> BlockNode
+  {
+    try checkWindow(offset: offset, size: nil, fileLength: file.length)
+    let driver = RawDriver(offset: offset, fileCapabilities: file.capabilities)
+    let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: options)
+    node.attach(file, role: .file)
+    do {
+      try await node.open()
+    } catch {
+      node.detach(role: .file)
+      throw error
+    }
+    return node
+  }
+
   /// QEMU's `raw_apply_options`: the window must lie within the file and its
   /// size be whole sectors.
   static func checkWindow(offset: Int64, size: Int64?, fileLength: Int64) throws {

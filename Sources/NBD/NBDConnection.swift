@@ -10,13 +10,16 @@ final class NBDConnection {
   private let export: NBDExportInfo
   private let report: @BlockActor (String) -> Void
   private let handshakeLimit: Duration?
+  /// The dirty bitmaps behind `export.bitmaps`, in the same order.
+  private let bitmaps: [DirtyBitmap]
 
   init(
-    backend: BlockBackend, export: NBDExportInfo, handshakeLimit: Duration?,
-    report: @escaping @BlockActor (String) -> Void
+    backend: BlockBackend, export: NBDExportInfo, bitmaps: [DirtyBitmap],
+    handshakeLimit: Duration?, report: @escaping @BlockActor (String) -> Void
   ) {
     self.backend = backend
     self.export = export
+    self.bitmaps = bitmaps
     self.handshakeLimit = handshakeLimit
     self.report = report
   }
@@ -107,7 +110,10 @@ final class NBDConnection {
   ) async throws {
     let handler = NBDRequestHandler(
       backend: backend, size: export.size, structuredReplies: negotiator.structuredReplies,
-      baseAllocation: negotiator.baseAllocation, allocationDepth: negotiator.allocationDepth)
+      baseAllocation: negotiator.baseAllocation, allocationDepth: negotiator.allocationDepth,
+      bitmaps: negotiator.selectedBitmaps.map {
+        (NBDProtocol.firstDirtyBitmapID + UInt32($0), bitmaps[$0])
+      })
     await withTaskGroup(of: Void.self) { group in
       var inFlight = 0
       do {

@@ -18,14 +18,18 @@ public struct NBDExportInfo: Sendable, Equatable {
   public var maxTransfer: UInt32
   /// Whether the `qemu:allocation-depth` context is offered (qemu-nbd -A).
   public var allocationDepth: Bool
+  /// The names of the dirty bitmaps offered as `qemu:dirty-bitmap:NAME`
+  /// contexts (qemu-nbd -B), in context-id order.
+  public var bitmaps: [String]
 
   /// Creates the facts of an export.
   public init(
     name: String = "", description: String? = nil, size: UInt64, readOnly: Bool = false,
     multiConn: Bool = false, requestAlignment: UInt32 = 1, maxTransfer: UInt32 = 0,
-    allocationDepth: Bool = false
+    allocationDepth: Bool = false, bitmaps: [String] = []
   ) {
     self.allocationDepth = allocationDepth
+    self.bitmaps = bitmaps
     self.name = name
     self.description = description
     self.size = size

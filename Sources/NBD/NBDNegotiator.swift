@@ -31,6 +31,9 @@ public struct NBDNegotiator: Sendable {
   public private(set) var baseAllocation = false
   /// Whether SET_META_CONTEXT selected `qemu:allocation-depth` (offered with -A).
   public private(set) var allocationDepth = false
+  /// The indices in ``NBDExportInfo/bitmaps`` of the `qemu:dirty-bitmap:`
+  /// contexts SET_META_CONTEXT selected, in ascending order.
+  public private(set) var selectedBitmaps: [Int] = []
   /// Whether the client asked for block sizes in its GO (it must then obey them).
   public private(set) var blockSizeRequested = false
 
@@ -176,10 +179,12 @@ public struct NBDNegotiator: Sendable {
     return .transmission(out)
   }
 
-  /// LIST_META_CONTEXT and SET_META_CONTEXT: `base:allocation`, and
-  /// `qemu:allocation-depth` when the export offers it, matched as qemu-nbd
-  /// 7.2 does (`base:` and `qemu:` list everything in their namespace; SET
-  /// takes exact names only; no query lists every context).
+  /// LIST_META_CONTEXT and SET_META_CONTEXT: `base:allocation`,
+  /// `qemu:allocation-depth` and `qemu:dirty-bitmap:NAME` when the export
+  /// offers them, matched as qemu-nbd 7.2 does (`base:`, `qemu:` and
+  /// `qemu:dirty-bitmap:` list everything in their namespace; SET takes
+  /// exact names only; no query lists every context). LIST answers each
+  /// context with id 0, SET with its id.
   private mutating func metaContext(option: UInt32, payload: ByteBuffer) -> Outcome {
     var payload = payload
     var out = ByteBuffer()
@@ -221,16 +226,36 @@ public struct NBDNegotiator: Sendable {
       export.allocationDepth
       && (listsAll
         || queries.contains { $0 == NBDProtocol.allocationDepth || (!isSet && $0 == "qemu:") })
+    let allBitmaps =
+      listsAll
+      || (!isSet && queries.contains { $0 == "qemu:" || $0 == NBDProtocol.dirtyBitmapPrefix })
+    let bitmaps = export.bitmaps.indices.filter { index in
+      allBitmaps
+        || queries.contains { query in
+          query.hasPrefix(NBDProtocol.dirtyBitmapPrefix)
+            && export.bitmaps.firstIndex(
+              of: String(query.dropFirst(NBDProtocol.dirtyBitmapPrefix.count)))
+              == index
+        }
+    }
     if isSet {
       baseAllocation = base
       allocationDepth = depth
+      selectedBitmaps = bitmaps
     }
-    for (selected, id, contextName) in [
-      (base, NBDProtocol.baseAllocationID, NBDProtocol.baseAllocation),
-      (depth, NBDProtocol.allocationDepthID, NBDProtocol.allocationDepth),
-    ] where selected {
+    var contexts: [(id: UInt32, name: String)] = []
+    if base { contexts.append((NBDProtocol.baseAllocationID, NBDProtocol.baseAllocation)) }
+    if depth { contexts.append((NBDProtocol.allocationDepthID, NBDProtocol.allocationDepth)) }
+    for index in bitmaps {
+      contexts.append(
+        (
+          NBDProtocol.firstDirtyBitmapID + UInt32(index),
+          NBDProtocol.dirtyBitmapPrefix + export.bitmaps[index]
+        ))
+    }
+    for (id, contextName) in contexts {
       var context = ByteBuffer()
-      context.writeInteger(id)
+      context.writeInteger(isSet ? id : 0)
       context.writeString(contextName)
       NBDEncoding.optionReply(&out, option: option, type: .metaContext, payload: context)
     }

@@ -38,6 +38,12 @@ public enum NBDProtocol {
   /// flags are the depth in the backing chain of the layer that allocates it
   /// (0 = unallocated, 1 = the top image).
   public static let allocationDepth = "qemu:allocation-depth"
+  /// The id of the first `qemu:dirty-bitmap:NAME` context (QEMU's
+  /// `NBD_META_ID_DIRTY_BITMAP`); the export's next bitmaps follow.
+  public static let firstDirtyBitmapID: UInt32 = 2
+  /// The prefix of QEMU's dirty-bitmap contexts (qemu-nbd -B NAME): each
+  /// extent's flags are 1 where the bitmap is dirty, 0 where clean.
+  public static let dirtyBitmapPrefix = "qemu:dirty-bitmap:"
 }
 
 /// Option numbers (`NBD_OPT_*`).

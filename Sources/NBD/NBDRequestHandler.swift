@@ -11,6 +11,8 @@ struct NBDRequestHandler {
   let structuredReplies: Bool
   let baseAllocation: Bool
   let allocationDepth: Bool
+  /// The `qemu:dirty-bitmap:` contexts selected, with their ids.
+  let bitmaps: [(id: UInt32, bitmap: DirtyBitmap)]
 
   /// QEMU's cap on the extents of one BLOCK_STATUS chunk.
   static let maxExtents = 131072
@@ -95,7 +97,7 @@ struct NBDRequestHandler {
       if length == 0 {
         return errorReply(cookie: cookie, error: .invalid, message: "need non-zero length")
       }
-      guard baseAllocation || allocationDepth else {
+      guard baseAllocation || allocationDepth || !bitmaps.isEmpty else {
         return errorReply(
           cookie: cookie, error: .invalid, message: "CMD_BLOCK_STATUS not negotiated")
       }
@@ -163,9 +165,10 @@ struct NBDRequestHandler {
   }
 
   /// BLOCK_STATUS: one chunk per selected context, `base:allocation` first,
-  /// then `qemu:allocation-depth`, the last one marked done (as qemu-nbd).
+  /// then `qemu:allocation-depth`, then the dirty bitmaps in id order, the
+  /// last one marked done (as qemu-nbd).
   private func blockStatus(_ request: NBDRequest) async throws -> ByteBuffer {
-    var out = ByteBuffer()
+    var chunks: [(id: UInt32, extents: [(length: UInt32, flags: UInt32)])] = []
     if baseAllocation {
       let extents = try await extents(of: request) { position, bytes in
         let status = try await backend.blockStatus(offset: position, bytes: bytes).status
@@ -174,9 +177,7 @@ struct NBDRequestHandler {
         if status.flags.contains(.zero) { flags.insert(.zero) }
         return (status.count, flags.rawValue)
       }
-      NBDEncoding.blockStatus(
-        &out, done: !allocationDepth, cookie: request.cookie,
-        contextID: NBDProtocol.baseAllocationID, extents: extents)
+      chunks.append((NBDProtocol.baseAllocationID, extents))
     }
     if allocationDepth {
       let extents = try await extents(of: request) { position, bytes in
@@ -185,11 +186,49 @@ struct NBDRequestHandler {
           base: nil, offset: position, bytes: bytes)
         return (count, UInt32(depth))
       }
+      chunks.append((NBDProtocol.allocationDepthID, extents))
+    }
+    for (id, bitmap) in bitmaps {
+      chunks.append((id, Self.extents(of: request, in: bitmap)))
+    }
+    var out = ByteBuffer()
+    for (index, chunk) in chunks.enumerated() {
       NBDEncoding.blockStatus(
-        &out, done: true, cookie: request.cookie, contextID: NBDProtocol.allocationDepthID,
-        extents: extents)
+        &out, done: index == chunks.count - 1, cookie: request.cookie, contextID: chunk.id,
+        extents: chunk.extents)
     }
     return out
+  }
+
+  /// The request's range as clean (0) and dirty (1) extents of `bitmap`
+  /// (QEMU's `bitmap_to_extents`): dirty chunks clipped to the range,
+  /// neighbours merged, at most ``maxExtents`` (one with REQ_ONE).
+  private static func extents(of request: NBDRequest, in bitmap: DirtyBitmap) -> [(
+    length: UInt32, flags: UInt32
+  )] {
+    let limit = request.flags.contains(.reqOne) ? 1 : maxExtents
+    let start = Int64(request.offset)
+    let end = start + Int64(request.length)
+    var extents: [(length: UInt32, flags: UInt32)] = []
+    func add(_ length: Int64, _ flags: UInt32) -> Bool {
+      guard length > 0 else { return true }
+      if let last = extents.last, last.flags == flags {
+        extents[extents.count - 1].length = last.length + UInt32(length)
+        return true
+      }
+      guard extents.count < limit else { return false }
+      extents.append((UInt32(length), flags))
+      return true
+    }
+    var position = start
+    for dirty in bitmap.dirtyRanges(in: start..<end) {
+      guard add(dirty.lowerBound - position, 0), add(dirty.upperBound - dirty.lowerBound, 1) else {
+        return extents
+      }
+      position = dirty.upperBound
+    }
+    _ = add(end - position, 0)
+    return extents
   }
 
   /// The extents of the request's range as `status` reports them (bytes it

@@ -21,8 +21,12 @@ public enum NBDListenAddress: Sendable, Equatable {
 /// An NBD server for one export: accepts clients on swift-nio event loops and
 /// serves each on ``BlockActor`` through the engine.
 ///
-/// Lifetime as qemu-nbd 7.2: at most `shared` clients at once (0: no limit;
-/// later ones wait, accepted but unread, until one leaves); unless
+/// Lifetime as qemu-nbd 7.2: nothing is accepted before
+/// ``run(backend:export:)``, and then at most `shared` clients at once (0: no
+/// limit); later ones wait in the kernel's listen backlog (`shared` long, or
+/// `SOMAXCONN` when `persistent` or unlimited), so that once it is full the
+/// kernel refuses further connections, and clients still waiting when the
+/// server stops are reset by the kernel, never accepted. Unless
 /// `persistent`, the server stops once a client that reached transmission
 /// leaves and no other client is connected.
 @BlockActor
@@ -35,6 +39,7 @@ public final class NBDServer {
 
   private var backend: BlockBackend?
   private var export = NBDExportInfo(size: 0)
+  private var bitmaps: [DirtyBitmap] = []
   private let persistent: Bool
   private let shared: Int
   private let report: @BlockActor (String) -> Void
@@ -61,12 +66,22 @@ public final class NBDServer {
     self.report = report
   }
 
+  /// The listen backlog qemu-nbd 7.2 asks for: `shared`, or `SOMAXCONN`
+  /// when persistent or unlimited.
+  var backlog: Int32 {
+    persistent || shared == 0 ? SOMAXCONN : min(Int32(clamping: shared), SOMAXCONN)
+  }
+
   /// Starts listening on `address` (clients wait in the backlog until
   /// ``run(backend:export:)`` serves them).
   public func listen(on address: NBDListenAddress) async throws {
+    // Connections are accepted one at a time, only when the server wants
+    // one (``acceptNext()``): the others stay in the kernel's backlog.
     let bootstrap = ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-      .serverChannelOption(.backlog, value: Int32(shared == 1 ? 1 : 128))
+      .serverChannelOption(.backlog, value: backlog)
+      .serverChannelOption(.autoRead, value: false)
+      .serverChannelOption(.maxMessagesPerRead, value: 1)
     @Sendable func wrap(_ channel: any Channel) -> EventLoopFuture<
       NIOAsyncChannel<ByteBuffer, ByteBuffer>
     > {
@@ -111,10 +126,16 @@ public final class NBDServer {
 
   /// Serves clients until ``shutdown()`` (or, unless persistent, the last
   /// negotiated client leaves); then closes every connection and unlinks
-  /// the Unix sockets.
-  public func run(backend: BlockBackend, export: NBDExportInfo) async {
+  /// the Unix sockets. `bitmaps` are the dirty bitmaps behind
+  /// `export.bitmaps`, in the same order.
+  public func run(backend: BlockBackend, export: NBDExportInfo, bitmaps: [DirtyBitmap] = [])
+    async
+  {
+    precondition(bitmaps.count == export.bitmaps.count)
     self.backend = backend
     self.export = export
+    self.bitmaps = bitmaps
+    acceptNext()
     await withTaskGroup(of: Void.self) { group in
       for listener in listeners {
         group.addTask { await self.accept(on: listener) }
@@ -128,7 +149,14 @@ public final class NBDServer {
   /// (when the image cannot be opened after listening).
   public func stop() async {
     shutdown()
-    for listener in listeners { try? await listener.channel.closeFuture.get() }
+    for listener in listeners {
+      try? await listener.channel.closeFuture.get()
+      // Nothing was accepted (``acceptNext()`` never ran), but a channel
+      // that reached the stream must still be finished, never dropped.
+      try? await listener.executeThenClose { inbound in
+        for try await client in inbound { await Self.refuse(client) }
+      }
+    }
     for path in unixPaths { _ = unlink(path) }
     unixPaths = []
   }
@@ -151,15 +179,28 @@ public final class NBDServer {
       try await withThrowingDiscardingTaskGroup { group in
         for try await client in inbound {
           guard await takeSlot() else {
-            client.channel.close(promise: nil)
+            await Self.refuse(client)
             continue
           }
           let id = ObjectIdentifier(client.channel)
           clients[id] = client.channel
           group.addTask { await self.serve(client, id: id) }
+          acceptNext()
         }
       }
     }
+  }
+
+  /// Asks the listeners for one more connection each, when a slot is free.
+  private func acceptNext() {
+    guard !stopping, shared == 0 || active < shared else { return }
+    for listener in listeners { listener.channel.read() }
+  }
+
+  /// Closes a connection the server will not serve (its writer finished, as
+  /// swift-nio requires of every channel that reached the stream).
+  private static func refuse(_ client: NIOAsyncChannel<ByteBuffer, ByteBuffer>) async {
+    try? await client.executeThenClose { _, _ in }
   }
 
   private func serve(_ client: NIOAsyncChannel<ByteBuffer, ByteBuffer>, id: ObjectIdentifier)
@@ -172,7 +213,8 @@ public final class NBDServer {
       return
     }
     let connection = NBDConnection(
-      backend: backend, export: export, handshakeLimit: handshakeLimit, report: report)
+      backend: backend, export: export, bitmaps: bitmaps, handshakeLimit: handshakeLimit,
+      report: report)
     await connection.serve(client) { negotiated = true }
     clients[id] = nil
     releaseSlot(negotiated: negotiated)
@@ -195,6 +237,10 @@ public final class NBDServer {
       shutdown()
       return
     }
-    if !slotWaiters.isEmpty { slotWaiters.removeFirst().resume(returning: true) }
+    if !slotWaiters.isEmpty {
+      slotWaiters.removeFirst().resume(returning: true)
+    } else {
+      acceptNext()
+    }
   }
 }

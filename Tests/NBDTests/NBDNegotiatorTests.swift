@@ -195,6 +195,42 @@ import Testing
     #expect(!negotiator.baseAllocation)
   }
 
+  /// qemu-nbd's `qemu:` contexts: LIST answers with id 0, SET with the
+  /// context's id (allocation depth 1, the bitmaps from 2 in export order);
+  /// `qemu:` and `qemu:dirty-bitmap:` list all, select nothing.
+  @Test func qemuContextsAndTheirIDs() {
+    var negotiator = Self.negotiator(
+      NBDExportInfo(size: 1 << 20, allocationDepth: true, bitmaps: ["b0", "b2"]))
+    _ = negotiator.handle(option: 8, payload: ByteBuffer())
+    func context(_ id: UInt32, _ name: String) -> [UInt8] {
+      withUnsafeBytes(of: id.bigEndian) { Array($0) } + Array(name.utf8)
+    }
+    let listed = replyBytes(
+      negotiator.handle(option: 9, payload: Self.metaPayload(name: "", queries: ["qemu:"])))!
+    #expect(
+      Self.replies(listed) == [
+        Reply(option: 9, type: 4, payload: context(0, "qemu:allocation-depth")),
+        Reply(option: 9, type: 4, payload: context(0, "qemu:dirty-bitmap:b0")),
+        Reply(option: 9, type: 4, payload: context(0, "qemu:dirty-bitmap:b2")),
+        Reply(option: 9, type: 1, payload: []),
+      ])
+    let prefix = replyBytes(
+      negotiator.handle(
+        option: 9, payload: Self.metaPayload(name: "", queries: ["qemu:dirty-bitmap:"])))!
+    #expect(Self.replies(prefix).count == 3)
+    let set = Self.metaPayload(
+      name: "", queries: ["qemu:dirty-bitmap:b2", "qemu:allocation-depth", "qemu:dirty-bitmap:"])
+    let selected = replyBytes(negotiator.handle(option: 10, payload: set))!
+    #expect(
+      Self.replies(selected) == [
+        Reply(option: 10, type: 4, payload: context(1, "qemu:allocation-depth")),
+        Reply(option: 10, type: 4, payload: context(3, "qemu:dirty-bitmap:b2")),
+        Reply(option: 10, type: 1, payload: []),
+      ])
+    #expect(negotiator.allocationDepth && !negotiator.baseAllocation)
+    #expect(negotiator.selectedBitmaps == [1])
+  }
+
   @Test func exportNameRepliesWithSizeFlagsAndZeroes() {
     var plain = NBDNegotiator(export: NBDExportInfo(size: 1024, readOnly: true))
     #expect(plain.receiveClientFlags(1) == nil)

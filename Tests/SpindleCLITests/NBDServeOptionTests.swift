@@ -53,8 +53,6 @@ struct NBDServeOptionTests {
   }
 
   @Test(arguments: [
-    (["-o", "512"], "-o/--offset"),
-    (["-B", "b"], "-B/--bitmap"),
     (["-L"], "-L/--list"), (["--fork"], "--fork"),
     (["--tls-creds", "t"], "--tls-creds"), (["--object", "secret,id=s,data=x"], "--object"),
     (["-c", "/dev/nbd0"], "-c/--connect"),

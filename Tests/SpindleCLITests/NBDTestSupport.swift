@@ -157,6 +157,71 @@ final class NBDSocket {
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
   }
 
+  private init(descriptor: Int32) { fd = descriptor }
+
+  /// Connects to a Unix socket without waiting for room in the server's
+  /// listen backlog: nil when the kernel refuses the connection because the
+  /// backlog is full (EAGAIN). The socket returned blocks, with the receive
+  /// timeout of ``init(path:)``.
+  static func connectWithoutWaiting(path: String) throws -> NBDSocket? {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+    guard fd >= 0 else { throw POSIXError(.EIO) }
+    let connection = NBDSocket(descriptor: fd)
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+      throw POSIXError(.ENAMETOOLONG)
+    }
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+      raw.copyBytes(from: bytes)
+      raw[bytes.count] = 0
+    }
+    let status = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+      }
+    }
+    if status != 0 {
+      if errno == EAGAIN { return nil }
+      throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+    }
+    _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+    var timeout = timeval(tv_sec: 30, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    return connection
+  }
+
+  /// How a connection went on, as a client waiting to read sees it.
+  enum Outcome: Equatable, CustomStringConvertible {
+    /// The server sent bytes.
+    case data
+    /// The server closed the connection (end of file).
+    case endOfFile
+    /// The connection was reset (ECONNRESET).
+    case reset
+    /// Another error, or the receive timeout, by errno.
+    case failed(Int32)
+
+    var description: String {
+      switch self {
+      case .data: "data"
+      case .endOfFile: "end of file"
+      case .reset: "reset"
+      case .failed(let code): "errno \(code)"
+      }
+    }
+  }
+
+  /// Waits (up to the receive timeout) for the first byte or the end.
+  func outcome() -> Outcome {
+    var byte: UInt8 = 0
+    let got = recv(fd, &byte, 1, 0)
+    if got > 0 { return .data }
+    if got == 0 { return .endOfFile }
+    return errno == ECONNRESET ? .reset : .failed(errno)
+  }
+
   /// Connects to TCP `port` on 127.0.0.1; throws when nobody listens.
   init(port: UInt16) throws {
     fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

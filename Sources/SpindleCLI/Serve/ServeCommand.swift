@@ -6,7 +6,7 @@ import NBD
 ///
 /// Implemented: -k/--socket, -p/--port, -b/--bind, -x/--export-name,
 /// -D/--description, -f/--format, -r/--read-only, -t/--persistent,
-/// -e/--shared, -A/--allocation-depth, -l/--load-snapshot, -s/--snapshot,
+/// -e/--shared, -o/--offset, -A/--allocation-depth, -B/--bitmap, -l/--load-snapshot, -s/--snapshot,
 /// -n/--nocache, --cache, --aio, --discard, --detect-zeroes, --image-opts,
 /// --pid-file, -h, -V, socket activation (LISTEN_PID/LISTEN_FDS), and QEMU
 /// 9.1's --handshake-limit. Every other qemu-nbd option is refused with "not
@@ -34,7 +34,6 @@ enum ServeCommand {
 
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
   static let unsupported: [String: String] = [
-    "o": "-o/--offset", "B": "-B/--bitmap",
     "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list",
     "v": "-v/--verbose", "object": "--object",
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
@@ -96,7 +95,14 @@ enum ServeCommand {
         }
         options.socketPath = argument
       case "r": options.readOnly = true
+      case "o":
+        guard let offset = parseCUInt64(argument) else {
+          reporter.error("Invalid offset '\(argument)'")
+          return nil
+        }
+        options.offset = offset
       case "A": options.allocationDepth = true
+      case "B": options.bitmaps.insert(argument, at: 0)  // qemu-nbd prepends
       case "s": options.temporaryOverlay = true
       case "l":
         guard
@@ -188,6 +194,28 @@ enum ServeCommand {
       return nil
     }
     return .serve(options)
+  }
+
+  /// `qemu_strtou64` with base 0: decimal, 0x hex or 0 octal, the whole
+  /// text, after optional blanks and a sign (a minus negates modulo 2^64,
+  /// as `strtoull`).
+  private static func parseCUInt64(_ text: String) -> UInt64? {
+    var rest = Substring(text.drop { $0 == " " || $0 == "\t" || $0 == "\n" })
+    var negative = false
+    if let sign = rest.first, sign == "-" || sign == "+" {
+      negative = sign == "-"
+      rest = rest.dropFirst()
+    }
+    let value: UInt64?
+    if rest.hasPrefix("0x") || rest.hasPrefix("0X") {
+      value = UInt64(rest.dropFirst(2), radix: 16)
+    } else if rest.hasPrefix("0") && rest.count > 1 {
+      value = UInt64(rest.dropFirst(), radix: 8)
+    } else {
+      value = UInt64(rest)
+    }
+    guard let value, !rest.hasPrefix("+"), !rest.hasPrefix("-") else { return nil }
+    return negative ? 0 &- value : value
   }
 
   /// `qemu_strtoi` with base 0: decimal, 0x hex or 0 octal, the whole text.

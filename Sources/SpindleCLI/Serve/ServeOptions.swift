@@ -23,6 +23,12 @@ struct ServeOptions {
   var detectZeroes: DetectZeroesMode = .off
   /// -A: offer the `qemu:allocation-depth` meta context.
   var allocationDepth = false
+  /// -B: the dirty bitmaps exported, in qemu-nbd's order (the last given
+  /// first: it prepends each to its list).
+  var bitmaps: [String] = []
+  /// -o: where the served disk starts in the image (qemu-nbd's
+  /// `qemu_strtou64`: a leading minus wraps around); 0 for none.
+  var offset: UInt64 = 0
   /// -l: the internal snapshot served (read-only).
   var snapshot: InternalSnapshotOption?
   /// -s: writes go to a temporary overlay discarded at exit.

@@ -58,7 +58,7 @@ struct ServeRunner {
       await server.stop()
       return 1
     }
-    guard let backend = await open() else {
+    guard let opened = await open(), let backend = await applyOffset(opened) else {
       await server.stop()
       return 1
     }
@@ -73,11 +73,21 @@ struct ServeRunner {
         return 1
       }
     }
+    let bitmaps: [DirtyBitmap]
+    do {
+      bitmaps = try await exportedBitmaps(root)
+    } catch {
+      reporter.error(errorMessage(error))
+      await backend.close()
+      await server.stop()
+      return 1
+    }
     // QEMU's raw format restricts a probed image to 512-byte requests (to
-    // guard block 0), which qemu-nbd advertises as the minimum block size.
+    // guard block 0), which qemu-nbd advertises as the minimum block size;
+    // the raw node -o puts on top was not probed.
     let probedRaw =
       root.driver.formatName == "raw" && options.format == nil && !options.imageOpts
-      && !options.filename.hasPrefix("json:")
+      && !options.filename.hasPrefix("json:") && options.offset == 0
     let alignment = max(root.limits.requestAlignment, probedRaw ? 512 : 1)
     let export = NBDExportInfo(
       name: options.exportName, description: options.description,
@@ -85,7 +95,7 @@ struct ServeRunner {
       multiConn: options.shared != 1,
       requestAlignment: UInt32(clamping: alignment),
       maxTransfer: UInt32(clamping: root.limits.maxTransfer),
-      allocationDepth: options.allocationDepth)
+      allocationDepth: options.allocationDepth, bitmaps: options.bitmaps)
     if let path = options.pidFile, let problem = PidFile.write(to: path) {
       reporter.error(problem)
       await backend.close()
@@ -93,9 +103,55 @@ struct ServeRunner {
       return 1
     }
     console.flush()
-    await server.run(backend: backend, export: export)
+    await server.run(backend: backend, export: export, bitmaps: bitmaps)
     await backend.close()
     return 0
+  }
+
+  /// `-o`: a raw node with the offset on top of the image (qemu-nbd's
+  /// `dev_offset`), or the backend as it is without one; nil (the image
+  /// closed, the error reported) when the offset does not fit.
+  private func applyOffset(_ backend: BlockBackend) async -> BlockBackend? {
+    guard options.offset != 0 else { return backend }
+    do {
+      // The option goes through a QDict as an int64: above 2^63 it is negative.
+      guard let offset = Int64(exactly: options.offset) else {
+        throw BlockError(
+          .invalidArgument,
+          "Parameter 'offset' expects a non-negative number below 2^64\n"
+            + "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
+            + "and exabytes, respectively.")
+      }
+      let image = backend.root
+      let window = try await RawDriver.window(over: image, offset: offset, options: image.options)
+      backend.detachRoot()
+      return BlockBackend(root: window)
+    } catch {
+      reporter.error(errorMessage(error))
+      await backend.close()
+      return nil
+    }
+  }
+
+  /// The `-B` bitmaps (QEMU's `nbd_export_create`): each looked up on the
+  /// root, then down its chain of backing files, with qemu-nbd's errors.
+  private func exportedBitmaps(_ root: BlockNode) async throws -> [DirtyBitmap] {
+    var found: [DirtyBitmap] = []
+    for name in options.bitmaps {
+      var node: BlockNode? = root
+      var bitmap: DirtyBitmap?
+      while let current = node, bitmap == nil {
+        if let qcow2 = current.driver as? Qcow2Driver {
+          bitmap = try await qcow2.exportedBitmap(current, named: name)
+        }
+        node = current.backing
+      }
+      guard let bitmap else {
+        throw BlockError(.noSuchFileOrDirectory, "Bitmap '\(name)' is not found")
+      }
+      found.append(bitmap)
+    }
+    return found
   }
 
   /// `blk_new_open` with qemu-nbd's flags and its error message.

@@ -1,0 +1,95 @@
+import BlockTestSupport
+import Foundation
+import Testing
+
+/// qemu-nbd 7.2's `-e/--shared`: at most N clients served at once; the
+/// others wait in the kernel's listen backlog (N long), which refuses
+/// connections once full; a non-persistent server that ends resets the
+/// clients still waiting there. Compared with qemu-nbd on the same image.
+@Suite(
+  .requires("qemu-nbd", "qemu-img"),
+  .enabled(if: SpindleExecutable.path != nil, "the spindle executable was not built"))
+struct NBDSharedLimitTests {
+  /// What a client sees of the backlog and of the server's end.
+  struct Observed: Equatable {
+    var waiting: Int
+    var endings: [NBDSocket.Outcome]
+    var status: ChildProcess.Termination
+  }
+
+  /// NBD's fixed-newstyle handshake up to transmission with
+  /// NBD_OPT_EXPORT_NAME (client flags FIXED | NO_ZEROES): 10 bytes back.
+  static func negotiate(_ client: NBDSocket) -> Bool {
+    let exportName: [UInt8] = .be(UInt64(0x4948_4156_454F_5054)) + .be(UInt32(1)) + .be(UInt32(0))
+    guard client.send(.be(UInt32(3)) + exportName) else { return false }
+    return client.receive(10) != nil
+  }
+
+  /// How the test ends the server: the one negotiated client leaves (a
+  /// non-persistent server then exits), or SIGTERM.
+  enum Ending: Sendable, CustomTestStringConvertible {
+    case lastClientLeaves, terminated
+    var testDescription: String { self == .lastClientLeaves ? "client leaves" : "SIGTERM" }
+  }
+
+  @Test(arguments: [(1, Ending.lastClientLeaves), (1, .terminated), (2, .terminated)])
+  func backlogAndEnd(_ shared: Int, _ ending: Ending) async throws {
+    let fixture = try ImageFixture()
+    let image = fixture.path("a.raw")
+    let created = try await runProcess("qemu-img", ["create", "-q", "-f", "raw", image, "1M"])
+    try #require(created.status == 0, "\(created)")
+    var observed: [Observed] = []
+    for server in NBDServer.allCases {
+      let socket = fixture.path("\(server).sock")
+      let running = try await BackgroundNBDServer(
+        server, socket: socket, options: ["-e", "\(shared)", "-f", "raw", image])
+      // `shared` clients served: each has its greeting.
+      var served: [NBDSocket] = []
+      for _ in 0..<shared {
+        let client = try NBDSocket(path: socket)
+        try #require(client.receive(18) != nil, "\(server): no greeting")
+        served.append(client)
+      }
+      // The next ones wait unaccepted until the backlog is full.
+      var waiting: [NBDSocket] = []
+      while waiting.count < 16, let client = try NBDSocket.connectWithoutWaiting(path: socket) {
+        waiting.append(client)
+      }
+      let status: ChildProcess.Termination
+      switch ending {
+      case .lastClientLeaves:
+        #expect(Self.negotiate(served[0]), "\(server)")
+        served[0].close()
+        status = await running.waitForExit()
+      case .terminated:
+        status = await running.terminate()
+      }
+      observed.append(
+        Observed(waiting: waiting.count, endings: waiting.map { $0.outcome() }, status: status))
+    }
+    #expect(observed[1].waiting > 0 && observed[1].waiting < 16, "qemu-nbd: \(observed[1])")
+    #expect(observed[0] == observed[1])
+  }
+
+  /// CAN_MULTI_CONN as qemu-nbd 7.2 sets it: whenever `-e` is not 1,
+  /// writable or not, persistent or not.
+  @Test(arguments: [
+    ["-e", "0"], ["-e", "2", "-r"], ["-e", "0", "-r"], ["-t"], ["-t", "-r"], ["-t", "-e", "3"],
+    ["-e", "1", "-r"],
+  ])
+  func multiConnFlag(_ options: [String]) async throws {
+    let fixture = try ImageFixture()
+    let image = fixture.path("a.qcow2")
+    let created = try await runProcess("qemu-img", ["create", "-q", "-f", "qcow2", image, "1M"])
+    try #require(created.status == 0, "\(created)")
+    var results: [ToolResult] = []
+    for server in NBDServer.allCases {
+      let result = try await runNBDClient(
+        "nbdinfo", ["--can=multi-conn"] + server.activated(options + ["-f", "qcow2", image]))
+      results.append(result)
+    }
+    // nbdinfo --can: status 0 = yes, 2 = no.
+    #expect([0, 2].contains(results[1].status), "qemu-nbd: \(results[1])")
+    #expect(results[0] == results[1])
+  }
+}
