@@ -19,10 +19,10 @@ struct NBDSharedLimitTests {
 
   /// NBD's fixed-newstyle handshake up to transmission with
   /// NBD_OPT_EXPORT_NAME (client flags FIXED | NO_ZEROES): 10 bytes back.
-  static func negotiate(_ client: NBDSocket) -> Bool {
+  static func negotiate(_ client: NBDSocket) async -> Bool {
     let exportName: [UInt8] = .be(UInt64(0x4948_4156_454F_5054)) + .be(UInt32(1)) + .be(UInt32(0))
     guard client.send(.be(UInt32(3)) + exportName) else { return false }
-    return client.receive(10) != nil
+    return await client.receive(10) != nil
   }
 
   /// How the test ends the server: the one negotiated client leaves (a
@@ -47,7 +47,7 @@ struct NBDSharedLimitTests {
       var served: [NBDSocket] = []
       for _ in 0..<shared {
         let client = try NBDSocket(path: socket)
-        try #require(client.receive(18) != nil, "\(server): no greeting")
+        try #require(await client.receive(18) != nil, "\(server): no greeting")
         served.append(client)
       }
       // The next ones wait unaccepted until the backlog is full.
@@ -58,14 +58,15 @@ struct NBDSharedLimitTests {
       let status: ChildProcess.Termination
       switch ending {
       case .lastClientLeaves:
-        #expect(Self.negotiate(served[0]), "\(server)")
+        #expect(await Self.negotiate(served[0]), "\(server)")
         served[0].close()
         status = await running.waitForExit()
       case .terminated:
         status = await running.terminate()
       }
-      observed.append(
-        Observed(waiting: waiting.count, endings: waiting.map { $0.outcome() }, status: status))
+      var endings: [NBDSocket.Outcome] = []
+      for client in waiting { endings.append(await client.outcome()) }
+      observed.append(Observed(waiting: waiting.count, endings: endings, status: status))
     }
     #expect(observed[1].waiting > 0 && observed[1].waiting < 16, "qemu-nbd: \(observed[1])")
     #expect(observed[0] == observed[1])

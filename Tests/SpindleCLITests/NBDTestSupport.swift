@@ -164,7 +164,9 @@ final class NBDSocket {
   /// backlog is full (EAGAIN). The socket returned blocks, with the receive
   /// timeout of ``init(path:)``.
   static func connectWithoutWaiting(path: String) throws -> NBDSocket? {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+    let fd = socket(
+      AF_UNIX,
+      Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { throw POSIXError(.EIO) }
     let connection = NBDSocket(descriptor: fd)
     var address = sockaddr_un()
@@ -213,13 +215,19 @@ final class NBDSocket {
     }
   }
 
-  /// Waits (up to the receive timeout) for the first byte or the end.
-  func outcome() -> Outcome {
-    var byte: UInt8 = 0
-    let got = recv(fd, &byte, 1, 0)
-    if got > 0 { return .data }
-    if got == 0 { return .endOfFile }
-    return errno == ECONNRESET ? .reset : .failed(errno)
+  /// Waits (up to the receive timeout, on a thread of its own as
+  /// ``receive(_:)``) for the first byte or the end.
+  func outcome() async -> Outcome {
+    let fd = fd
+    return await withCheckedContinuation { continuation in
+      Thread {
+        var byte: UInt8 = 0
+        let got = recv(fd, &byte, 1, 0)
+        let outcome: Outcome =
+          got > 0 ? .data : got == 0 ? .endOfFile : errno == ECONNRESET ? .reset : .failed(errno)
+        continuation.resume(returning: outcome)
+      }.start()
+    }
   }
 
   /// Connects to TCP `port` on 127.0.0.1; throws when nobody listens.
