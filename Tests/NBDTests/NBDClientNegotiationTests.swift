@@ -23,7 +23,11 @@ struct NBDClientNegotiationTests {
     let serverEnd = FileHandle(fileDescriptor: ends[1], closeOnDealloc: true)
     let socket = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
       .withConnectedSocket(ends[0]) { channel in
-        channel.eventLoop.makeCompletedFuture { try NBDClientChannel.install(on: channel) }
+        channel.eventLoop.makeCompletedFuture {
+          let (inbound, continuation) = AsyncThrowingStream.makeStream(of: ByteBuffer.self)
+          try NBDClientChannel.addInboundHandler(to: channel, feeding: continuation)
+          return NBDClientChannel(channel: channel, inbound: inbound)
+        }
       }
     // An oldstyle server: the greeting carries the export's size and flags.
     var greeting = Data("NBDMAGIC".utf8)
@@ -54,8 +58,8 @@ struct NBDClientNegotiationTests {
         release.signal()
       }.start()
     }
-    let negotiated = try await NBDClientNegotiation(socket).run(
-      NBDClientHandshake(export: "", context: nil))
+    let negotiated = try await NBDClientNegotiation(on: socket.channel.eventLoop).run(
+      NBDClientHandshake(export: "", context: nil), over: socket)
     handshakeEnded.signal()
     let waitedForTheBlockLayer = heldTooLong.load(ordering: .sequentiallyConsistent)
     #expect(!waitedForTheBlockLayer)

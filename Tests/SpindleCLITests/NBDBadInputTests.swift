@@ -133,9 +133,10 @@ struct NBDBadInputTests {
     // What the server reported, but for the readiness probe (a client that
     // closes at once, before sending its flags): qemu-nbd reports a failed
     // greeting write only when the close wins the race, so lines about the
-    // greeting or the flags come and go.
+    // greeting or the flags come and go; so, in full test runs, does
+    // qemu-nbd's report of a client gone before its first option.
     lines += await running.errorOutput().split(separator: "\n").map(String.init).filter {
-      !$0.contains("write failed") && !$0.contains("flags")
+      !$0.contains("write failed") && !$0.contains("flags") && !$0.contains("opts magic")
     }
     // The image is untouched: the write past the end wrote nothing.
     let data = try Data(contentsOf: URL(fileURLWithPath: image))

@@ -12,12 +12,13 @@ struct NBDClientChannel: Sendable {
   /// What the server sends, until it closes or the connection fails.
   let inbound: AsyncThrowingStream<ByteBuffer, any Error>
 
-  /// Installs the inbound side on a freshly connected `channel` (call it
-  /// from the channel's initializer, on its event loop).
-  static func install(on channel: any Channel) throws -> NBDClientChannel {
-    let (inbound, continuation) = AsyncThrowingStream.makeStream(of: ByteBuffer.self)
+  /// Installs the handler that feeds what `channel` reads to `continuation`
+  /// (call it from the channel's initializer, on its event loop).
+  static func addInboundHandler(
+    to channel: any Channel,
+    feeding continuation: AsyncThrowingStream<ByteBuffer, any Error>.Continuation
+  ) throws {
     try channel.pipeline.syncOperations.addHandler(InboundHandler(continuation))
-    return NBDClientChannel(channel: channel, inbound: inbound)
   }
 
   /// Sends `buffer`; returns once swift-nio has handed it to the socket.

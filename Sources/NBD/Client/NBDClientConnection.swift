@@ -40,59 +40,70 @@ final class NBDClientConnection {
     self.socket = socket
   }
 
-  /// Connects to `address` and negotiates; throws QEMU's messages
-  /// ("Failed to connect to '...': ...", or the handshake's).
+  /// Connects to `address` and negotiates (on a swift-nio event loop, see
+  /// ``NBDClientNegotiation``); throws QEMU's messages ("Failed to connect to
+  /// '...': ...", or the handshake's). Replies are then read on this actor.
   static func open(to address: NBDServerAddress, handshake: NBDClientHandshake) async throws
     -> NBDClientConnection
   {
-    let socket = try await connect(to: address)
-    return try await withCheckedThrowingContinuation { opened in
-      Task { @BlockActor in
-        await run(socket, handshake: handshake, opened: opened)
-      }
-    }
+    let negotiation = NBDClientNegotiation(on: MultiThreadedEventLoopGroup.singleton.next())
+    let negotiated = try await negotiation.connect(to: address, handshake: handshake)
+    let connection = NBDClientConnection(export: negotiated.export, socket: negotiated.socket)
+    Task { @BlockActor in await connection.readReplies(after: negotiated.leftover) }
+    return connection
   }
 
-  private static func connect(to address: NBDServerAddress) async throws -> NBDClientChannel {
-    let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+  /// A socket to `address` on `loop`, its inbound bytes on a stream; fails
+  /// with QEMU's "Failed to connect to '...': ..." message.
+  nonisolated static func connect(to address: NBDServerAddress, on loop: any EventLoop)
+    -> EventLoopFuture<NBDClientChannel>
+  {
+    let (inbound, continuation) = AsyncThrowingStream.makeStream(of: ByteBuffer.self)
+    let bootstrap = ClientBootstrap(group: loop)
       .channelOption(.allowRemoteHalfClosure, value: false)
       // READ replies are up to 32 MiB: read the socket in pieces of up to
       // 1 MiB rather than swift-nio's default 64 KiB.
       .channelOption(
         .recvAllocator,
-        value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 65536, maximum: 1 << 20))
-    @Sendable func wrap(_ channel: any Channel) -> EventLoopFuture<NBDClientChannel> {
-      channel.eventLoop.makeCompletedFuture { try NBDClientChannel.install(on: channel) }
-    }
-    do {
-      switch address {
-      case .unix(let path):
-        return try await bootstrap.connect(unixDomainSocketPath: path, channelInitializer: wrap)
-      case .inet(let host, let port):
-        guard let number = Int(port), (0...65535).contains(number) else {
-          throw BlockError(
+        value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 65536, maximum: 1 << 20)
+      )
+      .channelInitializer { channel in
+        channel.eventLoop.makeCompletedFuture {
+          try NBDClientChannel.addInboundHandler(to: channel, feeding: continuation)
+        }
+      }
+    let connected: EventLoopFuture<any Channel>
+    switch address {
+    case .unix(let path):
+      connected = bootstrap.connect(unixDomainSocketPath: path)
+    case .inet(let host, let port):
+      guard let number = Int(port), (0...65535).contains(number) else {
+        return loop.makeFailedFuture(
+          BlockError(
             .invalidArgument,
             "address resolution failed for \(host):\(port): Servname not supported for ai_socktype")
-        }
-        return try await bootstrap.channelOption(.tcpOption(.tcp_nodelay), value: 1)
-          .connect(host: host, port: number, channelInitializer: wrap)
+        )
       }
-    } catch let error as BlockError {
-      throw error
-    } catch {
-      throw BlockError(
-        .connectionRefused, "Failed to connect to '\(address)': \(describe(error, address))")
+      connected = bootstrap.channelOption(.tcpOption(.tcp_nodelay), value: 1)
+        .connect(host: host, port: number)
     }
+    return connected.map { NBDClientChannel(channel: $0, inbound: inbound) }
+      .flatMapErrorThrowing { error in
+        throw BlockError(
+          .connectionRefused, "Failed to connect to '\(address)': \(describe(error, address))")
+      }
   }
 
   /// The system's text for a socket error during the handshake.
-  private static func socketErrorText(_ error: any Error) -> String {
+  nonisolated static func socketErrorText(_ error: any Error) -> String {
     if let error = error as? IOError { return Errno.describe(Errno(rawValue: error.errnoCode)) }
     return "\(error)"
   }
 
   /// The system's text for a connection failure.
-  private static func describe(_ error: any Error, _ address: NBDServerAddress) -> String {
+  private nonisolated static func describe(_ error: any Error, _ address: NBDServerAddress)
+    -> String
+  {
     if let error = error as? IOError { return Errno.describe(Errno(rawValue: error.errnoCode)) }
     if let error = error as? NIOConnectionError {
       if let first = error.connectionErrors.first?.error as? IOError {
@@ -105,34 +116,13 @@ final class NBDClientConnection {
     return "\(error)"
   }
 
-  /// Negotiates, hands the connection to `opened`, then reads replies until
-  /// the connection ends, and closes the socket.
-  private static func run(
-    _ socket: NBDClientChannel, handshake: NBDClientHandshake,
-    opened: CheckedContinuation<NBDClientConnection, any Error>
-  ) async {
-    let export: NBDNegotiatedExport
-    let leftover: ByteBuffer
-    do {
-      (export, leftover) = try await NBDClientNegotiation(socket).run(handshake)
-    } catch let error as BlockError {
-      socket.close()
-      opened.resume(throwing: error)
-      return
-    } catch {
-      socket.close()
-      opened.resume(
-        throwing: BlockError(.ioError, "Failed to read from socket: \(socketErrorText(error))"))
-      return
-    }
-    let connection = NBDClientConnection(export: export, socket: socket)
-    opened.resume(returning: connection)
-    // The handshake's iterator has ended: the replies are read on this
-    // actor, from where it stopped.
+  /// Reads replies until the connection ends (from `leftover`, what came
+  /// after the handshake, on), then closes the socket.
+  private func readReplies(after leftover: ByteBuffer) async {
     var reader = NBDInboundReader(socket.inbound, unread: leftover)
-    await connection.receiveReplies(&reader)
+    await receiveReplies(&reader)
     socket.close()
-    connection.readerDidEnd()
+    readerDidEnd()
   }
 
   // MARK: Requests
@@ -187,7 +177,7 @@ final class NBDClientConnection {
     socket.finishWriting()
     if readerEnded { return }
     let socket = socket
-    let cutOff = Task {
+    let cutOff = Task.detached {
       try await Task.sleep(for: Self.closeGracePeriod)
       socket.close()
     }

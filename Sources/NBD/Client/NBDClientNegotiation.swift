@@ -1,28 +1,61 @@
+import BlockCore
 import NIOCore
 
-/// Runs a client handshake on its socket's event loop (a swift-nio thread),
-/// not on ``BlockActor``: the handshake needs nothing of the block layer, and
-/// a busy block-layer thread must not stall it past a server's time limit
-/// (qemu-nbd drops clients that have not negotiated within 10 seconds).
+/// Connects and runs a client handshake on a swift-nio event loop, not on
+/// ``BlockActor``: the handshake needs nothing of the block layer, and a busy
+/// block-layer thread (or a busy shared pool) must not stall it past a
+/// server's time limit (qemu-nbd drops clients that have not negotiated
+/// within 10 seconds).
 actor NBDClientNegotiation {
-  private let socket: NBDClientChannel
+  private let loop: any EventLoop
 
-  init(_ socket: NBDClientChannel) {
-    self.socket = socket
+  /// A negotiation on `loop` (the socket's event loop).
+  init(on loop: any EventLoop) {
+    self.loop = loop
   }
 
   nonisolated var unownedExecutor: UnownedSerialExecutor {
-    socket.channel.eventLoop.executor.asUnownedSerialExecutor()
+    loop.executor.asUnownedSerialExecutor()
   }
 
-  /// Negotiates with `handshake`; returns what was agreed and the bytes
-  /// that arrived after the handshake (the start of the replies), for the
-  /// reader that reads on from the socket's stream.
-  func run(_ handshake: NBDClientHandshake) async throws -> (
-    export: NBDNegotiatedExport, leftover: ByteBuffer
-  ) {
+  /// What a handshake agreed, on which socket, and the bytes that arrived
+  /// after it (the start of the replies).
+  struct Negotiated: Sendable {
+    let socket: NBDClientChannel
+    let export: NBDNegotiatedExport
+    let leftover: ByteBuffer
+  }
+
+  /// Connects to `address` and negotiates with `handshake`; on failure the
+  /// socket is closed and the error carries QEMU's message.
+  func connect(to address: NBDServerAddress, handshake: NBDClientHandshake) async throws
+    -> Negotiated
+  {
+    let connecting = NBDClientConnection.connect(to: address, on: loop)
+    let socket = try await withCheckedThrowingContinuation {
+      (connected: CheckedContinuation<NBDClientChannel, any Error>) in
+      connecting.whenComplete { connected.resume(with: $0) }
+    }
+    do {
+      return try await run(handshake, over: socket)
+    } catch let error as BlockError {
+      socket.close()
+      throw error
+    } catch {
+      socket.close()
+      throw BlockError(
+        .ioError,
+        "Failed to read from socket: \(NBDClientConnection.socketErrorText(error))")
+    }
+  }
+
+  /// Negotiates with `handshake` over `socket` (whose event loop this
+  /// negotiation runs on).
+  func run(_ handshake: NBDClientHandshake, over socket: NBDClientChannel) async throws
+    -> Negotiated
+  {
     var reader = NBDInboundReader(socket.inbound)
     let export = try await handshake.run(&reader, socket)
-    return (export, reader.unread)
+    return Negotiated(socket: socket, export: export, leftover: reader.unread)
   }
 }
