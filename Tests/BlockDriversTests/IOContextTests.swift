@@ -110,8 +110,12 @@ struct IOContextTests {
     let context = Self.makeContext(kind)
     let probe = ContextProbe(context)
     for _ in 0..<3000 { await probe.touch() }
+    // Every touch ran (a lost wake-up would leave one waiting for ever).
+    // How many of them found the loop asleep depends on the machine's load
+    // (under AddressSanitizer in a full run, none did once), so the signal
+    // path itself is the subject of the next test, which holds the loop at
+    // each step of going to sleep.
     #expect(await probe.touches == 3000)
-    #expect(context.wakeups.load(ordering: .relaxed) > 0)
     await onThread { context.shutdown() }
     #expect(context.hasEnded)
   }

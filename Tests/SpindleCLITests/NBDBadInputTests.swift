@@ -68,7 +68,12 @@ struct NBDBadInputTests {
   }
 
   /// Everything a misbehaving client sees, against `server`.
-  static func transcript(_ server: NBDServer, fixture: ImageFixture) async throws -> [String] {
+  /// Also how long the raw clients' conversations took: qemu-nbd 7.2
+  /// (Debian's CVE-2024-7409 backport) drops a client still negotiating
+  /// after 10 s, which only a very loaded machine reaches.
+  static func transcript(_ server: NBDServer, fixture: ImageFixture) async throws -> (
+    lines: [String], conversation: Duration
+  ) {
     let image = try fixture.makeImage("\(server).raw")
     let path = fixture.path("\(server).sock")
     // No handshake time limit for Spindle: on a loaded machine this
@@ -78,6 +83,8 @@ struct NBDBadInputTests {
     let running = try await BackgroundNBDServer(
       server, socket: path, options: limit + ["-t", "-f", "raw", image])
     var lines: [String] = []
+    let clock = ContinuousClock()
+    let start = clock.now
     do {
       let socket = try await handshake(path)
       socket.send(option(7, [], magic: 0x1234))
@@ -129,6 +136,7 @@ struct NBDBadInputTests {
       _ = await optionReplies(socket)
       socket.send(Array(request(type: 1, cookie: 9, offset: 0, length: 4096).prefix(10)))
     }
+    let conversation = clock.now - start
     let size = try await runNBDClient("nbdinfo", ["--size", "nbd+unix:///?socket=\(path)"])
     lines.append("next client: \(size.status) \(size.output)")
     let termination = await running.terminate()
@@ -145,14 +153,21 @@ struct NBDBadInputTests {
     // The image is untouched: the write past the end wrote nothing.
     let data = try Data(contentsOf: URL(fileURLWithPath: image))
     lines.append("image size \(data.count), tail \(data.suffix(512).allSatisfy { $0 == 0 })")
-    return lines
+    return (lines, conversation)
   }
 
   @Test func badInputGetsQEMUsAnswersAndTheServerStaysUp() async throws {
     let fixture = try ImageFixture()
-    let spindle = try await Self.transcript(.spindle, fixture: fixture)
-    let qemu = try await Self.transcript(.qemu, fixture: fixture)
-    #expect(spindle == qemu)
+    let spindle = try await Self.transcript(.spindle, fixture: fixture).lines
+    let (qemu, conversation) = try await Self.transcript(.qemu, fixture: fixture)
+    if conversation < .seconds(9) {
+      #expect(spindle == qemu)
+    } else {
+      // qemu-nbd may have cut the conversation short: no oracle this time.
+      withKnownIssue("qemu-nbd's 10 s handshake limit reached", isIntermittent: true) {
+        #expect(spindle == qemu)
+      }
+    }
     #expect(qemu.contains("next client: 0 1048576\n"))
   }
 }

@@ -5,6 +5,29 @@ import Foundation
 import NBD
 import Testing
 
+/// `spindle` in a process of its own, invoked through a link named
+/// `arguments[0]` (`qemu-img`, `qemu-io`): its NBD connections then wait for
+/// nothing that this test process's other tests keep busy (in-process runs
+/// share one block-layer thread and Swift's pool with every test, which a
+/// full run under AddressSanitizer can hold past qemu-nbd's 10-second
+/// handshake limit).
+func runSpindleProcess(_ arguments: [String]) async throws -> ToolResult {
+  let links = try #require(SpindleLinks.directory)
+  let result = try await ChildProcess.run(
+    "/usr/bin/env", ["PATH=\(links)"] + arguments)
+  return ToolResult(
+    status: result.termination.status, output: result.output, error: result.error)
+}
+
+/// A folder with `qemu-img` and `qemu-io` links to the spindle executable,
+/// made once per test run.
+enum SpindleLinks {
+  private static let fixture = try? SpindleExecutable.links()
+  static let directory: String? = fixture.map {
+    URL(fileURLWithPath: $0.path("qemu-img")).deletingLastPathComponent().path
+  }
+}
+
 /// Spindle's `nbd` client driver against real servers (qemu-nbd 7.2 and
 /// nbdkit, over Unix sockets in a temporary folder), compared with QEMU's
 /// own client (qemu-img and qemu-io 7.2) on the same server or on servers of
@@ -40,7 +63,7 @@ struct NBDClientInteropTests {
 
   /// `spindle img ARGS` and `qemu-img ARGS`: same output, same status.
   func compareImg(_ arguments: [String]) async throws {
-    let spindle = await runSpindle(["qemu-img"] + arguments)
+    let spindle = try await runSpindleProcess(["qemu-img"] + arguments)
     let qemu = try await runProcess("qemu-img", arguments)
     #expect(spindle == qemu, "\(arguments)")
   }
@@ -141,7 +164,7 @@ struct NBDClientInteropTests {
   @Test func probingUsesTheOneConnection() async throws {
     let fixture = try ImageFixture()
     let server = try await Self.qemuNBD(fixture, try await Self.image(fixture), options: [])
-    let spindle = await runSpindle(["qemu-img", "info", Self.url(server)])
+    let spindle = try await runSpindleProcess(["qemu-img", "info", Self.url(server)])
     #expect(spindle.status == 0, "\(spindle)")
     #expect(spindle.output.contains("file format: raw"))
     #expect(await server.waitForExit().status == 0)
@@ -152,7 +175,9 @@ struct NBDClientInteropTests {
     let image = try await Self.image(fixture)
     let server = try await Self.qemuNBD(fixture, image)
     let copy = fixture.path("copy.qcow2")
-    let converted = await runSpindle(["qemu-img", "convert", "-O", "qcow2", Self.url(server), copy])
+    let converted = try await runSpindleProcess([
+      "qemu-img", "convert", "-O", "qcow2", Self.url(server), copy,
+    ])
     #expect(converted == ToolResult(status: 0, output: "", error: ""))
     let same = try await runProcess("qemu-img", ["compare", "-f", "raw", image, copy])
     #expect(same.status == 0, "\(same)")
@@ -162,7 +187,7 @@ struct NBDClientInteropTests {
     let target = fixture.path("target.raw")
     try await qemuImg(["create", "-q", "-f", "raw", target, "16M"])
     let targetServer = try await Self.qemuNBD(fixture, target, name: "t.sock")
-    let written = await runSpindle([
+    let written = try await runSpindleProcess([
       "qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", copy, Self.url(targetServer),
     ])
     #expect(written.status == 0, "\(written)")
@@ -188,7 +213,7 @@ struct NBDClientInteropTests {
     let arguments = script.flatMap { ["-c", $0] } + ["-f", "raw"]
     let mineServer = try await Self.qemuNBD(fixture, mine, name: "m.sock")
     let theirsServer = try await Self.qemuNBD(fixture, theirs, name: "t.sock")
-    let spindle = await runSpindle(["qemu-io"] + arguments + [Self.url(mineServer)])
+    let spindle = try await runSpindleProcess(["qemu-io"] + arguments + [Self.url(mineServer)])
     let qemu = try await runProcess("qemu-io", arguments + [Self.url(theirsServer)])
     #expect(spindle.masked() == qemu.masked())
     _ = await mineServer.terminate()
@@ -214,7 +239,7 @@ struct NBDClientInteropTests {
       ]
       results.append(
         tool == "spindle"
-          ? await runSpindle(["qemu-io"] + script + [overlay])
+          ? try await runSpindleProcess(["qemu-io"] + script + [overlay])
           : try await runProcess("qemu-io", script + [overlay]))
       #expect(results.last?.status == 0, "\(results.last!)")
     }
@@ -242,7 +267,7 @@ struct NBDClientInteropTests {
     }
     // Writing to a read-only export: the open fails as in QEMU.
     let arguments = ["-c", "write 0 512", Self.url(readOnly)]
-    let spindle = await runSpindle(["qemu-io"] + arguments)
+    let spindle = try await runSpindleProcess(["qemu-io"] + arguments)
     let qemu = try await runProcess("qemu-io", arguments)
     #expect(spindle == qemu)
     _ = await server.terminate()
@@ -271,7 +296,7 @@ struct NBDClientNbdkitTests {
       "-c", "write -P 0x5a 0 64k", "-c", "write -z 64k 64k", "-c", "discard 0 4k", "-c",
       "read -P 0x5a 4k 60k", "-c", "map", "-c", "flush",
     ]
-    let spindle = await runSpindle(["qemu-io", "-f", "raw"] + script + [url])
+    let spindle = try await runSpindleProcess(["qemu-io", "-f", "raw"] + script + [url])
     let qemu = try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
     #expect(spindle.masked() == qemu.masked())
     _ = await server.terminate()
@@ -297,7 +322,7 @@ struct NBDClientNbdkitTests {
       let url = "nbd+unix:///?socket=\(server.socket)"
       let result =
         tool == "spindle"
-        ? await runSpindle(["qemu-io", "-f", "raw"] + script + [url])
+        ? try await runSpindleProcess(["qemu-io", "-f", "raw"] + script + [url])
         : try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
       #expect(result.status == 0, "\(result)")
       _ = await server.terminate()
@@ -330,7 +355,7 @@ struct NBDClientNbdkitTests {
       "-c", "write -P 0x5a 0 64k", "-c", "write -z 64k 64k", "-c", "read -P 0x5a 4k 60k",
       "-c", "read -P 0 64k 64k", "-c", "map", "-c", "flush",
     ]
-    let spindle = await runSpindle(["qemu-io", "-f", "raw"] + script + [url])
+    let spindle = try await runSpindleProcess(["qemu-io", "-f", "raw"] + script + [url])
     let qemu = try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
     // (Over nbdkit's oldstyle both clients' writes and flushes fail alike.)
     #expect(qemu.output.contains("bytes at offset"), "\(qemu)")
@@ -348,7 +373,7 @@ struct NBDClientNbdkitTests {
       ])
     let url = "nbd+unix:///?socket=\(server.socket)"
     let script = ["-c", "read 0 512", "-c", "write 0 512", "-c", "write -z 0 512"]
-    let spindle = await runSpindle(["qemu-io", "-f", "raw"] + script + [url])
+    let spindle = try await runSpindleProcess(["qemu-io", "-f", "raw"] + script + [url])
     let qemu = try await runProcess("qemu-io", ["-f", "raw"] + script + [url])
     #expect(spindle.masked() == qemu.masked())
     #expect(spindle.output.contains("read failed: Input/output error"))
