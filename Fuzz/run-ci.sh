@@ -4,6 +4,7 @@
 # finding fails the stage). Prints each step's time.
 set -euo pipefail
 cd "$(dirname "$0")"
+mkdir -p .work  # logs and corpora (ignored by git: absent in a fresh clone)
 # Mutations per target: the qcow2 targets run a whole image through the
 # engine per input (a few to 25 a second): CI runs them over the committed
 # corpus only (0 mutations: regressions); the parsers run thousands a second.
