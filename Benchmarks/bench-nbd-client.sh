@@ -21,48 +21,21 @@ while getopts "r:d:h" option; do
   case $option in
   r) rounds=$OPTARG ;;
   d) directory=$OPTARG ;;
-  *)
-    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-    exit 2
-    ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 size_mib=${BENCH_SIZE_MIB:-1024}
-
-package=$(cd "$(dirname "$0")/.." && pwd)
-spindle=${SPINDLE:-$package/.build/release/spindle}
 qemu_img=${QEMU_IMG:-$(command -v qemu-img)}
 qemu_nbd=${QEMU_NBD:-$(command -v qemu-nbd)}
 qemu_io=${QEMU_IO:-$(command -v qemu-io)}
-if [ ! -x "$spindle" ]; then
-  (cd "$package" && swift build -c release --product spindle >&2)
-fi
+# shellcheck source=lib/nbd-common.sh
+source "$(dirname "$0")/lib/nbd-common.sh"
+socket=$work/s.sock
 
-work=$(mktemp -d "$directory/bench-nbd-client.XXXXXX")
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Serves $1 (format $2) on $work/s.sock; returns once the socket exists.
+# Serves $1 (format $2) with qemu-nbd on $socket.
 serve() {
-  rm -f "$work/s.sock"
-  "$qemu_nbd" -t -k "$work/s.sock" -f "$2" "$1" &
-  server_pid=$!
-  for _ in $(seq 1 200); do
-    [ -S "$work/s.sock" ] && return 0
-    sleep 0.05
-  done
-  echo "qemu-nbd did not start" >&2
-  exit 1
-}
-
-stop() {
-  kill "$server_pid"
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=
+  rm -f "$socket"
+  serve_on_socket "$qemu_nbd" -t -k "$socket" -f "$2" "$1"
 }
 
 # Best wall time in seconds of "$@" over $rounds runs (output file removed
@@ -71,11 +44,8 @@ best_time() {
   local best=
   for _ in $(seq 1 "$rounds"); do
     rm -f "$work/out.raw"
-    local start end elapsed
-    start=$(date +%s.%N)
-    "$@" >/dev/null
-    end=$(date +%s.%N)
-    elapsed=$(echo "$end - $start" | bc -l)
+    local elapsed
+    elapsed=$(elapsed_seconds "$@")
     if [ -z "$best" ] || [ "$(echo "$elapsed < $best" | bc -l)" = 1 ]; then best=$elapsed; fi
   done
   printf '%.3f' "$best"
@@ -96,14 +66,9 @@ printf '%-8s %10s %10s %8s\n' "row" "qemu-img" "spindle" "ratio"
 head -c $((size_mib << 20)) /dev/urandom >"$work/dense.raw"
 serve "$work/dense.raw" raw
 row dense
-stop
+stop_server
 
-"$qemu_img" create -q -f qcow2 "$work/sparse.qcow2" $((size_mib * 4))M
-script=()
-for ((mib = 0; mib < size_mib * 4; mib += 32)); do
-  script+=(-c "write -P 0x5a ${mib}M 1M")
-done
-"$qemu_io" -f qcow2 "${script[@]}" "$work/sparse.qcow2" >/dev/null
+make_sparse_qcow2 "$work/sparse.qcow2" "$size_mib"
 serve "$work/sparse.qcow2" qcow2
 row sparse
-stop
+stop_server

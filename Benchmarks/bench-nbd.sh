@@ -29,59 +29,31 @@ while getopts "r:t:d:h" option; do
   r) rounds=$OPTARG ;;
   t) seconds=$OPTARG ;;
   d) directory=$OPTARG ;;
-  *)
-    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-    exit 2
-    ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
   esac
 done
 size_mib=${BENCH_SIZE_MIB:-1024}
-
-package=$(cd "$(dirname "$0")/.." && pwd)
-spindle=${SPINDLE:-$package/.build/release/spindle}
 qemu_nbd=${QEMU_NBD:-$(command -v qemu-nbd)}
 qemu_img=${QEMU_IMG:-$(command -v qemu-img)}
 qemu_io=${QEMU_IO:-$(command -v qemu-io)}
 nbdkit=${NBDKIT:-$(command -v nbdkit)}
 nbdcopy=${NBDCOPY:-$(command -v nbdcopy)}
 fio=${FIO:-$(command -v fio || true)}
-if [ ! -x "$spindle" ]; then
-  (cd "$package" && swift build -c release --product spindle >&2)
-fi
+# shellcheck source=lib/nbd-common.sh
+source "$(dirname "$0")/lib/nbd-common.sh"
 have_fio=0
 if [ -n "$fio" ] && "$fio" --enghelp 2>/dev/null | grep -qx '[[:space:]]*nbd'; then have_fio=1; fi
-
-work=$(mktemp -d "$directory/bench-nbd.XXXXXX")
 socket=$work/s.sock
-server_pid=
-cleanup() {
-  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 # Starts server $1 (spindle, qemu, nbdkit) on image $2 of format $3; returns
 # once the socket accepts connections.
 serve() {
   rm -f "$socket"
   case $1 in
-  spindle) "$spindle" serve -t -e 0 -k "$socket" -f "$3" "$2" & ;;
-  qemu) "$qemu_nbd" -t -e 0 -k "$socket" -f "$3" "$2" & ;;
-  nbdkit) "$nbdkit" -f -U "$socket" file "file=$2" & ;;
+  spindle) serve_on_socket "$spindle" serve -t -e 0 -k "$socket" -f "$3" "$2" ;;
+  qemu) serve_on_socket "$qemu_nbd" -t -e 0 -k "$socket" -f "$3" "$2" ;;
+  nbdkit) serve_on_socket "$nbdkit" -f -U "$socket" file "file=$2" ;;
   esac
-  server_pid=$!
-  for _ in $(seq 1 400); do
-    [ -S "$socket" ] && return 0
-    sleep 0.05
-  done
-  echo "$1 did not start" >&2
-  exit 1
-}
-
-stop() {
-  kill "$server_pid"
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=
 }
 
 uri="nbd+unix:///?socket=$socket"
@@ -98,27 +70,13 @@ job = json.loads(text[text.index("{"):])["jobs"][0]
 print(round(job["read"]["iops"] + job["write"]["iops"]))'
 }
 
-# Wall seconds of one nbdcopy of the export to null:.
-copy_seconds() {
-  local start end
-  start=$(date +%s.%N)
-  "$nbdcopy" "$uri" null:
-  end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
-}
-
 echo "preparing images ($size_mib MiB) in $work" >&2
 raw=$work/dense.raw
 qcow2=$work/dense.qcow2
 sparse=$work/sparse.qcow2
 head -c "$((size_mib << 20))" /dev/urandom >"$raw"
 "$qemu_img" convert -f raw -O qcow2 "$raw" "$qcow2"
-"$qemu_img" create -q -f qcow2 "$sparse" "$((size_mib * 4))M"
-commands=()
-for index in $(seq 0 $((size_mib / 8 - 1))); do
-  commands+=(-c "write -P $((index % 250 + 1)) $((index * 32))M 1M")
-done
-"$qemu_io" -f qcow2 "${commands[@]}" "$sparse" >/dev/null
+make_sparse_qcow2 "$sparse" "$size_mib"
 
 # best[row,server]: the best figure over the rounds (IOPS: highest; seconds:
 # lowest).
@@ -141,7 +99,7 @@ for round in $(seq 1 "$rounds"); do
     for server in $servers; do
       serve $server "$path" $format
       row="nbdcopy $size_mib MiB $image"
-      record "$row" $server "$(copy_seconds)" 0
+      record "$row" $server "$(elapsed_seconds "$nbdcopy" "$uri" null:)" 0
       if [ $have_fio = 1 ] && [ "$round" = 1 ]; then
         for rw in randread randwrite; do
           for connections in 1 2; do
@@ -150,13 +108,13 @@ for round in $(seq 1 "$rounds"); do
           done
         done
       fi
-      stop
+      stop_server
     done
   done
   for server in spindle qemu; do
     serve $server "$sparse" qcow2
-    record "nbdcopy sparse $((size_mib * 4)) MiB qcow2" $server "$(copy_seconds)" 0
-    stop
+    record "nbdcopy sparse $((size_mib * 4)) MiB qcow2" $server "$(elapsed_seconds "$nbdcopy" "$uri" null:)" 0
+    stop_server
   done
 done
 
