@@ -102,6 +102,16 @@ final class NBDConnection {
     try? await outbound.write(reply)
   }
 
+  /// The job of one request's child task, isolated to ``BlockActor`` so
+  /// that the task starts there rather than hopping through Swift's shared
+  /// pool on its way to the engine.
+  private nonisolated static func answering(
+    _ request: NBDRequest, payload: ByteBuffer?, _ handler: NBDRequestHandler,
+    _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+  ) -> @Sendable @BlockActor () async -> Void {
+    { await answer(request, payload: payload, handler, outbound) }
+  }
+
   /// The transmission phase: reads requests until DISC, end of file or a
   /// fatal error; waits for the replies of every request in flight.
   private func transmit(
@@ -157,7 +167,7 @@ final class NBDConnection {
           }
           inFlight += 1
           let data = payload
-          group.addTask { await Self.answer(request, payload: data, handler, outbound) }
+          group.addTask(operation: Self.answering(request, payload: data, handler, outbound))
         }
       } catch {
         // The peer closed mid-request: answer nothing more.

@@ -167,4 +167,53 @@ struct FileAllocationTests {
     #expect(rest.flags.contains(.zero))
     await node.close()
   }
+
+  @Test(
+    "the data extent lseek found answers later queries inside it, and is forgotten by discard, zero-write and truncation"
+  )
+  func dataExtentCache() async throws {
+    let path = try scratch.makeFile("cached", size: 4 * Self.mib)
+    let node = try await openFileNode(path)
+    let driver = try #require(node.driver as? FileDriver)
+    try await node.write(at: 0, bytes: pattern(Int(2 * Self.mib)))
+    try await node.flush()
+
+    let first = try await node.blockStatus(offset: 0, bytes: 4 * Self.mib, wantZero: true)
+    #expect(first.flags == [.data, .offsetValid, .allocated])
+    #expect(first.count == 2 * Self.mib)
+    #expect(driver.knownDataExtent == 0..<(2 * Self.mib))
+
+    // A query inside the extent is answered from it (up to its end).
+    let inside = try await node.blockStatus(offset: Self.mib, bytes: 3 * Self.mib, wantZero: true)
+    #expect(inside.flags == [.data, .offsetValid, .allocated])
+    #expect(inside.count == Self.mib)
+    #expect(inside.mapOffset == Self.mib)
+
+    // A discard inside the extent makes the next query look again.
+    try await node.discard(at: Self.mib, count: 65536)
+    #expect(driver.knownDataExtent == nil)
+    let hole = try await node.blockStatus(offset: Self.mib, bytes: Self.mib, wantZero: true)
+    #expect(hole.flags.contains(.zero))
+    #expect(!hole.flags.contains(.data))
+    #expect(hole.count == 65536)
+
+    // So does a zero-write that may unmap.
+    _ = try await node.blockStatus(offset: 0, bytes: Self.mib, wantZero: true)
+    #expect(driver.knownDataExtent == 0..<Self.mib)
+    try await node.writeZeroes(at: 0, count: 65536, flags: .mayUnmap)
+    #expect(driver.knownDataExtent == nil)
+    let zeroed = try await node.blockStatus(offset: 0, bytes: Self.mib, wantZero: true)
+    #expect(zeroed.flags.contains(.zero))
+
+    // And truncation: the area regrown after a shrink reads as a hole.
+    _ = try await node.blockStatus(offset: 65536, bytes: Self.mib, wantZero: true)
+    #expect(driver.knownDataExtent != nil)
+    try await node.truncate(to: Self.mib / 2, exact: true, preallocation: .off)
+    try await node.truncate(to: 4 * Self.mib, exact: true, preallocation: .off)
+    #expect(driver.knownDataExtent == nil)
+    let regrown = try await node.blockStatus(offset: Self.mib / 2, bytes: Self.mib, wantZero: true)
+    #expect(regrown.flags.contains(.zero))
+    #expect(!regrown.flags.contains(.data))
+    await node.close()
+  }
 }

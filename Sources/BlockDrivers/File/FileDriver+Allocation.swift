@@ -9,6 +9,7 @@ extension FileDriver {
     async throws
   {
     let file = try openFile()
+    forgetDataExtent(offset: offset, length: length)
     let support = fallocateSupport
     let mayUnmap = flags.contains(.mayUnmap)
     let result = try await io {
@@ -22,6 +23,7 @@ extension FileDriver {
   public func discard(_ node: BlockNode, offset: Int64, length: Int64) async throws {
     guard fallocateSupport.contains(.punchHole) else { throw BlockError.notSupported() }
     let file = try openFile()
+    forgetDataExtent(offset: offset, length: length)
     do {
       try await io { try file.punchHole(offset: offset, length: length) }
     } catch let error as BlockError where error.code == BlockError.notSupportedCode {
@@ -40,13 +42,17 @@ extension FileDriver {
   {
     var flags: BlockStatusFlags = .data
     var count = length
-    if wantZero {
+    if wantZero, let known = knownDataExtent, known.contains(offset) {
+      count = known.upperBound - offset
+    } else if wantZero {
       let file = try openFile()
       let align = requestAlignment
+      let generation = dataExtentGeneration
       switch await (try? io { file.extent(at: offset) }) ?? .unknown {
       case .data(let end):
         // Up to the hole, or to the end of file rounded up to the alignment.
         count = (end - offset + align - 1) / align * align
+        if generation == dataExtentGeneration { knownDataExtent = offset..<(offset + count) }
       case .hole(let end):
         count = (end - offset) / align * align
         flags = .zero
@@ -66,12 +72,23 @@ extension FileDriver {
       mapOffset: offset, file: node)
   }
 
+  /// Drops the cached data extent if it meets `length` bytes at `offset`
+  /// (before a discard or zero-write may turn them into a hole).
+  private func forgetDataExtent(offset: Int64, length: Int64) {
+    dataExtentGeneration &+= 1
+    if let known = knownDataExtent, known.overlaps(offset..<(offset + length)) {
+      knownDataExtent = nil
+    }
+  }
+
   /// Resizes the file to exactly `length` (QEMU's `raw_co_truncate` for
   /// regular files), preallocating as asked.
   public func truncate(
     _ node: BlockNode, to length: Int64, exact: Bool, preallocation: PreallocationMode
   ) async throws {
     let file = try openFile()
+    knownDataExtent = nil
+    dataExtentGeneration &+= 1
     let alignment = bufferAlignment
     try await io {
       try file.truncate(to: length, preallocation: preallocation, bufferAlignment: alignment)

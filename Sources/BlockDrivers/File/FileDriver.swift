@@ -37,6 +37,15 @@ public final class FileDriver: BlockDriver {
   var lock: ImageLock?
   /// fallocate modes not yet found unsupported.
   var fallocateSupport = FallocateSupport.all
+  /// The last data extent lseek(SEEK_DATA/SEEK_HOLE) found (QEMU's block
+  /// status cache): block status inside it answers DATA without a system
+  /// call. Writes only turn holes into data, so only discards, zero-writes
+  /// and truncation invalidate it; a file another process punches holes into
+  /// may then report zeroes as data, which is always correct, as in QEMU.
+  var knownDataExtent: Range<Int64>?
+  /// Counts invalidations of ``knownDataExtent``: an lseek answer is cached
+  /// only if no discard, zero-write or truncation started while it ran.
+  var dataExtentGeneration: UInt64 = 0
   /// The errno of a failed fdatasync without O_DIRECT: the page cache may have
   /// dropped dirty data, so every later flush fails too (QEMU's
   /// `page_cache_inconsistent`).
