@@ -18,4 +18,16 @@ public actor BlockActor {
   public nonisolated var unownedExecutor: UnownedSerialExecutor {
     IOContext.main.asUnownedSerialExecutor()
   }
+
+  /// Runs `body` in a task that prefers ``IOContext/main`` as its task
+  /// executor, and so do the child tasks it creates: their nonisolated code
+  /// and every continuation they resume on (an I/O completion, a lock
+  /// handed over) run on the block layer's thread instead of hopping
+  /// through Swift's shared pool and back, a thread switch each way.
+  /// Long-running entry points (bench, convert, serve, io) run in it.
+  public static func run<T, Failure: Error>(
+    isolation: isolated (any Actor)? = #isolation, _ body: () async throws(Failure) -> T
+  ) async throws(Failure) -> T {
+    try await withTaskExecutorPreference(IOContext.main, isolation: isolation, operation: body)
+  }
 }

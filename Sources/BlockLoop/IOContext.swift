@@ -28,7 +28,7 @@ import Synchronization
 /// `@unchecked Sendable`: the inbox, the state and the counters are
 /// synchronised (`Mutex`, `Atomic`); every other stored property is touched
 /// only on the loop's thread (or before the thread starts / after it ends).
-public final class IOContext: SerialExecutor, @unchecked Sendable {
+public final class IOContext: SerialExecutor, TaskExecutor, @unchecked Sendable {
   /// The context the block layer runs on (``BlockActor``'s executor):
   /// started on first use, it lives as long as the process.
   public static let main = IOContext(name: "spindle-io")
@@ -170,6 +170,14 @@ public final class IOContext: SerialExecutor, @unchecked Sendable {
 
   public func asUnownedSerialExecutor() -> UnownedSerialExecutor {
     UnownedSerialExecutor(ordinary: self)
+  }
+
+  /// This context as a task executor: a task that prefers it (see
+  /// ``BlockActor/run(_:)``) runs its nonisolated code here too, so a
+  /// continuation resumed on this thread (an I/O completion, a lock handed
+  /// over) comes back without a trip through Swift's shared pool.
+  public func asUnownedTaskExecutor() -> UnownedTaskExecutor {
+    UnownedTaskExecutor(ordinary: self)
   }
 
   public func checkIsolated() {
