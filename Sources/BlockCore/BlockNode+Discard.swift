@@ -6,6 +6,7 @@ extension BlockNode {
   /// discard alignment (the head and tail pieces may be unaligned) and are at
   /// most the driver's maximum.
   public func discard(at offset: Int64, count bytes: Int64) async throws {
+    try checkBitmapsWritable()
     try checkWritable()
     try Self.checkRange(offset, bytes, limitTo32Bit: false)
     guard options.discard == .unmap, bytes > 0 else { return }

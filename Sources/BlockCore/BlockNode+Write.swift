@@ -83,6 +83,7 @@ extension BlockNode {
   func alignedWrite(
     _ request: TrackedRequest, offset: Int64, bytes: Int64, iov: IOVector?, flags: RequestFlags
   ) async throws {
+    try checkBitmapsWritable()
     let align = limits.requestAlignment
     assert(offset % align == 0 && bytes % align == 0)
     var flags = flags

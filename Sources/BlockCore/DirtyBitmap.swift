@@ -14,6 +14,12 @@ public final class DirtyBitmap {
   public let granularity: Int64
   /// Whether marking is suspended.
   public var isEnabled = true
+  /// Whether the bitmap is read-only (QEMU's `bdrv_dirty_bitmap_readonly`):
+  /// its owner stored it and may not mark it, so the node it is attached to
+  /// refuses writes, zero-writes and discards with EPERM until it is made
+  /// writable again (a persistent bitmap of a qcow2 node reopened
+  /// read-only).
+  public var isReadOnly = false
   /// Bit `chunk % 64` of word `chunk / 64` is set when chunk `chunk` (the
   /// bytes from `chunk * granularity` on) is dirty.
   private var words: [UInt64] = []
@@ -166,6 +172,16 @@ extension BlockNode {
   /// Removes a dirty bitmap.
   public func removeDirtyBitmap(_ bitmap: DirtyBitmap) {
     dirtyBitmaps.removeAll { $0 === bitmap }
+  }
+
+  /// Whether a bitmap attached to the node is read-only (QEMU's
+  /// `bdrv_has_readonly_bitmaps`): writes and discards then fail.
+  public var hasReadOnlyBitmaps: Bool { dirtyBitmaps.contains { $0.isReadOnly } }
+
+  /// Fails a write or discard with EPERM while a bitmap is read-only, as
+  /// QEMU's `bdrv_aligned_pwritev` and `bdrv_co_pdiscard` do.
+  func checkBitmapsWritable() throws {
+    if hasReadOnlyBitmaps { throw BlockError(.notPermitted) }
   }
 
   func markDirty(offset: Int64, bytes: Int64) {

@@ -87,6 +87,34 @@ struct Qcow2BitmapAPITests {
     #expect(check.contains("No errors were found"), "\(check)")
   }
 
+  /// A read-only reopen stores the bitmaps and makes them read-only: the
+  /// editor is refused, and a read-write reopen gives back the same editor
+  /// with bitmaps its writes mark again.
+  @Test func reopenedReadOnlyBitmapsCannotBeEdited() async throws {
+    let path = scratch.file("reopen.qcow2")
+    try await QcowTools.img(["create", "-q", "-f", "qcow2", path, "1M"])
+    try await QcowTools.img(["bitmap", "--add", path, "b0"])
+    let node = try await openQcow2(path, readOnly: false)
+    let qcow2 = try #require(node.driver as? Qcow2Driver)
+    let editor = try await qcow2.bitmapEditor(node)
+    try await node.write(at: 0, bytes: [UInt8](repeating: 1, count: 512))
+    try await node.reopen(["read-only": "on"])
+    #expect(try editor.bitmap("b0").isReadOnly)
+    let stored = try await QcowTools.img(["info", "-U", path])
+    #expect(!stored.contains("in-use"), "\(stored)")
+    await #expect { try await qcow2.bitmapEditor(node) } throws: {
+      ($0 as? BlockError)?.code == .permissionDenied
+    }
+    try await node.reopen(["read-only": "off"])
+    #expect(try await qcow2.bitmapEditor(node) === editor)
+    #expect(try !editor.bitmap("b0").isReadOnly)
+    let marked = try await QcowTools.img(["info", "-U", path])
+    #expect(marked.contains("in-use"), "\(marked)")
+    try await node.write(at: 131072, bytes: [UInt8](repeating: 2, count: 512))
+    #expect(try editor.bitmap("b0").dirtyRanges == [0..<65536, 131072..<196608])
+    await node.close()
+  }
+
   @Test func editingNeedsAWritableVersion3Image() async throws {
     let path = scratch.file("ro.qcow2")
     try await QcowTools.img(["create", "-q", "-f", "qcow2", path, "1M"])

@@ -23,19 +23,19 @@ import BlockCore
 @BlockActor
 public final class Qcow2BitmapEditor {
   /// A bitmap in memory: its data, or nil when inconsistent.
-  private struct Entry {
+  struct Entry {
     var name: String
     var bitmap: DirtyBitmap?
   }
 
-  private let node: BlockNode
-  private let driver: Qcow2Driver
+  let node: BlockNode
+  let driver: Qcow2Driver
   /// Whether the consistent bitmaps are attached to the node, so that its
   /// writes mark them (the editor of a node opened writable for data).
   private let tracksWrites: Bool
   /// The bitmaps in the order QEMU creates them (the directory's, then new
   /// ones).
-  private var entries: [Entry] = []
+  var entries: [Entry] = []
 
   private init(node: BlockNode, driver: Qcow2Driver, tracksWrites: Bool) {
     self.node = node
@@ -214,7 +214,7 @@ public final class Qcow2BitmapEditor {
     _ = try lookup(name)
     try await driver.lock.withLock {
       let file = try driver.fileNode(node)
-      var directory = try await Qcow2BitmapInfo.readAll(from: file, header: driver.header)
+      var directory = try await loadedDirectory(file)
       guard let found = directory.firstIndex(where: { $0.name == name }) else { return }
       let removed = directory.remove(at: found)
       do {
@@ -290,14 +290,15 @@ public final class Qcow2BitmapEditor {
 
   private func storeLocked() async throws {
     let file = try driver.fileNode(node)
-    var directory = try await Qcow2BitmapInfo.readAll(from: file, header: driver.header)
+    var directory = try await loadedDirectory(file)
     // QEMU writes nothing unless a consistent bitmap is to be stored.
     var needsWrite = false
     var dropped: [Qcow2BitmapInfo] = []
     var stored: [String: DirtyBitmap] = [:]
     // QEMU walks its bitmaps newest first.
+    // A read-only bitmap is on disk as it is (QEMU's store skips it).
     for entry in entries.reversed() {
-      guard let bitmap = entry.bitmap else { continue }
+      guard let bitmap = entry.bitmap, !bitmap.isReadOnly else { continue }
       needsWrite = true
       if let index = directory.firstIndex(where: { $0.name == entry.name }) {
         guard directory[index].inUse else {
@@ -411,7 +412,7 @@ public final class Qcow2BitmapEditor {
   /// QEMU's `update_ext_header_and_dir_in_place`: the bitmaps bit cleared
   /// in the header, the directory rewritten where it is (same size), the
   /// metadata flushed, the bit set again.
-  private func updateDirectoryInPlace(_ directory: [Qcow2BitmapInfo]) async throws {
+  func updateDirectoryInPlace(_ directory: [Qcow2BitmapInfo]) async throws {
     let file = try driver.fileNode(node)
     guard let location = bitmapsExtensionLocation() else { throw BlockError(.invalidArgument) }
     let bytes = Qcow2BitmapInfo.directory(directory)
@@ -422,11 +423,17 @@ public final class Qcow2BitmapEditor {
     try await driver.rewriteHeader(file) { $0.autoclearFeatures |= Qcow2Feature.bitmaps }
   }
 
-  /// Where the current directory is, from the header's extension.
+  /// The directory the editor loaded, as it is on disk now: read whatever
+  /// the autoclear bit says (see ``Qcow2BitmapInfo/readAll(from:header:ignoringAutoclear:)``).
+  func loadedDirectory(_ file: BlockNode) async throws -> [Qcow2BitmapInfo] {
+    try await Qcow2BitmapInfo.readAll(from: file, header: driver.header, ignoringAutoclear: true)
+  }
+
+  /// Where the current directory is, from the header's extension (whatever
+  /// the autoclear bit says, as for ``loadedDirectory(_:)``).
   private func bitmapsExtensionLocation() -> (offset: Int64, size: Int64)? {
     let header = driver.header
-    guard header.autoclearFeatures & Qcow2Feature.bitmaps != 0,
-      let ext = header.extensions.first(where: { $0.type == Qcow2HeaderExtension.bitmaps }),
+    guard let ext = header.extensions.first(where: { $0.type == Qcow2HeaderExtension.bitmaps }),
       ext.data.count == 24
     else { return nil }
     return (Int64(ext.data.uint64(at: 16)), Int64(ext.data.uint64(at: 8)))

@@ -25,17 +25,19 @@ public struct Qcow2BitmapInfo: Sendable, Equatable {
   /// extension, with the checks and messages of QEMU's
   /// `qcow2_read_extensions` and `bitmap_list_load`; empty when the image
   /// has no extension, or one that a program lacking bitmap support
-  /// invalidated (the autoclear bit is clear).
+  /// invalidated (the autoclear bit is clear) unless `ignoringAutoclear`
+  /// (an editor's own directory, once loaded, as QEMU keeps its location
+  /// in memory: a downgrade to version 2 clears the autoclear bits).
   @BlockActor
-  public static func readAll(from file: BlockNode, header: Qcow2Header) async throws
-    -> [Qcow2BitmapInfo]
-  {
+  public static func readAll(
+    from file: BlockNode, header: Qcow2Header, ignoringAutoclear: Bool = false
+  ) async throws -> [Qcow2BitmapInfo] {
     guard
       let ext = header.extensions.first(where: { $0.type == Qcow2HeaderExtension.bitmaps })
     else { return [] }
     func invalid(_ message: String) -> BlockError { BlockError(.invalidArgument, message) }
     guard ext.data.count == 24 else { throw invalid("bitmaps_ext: Invalid extension length") }
-    guard header.autoclearFeatures & 0x1 != 0 else { return [] }
+    guard ignoringAutoclear || header.autoclearFeatures & 0x1 != 0 else { return [] }
     let count = ext.data.uint32(at: 0)
     let size = ext.data.uint64(at: 8)
     let offset = ext.data.uint64(at: 16)

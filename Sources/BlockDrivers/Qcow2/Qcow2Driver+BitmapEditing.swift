@@ -8,14 +8,15 @@ import BlockCore
 extension Qcow2Driver {
   /// The editor of the node's persistent bitmaps: the one the writable
   /// open made (bitmaps loaded, marked in use, attached), or a new one for
-  /// an image that had none. Fails with EACCES on a read-only node (read
+  /// an image that had none. Fails with EACCES on a read-only node, also one
+  /// reopened read-only (read
   /// its bitmaps with ``Qcow2BitmapEditor/open(_:)``) and with EINVAL on a
   /// version 2 image, which cannot store bitmaps.
   public func bitmapEditor(_ node: BlockNode) async throws -> Qcow2BitmapEditor {
-    if let trackedBitmaps { return trackedBitmaps }
-    guard refcounts != nil else {
+    guard refcounts != nil, !node.isReadOnly else {
       throw BlockError(.permissionDenied, "Persistent bitmaps of a read-only node cannot be edited")
     }
+    if let trackedBitmaps { return trackedBitmaps }
     guard header.version >= 3 else {
       throw BlockError(.invalidArgument, "Cannot store dirty bitmaps in qcow2 v2 files")
     }

@@ -131,9 +131,9 @@ extension Qcow2Driver {
 
   /// A writable open (QEMU's `qcow2_do_open` for read-write): clears
   /// the autoclear bits of features it does not maintain (all but "raw
-  /// external data": Spindle does not update persistent bitmaps on data
-  /// writes) in the header, and loads the refcount table. An open that only
-  /// edits the bitmaps (`keepingBitmaps`) keeps their bit too.
+  /// external data", and the bitmaps bit when `keepingBitmaps`: the open
+  /// keeps the bitmaps current or edits them) in the header, and loads the
+  /// refcount table.
   static func prepareForWriting(
     _ file: BlockNode, header: inout Qcow2Header, keepingBitmaps: Bool = false
   ) async throws -> [UInt64] {

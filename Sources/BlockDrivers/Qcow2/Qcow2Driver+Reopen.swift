@@ -33,6 +33,12 @@ extension Qcow2Driver {
     let readOnly = request.nodeOptions.readOnly
     let lazyAfter =
       runtime.lazyRefcounts ?? (header.compatibleFeatures & Qcow2Feature.lazyRefcounts != 0)
+    let wasReadOnly = node.isReadOnly
+    if !node.isReadOnly && readOnly, let trackedBitmaps {
+      // QEMU's `qcow2_reopen_bitmaps_ro`: stored before the flush; a
+      // failure fails the reopen.
+      try await trackedBitmaps.storeForReadOnly()
+    }
     if !node.isReadOnly {
       // QEMU flushes its caches before it resizes them or goes read-only
       // (`qcow2_update_options_prepare`, `qcow2_reopen_prepare`); lazily
@@ -53,6 +59,7 @@ extension Qcow2Driver {
       if let loaded {
         await self.becomeWritable(node, loaded.refcounts, loaded.snapshots)
       }
+      if !readOnly { await self.makeBitmapsWritable(node, wasReadOnly: wasReadOnly) }
     })
   }
 
@@ -89,6 +96,26 @@ extension Qcow2Driver {
     header.incompatibleFeatures = features
   }
 
+  /// QEMU's `qcow2_reopen_commit_post` for a read-write reopen: bitmaps a
+  /// read-only reopen stored are marked in use again and made writable
+  /// (``Qcow2BitmapEditor/makeWritable()``); a node that was read-only
+  /// without them loads, marks and attaches them as a writable open does
+  /// (QEMU loads them read-only at the read-only open: the same bitmaps, as
+  /// nothing wrote the image meanwhile). A failure is reported as QEMU's; the
+  /// read-only bitmaps then go on refusing writes.
+  private func makeBitmapsWritable(_ node: BlockNode, wasReadOnly: Bool) async {
+    do {
+      if let trackedBitmaps {
+        try await trackedBitmaps.makeWritable()
+      } else if wasReadOnly {
+        try await trackPersistentBitmaps(node)
+      }
+    } catch {
+      let message = (error as? BlockError)?.message ?? "\(error)"
+      errorReport("\(node.name): Failed to make dirty bitmaps writable: \(message)")
+    }
+  }
+
   /// Reads what a writable open has and a read-only one lacks: the refcount
   /// table and the snapshot table.
   private func loadForWriting(_ file: BlockNode) async throws
@@ -109,7 +136,8 @@ extension Qcow2Driver {
 
   /// Installs the refcounts of a node reopened read-write, then does what a
   /// writable open does to the image: clears the autoclear bits Spindle
-  /// does not maintain, and repairs a dirty image. A failure is reported;
+  /// does not maintain, drops an invalidated bitmaps extension, and repairs
+  /// a dirty image. A failure is reported;
   /// the node stays writable as QEMU's does.
   private func becomeWritable(
     _ node: BlockNode, _ table: [UInt64], _ snapshots: Qcow2SnapshotTable
@@ -124,12 +152,18 @@ extension Qcow2Driver {
     safety.inactiveL1Tables = snapshots.l1Tables
     guard let file = node.file else { return }
     do {
-      let kept = header.autoclearFeatures & Qcow2Feature.rawExternalData
+      // The bitmaps bit stays, as at a writable open: the bitmaps are
+      // kept current from here on (``makeBitmapsWritable(_:wasReadOnly:)``).
+      let hasBitmaps = header.extensions.contains { $0.type == Qcow2HeaderExtension.bitmaps }
+      let kept =
+        header.autoclearFeatures
+        & (Qcow2Feature.rawExternalData | (hasBitmaps ? Qcow2Feature.bitmaps : 0))
       if header.version >= 3 && kept != header.autoclearFeatures {
         try await file.writeQcow2HeaderField(.autoclearFeatures, kept)
         try await file.flush()
         header.autoclearFeatures = kept
       }
+      try await dropInvalidatedBitmaps(node)
       try await repairIfDirty(node)
     } catch {
       report("\(error)\n")

@@ -120,6 +120,19 @@ extension Qcow2Driver {
     return created
   }
 
+  /// The check of QEMU's `bdrv_snapshot_goto` before the driver's: a node
+  /// with dirty bitmaps (its persistent bitmaps, inconsistent ones
+  /// included, or any bitmap attached to it) cannot go back to a snapshot,
+  /// which would leave them wrong: EBUSY "Device has active dirty
+  /// bitmaps". ``applySnapshot(_:idOrName:)`` checks it first; a caller that
+  /// reports the driver's errors differently (qemu-img) calls it before.
+  public func checkNoDirtyBitmaps(_ node: BlockNode) throws {
+    let persistent = trackedBitmaps.map { !$0.names.isEmpty } ?? false
+    if persistent || !node.dirtyBitmaps.isEmpty {
+      throw BlockError(.resourceBusy, "Device has active dirty bitmaps")
+    }
+  }
+
   /// QEMU's `qcow2_snapshot_goto` (`qemu-img snapshot -a`): the snapshot
   /// found by ID, else by name, becomes the active disk. Its clusters gain
   /// a reference first, then the active L1 table is overwritten with the
@@ -130,6 +143,7 @@ extension Qcow2Driver {
   /// snapshot.
   public func applySnapshot(_ node: BlockNode, idOrName: String) async throws {
     try checkUsable()
+    try checkNoDirtyBitmaps(node)
     let entries = try await lock.withLock { try await snapshotEntries(node).0 }
     guard let index = Self.snapshotIndex(entries, idOrName: idOrName) else {
       throw BlockError(.noSuchFileOrDirectory)

@@ -21,12 +21,13 @@ extension Qcow2Driver {
   /// Stores the tracked bitmaps and detaches them (on close); a failure is
   /// reported as QEMU's and leaves them in use, so that the next open
   /// finds them inconsistent. An image downgraded to version 2 meanwhile
-  /// keeps them unstored (version 2 has no autoclear bits to trust them).
+  /// (`amend -o compat=0.10`) has them stored as well, as QEMU 7.2 does:
+  /// the extension stays in the version 2 header, which QEMU's next open
+  /// warns about and ignores (their clusters then count as leaked).
   func storeTrackedBitmaps(_ node: BlockNode) async {
     guard let editor = trackedBitmaps else { return }
     trackedBitmaps = nil
     for bitmap in editor.consistentBitmaps { node.removeDirtyBitmap(bitmap) }
-    guard header.version >= 3 else { return }
     do {
       try await editor.store()
     } catch {

@@ -12,6 +12,10 @@ struct ImageSpec {
   var options = DriverOptions()
   /// Read-only, cache, discard and copy-on-read.
   var node = NodeOptions()
+  /// A discard mode that wins over a `discard` option (which is still
+  /// checked): QEMU's open flags for `qemu-img convert`'s target, which has
+  /// `BDRV_O_UNMAP` unless `-S 0`, whatever `--target-image-opts` say.
+  var discardOverride: DiscardMode?
   /// `-U`: share every permission with other users.
   var forceShare = false
   /// `-s`: writes go to a temporary overlay that is thrown away on close.
@@ -161,6 +165,7 @@ func openBackend(_ spec: ImageSpec) async throws -> BlockBackend {
     throw BlockError(.invalidArgument, "Must specify either driver or file")
   }
   try applyGenericOptions(&spec)
+  if let forced = spec.discardOverride { spec.node.discard = forced }
   applyAIOMode(&spec)
   if spec.node.copyOnRead && spec.node.readOnly {
     throw BlockError(.invalidArgument, "Can't use copy-on-read on read-only device")

@@ -347,6 +347,10 @@ enum ConvertTool: ImageSubcommand {
     }
     var targetSpec = ImageSpec()
     targetSpec.node.cache = cacheMode
+    // QEMU opens the target with BDRV_O_UNMAP unless `-S 0` (a `discard`
+    // option of `--target-image-opts` changes nothing): zero runs written
+    // to an existing target (`-n`) free its clusters.
+    targetSpec.discardOverride = settings.minSparse > 0 ? .unmap : .ignore
     let target: BlockBackend
     if targetOptions.imageOpts {
       targetSpec.format = targetOptions.formatGiven ? format : nil

@@ -134,6 +134,7 @@ enum SnapshotTool: ImageSubcommand {
         guard let qcow2 else {
           throw BlockError(.notSupported, "Block driver does not support snapshots")
         }
+        try qcow2.checkNoDirtyBitmaps(node)
         do {
           try await qcow2.applySnapshot(node, idOrName: name)
         } catch let error as BlockError {
