@@ -100,7 +100,7 @@ iops() {
 }
 
 line() {
-  printf '%-42s %12s %12s %12s %-9s %6s %10s %6s\n' "$@"
+  printf '%-44s %12s %12s %12s %-9s %6s %10s %6s\n' "$@"
 }
 line "row" "spindle IOPS" "before IOPS" "qemu IOPS" "qemu -i" "ratio" "fio IOPS" "/fio"
 
