@@ -94,6 +94,16 @@ func scratchFile(_ bytes: [UInt8]) throws -> Int32 {
   return fd
 }
 
+/// Runs `body` with the read and write ends of a new pipe, closed when it
+/// returns: a read of the read end through a ring completes only when the test
+/// writes, so the test decides when a request in flight finishes.
+func withPipe(_ body: (_ readEnd: Int32, _ writeEnd: Int32) async throws -> Void) async throws {
+  var fds: [Int32] = [0, 0]
+  try #require(pipe(&fds) == 0)
+  defer { for fd in fds { close(fd) } }
+  try await body(fds[0], fds[1])
+}
+
 /// The block layer's event loop: wake-ups, batching into a full submission
 /// queue, more requests than the completion queue holds, the fallback without
 /// a ring, and shutdown.
@@ -186,39 +196,37 @@ struct IOContextTests {
     let context = Self.makeContext(.ring)
     guard context.ring != nil else { return }
     let probe = ContextProbe(context)
-    var fds: [Int32] = [0, 0]
-    try #require(pipe(&fds) == 0)
-    defer { for fd in fds { close(fd) } }
-    let writeEnd = fds[1]
-    for iteration in 0..<300 {
-      let read = await probe.startRead(fds[0], count: 1)
-      let touched = await probe.touches
-      // Two threads released together: one completes the read, one enqueues.
-      let barrier = UnsafeMutablePointer<pthread_barrier_t>.allocate(capacity: 1)
-      pthread_barrier_init(barrier, nil, 2)
-      let shared = UnsafeSendable(barrier)
-      async let writer: Void = onThread {
-        pthread_barrier_wait(shared.value)
-        var byte = UInt8(truncatingIfNeeded: iteration)
-        _ = write(writeEnd, &byte, 1)
-      }
-      async let enqueuer: Void = onThread {
-        pthread_barrier_wait(shared.value)
-        let done = DispatchSemaphore(value: 0)
-        Task { @Sendable in
-          await probe.touch()
-          done.signal()
+    try await withPipe { readEnd, writeEnd in
+      for iteration in 0..<300 {
+        let read = await probe.startRead(readEnd, count: 1)
+        let touched = await probe.touches
+        // Two threads released together: one completes the read, one enqueues.
+        let barrier = UnsafeMutablePointer<pthread_barrier_t>.allocate(capacity: 1)
+        pthread_barrier_init(barrier, nil, 2)
+        let shared = UnsafeSendable(barrier)
+        async let writer: Void = onThread {
+          pthread_barrier_wait(shared.value)
+          var byte = UInt8(truncatingIfNeeded: iteration)
+          _ = write(writeEnd, &byte, 1)
         }
-        done.wait()
+        async let enqueuer: Void = onThread {
+          pthread_barrier_wait(shared.value)
+          let done = DispatchSemaphore(value: 0)
+          Task { @Sendable in
+            await probe.touch()
+            done.signal()
+          }
+          done.wait()
+        }
+        _ = await (writer, enqueuer)
+        let result = await read.value
+        #expect(result.result == 1 && result.bytes == [UInt8(truncatingIfNeeded: iteration)])
+        #expect(await probe.touches == touched + 1)
+        pthread_barrier_destroy(barrier)
+        barrier.deallocate()
       }
-      _ = await (writer, enqueuer)
-      let result = await read.value
-      #expect(result.result == 1 && result.bytes == [UInt8(truncatingIfNeeded: iteration)])
-      #expect(await probe.touches == touched + 1)
-      pthread_barrier_destroy(barrier)
-      barrier.deallocate()
+      await onThread { context.shutdown() }
     }
-    await onThread { context.shutdown() }
   }
 
   @Test("requests prepared in one turn beyond the submission queue flush it and go on")
@@ -278,26 +286,23 @@ struct IOContextTests {
     let context = Self.makeContext(.ring)
     guard context.ring != nil else { return }
     let probe = ContextProbe(context)
-    var fds: [Int32] = [0, 0]
-    try #require(pipe(&fds) == 0)
-    defer { for fd in fds { close(fd) } }
-    let readEnd = fds[0]
-    let writeEnd = fds[1]
-    async let read = probe.read(readEnd, count: 3, at: -1)
-    while await probe.ringStatistics().inFlight == 0 { await Task.yield() }
-    let stopped = DispatchSemaphore(value: 0)
-    Thread {
-      context.shutdown()
-      stopped.signal()
-    }.start()
-    await onThread {
-      while !context.isStopping { sched_yield() }
-      _ = write(writeEnd, "abc", 3)
+    try await withPipe { readEnd, writeEnd in
+      async let read = probe.read(readEnd, count: 3, at: -1)
+      while await probe.ringStatistics().inFlight == 0 { await Task.yield() }
+      let stopped = DispatchSemaphore(value: 0)
+      Thread {
+        context.shutdown()
+        stopped.signal()
+      }.start()
+      await onThread {
+        while !context.isStopping { sched_yield() }
+        _ = write(writeEnd, "abc", 3)
+      }
+      let result = await read
+      #expect(result.result == 3 && result.bytes == Array("abc".utf8))
+      await onThread { stopped.wait() }
+      #expect(context.hasEnded)
     }
-    let result = await read
-    #expect(result.result == 3 && result.bytes == Array("abc".utf8))
-    await onThread { stopped.wait() }
-    #expect(context.hasEnded)
   }
 }
 
