@@ -39,12 +39,7 @@ public enum Spindle {
   public static func main(_ arguments: [String]) async -> Int32 {
     // Like QEMU's tools: a closed pipe makes writes fail instead of killing us.
     signal(SIGPIPE, SIG_IGN)
-    // The whole command prefers the block layer's thread as its task
-    // executor (see ``BlockActor/run(isolation:_:)``): its requests, their
-    // I/O completions and the tasks it starts stay on one thread.
-    return await BlockActor.run {
-      await run(arguments, console: .standardStreams(), input: StandardInput())
-    }
+    return await run(arguments, console: .standardStreams(), input: StandardInput())
   }
 
   /// Runs the tool with `arguments` (including the program name), writing to
