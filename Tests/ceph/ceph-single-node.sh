@@ -79,6 +79,10 @@ bluestore_block_size = $BYTES
 osd_memory_target = 939524096
 [mgr]
 mgr_data = $D/mgr.\$id
+[client]
+# Many clients run at once (tests in parallel): one admin socket each would
+# collide on client.admin.asok and print a bind error on stderr.
+admin_socket =
 EOF
   ceph-authtool --create-keyring "$D/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
   ceph-authtool "$D/keyring" --gen-key -n client.admin --cap mon 'allow *' \

@@ -162,6 +162,8 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
     // format-specific data (encryption format only) is rbd's own.
     info.clusterSize = rbd.objectSize
     if root.driver is RBDDriver { info.formatSpecific = ("rbd", []) }
+    // QEMU lists the snapshots of rbd (through raw's file child).
+    info.snapshots = (try? await rbd.snapshots()) ?? []
   }
   guard let qcow2 = root.driver as? Qcow2Driver else { return info }
   let header = qcow2.header
