@@ -59,4 +59,73 @@ struct RBDFaultTests {
       #expect(ContinuousClock.now - start < .seconds(60))
     }
   }
+
+  /// The options form with the key in a `--object secret` (`key-secret`)
+  /// and the monitors as `server.N`: the right key (base64) opens the
+  /// image, the same key given raw is the wrong key (QEMU base64-encodes
+  /// the secret again), and a missing secret is named.
+  @Test func keySecretMatchesQEMU() async throws {
+    try await RBDImages.with { images in
+      _ = try await images.create("a", size: "1M")
+      let key = try await runProcess("ceph", ["auth", "get-key", "client.admin"]).output
+      try #require(!key.isEmpty)
+      let conf = try #require(CephRequirement.configFile())
+      let monitor = try #require(
+        try String(contentsOfFile: conf, encoding: .utf8).firstMatch(of: #/v1:127\.0\.0\.1:(\d+)/#))
+      let options =
+        "driver=rbd,pool=\(images.pool),image=\(images.name("a")),user=admin,conf=/dev/null,"
+        + "server.0.host=127.0.0.1,server.0.port=\(monitor.1),key-secret=s0"
+      for arguments in [
+        ["info", "--object", "secret,id=s0,data=\(key),format=base64", "--image-opts", options],
+        [
+          "info", "--object", "secret,id=s0,data=\(key)", "--image-opts",
+          options + ",auth-client-required.0=cephx,client_mount_timeout=5",
+        ],
+        ["info", "--image-opts", options],
+      ] {
+        let (spindle, qemu) = try await runBoth("qemu-img", arguments)
+        #expect(spindle == qemu, "\(arguments)")
+      }
+    }
+  }
+
+  /// The monitor of a second cluster (never the shared one) stopped: with
+  /// `client_mount_timeout=5` both tools fail to open in bounded time
+  /// with the same error.
+  @Test func monitorStopped() async throws {
+    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+      .deletingLastPathComponent().appendingPathComponent("ceph/ceph-single-node.sh").path
+    let directory = "/tmp/spindle-ceph-mon-\(UUID().uuidString.prefix(8))"
+    let environment = ["CEPH_DIR=\(directory)", "CEPH_PORT=40700", "CEPH_POOL=monpool"]
+    func cluster(_ command: String) async throws -> ToolResult {
+      try await runProcess("/usr/bin/env", environment + [script, command])
+    }
+    // The daemons detach: they are stopped whatever happens.
+    do {
+      try await Self.compareWithMonitorStopped(directory: directory, cluster: cluster)
+    } catch {
+      _ = try? await cluster("stop")
+      throw error
+    }
+    _ = try await cluster("stop")
+  }
+
+  private static func compareWithMonitorStopped(
+    directory: String, cluster: (String) async throws -> ToolResult
+  ) async throws {
+    let started = try await cluster("start")
+    try #require(started.status == 0, "\(started)")
+    let image = "rbd:monpool/img:conf=\(directory)/ceph.conf:client_mount_timeout=5"
+    let created = try await runProcess("qemu-img", ["create", "-q", "-f", "raw", image, "1M"])
+    try #require(created.status == 0, "\(created)")
+    let (before, qemuBefore) = try await runBoth("qemu-img", ["info", "-f", "raw", image])
+    #expect(before == qemuBefore && before.status == 0)
+    let stopped = try await cluster("stop-mon")
+    try #require(stopped.status == 0, "\(stopped)")
+    let start = ContinuousClock.now
+    let (spindle, qemu) = try await runBoth("qemu-img", ["info", "-f", "raw", image])
+    #expect(spindle == qemu)
+    #expect(spindle.status == 1 && spindle.error.contains("error connecting"))
+    #expect(ContinuousClock.now - start < .seconds(60))
+  }
 }

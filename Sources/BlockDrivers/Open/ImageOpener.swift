@@ -95,6 +95,11 @@ public enum ImageOpener {
     "rbd": DriverEntry(kind: .protocolDriver, open: RBDDriver.openNode),
   ]
 
+  /// The secrets `--object secret` defined in this process, by ID, as
+  /// their raw bytes (QEMU's objects belong to the process); the rbd
+  /// driver's `key-secret` looks here after ``OpenContext/secrets``.
+  public static var definedSecrets: [String: [UInt8]] = [:]
+
   /// Protocol nodes opened to probe a format, waiting to become that
   /// format's `file` child, by the child's filename (see
   /// ``DriverEntry/keepsProbedNode``).

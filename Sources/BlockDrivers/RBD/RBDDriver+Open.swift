@@ -15,7 +15,8 @@ extension RBDDriver {
     if let filename = options.take("filename") {
       location = try RBDLocation.parse(filename: filename)
     } else {
-      location = try RBDLocation.take(from: &options, secrets: context.secrets)
+      let secrets = context.secrets.merging(ImageOpener.definedSecrets) { given, _ in given }
+      location = try RBDLocation.take(from: &options, secrets: secrets)
     }
     let cache = !context.node.cache.direct
     let opened = await RBDAsync.blocking { () -> Result<(RBDConnection, rbd_image_info_t), Error> in

@@ -1,4 +1,5 @@
 import BlockCore
+import Foundation
 
 /// Where an RBD image is and how to reach its cluster: QEMU 7.2's
 /// `BlockdevOptionsRbd` plus the legacy key/value pairs of its filename
@@ -28,8 +29,8 @@ public struct RBDLocation: Sendable, Equatable {
   public var servers: [Server] = []
   /// `auth-client-required` modes (`cephx`, `none`), in order.
   public var authClientRequired: [String]?
-  /// The raw key a `key-secret` object held (already resolved), set as
-  /// the `key` option.
+  /// The key from a `key-secret` object (its bytes base64-encoded, as QEMU
+  /// passes them), set as the `key` option.
   public var key: String?
 
   /// One `key=value` pair of the filename.
@@ -112,7 +113,8 @@ public struct RBDLocation: Sendable, Equatable {
   }
 
   /// Takes the options form's keys out of `options` (QEMU's
-  /// `BlockdevOptionsRbd`): `pool` and `image` are required.
+  /// `BlockdevOptionsRbd`): `pool` and `image` are required, and any other
+  /// key is refused as QEMU refuses it.
   /// `key-secret` is resolved through `secrets`.
   public static func take(
     from options: inout DriverOptions, secrets: [String: [UInt8]] = [:]
@@ -149,10 +151,16 @@ public struct RBDLocation: Sendable, Equatable {
       guard let bytes = secrets[secretID] else {
         throw BlockError(.invalidArgument, "No secret with id '\(secretID)'")
       }
-      location.key = String(decoding: bytes, as: UTF8.self)
+      // QEMU passes the secret base64-encoded (`qcrypto_secret_lookup_as_base64`).
+      location.key = Data(bytes).base64EncodedString()
     }
     if options.values.keys.contains(where: { $0.hasPrefix("encrypt.") }) {
       throw BlockError.notSupported("Spindle does not support rbd encryption yet")
+    }
+    // QEMU's QAPI visitor refuses what BlockdevOptionsRbd does not have
+    // (key/value pairs belong to the filename syntax only).
+    if let unexpected = options.values.keys.sorted().first {
+      throw BlockError(.invalidArgument, "Parameter '\(unexpected)' is unexpected")
     }
     return location
   }
