@@ -128,4 +128,27 @@ struct RBDFaultTests {
     #expect(spindle.status == 1 && spindle.error.contains("error connecting"))
     #expect(ContinuousClock.now - start < .seconds(60))
   }
+
+  /// Two writers on one image at once, Spindle and qemu-io (QEMU accepts
+  /// it; librbd's exclusive lock passes between them): both succeed and
+  /// every write of each is there afterwards.
+  @Test func secondWriterOnTheSameImage() async throws {
+    try await RBDImages.with { images in
+      let image = try await images.create("a", size: "8M")
+      func commands(_ pattern: Int, _ base: Int) -> [String] {
+        (0..<16).flatMap { ["-c", "write -P \(pattern) \(base + $0 * 256)k 64k", "-c", "flush"] }
+      }
+      async let spindle = runSpindleProcess(
+        ["qemu-io", "-f", "raw"] + commands(0x51, 0) + [image])
+      async let qemu = runProcess("qemu-io", ["-f", "raw"] + commands(0x71, 4096) + [image])
+      let (spindleResult, qemuResult) = try await (spindle, qemu)
+      #expect(spindleResult.status == 0 && spindleResult.error.isEmpty, "\(spindleResult)")
+      #expect(qemuResult.status == 0 && qemuResult.error.isEmpty, "\(qemuResult)")
+      var reads: [String] = []
+      for index in 0..<16 {
+        reads += ["read -P 0x51 \(index * 256)k 64k", "read -P 0x71 \(4096 + index * 256)k 64k"]
+      }
+      try await images.qemuIO(image, reads, readOnly: true)
+    }
+  }
 }
