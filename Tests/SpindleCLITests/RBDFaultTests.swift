@@ -89,12 +89,16 @@ struct RBDFaultTests {
     }
   }
 
+  /// The cluster script, for tests that start a second cluster of their
+  /// own (on ports of their own, never stopping the shared one's daemons).
+  static let clusterScript = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent("ceph/ceph-single-node.sh").path
+
   /// The monitor of a second cluster (never the shared one) stopped: with
   /// `client_mount_timeout=5` both tools fail to open in bounded time
   /// with the same error.
   @Test func monitorStopped() async throws {
-    let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-      .deletingLastPathComponent().appendingPathComponent("ceph/ceph-single-node.sh").path
+    let script = Self.clusterScript
     let directory = "/tmp/spindle-ceph-mon-\(UUID().uuidString.prefix(8))"
     let environment = ["CEPH_DIR=\(directory)", "CEPH_PORT=40700", "CEPH_POOL=monpool"]
     func cluster(_ command: String) async throws -> ToolResult {
@@ -108,6 +112,67 @@ struct RBDFaultTests {
       throw error
     }
     _ = try await cluster("stop")
+  }
+
+  /// A second cluster's OSD (bluestore: memstore would lose everything)
+  /// killed after flushed writes: with `rados_osd_op_timeout=10` both
+  /// tools fail the next open with the same error in bounded time; once the
+  /// OSD is restarted the flushed data is all there and writes work again.
+  @Test func osdKilledAndRestarted() async throws {
+    let environment = [
+      "CEPH_DIR=/tmp/spindle-ceph-osd-\(UUID().uuidString.prefix(8))", "CEPH_PORT=40900",
+      "CEPH_POOL=osdpool", "CEPH_STORE=bluestore", "CEPH_BYTES=1073741824",
+    ]
+    func cluster(_ command: String) async throws -> ToolResult {
+      try await runProcess("/usr/bin/env", environment + [Self.clusterScript, command])
+    }
+    do {
+      try await Self.compareWithOSDKilled(
+        directory: String(environment[0].dropFirst(9)), cluster: cluster)
+    } catch {
+      _ = try? await cluster("stop")
+      throw error
+    }
+    _ = try await cluster("stop")
+  }
+
+  private static func compareWithOSDKilled(
+    directory: String, cluster: (String) async throws -> ToolResult
+  ) async throws {
+    let started = try await cluster("start")
+    try #require(started.status == 0, "\(started)")
+    let conf = "conf=\(directory)/ceph.conf:rados_osd_op_timeout=10"
+    let images = ["rbd:osdpool/s:\(conf)", "rbd:osdpool/q:\(conf)"]
+    for image in images {
+      let created = try await runProcess("qemu-img", ["create", "-q", "-f", "raw", image, "4M"])
+      try #require(created.status == 0, "\(created)")
+    }
+    // Acknowledged and flushed before the kill.
+    let before = ["-c", "write -P 0x41 0 1M", "-c", "flush"]
+    let spindleBefore = try await runSpindleProcess(
+      ["qemu-io", "-f", "raw"] + before + [images[0]])
+    let qemuBefore = try await runProcess("qemu-io", ["-f", "raw"] + before + [images[1]])
+    #expect(spindleBefore.status == 0 && qemuBefore.status == 0, "\(spindleBefore)")
+    let killed = try await cluster("kill-osd")
+    try #require(killed.status == 0, "\(killed)")
+    let after = ["-c", "write -P 0x42 1M 1M", "-c", "flush"]
+    let start = ContinuousClock.now
+    async let spindleAfter = runSpindleProcess(["qemu-io", "-f", "raw"] + after + [images[0]])
+    async let qemuAfter = runProcess("qemu-io", ["-f", "raw"] + after + [images[1]])
+    let (spindleFailed, qemuFailed) = try await (spindleAfter, qemuAfter)
+    let spindleError = spindleFailed.error.replacingOccurrences(of: "osdpool/s", with: "osdpool/q")
+      .replacingOccurrences(of: "header from s:", with: "header from q:")
+    #expect(spindleError == qemuFailed.error, "\(spindleFailed) \(qemuFailed)")
+    #expect(spindleFailed.status == qemuFailed.status)
+    #expect(spindleFailed.status == 1 && spindleFailed.error.contains("Connection timed out"))
+    #expect(ContinuousClock.now - start < .seconds(60))
+    let restarted = try await cluster("start-osd")
+    try #require(restarted.status == 0, "\(restarted)")
+    let check = ["-c", "read -P 0x41 0 1M", "-c", "read -P 0 1M 1M", "-c", "write -P 0x43 2M 64k"]
+    let spindleCheck = try await runSpindleProcess(["qemu-io", "-f", "raw"] + check + [images[0]])
+    let qemuCheck = try await runProcess("qemu-io", ["-f", "raw"] + check + [images[1]])
+    #expect(spindleCheck.masked() == qemuCheck.masked())
+    #expect(spindleCheck.status == 0 && !spindleCheck.output.contains("verification failed"))
   }
 
   private static func compareWithMonitorStopped(

@@ -5,7 +5,8 @@
 # CEPH_CONF; .ci/run starts it before `swift test` and stops it on exit.
 #   eval "$(ceph-single-node.sh start)"  # prints: export CEPH_CONF=... SPINDLE_CEPH_POOL=...
 #   ceph-single-node.sh status | stop     # stop: TERM daemons by PID, rm -rf dir
-#   ceph-single-node.sh stop-mon | start-mon  # fault tests: the mon goes away and back
+#   ceph-single-node.sh stop-mon | kill-osd | start-osd  # fault tests (bluestore
+#     for kill-osd: memstore loses everything)
 # Packages: apt-get install -y --no-install-recommends ceph-mon ceph-osd
 #   ceph-common librbd-dev qemu-utils qemu-block-extra  (+ ceph-mgr for CEPH_MGR=1)
 # Knobs: CEPH_DIR=${TMPDIR:-/tmp}/spindle-ceph CEPH_PORT=40600 (uses PORT..PORT+99)
@@ -109,11 +110,18 @@ EOF
   trap - ERR
   log "ready (pool $POOL, mon $mon, auth $AUTH, store $STORE)"
   echo "export CEPH_CONF=$CEPH_CONF SPINDLE_CEPH_POOL=$POOL"; }
+kill_osd() { local pid; pid=$(cat "$D/run/osd.0.pid")
+  [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = ceph-osd ] || { log "no osd"; exit 1; }
+  kill -KILL "$pid"; for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  ceph osd down 0 >/dev/null 2>&1 || true; }  # no peer would report it for 15 min
+start_osd() { ceph-osd -i 0 2>>"$D/log/osd.0.stderr"
+  wait_for 60 "osd up" sh -c "ceph osd dump -f json | grep -q '\"up\":1'"; }
 stop_mon() { local f=$D/run/mon.a.pid pid; pid=$(cat "$f")
   [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = ceph-mon ] || { log "no mon"; exit 1; }
   kill -TERM "$pid"; for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$pid"; }
 case "${1:-}" in
   start) start ;; stop) stop ;; status) ceph -s ;; stop-mon) stop_mon ;;
-  *) echo "usage: $0 start|stop|status|stop-mon" >&2; exit 2 ;;
+  kill-osd) kill_osd ;; start-osd) start_osd ;;
+  *) echo "usage: $0 start|stop|status|stop-mon|kill-osd|start-osd" >&2; exit 2 ;;
 esac
