@@ -321,4 +321,26 @@ struct RBDInteropTests {
       #expect(transcripts["spindle"] == transcripts["qemu"])
     }
   }
+
+  /// An RBD image exported over NBD (socket activation) and read by
+  /// nbdcopy, from `spindle serve` and from qemu-nbd: both copies are the
+  /// image's bytes.
+  @Test(.requires("qemu-nbd", "nbdcopy")) func servedOverNBDAndReadByNbdcopy() async throws {
+    try await RBDImages.with { images in
+      let fixture = try ImageFixture()
+      let image = try await images.create("a", size: "16M")
+      try await images.qemuIO(image, Self.qemuWrites)
+      let expected = fixture.path("expected.raw")
+      try await images.qemuImg(["convert", "-f", "raw", "-O", "raw", image, expected])
+      for server in NBDServer.allCases {
+        let out = fixture.path("out-\(server).raw")
+        let result = try await runNBDClient(
+          "nbdcopy", server.activated(["-f", "raw", "-r", image]) + [out])
+        #expect(result.status == 0, "\(server): \(result)")
+        let compared = try await runProcess(
+          "qemu-img", ["compare", "-f", "raw", "-F", "raw", expected, out])
+        #expect(compared.output == "Images are identical.\n", "\(server): \(compared)")
+      }
+    }
+  }
 }
