@@ -343,4 +343,30 @@ struct RBDInteropTests {
       }
     }
   }
+
+  /// `resize` grows and (with --shrink) shrinks RBD images as QEMU's does,
+  /// refusing preallocation; each tool on an image of its own.
+  @Test func resizeMatchesQEMU() async throws {
+    try await RBDImages.with { images in
+      var transcripts: [String: String] = [:]
+      for (tool, label) in [("spindle", "s"), ("qemu", "q")] {
+        let image = try await images.create(label, size: "4M")
+        var transcript = ""
+        for arguments in [
+          ["resize", "-f", "raw", image, "8M"], ["resize", "-f", "raw", image, "2M"],
+          ["resize", "-f", "raw", "--shrink", image, "2M"], ["resize", image, "+1M"],
+          ["resize", "-f", "raw", "--preallocation=full", image, "6M"],
+          ["info", "--output=json", "-f", "raw", image],
+        ] {
+          let result =
+            tool == "spindle"
+            ? try await runSpindleProcess(["qemu-img"] + arguments)
+            : try await runProcess("qemu-img", arguments)
+          transcript += "\(arguments)\n\(result)\n"
+        }
+        transcripts[tool] = transcript.replacingOccurrences(of: images.name(label), with: "NAME")
+      }
+      #expect(transcripts["spindle"] == transcripts["qemu"])
+    }
+  }
 }
