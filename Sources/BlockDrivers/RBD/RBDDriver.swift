@@ -86,3 +86,18 @@ public final class RBDDriver: BlockDriver {
     await RBDAsync.blocking { connection.close() }
   }
 }
+
+extension RBDDriver {
+  /// QEMU's `qemu_rbd_reopen_prepare`: librbd's image stays open as it is
+  /// (always read-write for librbd); only a snapshot refuses to become
+  /// writable. The location's options cannot change.
+  public func prepareReopen(_ node: BlockNode, _ request: inout BlockReopenRequest) async throws
+    -> any BlockReopenChange
+  {
+    if location.snapshot != nil && !request.nodeOptions.readOnly {
+      throw BlockError(
+        .invalidArgument, "Cannot change node '\(node.name)' to r/w when using RBD snapshot")
+    }
+    return UnchangedReopen()
+  }
+}
