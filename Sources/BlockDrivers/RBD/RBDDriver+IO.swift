@@ -63,6 +63,25 @@ extension RBDDriver {
     }
   }
 
+  /// Grows the image to at least `end` before a write past the end (QEMU
+  /// resizes synchronously, so its writes cannot interleave there). One
+  /// growth runs at a time and every write re-checks the size after
+  /// waiting for it, so a smaller growth started later never shrinks the
+  /// image below a larger one.
+  func grow(to end: Int64) async throws {
+    while end > imageSize {
+      if let growing = growth {
+        _ = await growing.result
+        continue
+      }
+      let task = Task { try await self.resize(to: end) }
+      growth = task
+      let result = await task.result
+      growth = nil
+      try result.get()
+    }
+  }
+
   /// `rbd_resize` on a thread of its own; updates ``imageSize``.
   func resize(to length: Int64) async throws {
     let connection = try openImage()
@@ -80,8 +99,8 @@ extension RBDDriver {
     flags: RequestFlags = [], zeroFlags: Int32 = 0
   ) async throws -> Int {
     let connection = try openImage()
-    if command == .write || command == .writeZeroes, offset + length > imageSize {
-      try await resize(to: offset + length)
+    if command == .write || command == .writeZeroes {
+      try await grow(to: offset + length)
     }
     let image = connection.image
     let start = UInt64(offset)

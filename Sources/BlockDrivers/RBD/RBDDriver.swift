@@ -25,6 +25,8 @@ public final class RBDDriver: BlockDriver {
   /// The image's size, as librbd last reported it (QEMU's `image_size`).
   var imageSize: Int64
   var connection: RBDConnection?
+  /// The growth of the image a write past the end started, while it runs.
+  var growth: Task<Void, Error>?
   /// Where failed requests are reported (QEMU's `error_report`).
   let errorReport: OpenContext.Diagnostics?
 
