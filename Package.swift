@@ -34,12 +34,16 @@ let package = Package(
     .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
     // zstd for qcow2 images with compression_type=zstd (Debian: libzstd-dev).
     .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+    // librados and librbd for the rbd protocol driver (Debian: librbd-dev,
+    // Ceph 16 Pacific; no pkg-config files, the module map links them).
+    .systemLibrary(name: "CRBD", providers: [.apt(["librbd-dev"])]),
     .target(
       name: "BlockDrivers",
       dependencies: [
         "BlockCore",
         "BlockLoop",
         "CFileSupport",
+        "CRBD",
         "CZlib",
         "CZstd",
         .product(name: "SystemPackage", package: "swift-system"),

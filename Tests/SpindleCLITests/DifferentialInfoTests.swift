@@ -94,7 +94,8 @@ import Testing
                 -1,
                 true
             ],
-            "c": {}
+            "c": {
+            }
         }
         """)
   }

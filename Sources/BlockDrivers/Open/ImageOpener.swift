@@ -30,6 +30,9 @@ public struct OpenContext: Sendable {
   /// (`qemu-img bitmap`): qcow2 then keeps its bitmaps extension valid on a
   /// writable open, so the caller must not write data through the node.
   public var editsPersistentBitmaps = false
+  /// The secrets `--object secret` defined, by ID, as their bytes (the
+  /// rbd driver's `key-secret`).
+  public var secrets: [String: [UInt8]] = [:]
   /// Where drivers print messages for the user, such as qcow2's corruption
   /// reports (standard error when nil).
   public var diagnostics: Diagnostics?
@@ -89,7 +92,13 @@ public enum ImageOpener {
     "qcow2": DriverEntry(kind: .format, open: Qcow2Driver.openNode),
     "blkdebug": DriverEntry(kind: .filter, open: BlkdebugDriver.openNode),
     "copy-on-read": DriverEntry(kind: .filter, open: CopyOnReadDriver.openNode),
+    "rbd": DriverEntry(kind: .protocolDriver, open: RBDDriver.openNode),
   ]
+
+  /// The secrets `--object secret` defined in this process, by ID, as
+  /// their raw bytes (QEMU's objects belong to the process); the rbd
+  /// driver's `key-secret` looks here after ``OpenContext/secrets``.
+  public static var definedSecrets: [String: [UInt8]] = [:]
 
   /// Protocol nodes opened to probe a format, waiting to become that
   /// format's `file` child, by the child's filename (see
@@ -100,7 +109,7 @@ public enum ImageOpener {
   /// which then parse the whole filename (`blkdebug:CONFIG:IMAGE`, or
   /// `file:PATH`, which the file driver strips).
   public static var filenamePrefixes: [String: String] = [
-    "blkdebug": "blkdebug", "file": "file",
+    "blkdebug": "blkdebug", "file": "file", "rbd": "rbd",
   ]
 
   /// The formats QEMU 7.2 has (and probes) that Spindle does not implement

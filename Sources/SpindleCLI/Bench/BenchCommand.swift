@@ -191,7 +191,7 @@ enum BenchTool: ImageSubcommand {
     do {
       let backend = try await openBackend(spec)
       if warnsAboutProbedRaw(spec, backend) {
-        console.writeError(probedRawWarning(filename))
+        console.writeError(probedRawWarning(filename, backend: backend))
       }
       return backend
     } catch {

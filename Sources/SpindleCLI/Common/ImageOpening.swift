@@ -212,6 +212,17 @@ func warnsAboutProbedRaw(_ spec: ImageSpec, _ backend: BlockBackend) -> Bool {
     && !(spec.filename?.hasPrefix("json:") ?? false) && !spec.node.readOnly && !spec.snapshot
 }
 
+/// ``probedRawWarning(_:)`` for an opened image: QEMU names the file node
+/// as it names it (an rbd node by its `json:` options).
+@BlockActor
+func probedRawWarning(_ filename: String, backend: BlockBackend) -> String {
+  if let file = backend.root.file, file.driver is RBDDriver, let name = NodeFilename.name(of: file)
+  {
+    return probedRawWarning(name)
+  }
+  return probedRawWarning(filename)
+}
+
 /// QEMU's warning when probing guessed raw (printed without a program name),
 /// naming the file as the file node does (`file:a:b` is `./a:b`).
 func probedRawWarning(_ filename: String) -> String {

@@ -14,11 +14,28 @@ enum NodeFilename {
   static func name(of node: BlockNode) -> String? {
     if let file = node.driver as? FileDriver { return file.filename }
     if let nbd = node.driver as? NBDClientDriver { return nbd.config.filename }
+    if let options = jsonOptions(of: node) { return "json:" + QDictOrder.json(options) }
     guard let child = node.file, let childName = name(of: child) else { return nil }
     if let blkdebug = node.driver as? BlkdebugDriver {
       return "blkdebug:\(blkdebug.configFile ?? ""):\(childName)"
     }
     return childName
+  }
+
+  /// The options QEMU names a node by when it has no plain file name
+  /// (`bdrv_refresh_filename`'s `json:` names): an rbd node's driver and
+  /// strong options, and a format's over such a node with its `file`
+  /// child's. Nil for nodes with plain names.
+  static func jsonOptions(of node: BlockNode) -> [(String, QObject)]? {
+    if let rbd = node.driver as? RBDDriver {
+      // QEMU inserts the options first, then the driver.
+      let options = rbd.location.strongOptions.sorted { $0.key < $1.key }
+      return options.map { ($0.key, QObject.string($0.value)) } + [("driver", .string("rbd"))]
+    }
+    guard node.driver is RawDriver || node.driver is Qcow2Driver, let child = node.file,
+      let inner = jsonOptions(of: child)
+    else { return nil }
+    return [("driver", .string(node.driver.formatName)), ("file", .dict(inner))]
   }
 
   /// The path of the file under `node` (through formats and filters) whose

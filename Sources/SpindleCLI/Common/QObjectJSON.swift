@@ -22,7 +22,9 @@ indirect enum QObject: Equatable {
     case .bool(let value): return value ? "true" : "false"
     case .string(let value): return Self.quoted(value)
     case .dict(let members):
-      if members.isEmpty { return "{}" }
+      // As for lists: QEMU breaks the line in an empty dict too (rbd's
+      // empty format-specific data prints as "{", a newline, "}").
+      if members.isEmpty { return "{\n\(closing)}" }
       let body = members.map {
         "\(indent)\(Self.quoted($0.0)): \($0.1.prettyJSON(level: level + 1))"
       }

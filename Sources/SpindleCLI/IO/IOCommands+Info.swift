@@ -45,6 +45,13 @@ extension IOSession {
       printQcow2Info(qcow2.header)
       return 0
     }
+    // rbd answers with its object size (`qemu_rbd_getinfo`), also through raw.
+    let rbd = answering.driver as? RBDDriver ?? answering.file?.driver as? RBDDriver
+    if let rbd, answering.driver is RBDDriver || answering.driver is RawDriver {
+      console.write("cluster size: \(humanSize(Double(rbd.objectSize)))\n")
+      console.write("vm state offset: \(humanSize(0))\n")
+      return 0
+    }
     guard ["raw", "file"].contains(answering.driver.formatName) else { return -ENOTSUP }
     console.write("cluster size: \(humanSize(0))\n")
     console.write("vm state offset: \(humanSize(0))\n")

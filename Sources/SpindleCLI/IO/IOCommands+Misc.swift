@@ -279,7 +279,7 @@ extension IOSession {
       return false
     }
     if let backend, warnsAboutProbedRaw(spec, backend) {
-      console.writeError(probedRawWarning(spec.filename!))
+      console.writeError(probedRawWarning(spec.filename!, backend: backend))
     }
     return true
   }

@@ -271,7 +271,9 @@ enum ConvertTool: ImageSubcommand {
     let size = UInt64(length)
     var values: CreateOptionValues?
     if !skipCreate {
-      guard let list = CreateOptionList.forFormat(format, withProtocol: true) else {
+      guard
+        let list = CreateOptionList.forFormat(format, withProtocol: true, filename: filename)
+      else {
         throw fail("Unknown file format '\(format)'")
       }
       var parsed = CreateOptionValues(list: list)

@@ -101,7 +101,10 @@ enum CreateTool: ImageSubcommand {
   static func printOptionHelp(format: String, filename: String?, reporter: Reporter)
     -> Int32
   {
-    guard let list = CreateOptionList.forFormat(format, withProtocol: filename != nil) else {
+    guard
+      let list = CreateOptionList.forFormat(
+        format, withProtocol: filename != nil, filename: filename)
+    else {
       reporter.error("Unknown file format '\(format)'")
       return 1
     }
@@ -142,7 +145,10 @@ struct CreateRequest {
 @BlockActor
 func createImage(_ request: CreateRequest, console: Console) async throws {
   typealias Failure = CreateOptionValues.Failure
-  guard let list = CreateOptionList.forFormat(request.format, withProtocol: true) else {
+  guard
+    let list = CreateOptionList.forFormat(
+      request.format, withProtocol: true, filename: request.filename)
+  else {
     if ImageOpener.unimplementedFormats.contains(request.format) {
       throw Failure(message: ImageOpener.unsupportedFormat(request.format).message)
     }
@@ -256,6 +262,10 @@ func checkEncryptionValue(_ values: CreateOptionValues) throws(CreateOptionValue
 func createFormatted(_ filename: String, format: String, size: UInt64, values: CreateOptionValues)
   async throws
 {
+  if filename.hasPrefix("rbd:") {
+    try await createOnRBD(filename, format: format, size: size, values: values)
+    return
+  }
   // The file protocol's create takes the path without a `file:` prefix.
   let filename = FileProtocolName.path(of: filename)
   if format == "qcow2" { try checkEncryptionValue(values) }
@@ -276,6 +286,27 @@ func createFormatted(_ filename: String, format: String, size: UInt64, values: C
   } catch {
     _ = unlink(filename)
     throw error
+  }
+}
+
+/// The rbd protocol's create (QEMU's `qemu_rbd_co_create_opts`) of a raw
+/// (or `-f rbd`) image; formats with metadata on RBD are not there yet.
+@BlockActor
+private func createOnRBD(
+  _ filename: String, format: String, size: UInt64, values: CreateOptionValues
+)
+  async throws
+{
+  guard format == "raw" || format == "rbd" else {
+    throw CreateOptionValues.Failure(
+      message: "Spindle does not create \(format) images on rbd yet")
+  }
+  do {
+    try await RBDCreate.create(
+      filename: filename, size: Int64(size),
+      clusterSize: values.number("cluster_size").map(Int64.init))
+  } catch {
+    throw CreateOptionValues.Failure(message: errorMessage(error))
   }
 }
 

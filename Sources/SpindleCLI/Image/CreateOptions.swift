@@ -100,18 +100,44 @@ struct CreateOptionList: Sendable {
       help: "Extent size hint for the image file, 0 to disable"),
   ]
 
-  /// The options of `format` (`qcow2` or `raw`), with the protocol's when
-  /// `withProtocol` (QEMU's `qemu_opts_append`: later duplicates are dropped).
-  static func forFormat(_ format: String, withProtocol: Bool) -> CreateOptionList? {
+  /// The rbd protocol's options (QEMU's `qemu_rbd_create_opts`).
+  static let rbdOptions: [CreateOption] = [
+    .init(name: "size", kind: .size, help: "Virtual disk size"),
+    .init(name: "cluster_size", kind: .size, help: "RBD object size"),
+    .init(
+      name: "password-secret", kind: .string, help: "ID of secret providing the password",
+      supported: false),
+    .init(
+      name: "encrypt.format", kind: .string,
+      help: "Encrypt the image, format choices: 'luks', 'luks2'", supported: false),
+    .init(
+      name: "encrypt.cipher-alg", kind: .string,
+      help: "Name of encryption cipher algorithm (allowed values: aes-128, aes-256)",
+      supported: false),
+    .init(
+      name: "encrypt.key-secret", kind: .string, help: "ID of secret providing LUKS passphrase",
+      supported: false),
+  ]
+
+  /// The options of `format` (`qcow2` or `raw`, or `rbd` on an `rbd:`
+  /// filename), with the protocol's when `withProtocol` (QEMU's
+  /// `qemu_opts_append`: later duplicates are dropped). `filename` selects
+  /// the protocol: `rbd:` names are rbd's, others the file protocol's.
+  static func forFormat(_ format: String, withProtocol: Bool, filename: String? = nil)
+    -> CreateOptionList?
+  {
+    let isRBD = filename?.hasPrefix("rbd:") == true
     let own: [CreateOption]
     switch format {
     case "qcow2": own = qcow2Options
     case "raw": own = rawOptions
+    case "rbd" where isRBD: own = rbdOptions
     default: return nil
     }
     guard withProtocol else { return CreateOptionList(options: own) }
     var merged = own
-    for option in fileOptions where !merged.contains(where: { $0.name == option.name }) {
+    for option in isRBD ? rbdOptions : fileOptions
+    where !merged.contains(where: { $0.name == option.name }) {
       merged.append(option)
     }
     return CreateOptionList(options: merged)

@@ -70,7 +70,7 @@ func openReporting(_ spec: ImageSpec, named filename: String, reporter: Reporter
   spec.errorReport = { reporter.error($0) }
   let backend = try await openBackend(spec)
   if warnsAboutProbedRaw(spec, backend) {
-    console.writeError(probedRawWarning(filename))
+    console.writeError(probedRawWarning(filename, backend: backend))
   }
   return backend
 }

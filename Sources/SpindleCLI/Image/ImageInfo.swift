@@ -157,6 +157,14 @@ func collectImageInfo(_ backend: BlockBackend, filename: String) async throws ->
   if let file = fileNode?.driver as? FileDriver {
     info.actualSize = await allocatedBytes(file.filename)
   }
+  if let rbd = infoNode?.driver as? RBDDriver {
+    // QEMU's `qemu_rbd_getinfo` (raw passes its file's on); the
+    // format-specific data (encryption format only) is rbd's own.
+    info.clusterSize = rbd.objectSize
+    if root.driver is RBDDriver { info.formatSpecific = ("rbd", []) }
+    // QEMU lists the snapshots of rbd (through raw's file child).
+    info.snapshots = (try? await rbd.snapshots()) ?? []
+  }
   guard let qcow2 = root.driver as? Qcow2Driver else { return info }
   let header = qcow2.header
   if header.cryptMethod != 0 {

@@ -95,6 +95,7 @@ enum InfoTool: ImageSubcommand {
       let isPlainName =
         !(filename.hasPrefix("json:") || filename.hasPrefix("file:"))
         && !NBDFilename.schemes.contains { filename.hasPrefix($0 + ":") }
+        && !filename.hasPrefix("rbd:")
       let shownName =
         spec.filename != nil && isPlainName
         ? filename : (NodeFilename.name(of: backend.root) ?? filename)

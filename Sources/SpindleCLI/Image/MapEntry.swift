@@ -65,6 +65,8 @@ func mapEntry(_ node: BlockNode, offset: Int64, bytes: Int64) async throws -> Ma
     filename = file.filename
   } else if hasOffset, let nbd = status.file?.driver as? NBDClientDriver {
     filename = nbd.config.filename
+  } else if hasOffset, let file = status.file, file.driver is RBDDriver {
+    filename = NodeFilename.name(of: file)
   }
   return MapEntry(
     start: offset, length: count, data: status.flags.contains(.data),

@@ -79,7 +79,9 @@ enum SnapshotTool: ImageSubcommand {
       // below, which warns about a probed raw image once more.
       var opened = spec
       opened.filename = imageOpts ? nil : filename
-      if warnsAboutProbedRaw(opened, backend) { console.writeError(probedRawWarning(filename)) }
+      if warnsAboutProbedRaw(opened, backend) {
+        console.writeError(probedRawWarning(filename, backend: backend))
+      }
     }
     let succeeded = await perform(action, on: backend.root, reporter: reporter, console: console)
     await backend.close()
@@ -106,6 +108,9 @@ enum SnapshotTool: ImageSubcommand {
     _ action: Action?, on node: BlockNode, reporter: Reporter, console: Console
   ) async -> Bool {
     let qcow2 = node.driver as? Qcow2Driver
+    if let rbd = rbdSnapshotDriver(of: node) {
+      return await performOnRBD(action, rbd, reporter: reporter, console: console)
+    }
     switch action {
     case nil:
       return true
@@ -155,6 +160,67 @@ enum SnapshotTool: ImageSubcommand {
       }
       do {
         try await qcow2.deleteSnapshot(node, id: found.id, name: found.name)
+        return true
+      } catch {
+        reporter.error("Could not delete snapshot '\(name)': \(errorMessage(error))")
+        return false
+      }
+    }
+  }
+
+  /// The rbd node whose snapshots the image's are: the node itself, or the
+  /// `file` of a raw node (QEMU's `bdrv_snapshot_fallback` to the primary
+  /// child of a format without snapshots).
+  static func rbdSnapshotDriver(of node: BlockNode) -> RBDDriver? {
+    if let rbd = node.driver as? RBDDriver { return rbd }
+    guard node.driver is RawDriver else { return nil }
+    return node.file?.driver as? RBDDriver
+  }
+
+  /// ``perform(_:on:reporter:console:)`` for librbd snapshots (QEMU's
+  /// `qemu_rbd_snap_*` under `img_snapshot`).
+  private static func performOnRBD(
+    _ action: Action?, _ rbd: RBDDriver, reporter: Reporter, console: Console
+  ) async -> Bool {
+    switch action {
+    case nil:
+      return true
+    case .list:
+      guard let snapshots = try? await rbd.snapshots(), !snapshots.isEmpty else { return true }
+      var text = "Snapshot list:\n\(Qcow2SnapshotInfo.tableHeader)\n"
+      for snapshot in snapshots { text += snapshot.tableLine + "\n" }
+      console.write(text)
+      return true
+    case .create(let name):
+      do {
+        try await rbd.createSnapshot(name: truncatedName(name))
+        return true
+      } catch {
+        let failure = error as? BlockError ?? BlockError(.ioError)
+        reporter.error(
+          "Could not create snapshot '\(name)': -\(failure.code.rawValue) (\(failure.codeDescription))"
+        )
+        return false
+      }
+    case .apply(let name):
+      do {
+        try await rbd.rollback(to: name)
+        return true
+      } catch {
+        let failure = error as? BlockError ?? BlockError(.ioError)
+        reporter.error(
+          "Could not apply snapshot '\(name)': Failed to load snapshot: \(failure.codeDescription)")
+        return false
+      }
+    case .delete(let name):
+      guard let snapshots = try? await rbd.snapshots(),
+        snapshots.contains(where: { $0.name == name })
+      else {
+        reporter.error("Could not delete snapshot '\(name)': snapshot not found")
+        return false
+      }
+      do {
+        try await rbd.deleteSnapshot(name: name)
         return true
       } catch {
         reporter.error("Could not delete snapshot '\(name)': \(errorMessage(error))")

@@ -1,4 +1,6 @@
 import BlockCore
+import BlockDrivers
+import Foundation
 
 /// The objects one command line defines with `--object` (QEMU's
 /// `user_creatable_process_cmdline` into `/objects`): `secret` objects are
@@ -48,6 +50,9 @@ struct ObjectRegistry {
         console.write(help)
         throw CommandExit(status: 0)
       }
+      // QEMU's objects are the process's (`/objects`): drivers that take a
+      // secret by ID (rbd's key-secret) find it there.
+      for (id, secret) in secrets { ImageOpener.definedSecrets[id] = secret.rawBytes }
     } catch let error as ObjectError {
       reporter.error(error.message)
       if let hint = error.hint { console.writeError(hint + "\n") }

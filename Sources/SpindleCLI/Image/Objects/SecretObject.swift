@@ -1,3 +1,5 @@
+import Foundation
+
 #if canImport(Glibc)
   import Glibc
 #elseif canImport(Musl)
@@ -14,6 +16,13 @@ struct SecretObject {
   var bytes: [UInt8]
   /// `format=base64` was given.
   var isBase64: Bool
+
+  /// The secret itself: the bytes, base64-decoded when given as base64
+  /// (undecodable text is kept as given).
+  var rawBytes: [UInt8] {
+    guard isBase64, let data = Data(base64Encoded: Data(bytes)) else { return bytes }
+    return [UInt8](data)
+  }
 
   /// The properties `secret` accepts, in QEMU's order of checking.
   static let propertyNames = ["format", "keyid", "iv", "data", "file"]
