@@ -9,7 +9,7 @@ import Testing
 /// names (with `rbd`, the cluster's own client) are installed. Otherwise it
 /// is skipped with the reason, unless `SPINDLE_REQUIRE_TOOLS=1`: then it
 /// fails, so that CI cannot pass without a cluster.
-public struct CephRequirement: TestTrait, SuiteTrait, TestScoping {
+public struct CephRequirement: RequirementTrait {
   /// The variable naming the cluster's configuration file.
   public static let configVariable = "CEPH_CONF"
   /// The variable naming the cluster's RBD pool (`testpool` when unset).
@@ -54,36 +54,8 @@ public struct CephRequirement: TestTrait, SuiteTrait, TestScoping {
     if !missing.isEmpty {
       reasons.append("\(missing.joined(separator: ", ")) not installed")
     }
-    guard !reasons.isEmpty else { return .run }
-    let reason = reasons.joined(separator: "; ")
-    if ToolLocator.toolsRequired(environment: environment) {
-      return .fail("\(reason), and \(ToolLocator.requireVariable)=1 requires it")
-    }
-    return .skip(reason)
-  }
-
-  public var isRecursive: Bool { true }
-
-  /// Skips the test when the cluster or a tool is missing and tools are
-  /// not required.
-  public func prepare(for test: Test) async throws {
-    guard case .skip(let reason) = outcome else { return }
-    let skip: ConditionTrait = .disabled(Comment(rawValue: reason))
-    try await skip.prepare(for: test)
-  }
-
-  /// Runs the test when everything is there; otherwise records the failure.
-  public func provideScope(
-    for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
-  ) async throws {
-    switch outcome {
-    case .run:
-      try await function()
-    case .fail(let message):
-      Issue.record(Comment(rawValue: message))
-    case .skip(let reason):
-      try Test.cancel(Comment(rawValue: reason))
-    }
+    return .judging(
+      missing: reasons.isEmpty ? nil : reasons.joined(separator: "; "), environment: environment)
   }
 }
 

@@ -9,7 +9,7 @@ import Testing
 /// installed"), unless `SPINDLE_REQUIRE_TOOLS=1` is set: then the test fails
 /// with a recorded issue naming the missing tools, so that a CI machine
 /// without QEMU cannot pass by skipping every interoperability test.
-public struct ToolRequirement: TestTrait, SuiteTrait, TestScoping {
+public struct ToolRequirement: RequirementTrait {
   /// The tools the test needs.
   public let tools: [String]
   /// Where `PATH` and `SPINDLE_REQUIRE_TOOLS` are read from.
@@ -43,39 +43,9 @@ public struct ToolRequirement: TestTrait, SuiteTrait, TestScoping {
   public var outcome: Outcome {
     let missing = missing
     guard !missing.isEmpty else { return .run }
-    let names = missing.joined(separator: ", ")
     let verb = missing.count == 1 ? "is" : "are"
-    if ToolLocator.toolsRequired(environment: environment) {
-      return .fail(
-        "\(names) \(verb) not installed, and \(ToolLocator.requireVariable)=1 requires it")
-    }
-    return .skip("\(names) \(verb) not installed")
-  }
-
-  public var isRecursive: Bool { true }
-
-  /// Skips the test (as `.disabled(reason)` does) when a tool is missing and
-  /// tools are not required.
-  public func prepare(for test: Test) async throws {
-    guard case .skip(let reason) = outcome else { return }
-    let skip: ConditionTrait = .disabled(Comment(rawValue: reason))
-    try await skip.prepare(for: test)
-  }
-
-  /// Runs the test when every tool is there; otherwise records the failure
-  /// and does not run it.
-  public func provideScope(
-    for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void
-  ) async throws {
-    switch outcome {
-    case .run:
-      try await function()
-    case .fail(let message):
-      Issue.record(Comment(rawValue: message))
-    case .skip(let reason):
-      // Only reached if ``prepare(for:)`` did not skip the test already.
-      try Test.cancel(Comment(rawValue: reason))
-    }
+    return .judging(
+      missing: "\(missing.joined(separator: ", ")) \(verb) not installed", environment: environment)
   }
 }
 
