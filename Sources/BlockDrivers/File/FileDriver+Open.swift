@@ -87,14 +87,7 @@ extension FileDriver {
     let driver = try await open(
       parsed, node: context.node, forceShare: context.forceShare,
       sharesWrites: context.sharesFileWrites)
-    let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
-    do {
-      try await node.open()
-    } catch {
-      await node.close()
-      throw error
-    }
-    return node
+    return try await ImageOpener.openNode(over: driver, options: context.node)
   }
 
   /// Opens the file: read-only or read-write as `node` says, with O_DIRECT

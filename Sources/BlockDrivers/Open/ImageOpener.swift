@@ -146,6 +146,21 @@ public enum ImageOpener {
     return "#block\(nodeCounter)"
   }
 
+  /// A node with a fresh automatic name over `driver`, opened; closed again
+  /// (releasing what the driver holds) when opening it fails.
+  static func openNode(over driver: any BlockDriver, options: NodeOptions) async throws
+    -> BlockNode
+  {
+    let node = BlockNode(name: newNodeName(), driver: driver, options: options)
+    do {
+      try await node.open()
+    } catch {
+      await node.close()
+      throw error
+    }
+    return node
+  }
+
   /// Opens a graph. `filename` may be a path, `json:{...}`, or nil when
   /// `options` say everything; `format` is the `-f` argument.
   public static func open(

@@ -39,13 +39,6 @@ extension RBDDriver {
     let driver = RBDDriver(
       location: location, connection: connection, size: Int64(info.size),
       objectSize: Int64(info.obj_size), errorReport: context.errorReport)
-    let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
-    do {
-      try await node.open()
-    } catch {
-      await node.close()
-      throw error
-    }
-    return node
+    return try await ImageOpener.openNode(over: driver, options: context.node)
   }
 }
