@@ -118,9 +118,7 @@ enum SnapshotTool: ImageSubcommand {
       // Formats without snapshots list nothing (bdrv_snapshot_list fails).
       guard let qcow2, let snapshots = try? await qcow2.snapshots(node), !snapshots.isEmpty
       else { return true }
-      var text = "Snapshot list:\n\(Qcow2SnapshotInfo.tableHeader)\n"
-      for snapshot in snapshots { text += snapshot.tableLine + "\n" }
-      console.write(text)
+      writeTable(snapshots, to: console)
       return true
     case .create(let name):
       do {
@@ -128,10 +126,7 @@ enum SnapshotTool: ImageSubcommand {
         try await qcow2.createSnapshot(node, Qcow2SnapshotInfo(name: truncatedName(name)))
         return true
       } catch {
-        let failure = error as? BlockError ?? BlockError(.ioError)
-        reporter.error(
-          "Could not create snapshot '\(name)': -\(failure.code.rawValue) (\(failure.codeDescription))"
-        )
+        reportCreateFailure(name, error, reporter: reporter)
         return false
       }
     case .apply(let name):
@@ -168,6 +163,23 @@ enum SnapshotTool: ImageSubcommand {
     }
   }
 
+  /// `snapshot -l`'s table (QEMU's `dump_snapshots`).
+  private static func writeTable(_ snapshots: [Qcow2SnapshotInfo], to console: Console) {
+    var text = "Snapshot list:\n\(Qcow2SnapshotInfo.tableHeader)\n"
+    for snapshot in snapshots { text += snapshot.tableLine + "\n" }
+    console.write(text)
+  }
+
+  /// `snapshot -c`'s error: the negated errno and its text, as qemu-img.
+  private static func reportCreateFailure(
+    _ name: String, _ error: any Error, reporter: Reporter
+  ) {
+    let failure = error as? BlockError ?? BlockError(.ioError)
+    reporter.error(
+      "Could not create snapshot '\(name)': -\(failure.code.rawValue) (\(failure.codeDescription))"
+    )
+  }
+
   /// The rbd node whose snapshots the image's are: the node itself, or the
   /// `file` of a raw node (QEMU's `bdrv_snapshot_fallback` to the primary
   /// child of a format without snapshots).
@@ -187,19 +199,14 @@ enum SnapshotTool: ImageSubcommand {
       return true
     case .list:
       guard let snapshots = try? await rbd.snapshots(), !snapshots.isEmpty else { return true }
-      var text = "Snapshot list:\n\(Qcow2SnapshotInfo.tableHeader)\n"
-      for snapshot in snapshots { text += snapshot.tableLine + "\n" }
-      console.write(text)
+      writeTable(snapshots, to: console)
       return true
     case .create(let name):
       do {
         try await rbd.createSnapshot(name: truncatedName(name))
         return true
       } catch {
-        let failure = error as? BlockError ?? BlockError(.ioError)
-        reporter.error(
-          "Could not create snapshot '\(name)': -\(failure.code.rawValue) (\(failure.codeDescription))"
-        )
+        reportCreateFailure(name, error, reporter: reporter)
         return false
       }
     case .apply(let name):
