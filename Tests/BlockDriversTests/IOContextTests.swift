@@ -1,3 +1,4 @@
+import BlockCore
 import BlockLoop
 import Foundation
 import Synchronization
@@ -303,6 +304,21 @@ struct IOContextTests {
       await onThread { stopped.wait() }
       #expect(context.hasEnded)
     }
+  }
+
+  @Test(
+    "inside BlockActor.run nonisolated code runs on the main context's thread, outside it on Swift's pool"
+  )
+  func taskExecutorPreference() async {
+    #expect(await Self.runsOnMainContext() == false)
+    let inside = await BlockActor.run { await Self.runsOnMainContext() }
+    #expect(inside)
+    #expect(await Self.runsOnMainContext() == false)
+  }
+
+  /// Whether a nonisolated async function runs on ``IOContext/main``'s thread.
+  private nonisolated static func runsOnMainContext() async -> Bool {
+    IOContext.main.isCurrent
   }
 }
 
