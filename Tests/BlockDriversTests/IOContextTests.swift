@@ -20,11 +20,11 @@ actor ContextProbe {
 
   func touch() { touches += 1 }
 
-  /// A touch that signals `ran` on the context's thread, so that a waiter
+  /// A touch that calls `ran` on the context's thread, so that a waiter
   /// measures the loop and not the shared pool the caller resumes on.
-  func touch(signalling ran: DispatchSemaphore) {
+  func touch(then ran: @Sendable () -> Void) {
     touches += 1
-    ran.signal()
+    ran()
   }
 
   /// preadv of `count` bytes at `offset` (-1: the file position) through the
@@ -148,11 +148,19 @@ struct IOContextTests {
     "an enqueue racing with the loop going to sleep is never lost",
     arguments: Kind.allCases, [IOContext.SleepPhase.beforeAsleep, .beforeKernelWait])
   func enqueueWhileGoingToSleep(kind: Kind, phase: IOContext.SleepPhase) async {
-    let armed = Atomic<Bool>(false)
+    // The hook holds the loop only once it has run `target` touches (counted
+    // on the loop's own thread), so a loop that goes to sleep before the
+    // test's first job has even reached it is not held with nothing to do.
+    let completed = Atomic<Int>(0)
+    let target = Atomic<Int>(1)
     let reached = DispatchSemaphore(value: 0)
     let proceed = DispatchSemaphore(value: 0)
     let context = Self.makeContext(kind) { at in
-      guard at == phase, armed.exchange(false, ordering: .sequentiallyConsistent) else { return }
+      let goal = target.load(ordering: .sequentiallyConsistent)
+      guard at == phase, goal > 0, completed.load(ordering: .sequentiallyConsistent) == goal,
+        target.compareExchange(expected: goal, desired: 0, ordering: .sequentiallyConsistent)
+          .exchanged
+      else { return }
       reached.signal()
       proceed.wait()
     }
@@ -160,16 +168,22 @@ struct IOContextTests {
     let iterations = 100
     let lost = await onThreadReturning { () -> Int in
       // The first turn: after it the loop goes to sleep and stops at `phase`.
-      armed.store(true, ordering: .sequentiallyConsistent)
-      Task { @Sendable in await probe.touch() }
+      Task { @Sendable in
+        await probe.touch { completed.add(1, ordering: .sequentiallyConsistent) }
+      }
       for iteration in 0..<iterations {
-        reached.wait()
+        if reached.wait(timeout: .now() + 120) == .timedOut { return iterations - iteration }
         // The loop is held, with an empty inbox. Enqueue one job, and arm the
         // hook for the loop's next way to sleep, after it has run the job.
         let before = context.foreignEnqueues.load(ordering: .sequentiallyConsistent)
-        armed.store(iteration < iterations - 1, ordering: .sequentiallyConsistent)
+        target.store(iteration < iterations - 1 ? iteration + 2 : 0, ordering: .sequentiallyConsistent)
         let ran = DispatchSemaphore(value: 0)
-        Task { @Sendable in await probe.touch(signalling: ran) }
+        Task { @Sendable in
+          await probe.touch {
+            completed.add(1, ordering: .sequentiallyConsistent)
+            ran.signal()
+          }
+        }
         // The job is in the inbox and the enqueuer has swapped the state.
         while context.foreignEnqueues.load(ordering: .sequentiallyConsistent) == before {
           sched_yield()
@@ -179,7 +193,7 @@ struct IOContextTests {
         // measures only the loop, which signals from its own thread.)
         if ran.wait(timeout: .now() + 120) == .timedOut {
           // Lost: release the hook for good so that the context can end.
-          armed.store(false, ordering: .sequentiallyConsistent)
+          target.store(0, ordering: .sequentiallyConsistent)
           proceed.signal()
           return iterations - iteration
         }
