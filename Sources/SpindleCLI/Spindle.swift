@@ -36,7 +36,13 @@ public enum Spindle {
     pthread_sigmask(SIG_SETMASK, nil, &startupSignalMask)
   }
 
+  /// The arguments the process was started with, when it runs as the
+  /// `spindle` executable (``main(_:)``); nil for commands run in-process.
+  /// `serve --fork` starts the daemon by running them again.
+  nonisolated(unsafe) static var processArguments: [String]?
+
   public static func main(_ arguments: [String]) async -> Int32 {
+    processArguments = arguments
     // Like QEMU's tools: a closed pipe makes writes fail instead of killing us.
     signal(SIGPIPE, SIG_IGN)
     return await run(arguments, console: .standardStreams(), input: StandardInput())

@@ -158,7 +158,7 @@ struct NBDClientHandshake {
 
   /// QEMU's `nbd_handle_reply_err`: UNSUP is "not supported" (false), every
   /// other error throws with QEMU's text and the server's message as a hint.
-  private static func checkError(_ header: NBDOptionReplyHeader, _ payload: ByteBuffer) throws
+  static func checkError(_ header: NBDOptionReplyHeader, _ payload: ByteBuffer) throws
     -> Bool
   {
     guard header.isError else { return true }

@@ -4,13 +4,12 @@ import NBD
 /// `spindle serve` / a link named `qemu-nbd`: qemu-nbd 7.2's command line,
 /// serving one image over NBD through the engine.
 ///
-/// Implemented: -k/--socket, -p/--port, -b/--bind, -x/--export-name,
-/// -D/--description, -f/--format, -r/--read-only, -t/--persistent,
-/// -e/--shared, -o/--offset, -A/--allocation-depth, -B/--bitmap, -l/--load-snapshot, -s/--snapshot,
-/// -n/--nocache, --cache, --aio, --discard, --detect-zeroes, --image-opts,
-/// --pid-file, -h, -V, socket activation (LISTEN_PID/LISTEN_FDS), and QEMU
-/// 9.1's --handshake-limit. Every other qemu-nbd option is refused with "not
-/// supported by Spindle yet".
+/// Every qemu-nbd 7.2 option but TLS (--tls-creds, --tls-authz,
+/// --tls-hostname: "not supported by Spindle yet"), socket activation
+/// (LISTEN_PID/LISTEN_FDS), and QEMU 9.1's --handshake-limit. -L lists another
+/// server's exports (``ServeList``), --fork serves from a daemon
+/// (``ServeDaemon``); -c and -d reach the kernel's NBD devices only as far as
+/// their errors (``ServeDevice``).
 @BlockActor
 enum ServeCommand {
   static let longOptions: [Getopt.LongOption] = [
@@ -34,22 +33,88 @@ enum ServeCommand {
 
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
   static let unsupported: [String: String] = [
-    "c": "-c/--connect", "d": "-d/--disconnect", "L": "-L/--list",
-    "v": "-v/--verbose", "object": "--object",
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
-    "T": "-T/--trace", "fork": "--fork",
-    "selinux-label": "--selinux-label",
   ]
 
   /// Runs qemu-nbd with `arguments` (the first is the name it was invoked by).
   static func run(arguments: [String], console: Console) async -> Int32 {
     let reporter = Reporter(console: console, programName: "qemu-nbd")
+    // A daemon started by --fork learns so (and its parent's socket
+    // activation) from its environment, before anything is printed.
+    let daemonActivation = ServeDaemon.adopt()
     guard let options = parse(arguments, reporter: reporter, console: console) else {
       return 1
     }
     if case .exit(let status) = options { return status }
-    guard case .serve(let options) = options else { return 1 }
-    return await ServeRunner(options: options, reporter: reporter).run()
+    guard case .serve(var options) = options else { return 1 }
+    let invokedAs = arguments.first ?? "qemu-nbd"
+    // qemu-nbd's checks after option parsing, in its order.
+    if options.list {
+      if !options.operands.isEmpty {
+        reporter.error("List mode is incompatible with a file name")
+        return 1
+      }
+      if options.deviceSettingsGiven {
+        reporter.error("List mode is incompatible with per-device settings")
+        return 1
+      }
+      if options.fork {
+        reporter.error("List mode is incompatible with forking")
+        return 1
+      }
+    } else if options.operands.count != 1 {
+      reporter.error("Invalid number of arguments")
+      console.writeError("Try `\(invokedAs) --help' for more information.\n")
+      return 1
+    } else {
+      options.filename = options.operands[0]
+    }
+    if let path = options.traceLogFile, !openTraceLog(path, reporter: reporter) { return 1 }
+    let activated = daemonActivation ?? socketActivationCount()
+    if activated > 0, let problem = activationConflict(options) {
+      reporter.error(problem)
+      return 1
+    }
+    if activated > 1 {
+      reporter.error("qemu-nbd does not support socket activation with LISTEN_FDS > 1")
+      return 1
+    }
+    if options.selinuxLabel != nil && options.socketPath == nil && options.device == nil {
+      reporter.error("--selinux-label is not permitted without --socket")
+      return 1
+    }
+    if options.list {
+      let address: NBDServerAddress =
+        options.socketPath.map { .unix(path: $0) }
+        ?? .inet(host: options.bindAddress ?? "0.0.0.0", port: options.port ?? "10809")
+      return await ServeList.run(address, reporter: reporter)
+    }
+    if options.disconnect {
+      return ServeDevice.disconnect(options.filename, reporter: reporter)
+    }
+    if options.fork && daemonActivation == nil {
+      return ServeDaemon.spawnAndWait(activated: activated, reporter: reporter)
+    }
+    if let device = options.device, options.socketPath == nil {
+      options.socketPath = "/var/lock/qemu-nbd-" + ServeDevice.baseName(device)
+    }
+    return await ServeRunner(options: options, reporter: reporter, activated: activated).run()
+  }
+
+  /// qemu-nbd's `socket_activation_validate_opts`: what cannot go with
+  /// socket activation, or nil.
+  private static func activationConflict(_ options: ServeOptions) -> String? {
+    if options.device != nil { return "NBD device can't be set when using socket activation" }
+    if options.socketPath != nil { return "Unix socket can't be set when using socket activation" }
+    if options.bindAddress != nil {
+      return "The interface can't be set when using socket activation"
+    }
+    if options.port != nil { return "TCP port number can't be set when using socket activation" }
+    if options.selinuxLabel != nil {
+      return "SELinux label can't be set when using socket activation"
+    }
+    if options.list { return "List mode is incompatible with socket activation" }
+    return nil
   }
 
   enum Parsed {
@@ -69,6 +134,8 @@ enum ServeCommand {
       options: "hVb:o:p:rsnc:dvk:e:f:tl:x:T:D:AB:L", longOptions: longOptions
     ) { console.writeError($0) }
     var cacheGiven = false
+    var aioGiven = false
+    var discardGiven = false
     while let result = parser.next() {
       guard case .option(let key) = result else {
         reporter.error(tryHelp)
@@ -86,6 +153,28 @@ enum ServeCommand {
       case "V":
         console.write("qemu-nbd 7.2.0 (spindle \(Spindle.version))\nWritten by Anthony Liguori.\n")
         return .exit(0)
+      case "L": options.list = true
+      case "fork": options.fork = true
+      case "v": options.verbose = true
+      case "c":
+        options.device = argument
+        options.deviceSettingsGiven = true
+      case "d":
+        options.disconnect = true
+        options.deviceSettingsGiven = true
+      case "selinux-label": options.selinuxLabel = argument
+      case "T":
+        guard let request = parseTraceOption(argument, reporter: reporter, recognizesHelp: true)
+        else { return nil }
+        // Spindle has no trace events: the list is empty.
+        if request.wantsHelp { return .exit(0) }
+        if let file = request.logFile { options.traceLogFile = file }
+      case "object":
+        do {
+          try options.objects.add(argument, reporter: reporter, console: console)
+        } catch {
+          return .exit(error.status)
+        }
       case "b": options.bindAddress = argument
       case "p": options.port = argument
       case "k":
@@ -101,8 +190,13 @@ enum ServeCommand {
           return nil
         }
         options.offset = offset
-      case "A": options.allocationDepth = true
-      case "B": options.bitmaps.insert(argument, at: 0)  // qemu-nbd prepends
+        if offset != 0 { options.deviceSettingsGiven = true }
+      case "A":
+        options.allocationDepth = true
+        options.deviceSettingsGiven = true
+      case "B":
+        options.bitmaps.insert(argument, at: 0)  // qemu-nbd prepends
+        options.deviceSettingsGiven = true
       case "s": options.temporaryOverlay = true
       case "l":
         guard
@@ -111,12 +205,15 @@ enum ServeCommand {
         else { return nil }
         options.snapshot = snapshot
         options.readOnly = true  // -l implies -r
+        // Only the plain form counts for -L (QEMU's `sn_id_or_name`).
+        if snapshot.isPlainName { options.deviceSettingsGiven = true }
       case "n", "cache":
         if cacheGiven {
           reporter.error("-n and --cache can only be specified once")
           return nil
         }
         cacheGiven = true
+        options.deviceSettingsGiven = true
         let text = key == "n" ? "none" : argument
         guard let mode = parseCacheMode(text) else {
           reporter.error("Invalid cache mode `\(argument)'")
@@ -124,12 +221,24 @@ enum ServeCommand {
         }
         options.cache = mode
       case "aio":
+        if aioGiven {
+          reporter.error("--aio can only be specified once")
+          return nil
+        }
+        aioGiven = true
+        options.deviceSettingsGiven = true
         guard isValidAIOMode(argument) else {
           reporter.error("Invalid aio mode '\(argument)'")
           return nil
         }
         options.aio = argument
       case "discard":
+        if discardGiven {
+          reporter.error("--discard can only be specified once")
+          return nil
+        }
+        discardGiven = true
+        options.deviceSettingsGiven = true
         guard let mode = parseDiscardMode(argument) else {
           reporter.error("Invalid discard mode `\(argument)'")
           return nil
@@ -154,7 +263,9 @@ enum ServeCommand {
           return nil
         }
         options.shared = shared
-      case "f": options.format = argument
+      case "f":
+        options.format = argument
+        options.deviceSettingsGiven = true
       case "t": options.persistent = true
       case "x":
         guard argument.utf8.count <= 4096 else {
@@ -162,12 +273,14 @@ enum ServeCommand {
           return nil
         }
         options.exportName = argument
+        options.deviceSettingsGiven = true
       case "D":
         guard argument.utf8.count <= 4096 else {
           reporter.error("export description '\(argument)' too long")
           return nil
         }
         options.description = argument
+        options.deviceSettingsGiven = true
       case "image-opts": options.imageOpts = true
       case "pid-file": options.pidFile = argument
       case "handshake-limit":
@@ -182,17 +295,7 @@ enum ServeCommand {
         return nil
       }
     }
-    let operands = parser.operands
-    guard operands.count == 1 else {
-      reporter.error("Invalid number of arguments")
-      console.writeError(tryHelp + "\n")
-      return nil
-    }
-    options.filename = operands.first!
-    if options.imageOpts && options.format != nil {
-      reporter.error("--image-opts and -f are mutually exclusive")
-      return nil
-    }
+    options.operands = Array(parser.operands)
     return .serve(options)
   }
 

@@ -1,12 +1,11 @@
-/// `qemu-nbd --help`, for the options Spindle implements.
+/// `qemu-nbd --help`: qemu-nbd 7.2's text for the options Spindle implements
+/// (TLS aside), with Spindle's notes at the end.
 enum ServeHelp {
   static let text = """
     Usage: qemu-nbd [OPTIONS] FILE
-      or:  qemu-nbd [OPTIONS] --socket=PATH FILE
-
+      or:  qemu-nbd -L [OPTIONS]
     Exports a QEMU disk image using the NBD protocol (Spindle's engine).
 
-    General purpose options:
       -h, --help                display this help and exit
       -V, --version             output version information and exit
 
@@ -17,12 +16,41 @@ enum ServeHelp {
                                 (default '/var/lock/qemu-nbd-DEVICE')
       -e, --shared=NUM          device can be shared by NUM clients (default '1')
       -t, --persistent          don't exit on the last connection
+      -v, --verbose             display extra debugging information
       -x, --export-name=NAME    expose export by name (default is empty string)
       -D, --description=TEXT    export a human-readable description
+
+    Exposing part of the image:
+      -o, --offset=OFFSET       offset into the image
+      -A, --allocation-depth    expose the allocation depth
+      -B, --bitmap=NAME         expose a persistent dirty bitmap
+
+    General purpose options:
+      -L, --list                list exports available from another NBD server
+      --object type,id=ID,...   define an object such as 'secret' for providing
+                                passwords and/or encryption keys
+      -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]
+                                specify tracing options
+      --fork                    fork off the server process and exit the parent
+                                once the server is running
+      --pid-file=PATH           store the server's process ID in the given file
+      --selinux-label=LABEL     set SELinux process label on listening socket
+
+    Kernel NBD client support:
+      -c, --connect=DEV         connect FILE to the local NBD device DEV
+      -d, --disconnect          disconnect the specified device
 
     Block device options:
       -f, --format=FORMAT       set image format (raw, qcow2, ...)
       -r, --read-only           export read-only
+      -s, --snapshot            use FILE as an external snapshot, create a temporary
+                                file with backing_file=FILE, redirect the write to
+                                the temporary one
+      -l, --load-snapshot=SNAPSHOT_PARAM
+                                load an internal snapshot inside FILE and export it
+                                as an read-only device, SNAPSHOT_PARAM format is
+                                'snapshot.id=[ID],snapshot.name=[NAME]', or
+                                '[ID_OR_NAME]'
       -n, --nocache             disable host cache
           --cache=MODE          set cache mode used to access the disk image, the
                                 valid options are: 'none', 'writeback' (default),
@@ -33,9 +61,9 @@ enum ServeHelp {
           --image-opts          treat FILE as a full set of image options
 
     Socket activation (LISTEN_PID/LISTEN_FDS, fd 3) is supported.
-    Not supported by Spindle yet: -o, -A, -B, -L, -s, -l, -c, -d, -v, -T,
-    --object, --tls-creds, --tls-authz, --tls-hostname, --fork, --pid-file,
-    --selinux-label.
+    Spindle has no trace events (-T enables none). -c and -d do not drive
+    kernel NBD devices. Not supported by Spindle yet: --tls-creds,
+    --tls-authz, --tls-hostname.
 
     """
 }

@@ -5,7 +5,7 @@ import BlockCore
 #endif
 
 /// What `qemu-nbd`'s command line asked for (qemu-nbd 7.2's options that
-/// Spindle implements; the others are refused by ``ServeCommand``).
+/// Spindle implements; TLS is refused by ``ServeCommand``).
 struct ServeOptions {
   var socketPath: String?
   var port: String?
@@ -38,6 +38,27 @@ struct ServeOptions {
   /// --pid-file: where the server's pid goes once it serves.
   var pidFile: String?
   var filename = ""
+  /// -L: list another server's exports instead of serving.
+  var list = false
+  /// --fork: serve from a daemon, the command returning once it serves.
+  var fork = false
+  /// -v: accepted; qemu-nbd 7.2 prints nothing more without a kernel device.
+  var verbose = false
+  /// -T file=: the trace log to create.
+  var traceLogFile: String?
+  /// --selinux-label: the SELinux context for the listening socket.
+  var selinuxLabel: String?
+  /// -c: the kernel NBD device to connect.
+  var device: String?
+  /// -d: disconnect the kernel NBD device named by the operand.
+  var disconnect = false
+  /// Whether an option that -L refuses as a per-device setting was given
+  /// (-x, -D, -o N, -c, -d, -f, -l NAME, -B, -A, --aio, --discard, --cache, -n).
+  var deviceSettingsGiven = false
+  /// --object: the objects defined (secrets).
+  var objects = ObjectRegistry()
+  /// The operands (FILE, or the device of -d).
+  var operands: [String] = []
 }
 
 /// Systemd socket activation (QEMU's `check_socket_activation`): the number

@@ -8,26 +8,16 @@ import NBD
 struct ServeRunner {
   let options: ServeOptions
   let reporter: Reporter
+  /// How many sockets socket activation passed (0 or 1, checked by
+  /// ``ServeCommand``).
+  let activated: Int
 
   func run() async -> Int32 {
-    let activated = socketActivationCount()
-    if activated > 1 {
-      reporter.error("qemu-nbd does not support socket activation with LISTEN_FDS > 1")
+    if activated == 0, let label = options.selinuxLabel,
+      let problem = ServeSELinux.applyLabel(label)
+    {
+      reporter.error(problem)
       return 1
-    }
-    if activated == 1 {
-      if options.socketPath != nil {
-        reporter.error("Unix socket can't be set when using socket activation")
-        return 1
-      }
-      if options.bindAddress != nil {
-        reporter.error("TCP address can't be set when using socket activation")
-        return 1
-      }
-      if options.port != nil {
-        reporter.error("TCP port number can't be set when using socket activation")
-        return 1
-      }
     }
     let console = reporter.console
     let reporter = reporter
@@ -102,7 +92,17 @@ struct ServeRunner {
       await server.stop()
       return 1
     }
+    if let device = options.device {
+      // qemu-nbd's client thread fails to attach the device; it then ends
+      // the server with SIGTERM and exits 1.
+      reporter.error(ServeDevice.connectFailure(device))
+      await backend.close()
+      await server.stop()
+      return 1
+    }
     console.flush()
+    // A --fork daemon now serves: its parent may return.
+    ServeDaemon.ready()
     await server.run(backend: backend, export: export, bitmaps: bitmaps)
     await backend.close()
     return 0
@@ -156,6 +156,10 @@ struct ServeRunner {
 
   /// `blk_new_open` with qemu-nbd's flags and its error message.
   private func open() async -> BlockBackend? {
+    if options.imageOpts && options.format != nil {
+      reporter.error("--image-opts and -f are mutually exclusive")
+      return nil
+    }
     var spec = ImageSpec()
     spec.format = options.format
     spec.node.readOnly = options.readOnly
