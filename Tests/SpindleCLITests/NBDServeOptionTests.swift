@@ -6,7 +6,7 @@ import Testing
 /// and exit codes for bad options, and a clear refusal of the options Spindle
 /// does not implement yet.
 @Suite(
-  .requires("qemu-nbd", "qemu-img"),
+  .requires("qemu-nbd", "qemu-img", "nbdinfo"),
   .enabled(if: SpindleExecutable.path != nil, "the spindle executable was not built"))
 struct NBDServeOptionTests {
   static let cases: [[String]] = [
@@ -19,6 +19,27 @@ struct NBDServeOptionTests {
     ["-f", "qcow2", "-k", "DIR/nodir/s.sock", "IMG"],
     ["-f", "qcow2", "-k", "DIR/s.sock", "DIR/missing"],
     ["-f", "qcow2", "-k", "DIR/s.sock", "IMG"],
+    // -L's conflicts, and options given twice.
+    ["-L", "IMG"], ["-L", "-x", "a"], ["-L", "-A"], ["-L", "--cache=none"], ["-L", "--fork"],
+    ["-L", "-c", "/dev/nbd0"], ["--aio=threads", "--aio=threads", "IMG"],
+    ["--discard=unmap", "--discard=unmap", "IMG"],
+    // --selinux-label (Debian's qemu-nbd has SELinux; this kernel does not).
+    ["--selinux-label=x", "IMG"], ["--selinux-label=x", "-k", "DIR/s.sock", "IMG"],
+    // -T: Spindle knows no trace events, as qemu-nbd knows no such name.
+    ["-T", "foo=bar", "IMG"], ["-T", "nbd_*,nbd_*", "IMG"],
+    ["-T", "bogus_event", "-L", "-k", "DIR/none.sock"],
+    ["-T", "events=DIR/nonexistent", "IMG"],
+    ["-T", "file=DIR/nodir/x", "-L", "-k", "DIR/none.sock"],
+    ["-T", "file=DIR/t.log", "IMG", "IMG"],
+    // --object: secrets are defined, other types refused as qemu-nbd does.
+    ["--object", "secret,id=s", "IMG"], ["--object", "bogus,id=x", "IMG"],
+    ["--object", "secret,id=s,data=x", "--object", "secret,id=s,data=y", "IMG"],
+    // -c/-d: no /dev/nbd0 here; a regular file fails the first ioctl.
+    ["-c", "/dev/nbd0", "-k", "DIR/s.sock", "IMG"],
+    ["-v", "-c", "/dev/nbd0", "-k", "DIR/s.sock", "IMG"],
+    ["-c", "IMG", "-k", "DIR/s.sock", "IMG"],
+    ["-c", "/dev/nbd0", "-k", "DIR/s.sock", "DIR/missing"],
+    ["-d", "/dev/nbd0"], ["-d"], ["-d", "DIR"],
   ]
 
   @Test(arguments: cases)
@@ -53,16 +74,47 @@ struct NBDServeOptionTests {
   }
 
   @Test(arguments: [
-    (["-L"], "-L/--list"), (["--fork"], "--fork"),
-    (["--tls-creds", "t"], "--tls-creds"), (["--object", "secret,id=s,data=x"], "--object"),
-    (["-c", "/dev/nbd0"], "-c/--connect"),
+    (["--tls-creds", "t"], "--tls-creds is not supported by Spindle yet"),
+    (["--tls-authz", "a"], "--tls-authz is not supported by Spindle yet"),
+    (["--tls-hostname", "h"], "--tls-hostname is not supported by Spindle yet"),
+    (
+      ["--object", "tls-creds-psk,id=t,dir=/x"],
+      "Object type 'tls-creds-psk' is not supported by Spindle yet"
+    ),
   ])
-  func unimplementedOptionsAreRefused(_ options: [String], _ name: String) async throws {
+  func unimplementedOptionsAreRefused(_ options: [String], _ message: String) async throws {
     let result = await runSpindle(["spindle", "serve"] + options + ["x.raw"])
-    #expect(
-      result
-        == ToolResult(
-          status: 1, output: "", error: "qemu-nbd: \(name) is not supported by Spindle yet\n"))
+    #expect(result == ToolResult(status: 1, output: "", error: "qemu-nbd: \(message)\n"))
+  }
+
+  /// Successful ends without serving: `-d` on what is not an NBD device
+  /// (QEMU's ioctls fail and are ignored), `-T help` (the list of trace
+  /// events, which Spindle does not have: only the status is compared).
+  @Test(arguments: [(["-d", "IMG"], true), (["-T", "help", "IMG"], false)])
+  func endsWithoutServing(_ template: [String], _ sameOutput: Bool) async throws {
+    let fixture = try ImageFixture()
+    let image = try fixture.makeImage("a.raw")
+    let arguments = template.map { $0 == "IMG" ? image : $0 }
+    let qemu = try await runNBDClient("qemu-nbd", arguments)
+    let spindle = try await ChildProcess.run(
+      "/usr/bin/timeout", ["-k", "10", "120", SpindleExecutable.path!, "serve"] + arguments)
+    #expect(qemu.status == 0 && qemu.error.isEmpty, "\(qemu)")
+    #expect(spindle.termination.status == 0 && !spindle.termination.signaled)
+    #expect(spindle.error == qemu.error)
+    if sameOutput { #expect(spindle.output == qemu.output) }
+  }
+
+  /// -v prints nothing more while serving without a kernel device (the
+  /// server started by nbdinfo on a socket-activation descriptor, its
+  /// standard error nbdinfo's).
+  @Test func verboseServingPrintsNothing() async throws {
+    let fixture = try ImageFixture()
+    let image = try fixture.makeImage("a.raw")
+    for server in NBDServer.allCases {
+      let size = try await runNBDClient(
+        "nbdinfo", ["--size"] + server.activated(["-v", "-f", "raw", image]))
+      #expect(size == ToolResult(status: 0, output: "1048576\n", error: ""), "\(server)")
+    }
   }
 
   @Test func helpAndVersion() async throws {
