@@ -104,6 +104,34 @@ struct NBDServeOptionTests {
     if sameOutput { #expect(spindle.output == qemu.output) }
   }
 
+  /// What cannot go with socket activation, in qemu-nbd's order and words
+  /// (the check precedes any use of fd 3, here /dev/null).
+  @Test(arguments: [
+    ["-b", "x", "IMG"], ["-c", "/dev/nbd0", "-k", "DIR/s.sock", "IMG"], ["-L"],
+    ["--selinux-label=x", "IMG"], ["-p", "1", "IMG"], ["-k", "DIR/s.sock", "-p", "1", "IMG"],
+  ])
+  func socketActivationConflicts(_ template: [String]) async throws {
+    let fixture = try ImageFixture()
+    let image = try fixture.makeImage("a.raw")
+    let arguments = template.map {
+      $0 == "IMG" ? image : $0.replacingOccurrences(of: "DIR", with: fixture.directory.path)
+    }
+    var results: [ToolResult] = []
+    for server in NBDServer.allCases {
+      let result = try await ChildProcess.run(
+        "/usr/bin/timeout",
+        [
+          "-k", "10", "120", "/bin/sh", "-c",
+          "exec 3</dev/null; exec /usr/bin/env LISTEN_PID=$$ LISTEN_FDS=1 \"$@\"", "sh",
+        ] + server.command + arguments)
+      results.append(
+        ToolResult(status: result.termination.status, output: result.output, error: result.error))
+    }
+    #expect(
+      results[1].status == 1 && results[1].error.contains("socket activation"), "\(results[1])")
+    #expect(results[0] == results[1])
+  }
+
   /// -v prints nothing more while serving without a kernel device (the
   /// server started by nbdinfo on a socket-activation descriptor, its
   /// standard error nbdinfo's).
