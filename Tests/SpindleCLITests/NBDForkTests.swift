@@ -64,8 +64,10 @@ struct NBDForkTests {
     for server in NBDServer.allCases {
       let image = try await Self.makeImage(fixture, "\(server).qcow2")
       let socket = fixture.path("\(server).sock")
+      // A warning printed before forking does not fail the command.
       let forked = try await Self.fork(
-        server, ["-k", socket, "-f", "qcow2", image], pidFile: fixture.path("\(server).pid"))
+        server, ["-T", "bogus_event", "-k", socket, "-f", "qcow2", image],
+        pidFile: fixture.path("\(server).pid"))
       #expect(forked.parent.status == 0 && !forked.parent.signaled, "\(server)")
       // Ready means listening: no waiting for the socket.
       let probe = try NBDSocket(path: socket)
@@ -73,8 +75,12 @@ struct NBDForkTests {
       let size = try await runNBDClient("nbdinfo", ["--size", "nbd+unix:///?socket=\(socket)"])
       #expect(size == ToolResult(status: 0, output: "1048576\n", error: ""), "\(server)")
       // Not persistent: the daemon ends with nbdinfo's connection.
-      #expect(await forked.errorUntilExit() == "", "\(server)")
-      #expect(!FileManager.default.fileExists(atPath: socket), "\(server)")
+      #expect(
+        await forked.errorUntilExit()
+          == "qemu-nbd: warning: trace event 'bogus_event' does not exist\n", "\(server)")
+      // (qemu-nbd closes its standard error, the trace log, before it
+      // unlinks the socket: only Spindle's is known gone by now.)
+      if server == .spindle { #expect(!FileManager.default.fileExists(atPath: socket)) }
     }
   }
 
@@ -93,7 +99,34 @@ struct NBDForkTests {
       }
       kill(forked.daemon, SIGTERM)
       #expect(await forked.errorUntilExit() == "", "\(server)")
-      #expect(!FileManager.default.fileExists(atPath: socket), "\(server)")
+      // (qemu-nbd closes its standard error, the trace log, before it
+      // unlinks the socket: only Spindle's is known gone by now.)
+      if server == .spindle { #expect(!FileManager.default.fileExists(atPath: socket)) }
+    }
+  }
+
+  /// libnbd's `[ CMD ]` starts the server with a listening socket on fd 3
+  /// (LISTEN_PID names the command): the daemon serves that socket. The
+  /// daemon holds nbdinfo's standard error, so the run ends when it exits
+  /// (killed by its pid file if that takes more than 60 s).
+  @Test func socketActivatedDaemon() async throws {
+    let fixture = try ImageFixture()
+    let image = try fixture.makeImage("a.raw")
+    for server in NBDServer.allCases {
+      let pidFile = fixture.path("\(server).pid")
+      let watchdog = Task {
+        try await Task.sleep(for: .seconds(60))
+        if let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
+          let pid = pid_t(text.dropLast())
+        {
+          kill(pid, SIGKILL)
+        }
+      }
+      let size = try await runNBDClient(
+        "nbdinfo",
+        ["--size"] + server.activated(["--fork", "--pid-file=\(pidFile)", "-f", "raw", image]))
+      watchdog.cancel()
+      #expect(size == ToolResult(status: 0, output: "1048576\n", error: ""), "\(server)")
     }
   }
 

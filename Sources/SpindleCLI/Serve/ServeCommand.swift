@@ -42,7 +42,11 @@ enum ServeCommand {
     // A daemon started by --fork learns so (and its parent's socket
     // activation) from its environment, before anything is printed.
     let daemonActivation = ServeDaemon.adopt()
-    guard let options = parse(arguments, reporter: reporter, console: console) else {
+    // The daemon parses the command line its parent has checked and
+    // reported on (warnings included): it prints nothing of it again.
+    let parseConsole = daemonActivation == nil ? console : Console.capture()
+    let parseReporter = Reporter(console: parseConsole, programName: "qemu-nbd")
+    guard let options = parse(arguments, reporter: parseReporter, console: parseConsole) else {
       return 1
     }
     if case .exit(let status) = options { return status }
