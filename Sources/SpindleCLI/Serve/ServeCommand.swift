@@ -36,97 +36,15 @@ enum ServeCommand {
     "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
   ]
 
-  /// Runs qemu-nbd with `arguments` (the first is the name it was invoked by).
-  static func run(arguments: [String], console: Console) async -> Int32 {
-    let reporter = Reporter(console: console, programName: "qemu-nbd")
-    // A daemon started by --fork learns so (and its parent's socket
-    // activation) from its environment, before anything is printed.
-    let daemonActivation = ServeDaemon.adopt()
-    // The daemon parses the command line its parent has checked and
-    // reported on (warnings included): it prints nothing of it again.
-    let parseConsole = daemonActivation == nil ? console : Console.capture()
-    let parseReporter = Reporter(console: parseConsole, programName: "qemu-nbd")
-    guard let options = parse(arguments, reporter: parseReporter, console: parseConsole) else {
-      return 1
-    }
-    if case .exit(let status) = options { return status }
-    guard case .serve(var options) = options else { return 1 }
-    let invokedAs = arguments.first ?? "qemu-nbd"
-    // qemu-nbd's checks after option parsing, in its order.
-    if options.list {
-      if !options.operands.isEmpty {
-        reporter.error("List mode is incompatible with a file name")
-        return 1
-      }
-      if options.deviceSettingsGiven {
-        reporter.error("List mode is incompatible with per-device settings")
-        return 1
-      }
-      if options.fork {
-        reporter.error("List mode is incompatible with forking")
-        return 1
-      }
-    } else if options.operands.count != 1 {
-      reporter.error("Invalid number of arguments")
-      console.writeError("Try `\(invokedAs) --help' for more information.\n")
-      return 1
-    } else {
-      options.filename = options.operands[0]
-    }
-    if let path = options.traceLogFile, !openTraceLog(path, reporter: reporter) { return 1 }
-    let activated = daemonActivation ?? socketActivationCount()
-    if activated > 0, let problem = activationConflict(options) {
-      reporter.error(problem)
-      return 1
-    }
-    if activated > 1 {
-      reporter.error("qemu-nbd does not support socket activation with LISTEN_FDS > 1")
-      return 1
-    }
-    if options.selinuxLabel != nil && options.socketPath == nil && options.device == nil {
-      reporter.error("--selinux-label is not permitted without --socket")
-      return 1
-    }
-    if options.list {
-      let address: NBDServerAddress =
-        options.socketPath.map { .unix(path: $0) }
-        ?? .inet(host: options.bindAddress ?? "0.0.0.0", port: options.port ?? "10809")
-      return await ServeList.run(address, reporter: reporter)
-    }
-    if options.disconnect {
-      return ServeDevice.disconnect(options.filename, reporter: reporter)
-    }
-    if options.fork && daemonActivation == nil {
-      return ServeDaemon.spawnAndWait(activated: activated, reporter: reporter)
-    }
-    if let device = options.device, options.socketPath == nil {
-      options.socketPath = "/var/lock/qemu-nbd-" + ServeDevice.baseName(device)
-    }
-    return await ServeRunner(options: options, reporter: reporter, activated: activated).run()
-  }
-
-  /// qemu-nbd's `socket_activation_validate_opts`: what cannot go with
-  /// socket activation, or nil.
-  private static func activationConflict(_ options: ServeOptions) -> String? {
-    if options.device != nil { return "NBD device can't be set when using socket activation" }
-    if options.socketPath != nil { return "Unix socket can't be set when using socket activation" }
-    if options.bindAddress != nil {
-      return "The interface can't be set when using socket activation"
-    }
-    if options.port != nil { return "TCP port number can't be set when using socket activation" }
-    if options.selinuxLabel != nil {
-      return "SELinux label can't be set when using socket activation"
-    }
-    if options.list { return "List mode is incompatible with socket activation" }
-    return nil
-  }
-
+  /// What parsing decided: serve (or list, ...), or exit at once.
   enum Parsed {
     case serve(ServeOptions)
     case exit(Int32)
   }
 
-  private static func parse(_ arguments: [String], reporter: Reporter, console: Console)
+  /// The command line parsed, each option checked as qemu-nbd checks it
+  /// while parsing; nil after an error was reported.
+  static func parse(_ arguments: [String], reporter: Reporter, console: Console)
     -> Parsed?
   {
     var options = ServeOptions()
