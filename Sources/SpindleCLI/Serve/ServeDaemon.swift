@@ -76,6 +76,11 @@ enum ServeDaemon {
     for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
     // The caller's standard error, inherited by the daemon (no CLOEXEC).
     let saved = fcntl(2, F_DUPFD, 10)
+    guard saved >= 0 else {
+      reporter.error("Failed to fork: \(String(cString: strerror(errno)))")
+      for fd in fds { close(fd) }
+      return 1
+    }
     defer { close(saved) }
     let status = spawn(arguments, errorPipe: fds[1], saved: saved, activated: activated)
     close(fds[1])
