@@ -84,6 +84,27 @@ struct NBDForkTests {
     }
   }
 
+  /// qemu-nbd's rule, quirk included: anything the daemon prints before it
+  /// serves makes the command's status 1, even the probing warning of a raw
+  /// image that is then served.
+  @Test func probedRawWarningFailsTheCommandButServes() async throws {
+    let fixture = try ImageFixture()
+    var errors: [String] = []
+    for server in NBDServer.allCases {
+      let image = try fixture.makeImage("\(server).raw")
+      let socket = fixture.path("\(server).sock")
+      let forked = try await Self.fork(
+        server, ["-k", socket, image], pidFile: fixture.path("\(server).pid"))
+      #expect(forked.parent.status == 1 && !forked.parent.signaled, "\(server)")
+      let size = try await runNBDClient("nbdinfo", ["--size", "nbd+unix:///?socket=\(socket)"])
+      #expect(size == ToolResult(status: 0, output: "1048576\n", error: ""), "\(server)")
+      errors.append(
+        (await forked.errorUntilExit()).replacingOccurrences(of: image, with: "IMG"))
+    }
+    #expect(errors[0].hasPrefix("WARNING: Image format was not specified for 'IMG'"))
+    #expect(errors[0] == errors[1])
+  }
+
   @Test func persistentDaemonEndsOnSIGTERM() async throws {
     let fixture = try ImageFixture()
     for server in NBDServer.allCases {
