@@ -49,6 +49,8 @@ struct NBDForkTests {
     watchdog.cancel()
     let text = try String(contentsOfFile: pidFile, encoding: .utf8)
     let daemon = try #require(pid_t(text.dropLast()), "\(server): pid file '\(text)'")
+    // The daemon wrote it, not the command.
+    #expect(daemon != parent.pid, "\(server)")
     return Forked(parent: termination, daemon: daemon, error: try #require(parent.error))
   }
 
