@@ -11,6 +11,10 @@ import BlockDrivers
 /// block status with REQ_ONE from `base:allocation` (or the `x-dirty-bitmap`
 /// context, read as if it were `base:allocation`). Limits come from
 /// INFO_BLOCK_SIZE, the size and read-only state from the export.
+///
+/// Beyond QEMU 7.2: with extended headers (asked for unless the node's
+/// `x-extended-headers` is off), zero-writes, discards and block status
+/// take 64-bit lengths, so a range past 4 GiB is one request.
 @BlockActor
 public final class NBDClientDriver: BlockDriver {
   /// The node's options.
@@ -29,7 +33,8 @@ public final class NBDClientDriver: BlockDriver {
   /// (retrying for `open-timeout` seconds).
   public static func connect(_ config: NBDClientConfig) async throws -> NBDClientDriver {
     let handshake = NBDClientHandshake(
-      export: config.export, context: config.dirtyBitmap ?? NBDProtocol.baseAllocation)
+      export: config.export, context: config.dirtyBitmap ?? NBDProtocol.baseAllocation,
+      extendedHeaders: config.extendedHeaders)
     let connection = try await NBDReconnectingConnection.open(config, handshake: handshake)
     return NBDClientDriver(config: config, connection: connection)
   }
@@ -81,7 +86,8 @@ public final class NBDClientDriver: BlockDriver {
   /// QEMU's `nbd_refresh_limits`: the request alignment is the server's
   /// minimum block size (none sent: 1 when the size is not a multiple of
   /// 512 or block status is negotiated, else 512); transfers and zero-writes
-  /// are at most min(32 MiB, maximum block size).
+  /// are at most min(32 MiB, maximum block size). With extended headers
+  /// (as QEMU 9), zero-writes and discards have no 32-bit limit.
   public func refreshLimits(_ limits: inout BlockLimits, node: BlockNode) {
     var minimum = Int64(export.minimumBlock)
     let maximum = BlockLimits.minNonZero(
@@ -89,11 +95,20 @@ public final class NBDClientDriver: BlockDriver {
     if minimum == 0 && (export.size % 512 != 0 || export.contextID != nil) { minimum = 1 }
     let alignment = minimum == 0 ? 512 : minimum
     limits.requestAlignment = alignment
-    limits.maxPdiscard = Int64(Int32.max) / alignment * alignment
-    limits.maxPwriteZeroes = maximum
+    if export.extendedHeaders {
+      limits.maxPdiscard = Self.extendedLimit / alignment * alignment
+      limits.maxPwriteZeroes = Self.extendedLimit / alignment * alignment
+    } else {
+      limits.maxPdiscard = Int64(Int32.max) / alignment * alignment
+      limits.maxPwriteZeroes = maximum
+    }
     limits.maxTransfer = maximum
     limits.optTransfer = max(limits.optTransfer, Int64(export.preferredBlock))
   }
+
+  /// The longest zero-write, discard or block status asked in one request
+  /// once extended headers are negotiated (2^62: far past any export).
+  static let extendedLimit: Int64 = 1 << 62
 
   public func length(_ node: BlockNode) async throws -> Int64 { Int64(export.size) }
 
@@ -108,7 +123,7 @@ public final class NBDClientDriver: BlockDriver {
     guard inside > 0 else { return }
     _ = try await connection.perform {
       try await $0.request(
-        .read, offset: UInt64(offset), length: UInt32(inside),
+        .read, offset: UInt64(offset), length: UInt64(inside),
         into: inside == length ? iov : iov.slice(0, Int(inside)))
     }
   }
@@ -119,7 +134,7 @@ public final class NBDClientDriver: BlockDriver {
     _ = try await connection.perform {
       try await $0.request(
         .write, flags: flags.contains(.fua) ? .fua : [], offset: UInt64(offset),
-        length: UInt32(length), payload: iov)
+        length: UInt64(length), payload: iov)
     }
   }
 
@@ -133,14 +148,14 @@ public final class NBDClientDriver: BlockDriver {
     if flags.contains(.noFallback) { command.insert(.fastZero) }
     _ = try await connection.perform {
       try await $0.request(
-        .writeZeroes, flags: command, offset: UInt64(offset), length: UInt32(length))
+        .writeZeroes, flags: command, offset: UInt64(offset), length: UInt64(length))
     }
   }
 
   public func discard(_ node: BlockNode, offset: Int64, length: Int64) async throws {
     guard export.flags.contains(.sendTrim) else { return }
     _ = try await connection.perform {
-      try await $0.request(.trim, offset: UInt64(offset), length: UInt32(length))
+      try await $0.request(.trim, offset: UInt64(offset), length: UInt64(length))
     }
   }
 
@@ -164,10 +179,11 @@ public final class NBDClientDriver: BlockDriver {
       return BlockStatus(flags: .zero, count: length, mapOffset: 0, file: nil)
     }
     let alignment = node.limits.requestAlignment
-    let asked = min(length, size - offset, Int64(Int32.max) / alignment * alignment)
+    let cap = export.extendedHeaders ? Self.extendedLimit : Int64(Int32.max)
+    let asked = min(length, size - offset, cap / alignment * alignment)
     let answer = try await connection.perform {
       try await $0.request(
-        .blockStatus, flags: .reqOne, offset: UInt64(offset), length: UInt32(asked))
+        .blockStatus, flags: .reqOne, offset: UInt64(offset), length: UInt64(asked))
     }
     guard let extent = answer else { throw BlockError(.ioError) }
     var count = Int64(extent.length)
