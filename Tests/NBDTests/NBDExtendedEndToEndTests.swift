@@ -26,11 +26,14 @@ struct NBDExtendedEndToEndTests {
     let backend: BlockBackend
     private var task: Task<Void, Never>?
 
-    init(extendedHeaders: Bool) async throws {
-      directory = FileManager.default.temporaryDirectory.appendingPathComponent(
-        "nbdext-\(UUID().uuidString)")
-      try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-      socket = directory.appendingPathComponent("s.sock").path
+    /// A server in `directory` (a fresh folder when nil).
+    init(extendedHeaders: Bool, directory: URL? = nil) async throws {
+      self.directory =
+        directory
+        ?? FileManager.default.temporaryDirectory.appendingPathComponent(
+          "nbdext-\(UUID().uuidString)")
+      try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
+      socket = self.directory.appendingPathComponent("s.sock").path
       var capabilities = DriverCapabilities(kind: .protocolDriver)
       capabilities.hasBlockStatus = true
       capabilities.supportsBacking = true
@@ -49,11 +52,13 @@ struct NBDExtendedEndToEndTests {
       task = Task { [server, backend] in await server.run(backend: backend, export: export) }
     }
 
-    func stop() async {
+    /// Stops serving and waits until the server has ended; the folder goes
+    /// too unless `keepingFolder`.
+    func stop(keepingFolder: Bool = false) async {
       server.shutdown()
       await task?.value
       task = nil
-      try? FileManager.default.removeItem(at: directory)
+      if !keepingFolder { try? FileManager.default.removeItem(at: directory) }
     }
   }
 
@@ -66,11 +71,14 @@ struct NBDExtendedEndToEndTests {
     var negotiated: Bool { self == .on }
   }
 
-  private func open(_ server: Server, _ mode: Switch) async throws -> BlockNode {
+  private func open(_ server: Server, _ mode: Switch, reconnectDelay: Int = 0) async throws
+    -> BlockNode
+  {
     var context = OpenContext()
     context.node.discard = .unmap
     var options = DriverOptions()
     if mode == .clientOff { options["x-extended-headers"] = "off" }
+    if reconnectDelay > 0 { options["reconnect-delay"] = "\(reconnectDelay)" }
     return try await ImageOpener.open(
       filename: "nbd+unix:///?socket=\(server.socket)", format: "nbd", options: options,
       context: context)
@@ -173,5 +181,29 @@ struct NBDExtendedEndToEndTests {
     #expect(io == [.discard(offset: 4096, length: Self.size - 4096)])
     await connection.close()
     await server.stop()
+  }
+
+  @Test func reconnectToAServerWithoutExtendedHeadersSplitsAgain() async throws {
+    // The node's limits come from a first connection with extended headers;
+    // the server is then replaced by one without them: a 6 GiB zero-write
+    // (one piece by the node's limits) goes out in 32 MiB requests.
+    let first = try await Server(extendedHeaders: true)
+    let node = try await open(first, .on, reconnectDelay: 60)
+    #expect(node.limits.maxPwriteZeroes > Int64(UInt32.max))
+    try await node.write(at: 4 << 30, bytes: pattern(5, 4096))
+    await first.stop(keepingFolder: true)
+    let second = try await Server(extendedHeaders: false, directory: first.directory)
+    second.recording.memory.populate(at: 4 << 30, bytes: pattern(5, 4096))
+    try await node.writeZeroes(at: 0, count: 6 << 30)
+    let zeroes = second.recording.ioCalls.compactMap { call -> Int64? in
+      if case .writeZeroes(_, let length, _) = call { length } else { nil }
+    }
+    #expect(zeroes.count == 192)
+    #expect(zeroes.reduce(0, +) == 6 << 30)
+    let status = try await node.blockStatus(offset: 0, bytes: Self.size, wantZero: true)
+    #expect(status.count <= Int64(Int32.max))
+    #expect(try await node.read(at: 4 << 30, count: 4096) == [UInt8](repeating: 0, count: 4096))
+    await node.close()
+    await second.stop()
   }
 }

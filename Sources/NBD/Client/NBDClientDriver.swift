@@ -146,16 +146,40 @@ public final class NBDClientDriver: BlockDriver {
     if flags.contains(.fua) { command.insert(.fua) }
     if !flags.contains(.mayUnmap) { command.insert(.noHole) }
     if flags.contains(.noFallback) { command.insert(.fastZero) }
-    _ = try await connection.perform {
-      try await $0.request(
-        .writeZeroes, flags: command, offset: UInt64(offset), length: UInt64(length))
+    let compactPiece = Int64(NBDProtocol.maxBufferSize)
+    try await connection.perform { current in
+      try await Self.inPieces(current, offset, length, compactPiece) {
+        _ = try await current.request(.writeZeroes, flags: command, offset: $0, length: $1)
+      }
     }
   }
 
   public func discard(_ node: BlockNode, offset: Int64, length: Int64) async throws {
     guard export.flags.contains(.sendTrim) else { return }
-    _ = try await connection.perform {
-      try await $0.request(.trim, offset: UInt64(offset), length: UInt64(length))
+    let alignment = node.limits.requestAlignment
+    let compactPiece = Int64(Int32.max) / alignment * alignment
+    try await connection.perform { current in
+      try await Self.inPieces(current, offset, length, compactPiece) {
+        _ = try await current.request(.trim, offset: $0, length: $1)
+      }
+    }
+  }
+
+  /// Sends a zero-write or discard of `length` bytes as one request when
+  /// `connection` has extended headers, else in pieces of `compactPiece`
+  /// bytes (the node's limits keep requests that small unless the first
+  /// connection had extended headers and a reconnect landed on a server
+  /// without them).
+  private static func inPieces(
+    _ connection: NBDClientConnection, _ offset: Int64, _ length: Int64, _ compactPiece: Int64,
+    _ send: (_ offset: UInt64, _ length: UInt64) async throws -> Void
+  ) async throws {
+    let piece = connection.export.extendedHeaders ? length : compactPiece
+    var done: Int64 = 0
+    while done < length {
+      let count = min(piece, length - done)
+      try await send(UInt64(offset + done), UInt64(count))
+      done += count
     }
   }
 
@@ -179,10 +203,11 @@ public final class NBDClientDriver: BlockDriver {
       return BlockStatus(flags: .zero, count: length, mapOffset: 0, file: nil)
     }
     let alignment = node.limits.requestAlignment
-    let cap = export.extendedHeaders ? Self.extendedLimit : Int64(Int32.max)
-    let asked = min(length, size - offset, cap / alignment * alignment)
-    let answer = try await connection.perform {
-      try await $0.request(
+    let answer = try await connection.perform { current in
+      // The current connection's headers decide (a reconnect may change them).
+      let cap = current.export.extendedHeaders ? Self.extendedLimit : Int64(Int32.max)
+      let asked = min(length, size - offset, cap / alignment * alignment)
+      return try await current.request(
         .blockStatus, flags: .reqOne, offset: UInt64(offset), length: UInt64(asked))
     }
     guard let extent = answer else { throw BlockError(.ioError) }
