@@ -128,10 +128,7 @@ final class NBDConnection {
       bitmaps: negotiator.selectedBitmaps.map {
         (NBDProtocol.firstDirtyBitmapID + UInt32($0), bitmaps[$0])
       })
-    var negotiatedContexts = Set(
-      negotiator.selectedBitmaps.map { NBDProtocol.firstDirtyBitmapID + UInt32($0) })
-    if negotiator.baseAllocation { negotiatedContexts.insert(NBDProtocol.baseAllocationID) }
-    if negotiator.allocationDepth { negotiatedContexts.insert(NBDProtocol.allocationDepthID) }
+    let negotiatedContexts = handler.negotiatedContexts
     let headerSize = NBDRequest.size(extended: mode == .extended)
     await withTaskGroup(of: Void.self) { group in
       var inFlight = 0

@@ -198,7 +198,7 @@ struct NBDRequestHandler {
   }
 
   /// The ids of the contexts SET_META_CONTEXT selected.
-  private var negotiatedContexts: Set<UInt32> {
+  var negotiatedContexts: Set<UInt32> {
     var ids = Set(bitmaps.map(\.id))
     if baseAllocation { ids.insert(NBDProtocol.baseAllocationID) }
     if allocationDepth { ids.insert(NBDProtocol.allocationDepthID) }
