@@ -115,7 +115,10 @@ public struct NBDNegotiator: Sendable {
       return .reply(out)
     case .listMetaContext, .setMetaContext:
       return metaContext(option: option, payload: payload)
-    case .peekExport, .extendedHeaders, nil:
+    case .extendedHeaders:
+      // Switched off: qemu-nbd 7.2's answer, which does not know its name.
+      return error(.unsupported, "Unsupported option \(option) (<unknown>)")
+    case .peekExport, nil:
       return error(.unsupported, "Unsupported option \(option) (\(name))")
     }
   }
