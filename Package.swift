@@ -77,7 +77,8 @@ let package = Package(
     .testTarget(
       name: "NBDTests",
       dependencies: [
-        "NBD", "BlockCore", "BlockDrivers", .product(name: "NIOCore", package: "swift-nio"),
+        "NBD", "BlockCore", "BlockDrivers", "BlockTestSupport",
+        .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
       ]),
     .testTarget(

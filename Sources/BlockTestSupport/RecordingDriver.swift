@@ -49,12 +49,14 @@ public final class RecordingDriver: BlockDriver {
   /// Cluster size reported for copy-on-read.
   public var cluster: Int64?
 
-  /// Creates a recording driver over an in-memory disk of `size` bytes.
+  /// Creates a recording driver over an in-memory disk of `size` bytes,
+  /// stored in pages of `pageSize` bytes (zero-writes and discards visit
+  /// every page of their range: large disks want large pages).
   public init(
     size: Int64, capabilities: DriverCapabilities? = nil, limits: BlockLimits = BlockLimits(),
-    clusterSize: Int64? = nil
+    clusterSize: Int64? = nil, pageSize: Int64 = 4096
   ) {
-    memory = MemoryDriver(size: size, pageSize: 4096)
+    memory = MemoryDriver(size: size, pageSize: pageSize)
     var defaults = DriverCapabilities(kind: .protocolDriver)
     defaults.hasBlockStatus = true
     defaults.supportsBacking = true

@@ -10,17 +10,20 @@ final class NBDConnection {
   private let export: NBDExportInfo
   private let report: @BlockActor (String) -> Void
   private let handshakeLimit: Duration?
+  private let extendedHeaders: Bool
   /// The dirty bitmaps behind `export.bitmaps`, in the same order.
   private let bitmaps: [DirtyBitmap]
 
   init(
     backend: BlockBackend, export: NBDExportInfo, bitmaps: [DirtyBitmap],
-    handshakeLimit: Duration?, report: @escaping @BlockActor (String) -> Void
+    handshakeLimit: Duration?, extendedHeaders: Bool = true,
+    report: @escaping @BlockActor (String) -> Void
   ) {
     self.backend = backend
     self.export = export
     self.bitmaps = bitmaps
     self.handshakeLimit = handshakeLimit
+    self.extendedHeaders = extendedHeaders
     self.report = report
   }
 
@@ -57,7 +60,7 @@ final class NBDConnection {
   private func negotiate(
     _ reader: inout NBDInboundReader, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
   ) async throws -> NBDNegotiator? {
-    var negotiator = NBDNegotiator(export: export)
+    var negotiator = NBDNegotiator(export: export, offersExtendedHeaders: extendedHeaders)
     guard var flags = try await reader.read(4) else { return nil }
     if let problem = negotiator.receiveClientFlags(flags.readInteger(as: UInt32.self)!) {
       report("option negotiation failed: \(problem)")
@@ -95,10 +98,10 @@ final class NBDConnection {
   /// Handles one request and writes its whole reply at once (replies of
   /// requests in flight never interleave).
   private static func answer(
-    _ request: NBDRequest, payload: ByteBuffer?, _ handler: NBDRequestHandler,
-    _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    _ request: NBDRequest, payload: ByteBuffer?, contexts: Set<UInt32>?,
+    _ handler: NBDRequestHandler, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
   ) async {
-    let reply = await handler.handle(request, payload: payload)
+    let reply = await handler.handle(request, payload: payload, contexts: contexts)
     try? await outbound.write(reply)
   }
 
@@ -106,10 +109,10 @@ final class NBDConnection {
   /// that the task starts there rather than hopping through Swift's shared
   /// pool on its way to the engine.
   private nonisolated static func answering(
-    _ request: NBDRequest, payload: ByteBuffer?, _ handler: NBDRequestHandler,
-    _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    _ request: NBDRequest, payload: ByteBuffer?, contexts: Set<UInt32>?,
+    _ handler: NBDRequestHandler, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
   ) -> @Sendable @BlockActor () async -> Void {
-    { await answer(request, payload: payload, handler, outbound) }
+    { await answer(request, payload: payload, contexts: contexts, handler, outbound) }
   }
 
   /// The transmission phase: reads requests until DISC, end of file or a
@@ -118,34 +121,53 @@ final class NBDConnection {
     _ reader: inout NBDInboundReader, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
     _ negotiator: NBDNegotiator
   ) async throws {
+    let mode = negotiator.mode
     let handler = NBDRequestHandler(
-      backend: backend, size: export.size, structuredReplies: negotiator.structuredReplies,
+      backend: backend, size: export.size, mode: mode,
       baseAllocation: negotiator.baseAllocation, allocationDepth: negotiator.allocationDepth,
       bitmaps: negotiator.selectedBitmaps.map {
         (NBDProtocol.firstDirtyBitmapID + UInt32($0), bitmaps[$0])
       })
+    let negotiatedContexts = handler.negotiatedContexts
+    let headerSize = NBDRequest.size(extended: mode == .extended)
     await withTaskGroup(of: Void.self) { group in
       var inFlight = 0
       do {
         while true {
-          guard var bytes = try await reader.read(NBDRequest.size) else {
+          guard var bytes = try await reader.read(headerSize) else {
             if reader.endedMidMessage { reportEndOfFile() }
             break
           }
-          let request = NBDRequest.decode(&bytes)!
-          let check = NBDRequestValidation.check(
-            request, exportSize: export.size, readOnly: export.readOnly,
-            structuredReplies: negotiator.structuredReplies)
+          var request = NBDRequest.decode(&bytes, extended: mode == .extended)!
+          var check = NBDRequestValidation.check(
+            request, exportSize: export.size, readOnly: export.readOnly, mode: mode)
           var payload: ByteBuffer?
+          var contexts: Set<UInt32>?
+          if case .readBlockStatusPayload = check {
+            // The payload names the contexts and the effect length; an
+            // invalid one fails the request (EINVAL) but not the connection.
+            guard let bytes = try await reader.read(Int(request.length)) else {
+              reportEndOfFile()
+              return
+            }
+            let parsed = NBDBlockStatusPayload.parse(bytes, negotiated: negotiatedContexts)
+            request.length = parsed?.effectLength ?? 0
+            contexts = parsed?.contextIDs ?? []
+            check = NBDRequestValidation.check(
+              request, exportSize: export.size, readOnly: export.readOnly, mode: mode,
+              payloadConsumed: true)
+          }
           switch check {
           case .disconnect:
             return
+          case .readBlockStatusPayload:
+            preconditionFailure("a BLOCK_STATUS payload is read once")
           case .reject(let error, let message, let payloadFollows, let fatal):
             if payloadFollows, try await !reader.skip(Int(request.length)) {
               reportEndOfFile()
               return
             }
-            let reply = handler.errorReply(cookie: request.cookie, error: error, message: message)
+            let reply = handler.errorReply(request, error: error, message: message)
             try await outbound.write(reply)
             if fatal {
               report("Disconnect client, due to: Request handling failed in intermediate state")
@@ -166,8 +188,9 @@ final class NBDConnection {
             inFlight -= 1
           }
           inFlight += 1
-          let data = payload
-          group.addTask(operation: Self.answering(request, payload: data, handler, outbound))
+          group.addTask(
+            operation: Self.answering(
+              request, payload: payload, contexts: contexts, handler, outbound))
         }
       } catch {
         // The peer closed mid-request: answer nothing more.

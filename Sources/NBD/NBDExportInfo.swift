@@ -42,6 +42,14 @@ public struct NBDExportInfo: Sendable, Equatable {
   /// The transmission flags qemu-nbd 7.2 sends (reference §1.3): DF only once
   /// structured replies are negotiated.
   public func transmissionFlags(structuredReplies: Bool) -> NBDTransmissionFlags {
+    transmissionFlags(mode: structuredReplies ? .structured : .simple)
+  }
+
+  /// The transmission flags for a client in `mode`: qemu-nbd 7.2's, plus
+  /// BLOCK_STATUS_PAYLOAD once extended headers are negotiated (as QEMU
+  /// 8.2+).
+  public func transmissionFlags(mode: NBDHeaderMode) -> NBDTransmissionFlags {
+    let structuredReplies = mode >= .structured
     var flags: NBDTransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendCache]
     if readOnly {
       flags.insert(.readOnly)
@@ -49,6 +57,7 @@ public struct NBDExportInfo: Sendable, Equatable {
       flags.formUnion([.sendTrim, .sendWriteZeroes, .sendFastZero])
     }
     if structuredReplies { flags.insert(.sendDF) }
+    if mode == .extended { flags.insert(.blockStatusPayload) }
     if multiConn { flags.insert(.canMultiConn) }
     return flags
   }

@@ -6,6 +6,11 @@ import NIOCore
 /// It follows qemu-nbd 7.2 (`nbd_negotiate_options`): one export; unknown
 /// options get UNSUP and negotiation goes on; STARTTLS gets POLICY (no TLS);
 /// SET_META_CONTEXT needs structured replies; strings are at most 4096 bytes.
+///
+/// Beyond qemu-nbd 7.2 (unless `offersExtendedHeaders` is off, when option
+/// 11 gets UNSUP as from 7.2): EXTENDED_HEADERS as QEMU 8.2+ answers it (ACK,
+/// also after STRUCTURED_REPLY; INVALID when repeated; STRUCTURED_REPLY
+/// afterwards gets EXT_HEADER_REQD; EXPORT_NAME afterwards drops the client).
 public struct NBDNegotiator: Sendable {
   /// What the server does after an option.
   public enum Outcome: Sendable {
@@ -25,8 +30,14 @@ public struct NBDNegotiator: Sendable {
   public private(set) var fixedNewstyle = false
   /// Whether the client sent NBD_FLAG_C_NO_ZEROES.
   public private(set) var noZeroes = false
-  /// Whether structured replies are negotiated.
-  public private(set) var structuredReplies = false
+  /// Whether option 11 (EXTENDED_HEADERS) is answered; off, it gets UNSUP.
+  public let offersExtendedHeaders: Bool
+  /// The headers transmission will use.
+  public private(set) var mode: NBDHeaderMode = .simple
+  /// Whether structured replies are negotiated (extended headers imply them).
+  public var structuredReplies: Bool { mode >= .structured }
+  /// Whether extended headers are negotiated.
+  public var extendedHeaders: Bool { mode == .extended }
   /// Whether SET_META_CONTEXT selected `base:allocation`.
   public private(set) var baseAllocation = false
   /// Whether SET_META_CONTEXT selected `qemu:allocation-depth` (offered with -A).
@@ -37,9 +48,11 @@ public struct NBDNegotiator: Sendable {
   /// Whether the client asked for block sizes in its GO (it must then obey them).
   public private(set) var blockSizeRequested = false
 
-  /// A negotiator for one connection.
-  public init(export: NBDExportInfo) {
+  /// A negotiator for one connection; `offersExtendedHeaders` off answers
+  /// EXTENDED_HEADERS with UNSUP, as qemu-nbd 7.2.
+  public init(export: NBDExportInfo, offersExtendedHeaders: Bool = true) {
     self.export = export
+    self.offersExtendedHeaders = offersExtendedHeaders
   }
 
   /// Takes the client flags; returns why the connection must be dropped, or nil.
@@ -87,19 +100,33 @@ public struct NBDNegotiator: Sendable {
       return infoOrGo(option: option, payload: payload)
     case .structuredReply:
       guard payload.readableBytes == 0 else { return error(.invalid, unexpectedLength) }
+      if extendedHeaders {
+        return error(.extendedHeaderRequired, "extended headers already negotiated")
+      }
       if structuredReplies { return error(.invalid, "structured reply already negotiated") }
-      structuredReplies = true
+      mode = .structured
+      NBDEncoding.optionReply(&out, option: option, type: .ack)
+      return .reply(out)
+    case .extendedHeaders where offersExtendedHeaders:
+      guard payload.readableBytes == 0 else { return error(.invalid, unexpectedLength) }
+      if extendedHeaders { return error(.invalid, "extended headers already negotiated") }
+      mode = .extended
       NBDEncoding.optionReply(&out, option: option, type: .ack)
       return .reply(out)
     case .listMetaContext, .setMetaContext:
       return metaContext(option: option, payload: payload)
+    case .extendedHeaders:
+      // Switched off: qemu-nbd 7.2's answer, which does not know its name.
+      return error(.unsupported, "Unsupported option \(option) (<unknown>)")
     case .peekExport, nil:
       return error(.unsupported, "Unsupported option \(option) (\(name))")
     }
   }
 
-  /// EXPORT_NAME: the name is the whole payload; no error reply is possible.
+  /// EXPORT_NAME: the name is the whole payload; no error reply is possible
+  /// (after extended headers, which forbid it, the client is dropped).
   private func exportName(_ payload: ByteBuffer) -> Outcome {
+    if extendedHeaders { return .disconnect("Extended headers already negotiated") }
     guard payload.readableBytes <= NBDProtocol.maxStringSize else {
       return .disconnect("Bad length received")
     }
@@ -107,7 +134,7 @@ public struct NBDNegotiator: Sendable {
     guard name == export.name else { return .disconnect("export not found") }
     var out = ByteBuffer()
     out.writeInteger(export.size)
-    out.writeInteger(export.transmissionFlags(structuredReplies: structuredReplies).rawValue)
+    out.writeInteger(export.transmissionFlags(mode: mode).rawValue)
     if !noZeroes { out.writeRepeatingByte(0, count: 124) }
     return .transmission(out)
   }
@@ -171,7 +198,7 @@ public struct NBDNegotiator: Sendable {
     NBDEncoding.info(&out, option: option, type: .blockSize, body: body)
     body.clear()
     body.writeInteger(export.size)
-    body.writeInteger(export.transmissionFlags(structuredReplies: structuredReplies).rawValue)
+    body.writeInteger(export.transmissionFlags(mode: mode).rawValue)
     NBDEncoding.info(&out, option: option, type: .export, body: body)
     NBDEncoding.optionReply(&out, option: option, type: .ack)
     if isInfo { return .reply(out) }

@@ -13,6 +13,13 @@ public enum NBDProtocol {
   public static let simpleReplyMagic: UInt32 = 0x6744_6698
   /// The magic of a structured reply chunk.
   public static let structuredReplyMagic: UInt32 = 0x668e_33ef
+  /// The magic of an extended request header (32 bytes, 64-bit length),
+  /// the only request header once NBD_OPT_EXTENDED_HEADERS is negotiated.
+  public static let extendedRequestMagic: UInt32 = 0x21e4_1c71
+  /// The magic of an extended reply chunk (32 bytes: the request's offset
+  /// and a 64-bit payload length), the only reply once extended headers
+  /// are negotiated.
+  public static let extendedReplyMagic: UInt32 = 0x6e8a_278c
 
   /// Handshake flags the server sends: FIXED_NEWSTYLE | NO_ZEROES.
   public static let handshakeFlags: UInt16 = 0x0003
@@ -58,6 +65,9 @@ public enum NBDOption: UInt32, Sendable {
   case structuredReply = 8
   case listMetaContext = 9
   case setMetaContext = 10
+  /// NBD_OPT_EXTENDED_HEADERS (the spec's extension, QEMU 8.2+): 32-byte
+  /// request and reply headers with 64-bit lengths from transmission on.
+  case extendedHeaders = 11
 
   /// QEMU's `nbd_opt_lookup` name of an option number.
   public static func name(of option: UInt32) -> String {
@@ -72,6 +82,7 @@ public enum NBDOption: UInt32, Sendable {
     case .structuredReply: "structured reply"
     case .listMetaContext: "list meta context"
     case .setMetaContext: "set meta context"
+    case .extendedHeaders: "extended headers"
     case nil: "<unknown>"
     }
   }
@@ -92,6 +103,9 @@ public enum NBDReplyType: UInt32, Sendable {
   case shutdown = 0x8000_0007
   case blockSizeRequired = 0x8000_0008
   case tooBig = 0x8000_0009
+  /// NBD_REP_ERR_EXT_HEADER_REQD: STRUCTURED_REPLY after extended headers
+  /// were negotiated (no downgrade).
+  case extendedHeaderRequired = 0x8000_000a
 }
 
 /// Information types of INFO/GO (`NBD_INFO_*`).
@@ -118,6 +132,10 @@ public struct NBDTransmissionFlags: OptionSet, Sendable, Hashable {
   public static let sendResize = Self(rawValue: 1 << 9)
   public static let sendCache = Self(rawValue: 1 << 10)
   public static let sendFastZero = Self(rawValue: 1 << 11)
+  /// NBD_FLAG_BLOCK_STATUS_PAYLOAD (extended headers only): BLOCK_STATUS
+  /// may carry a payload (u64 effect length, u32 context ids) that picks a
+  /// subset of the negotiated contexts.
+  public static let blockStatusPayload = Self(rawValue: 1 << 12)
 }
 
 /// Commands (`NBD_CMD_*`).
@@ -155,6 +173,9 @@ public struct NBDCommandFlags: OptionSet, Sendable, Hashable {
   public static let dontFragment = Self(rawValue: 1 << 2)
   public static let reqOne = Self(rawValue: 1 << 3)
   public static let fastZero = Self(rawValue: 1 << 4)
+  /// NBD_CMD_FLAG_PAYLOAD_LEN (extended headers only): the length is that of
+  /// a payload following the header, not the command's effect length.
+  public static let payloadLength = Self(rawValue: 1 << 5)
 }
 
 /// Structured reply chunk types (`NBD_REPLY_TYPE_*`).
@@ -163,7 +184,24 @@ public enum NBDChunkType: UInt16, Sendable {
   case offsetData = 1
   case offsetHole = 2
   case blockStatus = 5
+  /// NBD_REPLY_TYPE_BLOCK_STATUS_EXT (extended headers only): u32 context
+  /// id, u32 descriptor count, then (u64 length, u64 flags) descriptors.
+  case blockStatusExtended = 6
   case error = 0x8001
+}
+
+/// Which headers a connection's transmission phase uses (QEMU's `NBDMode`,
+/// the modes Spindle speaks): each implies the ones before it.
+public enum NBDHeaderMode: Int, Sendable, Comparable {
+  /// Compact requests, simple replies only.
+  case simple
+  /// Compact requests, simple replies or structured chunks
+  /// (NBD_OPT_STRUCTURED_REPLY).
+  case structured
+  /// Extended requests and extended chunks only (NBD_OPT_EXTENDED_HEADERS).
+  case extended
+
+  public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
 }
 
 /// Error values on the wire (`NBD_EPERM` ...).

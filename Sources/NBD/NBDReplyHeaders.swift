@@ -30,24 +30,31 @@ public struct NBDOptionReplyHeader: Sendable, Equatable {
 }
 
 /// The header of a transmission reply as a client reads it: a simple reply
-/// (16 bytes) or a structured chunk (20 bytes), told apart by the magic.
+/// (16 bytes), a structured chunk (20 bytes) or an extended chunk (32
+/// bytes), told apart by the magic.
 public enum NBDReplyHeader: Sendable, Equatable {
   /// A simple reply: an error (0: success) and the cookie; READ data follows.
   case simple(error: UInt32, cookie: UInt64)
   /// A structured chunk: flags (bit 0: DONE), type, cookie, payload length.
   case chunk(flags: UInt16, type: UInt16, cookie: UInt64, length: UInt32)
+  /// An extended chunk: as a structured one, with the offset of the request
+  /// answered and a 64-bit payload length.
+  case extended(flags: UInt16, type: UInt16, cookie: UInt64, offset: UInt64, length: UInt64)
 
   /// Bytes that follow the 4-byte magic of a simple reply.
   public static let simpleRemainder = 12
   /// Bytes that follow the 4-byte magic of a structured chunk.
   public static let chunkRemainder = 16
+  /// Bytes that follow the 4-byte magic of an extended chunk.
+  public static let extendedRemainder = 28
   /// The chunk flag that ends a structured reply.
   public static let doneFlag: UInt16 = 1
 
   /// The cookie of the request answered.
   public var cookie: UInt64 {
     switch self {
-    case .simple(_, let cookie), .chunk(_, _, let cookie, _): cookie
+    case .simple(_, let cookie), .chunk(_, _, let cookie, _), .extended(_, _, let cookie, _, _):
+      cookie
     }
   }
 
@@ -66,6 +73,14 @@ public enum NBDReplyHeader: Sendable, Equatable {
         let length = buffer.readInteger(as: UInt32.self)
       else { return nil }
       return .chunk(flags: flags, type: type, cookie: cookie, length: length)
+    case NBDProtocol.extendedReplyMagic:
+      guard let flags = buffer.readInteger(as: UInt16.self),
+        let type = buffer.readInteger(as: UInt16.self),
+        let cookie = buffer.readInteger(as: UInt64.self),
+        let offset = buffer.readInteger(as: UInt64.self),
+        let length = buffer.readInteger(as: UInt64.self)
+      else { return nil }
+      return .extended(flags: flags, type: type, cookie: cookie, offset: offset, length: length)
     default:
       return nil
     }
@@ -76,6 +91,7 @@ public enum NBDReplyHeader: Sendable, Equatable {
     switch magic {
     case NBDProtocol.simpleReplyMagic: simpleRemainder
     case NBDProtocol.structuredReplyMagic: chunkRemainder
+    case NBDProtocol.extendedReplyMagic: extendedRemainder
     default: nil
     }
   }

@@ -50,19 +50,23 @@ public final class NBDServer {
   private var slotWaiters: [CheckedContinuation<Bool, Never>] = []
   private var stopping = false
   private let handshakeLimit: Duration?
+  private let extendedHeaders: Bool
 
   /// A server that keeps running after its last client unless `persistent`
   /// is false, and takes `shared` clients at once; `report` receives runtime
   /// messages (without the program name). A client that has not reached
   /// transmission `handshakeLimit` after it was served is dropped (QEMU
   /// 9.1's answer to CVE-2024-7409, 10 s by default; nil: no limit).
+  /// `extendedHeaders`: whether NBD_OPT_EXTENDED_HEADERS is offered (off:
+  /// UNSUP, exactly as qemu-nbd 7.2; a 7.2 client never asks either way).
   public init(
     persistent: Bool, shared: Int, handshakeLimit: Duration? = .seconds(10),
-    report: @escaping @BlockActor (String) -> Void
+    extendedHeaders: Bool = true, report: @escaping @BlockActor (String) -> Void
   ) {
     self.persistent = persistent
     self.shared = shared
     self.handshakeLimit = handshakeLimit
+    self.extendedHeaders = extendedHeaders
     self.report = report
   }
 
@@ -214,7 +218,7 @@ public final class NBDServer {
     }
     let connection = NBDConnection(
       backend: backend, export: export, bitmaps: bitmaps, handshakeLimit: handshakeLimit,
-      report: report)
+      extendedHeaders: extendedHeaders, report: report)
     await connection.serve(client) { negotiated = true }
     clients[id] = nil
     releaseSlot(negotiated: negotiated)

@@ -102,4 +102,14 @@ struct NBDClientConfigTests {
     #expect(message(["path": "/p", "export": name]) == "export name too long to send to server")
     #expect(message(["path": "/p", "export": String(name.dropFirst())]) == nil)
   }
+
+  @Test func extendedHeadersSwitch() throws {
+    let socket = "nbd+unix://?socket=/tmp/s.sock"
+    #expect(try config(["filename": socket]).extendedHeaders)
+    #expect(try config(["filename": socket, "x-extended-headers": "on"]).extendedHeaders)
+    #expect(try !config(["filename": socket, "x-extended-headers": "off"]).extendedHeaders)
+    #expect(
+      message(["filename": socket, "x-extended-headers": "yes"])
+        == "Parameter 'x-extended-headers' expects 'on' or 'off'")
+  }
 }

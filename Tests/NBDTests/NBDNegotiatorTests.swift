@@ -255,7 +255,7 @@ import Testing
 
   @Test func requestValidationFollowsQEMU() {
     func check(
-      _ type: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64 = 0, length: UInt32 = 512,
+      _ type: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64 = 0, length: UInt64 = 512,
       readOnly: Bool = false, magic: UInt32 = NBDProtocol.requestMagic
     ) -> NBDRequestValidation {
       NBDRequestValidation.check(

@@ -32,6 +32,9 @@ public struct NBDClientConfig: Sendable, Equatable {
   public var reconnectDelay: UInt32
   /// `open-timeout`: seconds the first connection is retried for (0: once).
   public var openTimeout: UInt32
+  /// `x-extended-headers` (Spindle's, `on` by default): whether the
+  /// handshake asks for NBD extended headers (off: as QEMU 7.2's client).
+  public var extendedHeaders: Bool
 
   /// The port NBD URLs and legacy options default to.
   public static let defaultPort = "10809"
@@ -39,13 +42,14 @@ public struct NBDClientConfig: Sendable, Equatable {
   /// Creates a configuration.
   public init(
     server: NBDServerAddress, export: String = "", dirtyBitmap: String? = nil,
-    reconnectDelay: UInt32 = 0, openTimeout: UInt32 = 0
+    reconnectDelay: UInt32 = 0, openTimeout: UInt32 = 0, extendedHeaders: Bool = true
   ) {
     self.server = server
     self.export = export
     self.dirtyBitmap = dirtyBitmap
     self.reconnectDelay = reconnectDelay
     self.openTimeout = openTimeout
+    self.extendedHeaders = extendedHeaders
   }
 
   /// Takes the NBD options out of `options` (a `filename` is parsed first, as
@@ -68,9 +72,17 @@ public struct NBDClientConfig: Sendable, Equatable {
     let dirtyBitmap = options.take("x-dirty-bitmap")
     let reconnectDelay = try takeSeconds("reconnect-delay", &options)
     let openTimeout = try takeSeconds("open-timeout", &options)
+    let extendedHeaders: Bool
+    switch options.take("x-extended-headers") {
+    case nil, "on": extendedHeaders = true
+    case "off": extendedHeaders = false
+    case _?:
+      throw BlockError(
+        .invalidArgument, "Parameter 'x-extended-headers' expects 'on' or 'off'")
+    }
     return NBDClientConfig(
       server: server, export: export, dirtyBitmap: dirtyBitmap, reconnectDelay: reconnectDelay,
-      openTimeout: openTimeout)
+      openTimeout: openTimeout, extendedHeaders: extendedHeaders)
   }
 
   /// QEMU's `nbd_process_legacy_socket_options`: `host`, `port` and `path`

@@ -129,20 +129,27 @@ final class NBDClientConnection {
 
   /// Sends a request and waits for its whole reply. A READ's data lands in
   /// `into` (`length` bytes); a BLOCK_STATUS answer is returned. A WRITE
-  /// sends `payload`. Errors from the server are thrown as ``BlockError``
+  /// sends `payload`. `length` is 32 bits unless extended headers were
+  /// negotiated (then a WRITE is sent with NBD_CMD_FLAG_PAYLOAD_LEN, as
+  /// they require). Errors from the server are thrown as ``BlockError``
   /// with the errno it sent; a broken connection throws ``NBDConnectionLost``.
   func request(
-    _ command: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64, length: UInt32,
+    _ command: NBDCommand, flags: NBDCommandFlags = [], offset: UInt64, length: UInt64,
     payload: IOVector? = nil, into destination: IOVector? = nil
   ) async throws -> NBDBlockStatusExtent? {
     guard !broken, !closing else { throw NBDConnectionLost() }
+    let extended = export.extendedHeaders
+    precondition(extended || length <= UInt64(UInt32.max), "a compact request is 32-bit")
     let cookie = nextCookie
     nextCookie += 1
+    var flags = flags
+    if extended && payload != nil { flags.insert(.payloadLength) }
     let header = NBDRequest(
+      magic: extended ? NBDProtocol.extendedRequestMagic : NBDProtocol.requestMagic,
       flags: flags, type: command.rawValue, cookie: cookie, offset: offset, length: length)
     var buffer = ByteBuffer()
-    buffer.reserveCapacity(NBDRequest.size + (payload?.count ?? 0))
-    header.encode(into: &buffer)
+    buffer.reserveCapacity(NBDRequest.size(extended: extended) + (payload?.count ?? 0))
+    header.encode(into: &buffer, extended: extended)
     if let payload {
       buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: payload.count) { space in
         payload.copyOut(to: UnsafeMutableRawBufferPointer(rebasing: space[..<payload.count]))
@@ -170,8 +177,12 @@ final class NBDClientConnection {
     closing = true
     if !broken {
       var buffer = ByteBuffer()
-      NBDRequest(type: NBDCommand.disconnect.rawValue, cookie: 0, offset: 0, length: 0)
-        .encode(into: &buffer)
+      let extended = export.extendedHeaders
+      NBDRequest(
+        magic: extended ? NBDProtocol.extendedRequestMagic : NBDProtocol.requestMagic,
+        type: NBDCommand.disconnect.rawValue, cookie: 0, offset: 0, length: 0
+      )
+      .encode(into: &buffer, extended: extended)
       try? await socket.write(buffer)
     }
     socket.finishWriting()
@@ -215,17 +226,22 @@ final class NBDClientConnection {
     }
   }
 
-  /// Reads replies until the server closes or breaks the protocol.
+  /// Reads replies until the server closes or breaks the protocol: with
+  /// extended headers only extended chunks (echoing the request's offset),
+  /// else simple replies and (once negotiated) structured chunks.
   private func receiveReplies(_ reader: inout NBDInboundReader) async {
+    let extended = export.extendedHeaders
     do {
       replies: while let magicBytes = try await reader.read(4) {
         var magicBuffer = magicBytes
         let magic = magicBuffer.readInteger(as: UInt32.self)!
-        guard let remainder = NBDReplyHeader.remainder(after: magic),
+        guard (magic == NBDProtocol.extendedReplyMagic) == extended,
+          let remainder = NBDReplyHeader.remainder(after: magic),
           var rest = try await reader.read(remainder),
           let header = NBDReplyHeader.decode(magic: magic, &rest),
           let entry = pending[header.cookie]
         else { break replies }
+        let chunk: (flags: UInt16, type: UInt16, length: UInt64)
         switch header {
         case .simple(let error, let cookie):
           if error == 0, entry.command == .read {
@@ -234,25 +250,31 @@ final class NBDClientConnection {
           }
           pending[cookie] = nil
           entry.finish(error == 0 ? .success(nil) : .failure(NBDError.blockError(wire: error)))
-        case .chunk(let flags, let type, let cookie, let length):
-          guard export.structuredReplies, length <= UInt32(NBDProtocol.maxBufferSize + 64)
+          continue replies
+        case .chunk(let flags, let type, _, let length):
+          guard export.structuredReplies else { break replies }
+          chunk = (flags, type, UInt64(length))
+        case .extended(let flags, let type, _, let offset, let length):
+          guard offset == entry.offset else { break replies }
+          chunk = (flags, type, length)
+        }
+        guard chunk.length <= UInt64(NBDProtocol.maxBufferSize + 64) else { break replies }
+        let length = Int(chunk.length)
+        if chunk.type == NBDChunkType.offsetData.rawValue {
+          // Data goes straight from the socket's buffers to the request's.
+          guard length >= 8, var offsetBytes = try await reader.read(8),
+            let position = offsetBytes.readInteger(as: UInt64.self),
+            entry.acceptsData(at: position, count: UInt64(length - 8)),
+            try await receiveData(&reader, entry, at: position, length - 8)
           else { break replies }
-          if type == NBDChunkType.offsetData.rawValue {
-            // Data goes straight from the socket's buffers to the request's.
-            guard length >= 8, var offsetBytes = try await reader.read(8),
-              let position = offsetBytes.readInteger(as: UInt64.self),
-              entry.acceptsData(at: position, count: UInt64(length - 8)),
-              try await receiveData(&reader, entry, at: position, Int(length - 8))
-            else { break replies }
-          } else {
-            guard let payload = try await reader.read(Int(length)),
-              entry.receiveChunk(type: type, payload)
-            else { break replies }
-          }
-          if flags & NBDReplyHeader.doneFlag != 0 {
-            pending[cookie] = nil
-            entry.finish(entry.result)
-          }
+        } else {
+          guard let payload = try await reader.read(length),
+            entry.receiveChunk(type: chunk.type, payload, extended: extended)
+          else { break replies }
+        }
+        if chunk.flags & NBDReplyHeader.doneFlag != 0 {
+          pending[header.cookie] = nil
+          entry.finish(entry.result)
         }
       }
     } catch {

@@ -11,6 +11,10 @@ import BlockDrivers
 /// block status with REQ_ONE from `base:allocation` (or the `x-dirty-bitmap`
 /// context, read as if it were `base:allocation`). Limits come from
 /// INFO_BLOCK_SIZE, the size and read-only state from the export.
+///
+/// Beyond QEMU 7.2: with extended headers (asked for unless the node's
+/// `x-extended-headers` is off), zero-writes, discards and block status
+/// take 64-bit lengths, so a range past 4 GiB is one request.
 @BlockActor
 public final class NBDClientDriver: BlockDriver {
   /// The node's options.
@@ -29,7 +33,8 @@ public final class NBDClientDriver: BlockDriver {
   /// (retrying for `open-timeout` seconds).
   public static func connect(_ config: NBDClientConfig) async throws -> NBDClientDriver {
     let handshake = NBDClientHandshake(
-      export: config.export, context: config.dirtyBitmap ?? NBDProtocol.baseAllocation)
+      export: config.export, context: config.dirtyBitmap ?? NBDProtocol.baseAllocation,
+      extendedHeaders: config.extendedHeaders)
     let connection = try await NBDReconnectingConnection.open(config, handshake: handshake)
     return NBDClientDriver(config: config, connection: connection)
   }
@@ -81,7 +86,8 @@ public final class NBDClientDriver: BlockDriver {
   /// QEMU's `nbd_refresh_limits`: the request alignment is the server's
   /// minimum block size (none sent: 1 when the size is not a multiple of
   /// 512 or block status is negotiated, else 512); transfers and zero-writes
-  /// are at most min(32 MiB, maximum block size).
+  /// are at most min(32 MiB, maximum block size). With extended headers
+  /// (as QEMU 9), zero-writes and discards have no 32-bit limit.
   public func refreshLimits(_ limits: inout BlockLimits, node: BlockNode) {
     var minimum = Int64(export.minimumBlock)
     let maximum = BlockLimits.minNonZero(
@@ -89,11 +95,20 @@ public final class NBDClientDriver: BlockDriver {
     if minimum == 0 && (export.size % 512 != 0 || export.contextID != nil) { minimum = 1 }
     let alignment = minimum == 0 ? 512 : minimum
     limits.requestAlignment = alignment
-    limits.maxPdiscard = Int64(Int32.max) / alignment * alignment
-    limits.maxPwriteZeroes = maximum
+    if export.extendedHeaders {
+      limits.maxPdiscard = Self.extendedLimit / alignment * alignment
+      limits.maxPwriteZeroes = Self.extendedLimit / alignment * alignment
+    } else {
+      limits.maxPdiscard = Int64(Int32.max) / alignment * alignment
+      limits.maxPwriteZeroes = maximum
+    }
     limits.maxTransfer = maximum
     limits.optTransfer = max(limits.optTransfer, Int64(export.preferredBlock))
   }
+
+  /// The longest zero-write, discard or block status asked in one request
+  /// once extended headers are negotiated (2^62: far past any export).
+  static let extendedLimit: Int64 = 1 << 62
 
   public func length(_ node: BlockNode) async throws -> Int64 { Int64(export.size) }
 
@@ -108,7 +123,7 @@ public final class NBDClientDriver: BlockDriver {
     guard inside > 0 else { return }
     _ = try await connection.perform {
       try await $0.request(
-        .read, offset: UInt64(offset), length: UInt32(inside),
+        .read, offset: UInt64(offset), length: UInt64(inside),
         into: inside == length ? iov : iov.slice(0, Int(inside)))
     }
   }
@@ -119,7 +134,7 @@ public final class NBDClientDriver: BlockDriver {
     _ = try await connection.perform {
       try await $0.request(
         .write, flags: flags.contains(.fua) ? .fua : [], offset: UInt64(offset),
-        length: UInt32(length), payload: iov)
+        length: UInt64(length), payload: iov)
     }
   }
 
@@ -131,16 +146,40 @@ public final class NBDClientDriver: BlockDriver {
     if flags.contains(.fua) { command.insert(.fua) }
     if !flags.contains(.mayUnmap) { command.insert(.noHole) }
     if flags.contains(.noFallback) { command.insert(.fastZero) }
-    _ = try await connection.perform {
-      try await $0.request(
-        .writeZeroes, flags: command, offset: UInt64(offset), length: UInt32(length))
+    let compactPiece = Int64(NBDProtocol.maxBufferSize)
+    try await connection.perform { current in
+      try await Self.inPieces(current, offset, length, compactPiece) {
+        _ = try await current.request(.writeZeroes, flags: command, offset: $0, length: $1)
+      }
     }
   }
 
   public func discard(_ node: BlockNode, offset: Int64, length: Int64) async throws {
     guard export.flags.contains(.sendTrim) else { return }
-    _ = try await connection.perform {
-      try await $0.request(.trim, offset: UInt64(offset), length: UInt32(length))
+    let alignment = node.limits.requestAlignment
+    let compactPiece = Int64(Int32.max) / alignment * alignment
+    try await connection.perform { current in
+      try await Self.inPieces(current, offset, length, compactPiece) {
+        _ = try await current.request(.trim, offset: $0, length: $1)
+      }
+    }
+  }
+
+  /// Sends a zero-write or discard of `length` bytes as one request when
+  /// `connection` has extended headers, else in pieces of `compactPiece`
+  /// bytes (the node's limits keep requests that small unless the first
+  /// connection had extended headers and a reconnect landed on a server
+  /// without them).
+  private static func inPieces(
+    _ connection: NBDClientConnection, _ offset: Int64, _ length: Int64, _ compactPiece: Int64,
+    _ send: (_ offset: UInt64, _ length: UInt64) async throws -> Void
+  ) async throws {
+    let piece = connection.export.extendedHeaders ? length : compactPiece
+    var done: Int64 = 0
+    while done < length {
+      let count = min(piece, length - done)
+      try await send(UInt64(offset + done), UInt64(count))
+      done += count
     }
   }
 
@@ -164,10 +203,12 @@ public final class NBDClientDriver: BlockDriver {
       return BlockStatus(flags: .zero, count: length, mapOffset: 0, file: nil)
     }
     let alignment = node.limits.requestAlignment
-    let asked = min(length, size - offset, Int64(Int32.max) / alignment * alignment)
-    let answer = try await connection.perform {
-      try await $0.request(
-        .blockStatus, flags: .reqOne, offset: UInt64(offset), length: UInt32(asked))
+    let answer = try await connection.perform { current in
+      // The current connection's headers decide (a reconnect may change them).
+      let cap = current.export.extendedHeaders ? Self.extendedLimit : Int64(Int32.max)
+      let asked = min(length, size - offset, cap / alignment * alignment)
+      return try await current.request(
+        .blockStatus, flags: .reqOne, offset: UInt64(offset), length: UInt64(asked))
     }
     guard let extent = answer else { throw BlockError(.ioError) }
     var count = Int64(extent.length)

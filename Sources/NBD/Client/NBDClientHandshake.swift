@@ -13,8 +13,11 @@ public struct NBDNegotiatedExport: Sendable, Equatable {
   public var preferredBlock: UInt32 = 0
   /// The maximum block size (0: not sent).
   public var maximumBlock: UInt32 = 0
-  /// Whether replies may be structured.
+  /// Whether replies may be structured (always, with extended headers).
   public var structuredReplies = false
+  /// Whether extended headers (32-byte requests and replies, 64-bit
+  /// lengths) were negotiated.
+  public var extendedHeaders = false
   /// The id of the metadata context block status reads, when one was
   /// negotiated (`base:allocation` or the `x-dirty-bitmap` context).
   public var contextID: UInt32?
@@ -28,11 +31,17 @@ public struct NBDNegotiatedExport: Sendable, Equatable {
 /// context, then GO asking for INFO_BLOCK_SIZE; EXPORT_NAME when the server
 /// is not fixed newstyle or answers GO with UNSUP; oldstyle servers for the
 /// empty export name only. Errors carry QEMU's messages.
+///
+/// Beyond QEMU 7.2 (as QEMU 9's client): EXTENDED_HEADERS is asked for first
+/// unless `extendedHeaders` is off; a server that answers UNSUP (qemu-nbd
+/// 7.2, nbdkit 1.32) gets STRUCTURED_REPLY next, as before.
 struct NBDClientHandshake {
   /// The export's name.
   let export: String
   /// The metadata context to select (nil: none).
   let context: String?
+  /// Whether to ask for extended headers.
+  var extendedHeaders = true
 
   /// The magic of an oldstyle greeting, after NBDMAGIC.
   static let oldstyleMagic: UInt64 = 0x0042_0281_8612_53
@@ -84,15 +93,26 @@ struct NBDClientHandshake {
     guard fixedNewstyle else {
       return try await exportName(&reader, outbound, noZeroes: noZeroes)
     }
-    let structured = try await simpleOption(.structuredReply, &reader, outbound)
+    var extended = false
+    if extendedHeaders {
+      extended = try await simpleOption(.extendedHeaders, &reader, outbound)
+    }
+    var structured = extended
+    if !extended {
+      structured = try await simpleOption(.structuredReply, &reader, outbound)
+    }
     var contextID: UInt32?
     if structured, let context {
       contextID = try await setMetaContext(context, &reader, outbound)
     }
     guard var export = try await go(&reader, outbound) else {
+      // A server that took extended headers must take GO: EXPORT_NAME is
+      // forbidden after them.
+      if extended { throw Self.failure("Server does not support NBD_OPT_GO") }
       return try await exportName(&reader, outbound, noZeroes: noZeroes)
     }
     export.structuredReplies = structured
+    export.extendedHeaders = extended
     export.contextID = contextID
     return export
   }

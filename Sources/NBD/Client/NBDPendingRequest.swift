@@ -3,8 +3,9 @@ import NIOCore
 
 /// The one extent a BLOCK_STATUS request with REQ_ONE is answered with.
 public struct NBDBlockStatusExtent: Sendable, Equatable {
-  /// Bytes the extent covers from the request's offset.
-  public var length: UInt32
+  /// Bytes the extent covers from the request's offset (past 4 GiB only
+  /// with extended headers).
+  public var length: UInt64
   /// The context's flags (`base:allocation`: bit 0 HOLE, bit 1 ZERO).
   public var flags: UInt32
 }
@@ -15,7 +16,7 @@ public struct NBDBlockStatusExtent: Sendable, Equatable {
 final class NBDPendingRequest {
   let command: NBDCommand
   let offset: UInt64
-  let length: UInt32
+  let length: UInt64
   private let destination: IOVector?
   private let contextID: UInt32?
   private var extent: NBDBlockStatusExtent?
@@ -24,7 +25,7 @@ final class NBDPendingRequest {
   private var waiter: CheckedContinuation<NBDBlockStatusExtent?, any Error>?
 
   init(
-    command: NBDCommand, offset: UInt64, length: UInt32, destination: IOVector?,
+    command: NBDCommand, offset: UInt64, length: UInt64, destination: IOVector?,
     contextID: UInt32?
   ) {
     self.command = command
@@ -72,12 +73,13 @@ final class NBDPendingRequest {
 
   /// Whether `start..<start+count` lies inside the request.
   private func covers(_ start: UInt64, _ count: UInt64) -> Bool {
-    start >= offset && count <= UInt64(length) && start - offset <= UInt64(length) - count
+    start >= offset && count <= length && start - offset <= length - count
   }
 
-  /// Takes one structured chunk; false for a chunk that breaks the protocol
-  /// (the connection is then dropped, as QEMU does).
-  func receiveChunk(type: UInt16, _ payload: ByteBuffer) -> Bool {
+  /// Takes one structured (or, `extended`, extended) chunk; false for a
+  /// chunk that breaks the protocol (the connection is then dropped, as
+  /// QEMU does). BLOCK_STATUS_EXT is taken only with extended headers.
+  func receiveChunk(type: UInt16, _ payload: ByteBuffer, extended: Bool = false) -> Bool {
     var payload = payload
     guard let chunk = NBDChunkType(rawValue: type) else {
       // An unknown error type fails only its request; any other unknown
@@ -110,7 +112,21 @@ final class NBDPendingRequest {
         extent == nil
       else { return false }
       // REQ_ONE: one extent, clipped to the request; extra ones are ignored.
-      extent = NBDBlockStatusExtent(length: min(count, length), flags: flags)
+      extent = NBDBlockStatusExtent(length: min(UInt64(count), length), flags: flags)
+      return true
+    case .blockStatusExtended:
+      // u32 context id, u32 descriptor count (0: not given), then
+      // (u64 length, u64 flags) descriptors.
+      let descriptors = (payload.readableBytes - 8) / 16
+      guard extended, command == .blockStatus, payload.readableBytes >= 24,
+        (payload.readableBytes - 8) % 16 == 0,
+        let id = payload.readInteger(as: UInt32.self), id == contextID,
+        let given = payload.readInteger(as: UInt32.self), given == 0 || given == descriptors,
+        let count = payload.readInteger(as: UInt64.self),
+        let flags = payload.readInteger(as: UInt64.self), count > 0,
+        flags <= UInt64(UInt32.max), extent == nil
+      else { return false }
+      extent = NBDBlockStatusExtent(length: min(count, length), flags: UInt32(flags))
       return true
     case .error:
       return receiveError(&payload)
