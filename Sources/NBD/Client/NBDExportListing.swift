@@ -182,7 +182,9 @@ private struct NBDListingSession {
     case .shutdown: "server shutting down"
     case .blockSizeRequired: "block size required"
     case .tooBig: "option payload too big"
-    case nil: "<unknown>"
+    // QEMU 7.2 predates NBD_REP_ERR_EXT_HEADER_REQD and names it as any
+    // unknown type.
+    case .extendedHeaderRequired, nil: "<unknown>"
     }
   }
 
