@@ -99,6 +99,23 @@ import Testing
       let image = try Image("\(directory)/t.qcow2")
       try image.write(try image.read(48, width: 8) + 8, 50 << 20, width: 8)
     },
+    "refcount-block-offset-negative": { directory in
+      // Bit 63 of the first refcount table entry set (a libFuzzer finding):
+      // the block is outside the image and each of its refcounts an I/O
+      // error, as QEMU's bdrv_check_request makes a negative offset.
+      try await makeImage(directory, [])
+      let image = try Image("\(directory)/t.qcow2")
+      let table = try image.read(48, width: 8)
+      try image.write(table, try image.read(table, width: 8) | 1 << 63, width: 8)
+    },
+    "refcount-block-offset-negative-second": { directory in
+      // The same for the second block of 512-byte clusters, which covers
+      // clusters 256 to 511 of the file.
+      try await makeImage(directory, ["-o", "cluster_size=512"], size: "1M")
+      let image = try Image("\(directory)/t.qcow2")
+      let table = try image.read(48, width: 8)
+      try image.write(table + 8, try image.read(table + 8, width: 8) | 1 << 63, width: 8)
+    },
     "data-cluster-misaligned": { directory in
       try await makeImage(directory, ["-o", "compat=0.10"])
       let image = try Image("\(directory)/t.qcow2")

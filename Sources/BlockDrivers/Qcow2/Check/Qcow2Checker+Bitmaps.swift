@@ -31,7 +31,7 @@ extension Qcow2Checker {
       try incrementReferences(offset: offset, size: Int64(size) * 8)
       guard
         offset & (clusterSize - 1) == 0, offset >= 0,
-        offset + Int64(size) * 8 <= file.length
+        offset <= file.length - Int64(size) * 8
       else {
         result.corruptions += 1
         break
@@ -52,7 +52,7 @@ extension Qcow2Checker {
   private func bitmapTables(_ count: Int, at offset: Int64, size: Int64) async throws
     -> [(Int64, Int)]?
   {
-    guard offset >= 0, size > 0, size <= 64 << 20, offset + size <= file.length else {
+    guard offset >= 0, size > 0, size <= 64 << 20, offset <= file.length - size else {
       return nil
     }
     let directory = try await file.read(at: offset, count: Int(size))

@@ -41,7 +41,8 @@ extension Qcow2Checker {
         continue
       }
       try await checkL1(
-        offset: Int64(snapshot.l1TableOffset), size: Int(snapshot.l1Size), active: false,
+        offset: Int64(bitPattern: snapshot.l1TableOffset), size: Int(snapshot.l1Size),
+        active: false,
         fix: fix)
     }
     try incrementReferences(offset: Int64(header.snapshotsOffset), size: snapshotTableSize)
@@ -56,9 +57,12 @@ extension Qcow2Checker {
   /// past the end of the file is a corruption.
   func incrementReferences(offset: Int64, size: Int64) throws {
     guard size > 0 else { return }
-    if offset + size - file.length >= clusterSize {
+    // offset + size - file.length >= clusterSize, without overflowing for
+    // offsets and sizes read from the file; a negative offset (bit 63 set)
+    // lies outside the file too.
+    if offset < 0 || offset >= file.length + clusterSize - size {
       report(
-        "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x\(hex(UInt64(offset))) size 0x\(hex(UInt64(size)))"
+        "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x\(hex(UInt64(bitPattern: offset))) size 0x\(hex(UInt64(size)))"
       )
       result.corruptions += 1
       return

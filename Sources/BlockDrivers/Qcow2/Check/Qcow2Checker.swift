@@ -152,9 +152,14 @@ final class Qcow2Checker {
   }
 
   /// `count` bytes from `offset`, zeroes where the file ends (as QEMU's reads
-  /// past the end of a file).
+  /// past the end of a file). A range starting below 0 or reaching past
+  /// ``BlockNode/maxLength`` (offsets read from a hostile file) is an I/O
+  /// error, as QEMU's `bdrv_check_request` makes it.
   func readPadded(at offset: Int64, count: Int) async throws -> [UInt8] {
     guard count > 0 else { return [] }
+    guard offset >= 0, Int64(count) <= BlockNode.maxLength,
+      offset <= BlockNode.maxLength - Int64(count)
+    else { throw BlockError(.ioError) }
     let available = max(0, min(Int64(count), file.length - offset))
     var bytes = available > 0 ? try await file.read(at: offset, count: Int(available)) : []
     if bytes.count < count { bytes += [UInt8](repeating: 0, count: count - bytes.count) }
