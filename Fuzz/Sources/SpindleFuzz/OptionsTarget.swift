@@ -115,11 +115,12 @@ enum JSONWriter {
   }
 }
 
-/// Writes ``DriverOptions`` as a `key=value,...` string (commas doubled).
+/// Writes ``DriverOptions`` as a `key=value,...` string (commas in values
+/// doubled; keys, as in QEMU, hold no commas and are written as they are).
 enum OptionStringWriter {
   static func write(_ options: DriverOptions) -> String {
     options.values.sorted { $0.key < $1.key }.map {
-      escape($0.key) + "=" + escape($0.value)
+      $0.key + "=" + escape($0.value)
     }.joined(separator: ",")
   }
 

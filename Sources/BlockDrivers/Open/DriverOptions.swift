@@ -11,42 +11,64 @@ public struct DriverOptions: Sendable, Equatable {
   /// Options from a dictionary.
   public init(_ values: [String: String] = [:]) { self.values = values }
 
-  /// Parses QEMU's `key=value,key=value` syntax, where `,,` is a literal comma.
-  /// A bare first element without `=` is stored under `impliedKey` when given.
+  /// Parses QEMU's `key=value,key=value` syntax as QEMU's `opts_do_parse`
+  /// does: a key ends at the first `=` or `,` (keys hold no commas), a value
+  /// ends at a single `,` and `,,` in a value is a literal comma. Empty
+  /// elements are skipped. A bare first element without `=` is the value of
+  /// `impliedKey` when given (commas escaped as in values); any other bare
+  /// element is an invalid parameter. QEMU's option strings are C strings:
+  /// the text ends at its first NUL.
   public static func parse(_ text: String, impliedKey: String? = nil) throws -> DriverOptions {
     var result: [String: String] = [:]
-    var elements: [String] = []
-    var current = ""
-    var iterator = Array(text).makeIterator()
-    while let character = iterator.next() {
-      if character == "," {
-        // Within values ",," is an escaped comma.
-        if let next = iterator.next() {
-          if next == "," {
-            current.append(",")
-          } else {
-            elements.append(current)
-            current = String(next)
-          }
-        } else {
-          elements.append(current)
-          current = ""
-        }
-      } else {
-        current.append(character)
+    let bytes = Array(text.utf8.prefix { $0 != 0 })
+    var position = 0
+    var isFirst = true
+    while position < bytes.count {
+      var nameEnd = position
+      while nameEnd < bytes.count, bytes[nameEnd] != UInt8(ascii: "="),
+        bytes[nameEnd] != UInt8(ascii: ",")
+      {
+        nameEnd += 1
       }
-    }
-    elements.append(current)
-    for (index, element) in elements.enumerated() where !element.isEmpty {
-      if let equals = element.firstIndex(of: "=") {
-        result[String(element[..<equals])] = String(element[element.index(after: equals)...])
-      } else if index == 0, let impliedKey {
-        result[impliedKey] = element
+      let name = String(decoding: bytes[position..<nameEnd], as: UTF8.self)
+      if nameEnd < bytes.count, bytes[nameEnd] == UInt8(ascii: "=") {
+        let (value, next) = optionValue(bytes, from: nameEnd + 1)
+        result[name] = value
+        position = next
+      } else if isFirst, let impliedKey {
+        let (value, next) = optionValue(bytes, from: position)
+        result[impliedKey] = value
+        position = next
+      } else if name.isEmpty {
+        position = nameEnd + 1
       } else {
-        throw BlockError(.invalidArgument, "Invalid parameter '\(element)'")
+        throw BlockError(.invalidArgument, "Invalid parameter '\(name)'")
       }
+      isFirst = false
     }
     return DriverOptions(result)
+  }
+
+  /// The value starting at `start` up to a single comma, `,,` read as a
+  /// literal comma (QEMU's `get_opt_value`), and the position after the
+  /// comma that ended it.
+  private static func optionValue(_ bytes: [UInt8], from start: Int) -> (String, Int) {
+    var value: [UInt8] = []
+    var position = start
+    while position < bytes.count {
+      let byte = bytes[position]
+      if byte == UInt8(ascii: ",") {
+        if position + 1 < bytes.count, bytes[position + 1] == UInt8(ascii: ",") {
+          value.append(byte)
+          position += 2
+          continue
+        }
+        return (String(decoding: value, as: UTF8.self), position + 1)
+      }
+      value.append(byte)
+      position += 1
+    }
+    return (String(decoding: value, as: UTF8.self), position)
   }
 
   /// Parses a `json:{...}` pseudo-filename (the text after `json:`) with
