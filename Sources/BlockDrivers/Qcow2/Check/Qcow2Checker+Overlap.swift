@@ -22,9 +22,11 @@ extension Qcow2Checker {
     guard size > 0 else { return nil }
     let start = offset & ~(clusterSize - 1)
     let end = (offset + size + clusterSize - 1) & ~(clusterSize - 1)
-    /// Whether `length` bytes at `other` meet the cluster-aligned range.
+    /// Whether `length` bytes at `other` meet the cluster-aligned range
+    /// (`start < other + length`, which could overflow for an offset read
+    /// from the file).
     func overlaps(_ other: Int64, _ length: Int64) -> Bool {
-      length > 0 && other < end && start < other + length
+      length > 0 && other < end && start - length < other
     }
     if start < clusterSize { return "qcow2_header" }
     if overlaps(Int64(header.l1TableOffset), Int64(header.l1Size) * 8) {
@@ -37,7 +39,7 @@ extension Qcow2Checker {
     }
     if overlaps(Int64(header.snapshotsOffset), snapshotTableSize) { return "snapshot table" }
     for snapshot in snapshots
-    where overlaps(Int64(snapshot.l1TableOffset), Int64(snapshot.l1Size) * 8) {
+    where overlaps(Int64(bitPattern: snapshot.l1TableOffset), Int64(snapshot.l1Size) * 8) {
       return "inactive L1 table"
     }
     for entry in l1Table where overlaps(Int64(entry & Qcow2Entry.offsetMask), clusterSize) {
