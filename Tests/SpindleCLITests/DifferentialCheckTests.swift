@@ -116,6 +116,14 @@ import Testing
       let table = try image.read(48, width: 8)
       try image.write(table + 8, try image.read(table + 8, width: 8) | 1 << 63, width: 8)
     },
+    "snapshot-l1-offset-negative": { directory in
+      // The snapshot's L1 table offset with bit 63 set: its read is EIO.
+      try await makeImage(directory, [])
+      try await qemuImg(["snapshot", "-c", "one", "\(directory)/t.qcow2"])
+      let image = try Image("\(directory)/t.qcow2")
+      let entry = try image.read(64, width: 8)
+      try image.write(entry, try image.read(entry, width: 8) | 1 << 63, width: 8)
+    },
     "data-cluster-misaligned": { directory in
       try await makeImage(directory, ["-o", "compat=0.10"])
       let image = try Image("\(directory)/t.qcow2")

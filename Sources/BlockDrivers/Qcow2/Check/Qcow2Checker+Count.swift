@@ -89,7 +89,15 @@ extension Qcow2Checker {
   private func checkL1(offset: Int64, size: Int, active: Bool, fix: Qcow2CheckMode) async throws {
     guard size > 0 else { return }
     try incrementReferences(offset: offset, size: Int64(size) * 8)
-    let table = try await readPadded(at: offset, count: size * 8).bigEndianUInt64s(count: size)
+    let table: [UInt64]
+    do {
+      table = try await readPadded(at: offset, count: size * 8).bigEndianUInt64s(count: size)
+    } catch let error as BlockError {
+      // A snapshot's L1 offset with bit 63 set: QEMU's read fails (EIO).
+      report("ERROR: I/O error in check_refcounts_l1")
+      result.checkErrors += 1
+      throw Abort(error: error)
+    }
     for entry in table where entry != 0 {
       if entry & Self.l1ReservedMask != 0 {
         report("ERROR found L1 entry with reserved bits set: \(hex(entry))")
