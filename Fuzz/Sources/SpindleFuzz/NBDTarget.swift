@@ -80,6 +80,10 @@ enum NBDTarget {
         }
       case .disconnect:
         return
+      case .readBlockStatusPayload:
+        // A BLOCK_STATUS payload (extended headers): skipped, as a payload
+        // that follows a rejected request.
+        buffer.moveReaderIndex(forwardBy: min(Int(request.length), buffer.readableBytes))
       case .reject(_, _, let payloadFollows, let fatal):
         if fatal { return }
         if payloadFollows {
