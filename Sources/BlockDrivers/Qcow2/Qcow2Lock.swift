@@ -1,17 +1,28 @@
 import BlockCore
+import BlockLoop
 
 /// A first-come first-served async mutex on ``BlockActor`` (QEMU's `CoMutex`
 /// around qcow2 metadata, `s->lock`): held across the awaits of a metadata
 /// update so that no other request sees or changes tables half-way.
+///
+/// The lock is handed to the oldest waiter on release. Waiters wait on
+/// ``ContextWaiter``s, so a handed-over lock reaches its next holder on the
+/// block layer's thread in the loop's next pass, as QEMU wakes the next
+/// coroutine: with a continuation it would travel through Swift's shared
+/// pool and back while every other request queued behind it.
 @BlockActor
 final class Qcow2Lock {
   private var held = false
-  private var waiters: [CheckedContinuation<Void, Never>] = []
+  private var waiters: [ContextWaiter] = []
+  private var spare: [ContextWaiter] = []
 
   /// Runs `body` holding the lock.
   func withLock<T>(_ body: () async throws -> T) async rethrows -> T {
     if held {
-      await withCheckedContinuation { waiters.append($0) }
+      let waiter = spare.popLast() ?? ContextWaiter(context: IOContext.main)
+      waiters.append(waiter)
+      _ = await waiter.value()
+      spare.append(waiter)
     } else {
       held = true
     }
@@ -24,7 +35,7 @@ final class Qcow2Lock {
     if waiters.isEmpty {
       held = false
     } else {
-      waiters.removeFirst().resume()
+      waiters.removeFirst().signal(0)
     }
   }
 }
