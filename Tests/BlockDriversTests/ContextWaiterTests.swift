@@ -12,24 +12,28 @@ actor WaiterProbe {
 
   nonisolated var unownedExecutor: UnownedSerialExecutor { context.asUnownedSerialExecutor() }
 
-  /// `count` rounds: a task waits on a waiter and another signals it with
-  /// the round's number; the waiter's value is checked, and so is that the
-  /// waiting task comes back on the context's thread.
+  /// `count` rounds of ping-pong between this task and another on the
+  /// context, each waiting on a ``ContextWaiter`` the other signals; returns
+  /// the values the other task received, in order.
   func pingPong(rounds count: Int) async -> [Int] {
-    let waiter = ContextWaiter(context: context)
-    var values: [Int] = []
-    for round in 0..<count {
-      let waiting = Task { () -> Int in
-        let value = await waiter.value()
+    let ping = ContextWaiter(context: context)
+    let pong = ContextWaiter(context: context)
+    let other = Task { () -> [Int] in
+      var received: [Int] = []
+      for _ in 0..<count {
+        let value = await ping.value()
         if !self.context.isCurrent { self.offThread += 1 }
-        return value
+        received.append(value)
+        pong.signal(value)
       }
-      // Let the waiting task reach the waiter, then signal.
-      await Task.yield()
-      waiter.signal(round)
-      values.append(await waiting.value)
+      return received
     }
-    return values
+    for round in 0..<count {
+      ping.signal(round)
+      let echoed = await pong.value()
+      if !context.isCurrent || echoed != round { offThread += 1 }
+    }
+    return await other.value
   }
 
   /// A signal given before anyone waits is taken by the next wait.
