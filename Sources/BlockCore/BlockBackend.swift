@@ -56,7 +56,7 @@ public final class BlockBackend: BlockParent {
 
   /// Waits while the graph is drained, then counts the request as in flight.
   @inline(__always)
-  private func request<T>(_ body: () async throws -> T) async throws -> T {
+  private func request<T>(_ body: @BlockActor () async throws -> T) async throws -> T {
     if quiesceCounter > 0 { await waitWhileQuiesced() }
     inFlight += 1
     defer { inFlight -= 1 }

@@ -197,7 +197,7 @@ public final class BlockNode {
   }
 
   /// Runs `body` counted as one request in flight.
-  func inFlight<T>(_ body: () async throws -> T) async rethrows -> T {
+  func inFlight<T>(_ body: @BlockActor () async throws -> T) async rethrows -> T {
     incrementInFlight()
     defer { decrementInFlight() }
     return try await body()

@@ -17,7 +17,7 @@ final class Qcow2Lock {
   private var spare: [ContextWaiter] = []
 
   /// Runs `body` holding the lock.
-  func withLock<T>(_ body: () async throws -> T) async rethrows -> T {
+  func withLock<T>(_ body: @BlockActor () async throws -> T) async rethrows -> T {
     if held {
       let waiter = spare.popLast() ?? ContextWaiter(context: IOContext.main)
       waiters.append(waiter)
