@@ -58,7 +58,7 @@ extension BlockNode: BlockParent {
       // The busy one is a non-node parent: wait for it through the backend.
       return
     }
-    await withCheckedContinuation { idleWaiters.append($0) }
+    await idleWaiters.wait()
   }
 
   private func firstBusyNode() -> BlockNode? {
