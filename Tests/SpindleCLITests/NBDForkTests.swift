@@ -149,7 +149,19 @@ struct NBDForkTests {
         "nbdinfo",
         ["--size"] + server.activated(["--fork", "--pid-file=\(pidFile)", "-f", "raw", image]))
       watchdog.cancel()
-      #expect(size == ToolResult(status: 0, output: "1048576\n", error: ""), "\(server)")
+      #expect(size.status == 0 && size.output == "1048576\n", "\(server): \(size)")
+      // qemu-nbd 7.2's parent sometimes reports an EINTR on its readiness
+      // pipe (its read is not restarted after a signal, SIGCHLD here) while
+      // its daemon serves: a QEMU quirk, not Spindle's contract.
+      let qemuEINTR = "qemu-nbd: Cannot read from daemon: Interrupted system call\n"
+      if server == .qemu && size.error == qemuEINTR {
+        withKnownIssue("qemu-nbd's parent read its readiness pipe into EINTR", isIntermittent: true)
+        {
+          Issue.record("qemu-nbd: \(size.error)")
+        }
+      } else {
+        #expect(size.error == "", "\(server)")
+      }
     }
   }
 
