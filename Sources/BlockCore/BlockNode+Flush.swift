@@ -9,12 +9,12 @@ extension BlockNode {
     try await inFlight {
       let generation = writeGeneration
       while flushActive {
-        await flushQueue.wait()
+        await withCheckedContinuation { flushQueue.append($0) }
       }
       flushActive = true
       defer {
         flushActive = false
-        flushQueue.wakeOne()
+        if !flushQueue.isEmpty { flushQueue.removeFirst().resume() }
       }
       try await file?.emit(.flushToOS)
       try await driver.flushToOS(self)

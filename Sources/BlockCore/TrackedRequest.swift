@@ -26,7 +26,7 @@ public final class TrackedRequest {
   public private(set) var isSerialising = false
   /// The request this one currently waits for, if any.
   fileprivate(set) var waitingFor: TrackedRequest?
-  fileprivate let waiters = BlockWaitQueue()
+  fileprivate var waiters: [CheckedContinuation<Void, Never>] = []
   fileprivate var finished = false
 
   init(kind: TrackedRequestKind, offset: Int64, bytes: Int64) {
@@ -57,12 +57,14 @@ public final class TrackedRequest {
 
   fileprivate func waitUntilFinished() async {
     if finished { return }
-    await waiters.wait()
+    await withCheckedContinuation { waiters.append($0) }
   }
 
   fileprivate func finish() {
     finished = true
-    waiters.wakeAll()
+    let pending = waiters
+    waiters = []
+    for waiter in pending { waiter.resume() }
   }
 }
 

@@ -1,5 +1,4 @@
 import BlockCore
-import BlockLoop
 import SystemPackage
 
 /// QEMU's `blkdebug` filter (block/blkdebug.c, QEMU 7.2): passes every request
@@ -36,7 +35,7 @@ public final class BlkdebugDriver: BlockDriver {
   public let configFile: String?
   private let fileCapabilities: DriverCapabilities
   var suspended: [SuspendedRequest] = []
-  var suspensionWaiters: [(tag: String, waiter: ContextWaiter)] = []
+  var suspensionWaiters: [(tag: String, continuation: CheckedContinuation<Bool, Never>)] = []
   /// Receives blkdebug's messages about breakpoints (QEMU prints them on
   /// standard output): `blkdebug: Suspended request 'TAG'` and
   /// `blkdebug: Resuming request 'TAG'`, each with a newline.
