@@ -27,7 +27,7 @@ public final class BlockBackend: BlockParent {
   /// Counters.
   public private(set) var stats = BackendStats()
   private var quiesceCounter = 0
-  private var quiesceWaiters: [CheckedContinuation<Void, Never>] = []
+  private let quiesceWaiters = BlockWaitQueue()
   private var inFlight = 0
 
   /// Attaches a backend to a root node.
@@ -43,9 +43,7 @@ public final class BlockBackend: BlockParent {
   public func childDrainedEnd() {
     quiesceCounter -= 1
     if quiesceCounter == 0 {
-      let waiters = quiesceWaiters
-      quiesceWaiters = []
-      for waiter in waiters { waiter.resume() }
+      quiesceWaiters.wakeAll()
     }
   }
 
@@ -56,7 +54,7 @@ public final class BlockBackend: BlockParent {
 
   /// Waits while the graph is drained, then counts the request as in flight.
   @inline(__always)
-  private func request<T>(_ body: () async throws -> T) async throws -> T {
+  private func request<T>(_ body: @BlockActor () async throws -> T) async throws -> T {
     if quiesceCounter > 0 { await waitWhileQuiesced() }
     inFlight += 1
     defer { inFlight -= 1 }
@@ -70,7 +68,7 @@ public final class BlockBackend: BlockParent {
 
   private func waitWhileQuiesced() async {
     while quiesceCounter > 0 {
-      await withCheckedContinuation { quiesceWaiters.append($0) }
+      await quiesceWaiters.wait()
     }
   }
 

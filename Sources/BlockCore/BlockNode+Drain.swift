@@ -17,7 +17,7 @@ extension BlockNode: BlockParent {
   }
 
   /// Runs `body` inside a drained section.
-  public func drained<T>(_ body: () async throws -> T) async rethrows -> T {
+  public func drained<T>(_ body: @BlockActor () async throws -> T) async rethrows -> T {
     await drainedBegin()
     defer { drainedEnd() }
     return try await body()
@@ -58,7 +58,7 @@ extension BlockNode: BlockParent {
       // The busy one is a non-node parent: wait for it through the backend.
       return
     }
-    await withCheckedContinuation { idleWaiters.append($0) }
+    await idleWaiters.wait()
   }
 
   private func firstBusyNode() -> BlockNode? {

@@ -9,12 +9,12 @@ extension BlockNode {
     try await inFlight {
       let generation = writeGeneration
       while flushActive {
-        await withCheckedContinuation { flushQueue.append($0) }
+        await flushQueue.wait()
       }
       flushActive = true
       defer {
         flushActive = false
-        if !flushQueue.isEmpty { flushQueue.removeFirst().resume() }
+        flushQueue.wakeOne()
       }
       try await file?.emit(.flushToOS)
       try await driver.flushToOS(self)

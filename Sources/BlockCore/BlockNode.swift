@@ -51,8 +51,8 @@ public final class BlockNode {
   let tracked = TrackedRequests()
   var flushActive = false
   var plugDepth = 0
-  var flushQueue: [CheckedContinuation<Void, Never>] = []
-  var idleWaiters: [CheckedContinuation<Void, Never>] = []
+  let flushQueue = BlockWaitQueue()
+  let idleWaiters = BlockWaitQueue()
   var parents: [WeakParent] = []
   /// Dirty bitmaps marked by completed writes and discards.
   public internal(set) var dirtyBitmaps: [DirtyBitmap] = []
@@ -189,15 +189,11 @@ public final class BlockNode {
 
   func decrementInFlight() {
     inFlight -= 1
-    if inFlight == 0 && !idleWaiters.isEmpty {
-      let waiters = idleWaiters
-      idleWaiters = []
-      for waiter in waiters { waiter.resume() }
-    }
+    if inFlight == 0 { idleWaiters.wakeAll() }
   }
 
   /// Runs `body` counted as one request in flight.
-  func inFlight<T>(_ body: () async throws -> T) async rethrows -> T {
+  func inFlight<T>(_ body: @BlockActor () async throws -> T) async rethrows -> T {
     incrementInFlight()
     defer { decrementInFlight() }
     return try await body()

@@ -26,7 +26,7 @@ public final class TrackedRequest {
   public private(set) var isSerialising = false
   /// The request this one currently waits for, if any.
   fileprivate(set) var waitingFor: TrackedRequest?
-  fileprivate var waiters: [CheckedContinuation<Void, Never>] = []
+  fileprivate let waiters = BlockWaitQueue()
   fileprivate var finished = false
 
   init(kind: TrackedRequestKind, offset: Int64, bytes: Int64) {
@@ -57,14 +57,12 @@ public final class TrackedRequest {
 
   fileprivate func waitUntilFinished() async {
     if finished { return }
-    await withCheckedContinuation { waiters.append($0) }
+    await waiters.wait()
   }
 
   fileprivate func finish() {
     finished = true
-    let pending = waiters
-    waiters = []
-    for waiter in pending { waiter.resume() }
+    waiters.wakeAll()
   }
 }
 

@@ -65,6 +65,10 @@ public final class IOContext: SerialExecutor, TaskExecutor, @unchecked Sendable 
   private var ready: [UnownedJob] = []
   /// The jobs of the turn being run.
   private var running: [UnownedJob] = []
+  /// Jobs of tasks that waited on a ``ContextWaiter`` and were signalled,
+  /// with the waiter's executor they run on (see ``resume(_:on:)``).
+  private var resumed: [(job: UnownedJob, executor: UnownedSerialExecutor)] = []
+  private var resuming: [(job: UnownedJob, executor: UnownedSerialExecutor)] = []
   private var thread = pthread_t()
   private let ended = Atomic<Bool>(false)
 
@@ -172,6 +176,13 @@ public final class IOContext: SerialExecutor, TaskExecutor, @unchecked Sendable 
     UnownedSerialExecutor(ordinary: self)
   }
 
+  /// Runs `job`, parked on a ``ContextWaiter``'s `executor`, in the loop's
+  /// next pass (never inside the job that signals it). Call on this
+  /// context's thread.
+  func resume(_ job: UnownedJob, on executor: UnownedSerialExecutor) {
+    resumed.append((job, executor))
+  }
+
   /// This context as a task executor: a task that prefers it (see
   /// ``BlockActor/run(_:)``) runs its nonisolated code here too, so a
   /// continuation resumed on this thread (an I/O completion, a lock handed
@@ -217,6 +228,14 @@ public final class IOContext: SerialExecutor, TaskExecutor, @unchecked Sendable 
     let executor = asUnownedSerialExecutor()
     while true {
       takeInbox()
+      if !resumed.isEmpty {
+        // Each runs a waiter's `value()` and hops back to its actor on this
+        // context: it lands in `ready`, run just below.
+        swap(&resumed, &resuming)
+        for entry in resuming { entry.job.runSynchronously(on: entry.executor) }
+        jobsRun.add(resuming.count, ordering: .relaxed)
+        resuming.removeAll(keepingCapacity: true)
+      }
       if !ready.isEmpty {
         swap(&ready, &running)
         for job in running { job.runSynchronously(on: executor) }
@@ -226,7 +245,7 @@ public final class IOContext: SerialExecutor, TaskExecutor, @unchecked Sendable 
       // One io_uring_enter for everything this turn prepared, then the
       // completions that are there: their requests resume in the next turn.
       let reaped = ring?.submitAndReap() ?? 0
-      if !ready.isEmpty || reaped > 0 { continue }
+      if !ready.isEmpty || !resumed.isEmpty || reaped > 0 { continue }
       if stopping.load(ordering: .sequentiallyConsistent) && isQuiescent() { break }
       sleep()
     }
@@ -252,7 +271,7 @@ public final class IOContext: SerialExecutor, TaskExecutor, @unchecked Sendable 
   }
 
   private func isQuiescent() -> Bool {
-    ready.isEmpty && inbox.withLock { $0.isEmpty } && (ring?.inFlight ?? 0) == 0
+    ready.isEmpty && resumed.isEmpty && inbox.withLock { $0.isEmpty } && (ring?.inFlight ?? 0) == 0
       && outstanding.load(ordering: .sequentiallyConsistent) == 0
   }
 

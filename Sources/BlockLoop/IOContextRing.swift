@@ -17,7 +17,7 @@ import CURing
 ///   kept for the loop's wake-up poll), so the completion queue never
 ///   overflows; a request beyond that waits for a slot, first come first
 ///   served, and never leaves the ring.
-/// - Each in-flight request owns a slot: its continuation and its iovec array
+/// - Each in-flight request owns a slot: its waiter and its iovec array
 ///   (a few inline entries per slot, a separate array only for more
 ///   segments), so a request allocates nothing here. A slot's index is the
 ///   submission's user data (0 is the wake-up poll).
@@ -50,7 +50,10 @@ public final class IOContextRing: @unchecked Sendable {
   private let wakeFD: Int32
   unowned(unsafe) var context: IOContext?
   private var wakeArmed = false
-  private var continuations: [UnsafeContinuation<Int32, Never>?]
+  /// Each slot's waiter (made on first use) and whether a request waits
+  /// on it.
+  private var waiters: [ContextWaiter?]
+  private var waiting: [Bool]
   private let vectors: UnsafeMutablePointer<iovec>
   private var spilled: [UnsafeMutableBufferPointer<iovec>?]
   private var freeSlots: [Int32]
@@ -71,7 +74,8 @@ public final class IOContextRing: @unchecked Sendable {
     self.wakeFD = wakeFD
     submissionEntries = Int(cur_sq_entries(ring))
     capacity = Int(cur_cq_entries(ring)) - 1
-    continuations = Array(repeating: nil, count: capacity)
+    waiters = Array(repeating: nil, count: capacity)
+    waiting = Array(repeating: false, count: capacity)
     spilled = Array(repeating: nil, count: capacity)
     vectors = .allocate(capacity: capacity * Self.inlineVectors)
     freeSlots = (0..<Int32(capacity)).reversed()
@@ -105,11 +109,10 @@ public final class IOContextRing: @unchecked Sendable {
       index += 1
     }
     let ring = ring
-    return await withUnsafeContinuation { continuation in
-      start(slot, continuation) { userData in
-        cur_prep_rw(ring, write ? 1 : 0, fd, iov, UInt32(count), offset, userData)
-      }
+    let waiter = start(slot) { userData in
+      cur_prep_rw(ring, write ? 1 : 0, fd, iov, UInt32(count), offset, userData)
     }
+    return await Int32(truncatingIfNeeded: waiter.value())
   }
 
   /// fdatasync on `fd`: 0 or a negated errno.
@@ -118,9 +121,8 @@ public final class IOContextRing: @unchecked Sendable {
     let slot: Int
     if let free = freeSlots.popLast() { slot = Int(free) } else { slot = await waitForSlot() }
     let ring = ring
-    return await withUnsafeContinuation { continuation in
-      start(slot, continuation) { userData in cur_prep_fsync(ring, fd, 1, userData) }
-    }
+    let waiter = start(slot) { userData in cur_prep_fsync(ring, fd, 1, userData) }
+    return await Int32(truncatingIfNeeded: waiter.value())
   }
 
   private nonisolated(nonsending) func waitForSlot() async -> Int {
@@ -128,24 +130,33 @@ public final class IOContextRing: @unchecked Sendable {
     return await withUnsafeContinuation { slotWaiters.append($0) }
   }
 
-  /// Prepares the slot's submission; a full queue is flushed first. Should
-  /// the kernel refuse even that, the request ends with the error.
-  private func start(
-    _ slot: Int, _ continuation: UnsafeContinuation<Int32, Never>, _ prepare: (UInt64) -> Int32
-  ) {
+  /// Prepares the slot's submission and returns the waiter its result will
+  /// be signalled on; a full queue is flushed first. Should the kernel
+  /// refuse even that, the waiter has the error already.
+  private func start(_ slot: Int, _ prepare: (UInt64) -> Int32) -> ContextWaiter {
+    let waiter = waiters[slot] ?? makeWaiter(slot)
     let userData = UInt64(slot + 1)
     if prepare(userData) != 0 {
       fullQueueFlushes += 1
       let submitted = flush()
       if submitted < 0 || prepare(userData) != 0 {
+        // A waiter of its own: the slot may go to another request at once.
+        let failed = ContextWaiter(context: context!)
+        failed.signal(Int(submitted < 0 ? submitted : -EBUSY))
         freeSlot(slot)
-        continuation.resume(returning: submitted < 0 ? submitted : -EBUSY)
-        return
+        return failed
       }
     }
-    continuations[slot] = continuation
+    waiting[slot] = true
     inFlight += 1
     peakInFlight = max(peakInFlight, inFlight)
+    return waiter
+  }
+
+  private func makeWaiter(_ slot: Int) -> ContextWaiter {
+    let waiter = ContextWaiter(context: context!)
+    waiters[slot] = waiter
+    return waiter
   }
 
   // MARK: The loop's side
@@ -205,11 +216,14 @@ public final class IOContextRing: @unchecked Sendable {
       return
     }
     let slot = Int(userData - 1)
-    guard let continuation = continuations[slot] else { return }
-    continuations[slot] = nil
+    guard waiting[slot], let waiter = waiters[slot] else { return }
+    waiting[slot] = false
     inFlight -= 1
+    // The signalled task takes its result at the top of the loop's next
+    // pass, before any job runs: a request the slot goes to meanwhile (a
+    // slot waiter, resumed as a job) cannot reach this waiter first.
+    waiter.signal(Int(result))
     freeSlot(slot)
-    continuation.resume(returning: result)
   }
 
   /// Gives the slot to the oldest request waiting for one, or frees it.

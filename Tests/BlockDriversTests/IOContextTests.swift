@@ -176,7 +176,8 @@ struct IOContextTests {
         // The loop is held, with an empty inbox. Enqueue one job, and arm the
         // hook for the loop's next way to sleep, after it has run the job.
         let before = context.foreignEnqueues.load(ordering: .sequentiallyConsistent)
-        target.store(iteration < iterations - 1 ? iteration + 2 : 0, ordering: .sequentiallyConsistent)
+        target.store(
+          iteration < iterations - 1 ? iteration + 2 : 0, ordering: .sequentiallyConsistent)
         let ran = DispatchSemaphore(value: 0)
         Task { @Sendable in
           await probe.touch {

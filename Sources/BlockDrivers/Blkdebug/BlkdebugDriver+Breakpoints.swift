@@ -1,4 +1,5 @@
 import BlockCore
+import BlockLoop
 import SystemPackage
 
 /// A request suspended at one or more breakpoints; it continues once every
@@ -6,7 +7,9 @@ import SystemPackage
 @BlockActor
 final class SuspendedRequest {
   var tags: [String]
-  var continuation: CheckedContinuation<Void, Never>?
+  /// Where the suspended request waits (it resumes on the block layer's
+  /// thread in the loop's next pass).
+  let waiter = ContextWaiter(context: IOContext.main)
 
   init(tags: [String]) { self.tags = tags }
 }
@@ -54,14 +57,16 @@ extension BlkdebugDriver {
   /// ``abandonSuspensionWaits()`` gives up on it (false).
   public func waitForSuspension(tag: String) async -> Bool {
     if isSuspended(tag: tag) { return true }
-    return await withCheckedContinuation { suspensionWaiters.append((tag, $0)) }
+    let waiter = ContextWaiter(context: IOContext.main)
+    suspensionWaiters.append((tag, waiter))
+    return await waiter.value() != 0
   }
 
   /// Ends every ``waitForSuspension(tag:)`` with false.
   public func abandonSuspensionWaits() {
     let waiters = suspensionWaiters
     suspensionWaiters = []
-    for waiter in waiters { waiter.continuation.resume(returning: false) }
+    for waiter in waiters { waiter.waiter.signal(0) }
   }
 
   /// Suspends the calling request at the breakpoints `tags`.
@@ -71,8 +76,8 @@ extension BlkdebugDriver {
     for tag in tags { messageHandler?("blkdebug: Suspended request '\(tag)'\n") }
     let ready = suspensionWaiters.filter { tags.contains($0.tag) }
     suspensionWaiters.removeAll { tags.contains($0.tag) }
-    for waiter in ready { waiter.continuation.resume(returning: true) }
-    await withCheckedContinuation { request.continuation = $0 }
+    for waiter in ready { waiter.waiter.signal(1) }
+    _ = await request.waiter.value()
   }
 
   private func resume(_ request: SuspendedRequest, tag: String) {
@@ -80,8 +85,7 @@ extension BlkdebugDriver {
     if let index = request.tags.firstIndex(of: tag) { request.tags.remove(at: index) }
     guard request.tags.isEmpty else { return }
     suspended.removeAll { $0 === request }
-    request.continuation?.resume()
-    request.continuation = nil
+    request.waiter.signal(0)
   }
 
   /// The blkdebug driver of a node or of the first node below it along file

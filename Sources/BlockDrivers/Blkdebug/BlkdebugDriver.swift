@@ -1,4 +1,5 @@
 import BlockCore
+import BlockLoop
 import SystemPackage
 
 /// QEMU's `blkdebug` filter (block/blkdebug.c, QEMU 7.2): passes every request
@@ -35,7 +36,7 @@ public final class BlkdebugDriver: BlockDriver {
   public let configFile: String?
   private let fileCapabilities: DriverCapabilities
   var suspended: [SuspendedRequest] = []
-  var suspensionWaiters: [(tag: String, continuation: CheckedContinuation<Bool, Never>)] = []
+  var suspensionWaiters: [(tag: String, waiter: ContextWaiter)] = []
   /// Receives blkdebug's messages about breakpoints (QEMU prints them on
   /// standard output): `blkdebug: Suspended request 'TAG'` and
   /// `blkdebug: Resuming request 'TAG'`, each with a newline.

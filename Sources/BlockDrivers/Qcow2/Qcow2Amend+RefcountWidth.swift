@@ -113,7 +113,7 @@ extension Qcow2Driver {
 extension Qcow2Driver {
   /// Runs `body`; a ``BlockError`` it throws is reworded as QEMU's
   /// `error_setg_errno(errp, -ret, what)`: "what: strerror".
-  fileprivate static func failing<T>(_ what: String, _ body: () async throws -> T)
+  fileprivate static func failing<T>(_ what: String, _ body: @BlockActor () async throws -> T)
     async throws -> T
   {
     do {

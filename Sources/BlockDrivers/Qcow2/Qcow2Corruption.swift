@@ -103,7 +103,9 @@ extension Qcow2Driver {
   /// Runs a request, reporting the corruptions it finds in the tables
   /// (errors from ``corruption(_:)``) as QEMU's `qcow2_signal_corruption`
   /// does for them: fatal, so a writable image is marked corrupt.
-  func reportingCorruption<T>(_ node: BlockNode, _ body: () async throws -> T) async throws -> T {
+  func reportingCorruption<T>(_ node: BlockNode, _ body: @BlockActor () async throws -> T)
+    async throws -> T
+  {
     do {
       return try await body()
     } catch let error as BlockError

@@ -3,7 +3,9 @@ import BlockCore
 extension Qcow2Driver {
   /// Runs a write of the L2 table at `offset`, remembering the table when
   /// the write fails.
-  func recordingL2Failure(at offset: Int64, _ write: () async throws -> Void) async throws {
+  func recordingL2Failure(at offset: Int64, _ write: @BlockActor () async throws -> Void)
+    async throws
+  {
     do {
       try await write()
       safety.unwrittenL2Tables.remove(offset)

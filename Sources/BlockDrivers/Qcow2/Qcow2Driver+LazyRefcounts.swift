@@ -35,7 +35,7 @@ extension Qcow2Driver {
   /// allocated, before a check, and on close, which then marks the image
   /// clean; a crash in between leaves a dirty image whose refcounts lag
   /// ("refcount=0 reference=1"), repaired when it is next opened.
-  func allocatingData<T>(_ refcounts: Qcow2Refcounts, _ body: () async throws -> T)
+  func allocatingData<T>(_ refcounts: Qcow2Refcounts, _ body: @BlockActor () async throws -> T)
     async throws -> T
   {
     refcounts.defersWrites = true

@@ -40,7 +40,7 @@ extension Qcow2Driver {
 
   /// Runs one step of a shrink, its errors prefixed as QEMU's
   /// `error_setg_errno` prefixes them.
-  private func step(_ what: String, _ body: () async throws -> Void) async throws {
+  private func step(_ what: String, _ body: @BlockActor () async throws -> Void) async throws {
     do {
       try await body()
     } catch let error as BlockError {

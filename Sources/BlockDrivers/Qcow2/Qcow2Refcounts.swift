@@ -377,7 +377,7 @@ final class Qcow2Refcounts {
 
   /// Runs a write of the refcount block at `offset`, remembering the block
   /// when it fails.
-  private func recordingFailure(at offset: Int64, _ write: () async throws -> Void)
+  private func recordingFailure(at offset: Int64, _ write: @BlockActor () async throws -> Void)
     async throws
   {
     do {

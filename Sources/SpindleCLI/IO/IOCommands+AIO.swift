@@ -34,6 +34,10 @@ final class AIOQueue {
   /// Reports of requests that finished before ``submit(_:)`` returned.
   private var held: [Int: String] = [:]
   private var idleHandlers: [@BlockActor () -> Void] = []
+  /// Whether ``drain()`` runs: reports are printed as requests finish.
+  private var draining = false
+  /// Where ``drain()`` waits for the last request to finish.
+  private let idle = BlockWaitQueue()
 
   init(console: Console) {
     self.console = console
@@ -75,6 +79,7 @@ final class AIOQueue {
     }
     finished.append((sequence, report))
     finish(sequence)
+    if draining { deliver() }
   }
 
   private func finish(_ sequence: Int) {
@@ -91,6 +96,7 @@ final class AIOQueue {
   }
 
   private func notifyIdle() {
+    idle.wakeAll()
     let handlers = idleHandlers
     idleHandlers = []
     for handler in handlers { handler() }
@@ -107,15 +113,17 @@ final class AIOQueue {
 
   /// Waits for every request, printing reports as requests finish (QEMU's
   /// `blk_drain_all` runs each completion callback as its request ends):
-  /// the oldest request is awaited first, so one that another waited for
-  /// (a qcow2 allocation the second write depends on) prints first.
+  /// what finished before is printed first (newest first, as `deliver()`),
+  /// then each request's report as it finishes, so one that another waited
+  /// for (a qcow2 allocation the second write depends on) prints first.
   func drain() async {
-    while let sequence = running.keys.min(), let task = running[sequence] {
-      await task.value
-      deliver()
-    }
+    deliver()
+    draining = true
+    defer { draining = false }
+    while !running.isEmpty { await idle.wait() }
     deliver()
   }
+
 }
 
 extension IOSession {
