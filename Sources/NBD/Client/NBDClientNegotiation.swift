@@ -31,21 +31,8 @@ actor NBDClientNegotiation {
   func connect(to address: NBDServerAddress, handshake: NBDClientHandshake) async throws
     -> Negotiated
   {
-    let connecting = NBDClientConnection.connect(to: address, on: loop)
-    let socket = try await withCheckedThrowingContinuation {
-      (connected: CheckedContinuation<NBDClientChannel, any Error>) in
-      connecting.whenComplete { connected.resume(with: $0) }
-    }
-    do {
-      return try await run(handshake, over: socket)
-    } catch let error as BlockError {
-      socket.close()
-      throw error
-    } catch {
-      socket.close()
-      throw BlockError(
-        .ioError,
-        "Failed to read from socket: \(NBDClientConnection.socketErrorText(error))")
+    try await withConnectedNBDSocket(to: address, on: loop) { socket in
+      try await run(handshake, over: socket)
     }
   }
 

@@ -44,24 +44,11 @@ public enum NBDExportListing {
   /// Connects to `address` and lists its exports.
   public static func list(_ address: NBDServerAddress) async throws -> [NBDListedExport] {
     let loop = MultiThreadedEventLoopGroup.singleton.next()
-    let connecting = NBDClientConnection.connect(to: address, on: loop)
-    let socket = try await withCheckedThrowingContinuation {
-      (connected: CheckedContinuation<NBDClientChannel, any Error>) in
-      connecting.whenComplete { connected.resume(with: $0) }
-    }
     let runner = NBDListingRunner(on: loop)
-    do {
+    return try await withConnectedNBDSocket(to: address, on: loop) { socket in
       let exports = try await runner.run(over: socket)
       socket.close()
       return exports
-    } catch let error as BlockError {
-      socket.close()
-      throw error
-    } catch {
-      socket.close()
-      throw BlockError(
-        .ioError,
-        "Failed to read from socket: \(NBDClientConnection.socketErrorText(error))")
     }
   }
 }
