@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Spindle's rbd driver and QEMU's (qemu-block-extra) side by side on one
 # throwaway Ceph cluster (Tests/ceph/ceph-single-node.sh, bluestore so that
-# memory stays bounded, ports 40800-40899), in the same run:
+# memory stays bounded, ports 26800-26899), in the same run:
 #   bench read and write, 4 KiB requests at depth 32, ops/s and Spindle's as
 #     a ratio of QEMU's (goal >= 1.0); qemu-img bench has no random mode, so
 #     requests step through the image by BENCH_STEP bytes (-S);
@@ -38,7 +38,7 @@ if [ ! -x "$spindle" ]; then
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/spindle-bench-rbd.XXXXXX")
-export CEPH_DIR=$work/ceph CEPH_PORT=${CEPH_PORT:-40800} CEPH_STORE=bluestore
+export CEPH_DIR=$work/ceph CEPH_PORT=${CEPH_PORT:-26800} CEPH_STORE=bluestore
 export CEPH_BYTES=$(((size_mib * 4 + 1024) << 20)) CEPH_POOL=benchpool
 cluster=$package/Tests/ceph/ceph-single-node.sh
 trap '"$cluster" stop || true; rm -rf "$work"' EXIT

@@ -100,7 +100,7 @@ struct RBDFaultTests {
   @Test func monitorStopped() async throws {
     let script = Self.clusterScript
     let directory = "/tmp/spindle-ceph-mon-\(UUID().uuidString.prefix(8))"
-    let environment = ["CEPH_DIR=\(directory)", "CEPH_PORT=40700", "CEPH_POOL=monpool"]
+    let environment = ["CEPH_DIR=\(directory)", "CEPH_PORT=26700", "CEPH_POOL=monpool"]
     func cluster(_ command: String) async throws -> ToolResult {
       try await runProcess("/usr/bin/env", environment + [script, command])
     }
@@ -120,7 +120,7 @@ struct RBDFaultTests {
   /// OSD is restarted the flushed data is all there and writes work again.
   @Test func osdKilledAndRestarted() async throws {
     let environment = [
-      "CEPH_DIR=/tmp/spindle-ceph-osd-\(UUID().uuidString.prefix(8))", "CEPH_PORT=40900",
+      "CEPH_DIR=/tmp/spindle-ceph-osd-\(UUID().uuidString.prefix(8))", "CEPH_PORT=26900",
       "CEPH_POOL=osdpool", "CEPH_STORE=bluestore", "CEPH_BYTES=1073741824",
     ]
     func cluster(_ command: String) async throws -> ToolResult {

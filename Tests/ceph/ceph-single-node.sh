@@ -9,11 +9,13 @@
 #     for kill-osd: memstore loses everything)
 # Packages: apt-get install -y --no-install-recommends ceph-mon ceph-osd
 #   ceph-common librbd-dev qemu-utils qemu-block-extra  (+ ceph-mgr for CEPH_MGR=1)
-# Knobs: CEPH_DIR=${TMPDIR:-/tmp}/spindle-ceph CEPH_PORT=40600 (uses PORT..PORT+99)
+# Knobs: CEPH_DIR=${TMPDIR:-/tmp}/spindle-ceph CEPH_PORT=26600 (uses PORT..PORT+99;
+#   keep it below 32768, Linux's ephemeral range: the tests' own outgoing
+#   connections take ports there and a mon found 40900 taken in CI)
 #   CEPH_STORE=memstore|bluestore CEPH_MGR=0|1 CEPH_AUTH=cephx|none
 #   CEPH_POOL=testpool CEPH_BYTES=4294967296 (memstore cap / sparse bluestore file)
 set -euo pipefail
-D=${CEPH_DIR:-${TMPDIR:-/tmp}/spindle-ceph}; P=${CEPH_PORT:-40600}; STORE=${CEPH_STORE:-memstore}
+D=${CEPH_DIR:-${TMPDIR:-/tmp}/spindle-ceph}; P=${CEPH_PORT:-26600}; STORE=${CEPH_STORE:-memstore}
 MGR=${CEPH_MGR:-0}; AUTH=${CEPH_AUTH:-cephx}; POOL=${CEPH_POOL:-testpool}
 BYTES=${CEPH_BYTES:-4294967296}; export CEPH_CONF=$D/ceph.conf
 log() { echo "[ceph-single-node] $*" >&2; }
