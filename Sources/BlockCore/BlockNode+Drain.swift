@@ -94,48 +94,8 @@ extension BlockNode: BlockParent {
   }
 }
 
-/// Every live node, for drain-all and flush-all.
-@BlockActor
-public enum BlockGraph {
-  private static var nodes: [WeakNode] = []
-  private static var drainedByDrainAll: [BlockNode] = []
-
-  static func register(_ node: BlockNode) {
-    nodes.removeAll { $0.node == nil }
-    nodes.append(WeakNode(node: node))
-  }
-
-  /// The nodes alive now.
-  public static var allNodes: [BlockNode] { nodes.compactMap(\.node) }
-
-  /// Drains every node (QEMU's `bdrv_drain_all_begin`): all parents stop issuing
-  /// requests and the call returns when nothing is in flight anywhere. Pair it
-  /// with ``drainAllEnd()``.
-  public static func drainAllBegin() async {
-    let all = allNodes
-    drainedByDrainAll.append(contentsOf: all)
-    for node in all { node.drainedBeginWithoutWaiting() }
-    for node in all { await node.waitUntilIdle() }
-  }
-
-  /// Ends a drain-all section.
-  public static func drainAllEnd() {
-    let drained = drainedByDrainAll
-    drainedByDrainAll = []
-    for node in drained { node.drainedEnd() }
-  }
-
-  /// Waits until nothing is in flight anywhere.
-  public static func drainAll() async {
-    await drainAllBegin()
-    drainAllEnd()
-  }
-
-  private struct WeakNode {
-    weak var node: BlockNode?
-  }
-}
-
 extension BlockNode {
-  fileprivate func drainedBeginWithoutWaiting() { beginQuiesce() }
+  /// Quiesces this node without waiting for its requests (drain-all
+  /// quiesces every node first, then waits).
+  func drainedBeginWithoutWaiting() { beginQuiesce() }
 }

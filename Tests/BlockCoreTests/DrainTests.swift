@@ -155,59 +155,91 @@ extension EngineTests {
 
     @Test("drainAll waits for requests in flight on every node")
     func drainAllWaitsEverywhere() async throws {
-      let (first, firstDriver) = try await makeRecordingNode(size: 1 * mib, name: "first")
-      let (second, secondDriver) = try await makeRecordingNode(size: 1 * mib, name: "second")
-      let firstHolder = CallHolder(\.isWrite)
-      firstHolder.install(on: firstDriver)
-      let secondHolder = CallHolder(\.isWrite)
-      secondHolder.install(on: secondDriver)
-      let log = EventLog()
-      let firstWrite = Task { @BlockActor in
-        try await first.write(at: 0, bytes: pattern(4 * kib))
-      }
-      let secondWrite = Task { @BlockActor in
-        try await second.write(at: 0, bytes: pattern(4 * kib))
-      }
-      await firstHolder.gate.waitForHeld(1)
-      await secondHolder.gate.waitForHeld(1)
+      try await BlockGraph.withSeparateGraph {
+        let (first, firstDriver) = try await makeRecordingNode(size: 1 * mib, name: "first")
+        let (second, secondDriver) = try await makeRecordingNode(size: 1 * mib, name: "second")
+        let firstHolder = CallHolder(\.isWrite)
+        firstHolder.install(on: firstDriver)
+        let secondHolder = CallHolder(\.isWrite)
+        secondHolder.install(on: secondDriver)
+        let log = EventLog()
+        let firstWrite = Task { @BlockActor in
+          try await first.write(at: 0, bytes: pattern(4 * kib))
+        }
+        let secondWrite = Task { @BlockActor in
+          try await second.write(at: 0, bytes: pattern(4 * kib))
+        }
+        await firstHolder.gate.waitForHeld(1)
+        await secondHolder.gate.waitForHeld(1)
 
-      let drain = Task { @BlockActor in
-        await BlockGraph.drainAll()
-        log.append("drained")
-      }
-      try await waitUntil("the drain has begun") {
-        first.quiesceCounter > 0 && second.quiesceCounter > 0
-      }
-      #expect(log.events.isEmpty)
+        let drain = Task { @BlockActor in
+          await BlockGraph.drainAll()
+          log.append("drained")
+        }
+        try await waitUntil("the drain has begun") {
+          first.quiesceCounter > 0 && second.quiesceCounter > 0
+        }
+        #expect(log.events.isEmpty)
 
-      firstHolder.gate.releaseAll()
-      try await firstWrite.value
-      secondHolder.gate.releaseAll()
-      try await secondWrite.value
-      await drain.value
-      #expect(log.events == ["drained"])
-      #expect(first.inFlight == 0 && second.inFlight == 0)
-      #expect(first.quiesceCounter == 0 && second.quiesceCounter == 0)
+        firstHolder.gate.releaseAll()
+        try await firstWrite.value
+        secondHolder.gate.releaseAll()
+        try await secondWrite.value
+        await drain.value
+        #expect(log.events == ["drained"])
+        #expect(first.inFlight == 0 && second.inFlight == 0)
+        #expect(first.quiesceCounter == 0 && second.quiesceCounter == 0)
+      }
     }
 
     @Test("between drainAllBegin and drainAllEnd backends hold new requests")
     func drainAllHoldsBackends() async throws {
-      let (node, driver) = try await makeRecordingNode(size: 1 * mib)
-      let backend = BlockBackend(root: node)
-      let log = EventLog()
-      await BlockGraph.drainAllBegin()
-      let write = Task { @BlockActor in
-        log.append("issued")
-        try await backend.write(at: 0, from: vector(pattern(4 * kib)))
-        log.append("done")
-      }
-      try await waitUntil("the write is issued") { log.events.contains("issued") }
-      #expect(driver.ioCalls.isEmpty)
+      try await BlockGraph.withSeparateGraph {
+        let (node, driver) = try await makeRecordingNode(size: 1 * mib)
+        let backend = BlockBackend(root: node)
+        let log = EventLog()
+        await BlockGraph.drainAllBegin()
+        let write = Task { @BlockActor in
+          log.append("issued")
+          try await backend.write(at: 0, from: vector(pattern(4 * kib)))
+          log.append("done")
+        }
+        try await waitUntil("the write is issued") { log.events.contains("issued") }
+        #expect(driver.ioCalls.isEmpty)
 
-      BlockGraph.drainAllEnd()
-      try await write.value
-      #expect(log.events == ["issued", "done"])
-      #expect(driver.ioCalls == [.write(offset: 0, length: 4 * kib, flags: [])])
+        BlockGraph.drainAllEnd()
+        try await write.value
+        #expect(log.events == ["issued", "done"])
+        #expect(driver.ioCalls == [.write(offset: 0, length: 4 * kib, flags: [])])
+      }
+    }
+
+    @Test("a drain-all in a separate graph neither waits for nor holds another graph's nodes")
+    func separateGraphsDrainApart() async throws {
+      let (outside, outsideDriver) = try await makeRecordingNode(size: 1 * mib, name: "outside")
+      let holder = CallHolder(\.isWrite)
+      holder.install(on: outsideDriver)
+      let held = Task { @BlockActor in
+        try await outside.write(at: 0, bytes: pattern(4 * kib))
+      }
+      await holder.gate.waitForHeld(1)
+      let outsideBackend = BlockBackend(root: outside)
+      try await BlockGraph.withSeparateGraph {
+        let (inside, _) = try await makeRecordingNode(size: 1 * mib, name: "inside")
+        try #require(BlockGraph.allNodes.map(\.name) == ["inside"])
+        // Returns with the outside write still held at its gate.
+        await BlockGraph.drainAllBegin()
+        #expect(inside.quiesceCounter == 1)
+        #expect(outside.quiesceCounter == 0 && outside.inFlight == 1)
+        // The outside graph still takes new requests during the section.
+        try await outsideBackend.read(at: 8 * kib, into: IOVector(allocating: Int(4 * kib)))
+        BlockGraph.drainAllEnd()
+        #expect(inside.quiesceCounter == 0)
+      }
+      #expect(BlockGraph.allNodes.contains { $0 === outside })
+      #expect(!BlockGraph.allNodes.contains { $0.name == "inside" })
+      holder.gate.releaseAll()
+      try await held.value
     }
 
     struct BodyFailed: Error {}
