@@ -4,8 +4,9 @@ import Testing
 
 /// qemu-nbd 7.2's `-e/--shared`: at most N clients served at once; the
 /// others wait in the kernel's listen backlog (N long), which refuses
-/// connections once full; a non-persistent server that ends resets the
-/// clients still waiting there. Compared with qemu-nbd on the same image.
+/// connections once full; a server that ends serves none of the clients
+/// still waiting there (reset by the kernel, or closed). Compared with
+/// qemu-nbd on the same image.
 @Suite(
   .requires("qemu-nbd", "qemu-img"),
   .enabled(if: SpindleExecutable.path != nil, "the spindle executable was not built"))
@@ -69,19 +70,28 @@ struct NBDSharedLimitTests {
       observed.append(Observed(waiting: waiting.count, endings: endings, status: status))
     }
     #expect(observed[1].waiting > 0 && observed[1].waiting < 16, "qemu-nbd: \(observed[1])")
-    // Seen under the load of full runs (AddressSanitizer): at SIGTERM with
-    // `-e 2`, Spindle sometimes greets one backlog client that qemu-nbd
-    // resets (a connection its listener had already taken and parked for a
-    // slot). Recorded as known, strict in every other way, until the
-    // shutdown order is fixed.
-    var greetedInsteadOfReset = observed[0]
-    greetedInsteadOfReset.endings = greetedInsteadOfReset.endings.map { $0 == .data ? .reset : $0 }
-    if ending == .terminated && observed[0] != observed[1] && greetedInsteadOfReset == observed[1] {
+    guard ending == .terminated else {
+      #expect(observed[0] == observed[1])
+      return
+    }
+    // At SIGTERM each server's shutdown races the kernel's backlog: qemu-nbd
+    // 7.2 sometimes accepts a waiting client and closes it (end of file),
+    // sometimes leaves it to the reset of the closing listener (both seen in
+    // loaded runs). Compared: the backlog, the exit status, and that no
+    // waiting client is served. Spindle has also been seen greeting one
+    // before closing it (a connection its listener had already taken);
+    // recorded as known, until the shutdown order makes that impossible.
+    #expect(observed[0].waiting == observed[1].waiting, "\(observed)")
+    #expect(observed[0].status == observed[1].status, "\(observed)")
+    let unserved: [NBDSocket.Outcome] = [.reset, .endOfFile]
+    #expect(observed[1].endings.allSatisfy(unserved.contains), "qemu-nbd: \(observed[1])")
+    let greeted = observed[0].endings.filter { !unserved.contains($0) }
+    if !greeted.isEmpty && greeted.allSatisfy({ $0 == .data }) {
       withKnownIssue("a backlog client greeted during SIGTERM", isIntermittent: true) {
-        Issue.record("spindle: \(observed[0]); qemu-nbd: \(observed[1])")
+        Issue.record("spindle: \(observed[0])")
       }
     } else {
-      #expect(observed[0] == observed[1])
+      #expect(greeted.isEmpty, "spindle: \(observed[0])")
     }
   }
 
