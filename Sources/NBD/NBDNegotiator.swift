@@ -180,9 +180,6 @@ public struct NBDNegotiator: Sendable {
     guard name == export.name else { return error(.unknown, "export '\(name)' not present") }
     let isInfo = option == NBDOption.info.rawValue
     let asksSizes = requests.contains(NBDInfoType.blockSize.rawValue)
-    if isInfo && !asksSizes && export.requestAlignment > 1 {
-      return error(.blockSizeRequired, "request NBD_INFO_BLOCK_SIZE to use this export")
-    }
     if requests.contains(NBDInfoType.name.rawValue) {
       NBDEncoding.info(&out, option: option, type: .name, body: ByteBuffer(string: export.name))
     }
@@ -200,6 +197,11 @@ public struct NBDNegotiator: Sendable {
     body.writeInteger(export.size)
     body.writeInteger(export.transmissionFlags(mode: mode).rawValue)
     NBDEncoding.info(&out, option: option, type: .export, body: body)
+    // As qemu-nbd: an INFO that should have asked for block sizes gets
+    // them and the export's size and flags, then the error instead of ACK.
+    if isInfo && !asksSizes && export.requestAlignment > 1 {
+      return error(.blockSizeRequired, "request NBD_INFO_BLOCK_SIZE to use this export")
+    }
     NBDEncoding.optionReply(&out, option: option, type: .ack)
     if isInfo { return .reply(out) }
     blockSizeRequested = asksSizes

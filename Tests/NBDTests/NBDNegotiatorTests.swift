@@ -98,16 +98,23 @@ import Testing
     #expect(replies[1].payload.suffix(2) == [0x0c, 0x6d])
   }
 
+  /// As qemu-nbd 7.2 (nbd_negotiate_handle_info): the block sizes and the
+  /// export's size and flags first, then the error in place of ACK.
   @Test func infoWithoutSizeRequestNeedsItWhenAligned() {
     var negotiator = Self.negotiator(NBDExportInfo(size: 4096, requestAlignment: 512))
     let bytes = replyBytes(
       negotiator.handle(option: 6, payload: Self.infoPayload(name: "", requests: [])))!
+    let replies = Self.replies(bytes)
+    #expect(replies.map(\.type) == [3, 3, 0x8000_0008])
+    // NBD_INFO_BLOCK_SIZE with the alignment as minimum (INFO counts as
+    // asking), then NBD_INFO_EXPORT with the size.
+    #expect(replies.first?.payload.prefix(6) == [0, 3, 0, 0, 2, 0])
+    #expect(replies.dropFirst().first?.payload.prefix(10) == [0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0])
     #expect(
-      Self.replies(bytes) == [
-        Reply(
+      replies.last
+        == Reply(
           option: 6, type: 0x8000_0008,
-          payload: Array("request NBD_INFO_BLOCK_SIZE to use this export".utf8))
-      ])
+          payload: Array("request NBD_INFO_BLOCK_SIZE to use this export".utf8)))
   }
 
   @Test func unknownExportAndUnknownOption() {
