@@ -81,22 +81,9 @@ extension EngineTests {
       let (base, _) = try await makeRecordingNode(size: 1 * mib, name: "base")
       let (top, topDriver) = try await makeRecordingNode(size: 1 * mib, backing: base, name: "top")
       let backend = BlockBackend(root: top)
-      let log = EventLog()
       await base.drainedBegin()
       #expect(top.quiesceCounter == 1)
-
-      let write = Task { @BlockActor in
-        log.append("issued")
-        try await backend.write(at: 0, from: vector(pattern(4 * kib)))
-        log.append("done")
-      }
-      try await waitUntil("the write is issued") { log.events.contains("issued") }
-      #expect(topDriver.ioCalls.isEmpty)
-
-      base.drainedEnd()
-      try await write.value
-      #expect(log.events == ["issued", "done"])
-      #expect(topDriver.ioCalls == [.write(offset: 0, length: 4 * kib, flags: [])])
+      try await expectWriteHeld(through: backend, reaching: topDriver) { base.drainedEnd() }
     }
 
     @Test("nested drained sections release the backend only when the outermost one ends")
@@ -197,20 +184,8 @@ extension EngineTests {
       try await BlockGraph.withSeparateGraph {
         let (node, driver) = try await makeRecordingNode(size: 1 * mib)
         let backend = BlockBackend(root: node)
-        let log = EventLog()
         await BlockGraph.drainAllBegin()
-        let write = Task { @BlockActor in
-          log.append("issued")
-          try await backend.write(at: 0, from: vector(pattern(4 * kib)))
-          log.append("done")
-        }
-        try await waitUntil("the write is issued") { log.events.contains("issued") }
-        #expect(driver.ioCalls.isEmpty)
-
-        BlockGraph.drainAllEnd()
-        try await write.value
-        #expect(log.events == ["issued", "done"])
-        #expect(driver.ioCalls == [.write(offset: 0, length: 4 * kib, flags: [])])
+        try await expectWriteHeld(through: backend, reaching: driver) { BlockGraph.drainAllEnd() }
       }
     }
 
@@ -257,6 +232,27 @@ extension EngineTests {
         try await node.drained { () async throws -> Int in throw BodyFailed() }
       }
       #expect(node.quiesceCounter == 0)
+    }
+
+    /// A 4 KiB write issued through `backend` during a drained section is
+    /// held there: nothing reaches `driver` until `end` ends the section,
+    /// then exactly that write does.
+    private func expectWriteHeld(
+      through backend: BlockBackend, reaching driver: RecordingDriver, end: () -> Void
+    ) async throws {
+      let log = EventLog()
+      let write = Task { @BlockActor in
+        log.append("issued")
+        try await backend.write(at: 0, from: vector(pattern(4 * kib)))
+        log.append("done")
+      }
+      try await waitUntil("the write is issued") { log.events.contains("issued") }
+      #expect(driver.ioCalls.isEmpty)
+
+      end()
+      try await write.value
+      #expect(log.events == ["issued", "done"])
+      #expect(driver.ioCalls == [.write(offset: 0, length: 4 * kib, flags: [])])
     }
   }
 }
