@@ -15,6 +15,10 @@ let package = Package(
   dependencies: [
     .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+    // TLS for NBD (STARTTLS, X.509 and PSK) and the DER parsing behind
+    // --tls-authz's distinguished-name check.
+    .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+    .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
   ],
   targets: [
     // The block layer's event loops: an I/O context is a serial executor on
@@ -57,6 +61,9 @@ let package = Package(
         "BlockCore", "BlockDrivers", .product(name: "SystemPackage", package: "swift-system"),
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        .product(name: "NIOTLS", package: "swift-nio"),
+        .product(name: "SwiftASN1", package: "swift-asn1"),
       ]
     ),
     .target(name: "BlockTestSupport", dependencies: ["BlockCore", "BlockDrivers"]),

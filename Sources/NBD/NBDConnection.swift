@@ -11,14 +11,17 @@ final class NBDConnection {
   private let report: @BlockActor (String) -> Void
   private let handshakeLimit: Duration?
   private let extendedHeaders: Bool
+  /// TLS, when the server has credentials (clients must STARTTLS first).
+  private let tls: NBDServerTLS?
   /// The dirty bitmaps behind `export.bitmaps`, in the same order.
   private let bitmaps: [DirtyBitmap]
 
   init(
     backend: BlockBackend, export: NBDExportInfo, bitmaps: [DirtyBitmap],
-    handshakeLimit: Duration?, extendedHeaders: Bool = true,
+    handshakeLimit: Duration?, extendedHeaders: Bool = true, tls: NBDServerTLS? = nil,
     report: @escaping @BlockActor (String) -> Void
   ) {
+    self.tls = tls
     self.backend = backend
     self.export = export
     self.bitmaps = bitmaps
@@ -45,7 +48,9 @@ final class NBDConnection {
       try await channel.executeThenClose { inbound, outbound in
         var reader = NBDInboundReader(inbound)
         try await outbound.write(NBDEncoding.greeting())
-        guard let negotiator = try await negotiate(&reader, outbound) else { return }
+        guard let negotiator = try await negotiate(&reader, outbound, channel.channel) else {
+          return
+        }
         limiter?.cancel()
         negotiated()
         try await transmit(&reader, outbound, negotiator)
@@ -58,9 +63,11 @@ final class NBDConnection {
   /// The option phase; the negotiator once transmission starts, nil when the
   /// client leaves or is dropped.
   private func negotiate(
-    _ reader: inout NBDInboundReader, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    _ reader: inout NBDInboundReader, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+    _ channel: any Channel
   ) async throws -> NBDNegotiator? {
-    var negotiator = NBDNegotiator(export: export, offersExtendedHeaders: extendedHeaders)
+    var negotiator = NBDNegotiator(
+      export: export, offersExtendedHeaders: extendedHeaders, requiresTLS: tls != nil)
     guard var flags = try await reader.read(4) else { return nil }
     if let problem = negotiator.receiveClientFlags(flags.readInteger(as: UInt32.self)!) {
       report("option negotiation failed: \(problem)")
@@ -86,7 +93,34 @@ final class NBDConnection {
       case .disconnect(let reason):
         report("option negotiation failed: \(reason)")
         return nil
+      case .startTLS(let acknowledgement):
+        if let refusal = await startTLS(acknowledgement, channel, unread: reader.unread) {
+          report("option negotiation failed: \(refusal)")
+          return nil
+        }
+        negotiator.tlsStarted()
       }
+    }
+  }
+
+  /// Acknowledges STARTTLS, runs the server's side of the TLS handshake and
+  /// checks the client against `--tls-authz`; why the client is dropped,
+  /// or nil to go on with options over TLS.
+  private func startTLS(_ acknowledgement: ByteBuffer, _ channel: any Channel, unread: ByteBuffer)
+    async -> String?
+  {
+    guard let tls else { return "TLS not configured" }
+    // Bytes sent after STARTTLS but before its answer were sent in the
+    // clear: no TLS client does that.
+    guard unread.readableBytes == 0 else { return "Unexpected data before the TLS handshake" }
+    do {
+      let certificate = try await NBDTLSUpgrade.start(
+        on: channel, sending: acknowledgement, role: .server(tls.context))
+      return tls.refusal(of: certificate)
+    } catch let error where NBDTLSUpgrade.isMissingPeerCertificate(error) {
+      return "Verify failed: No certificate was found."
+    } catch {
+      return "TLS handshake failed: \(NBDTLSUpgrade.describe(error))"
     }
   }
 

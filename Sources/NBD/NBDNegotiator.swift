@@ -4,8 +4,9 @@ import NIOCore
 /// machine: each option in, the reply bytes and what happens next out.
 ///
 /// It follows qemu-nbd 7.2 (`nbd_negotiate_options`): one export; unknown
-/// options get UNSUP and negotiation goes on; STARTTLS gets POLICY (no TLS);
-/// SET_META_CONTEXT needs structured replies; strings are at most 4096 bytes.
+/// options get UNSUP and negotiation goes on; STARTTLS gets POLICY without
+/// TLS credentials, and with them (`requiresTLS`, qemu-nbd's forced TLS)
+/// every other option before it gets TLS_REQD; SET_META_CONTEXT needs structured replies; strings are at most 4096 bytes.
 ///
 /// Beyond qemu-nbd 7.2 (unless `offersExtendedHeaders` is off, when option
 /// 11 gets UNSUP as from 7.2): EXTENDED_HEADERS as QEMU 8.2+ answers it (ACK,
@@ -22,6 +23,9 @@ public struct NBDNegotiator: Sendable {
     case transmission(ByteBuffer)
     /// Drop the connection at once, for the reason given.
     case disconnect(String)
+    /// Send the bytes (STARTTLS's ACK) in plain text, then run the TLS
+    /// handshake, call ``tlsStarted()`` and read the next option over TLS.
+    case startTLS(ByteBuffer)
   }
 
   /// The export offered.
@@ -47,13 +51,24 @@ public struct NBDNegotiator: Sendable {
   public private(set) var selectedBitmaps: [Int] = []
   /// Whether the client asked for block sizes in its GO (it must then obey them).
   public private(set) var blockSizeRequested = false
+  /// Whether the server has TLS credentials: then no option but STARTTLS
+  /// and ABORT is served before TLS runs.
+  public let requiresTLS: Bool
+  /// Whether the connection runs over TLS.
+  public private(set) var tlsActive = false
 
   /// A negotiator for one connection; `offersExtendedHeaders` off answers
-  /// EXTENDED_HEADERS with UNSUP, as qemu-nbd 7.2.
-  public init(export: NBDExportInfo, offersExtendedHeaders: Bool = true) {
+  /// EXTENDED_HEADERS with UNSUP, as qemu-nbd 7.2; `requiresTLS` when the
+  /// server has TLS credentials.
+  public init(export: NBDExportInfo, offersExtendedHeaders: Bool = true, requiresTLS: Bool = false)
+  {
     self.export = export
     self.offersExtendedHeaders = offersExtendedHeaders
+    self.requiresTLS = requiresTLS
   }
+
+  /// Records that the TLS handshake after STARTTLS succeeded.
+  public mutating func tlsStarted() { tlsActive = true }
 
   /// Takes the client flags; returns why the connection must be dropped, or nil.
   public mutating func receiveClientFlags(_ flags: UInt32) -> String? {
@@ -68,6 +83,7 @@ public struct NBDNegotiator: Sendable {
 
   /// Handles one option whose whole payload has been read.
   public mutating func handle(option: UInt32, payload: ByteBuffer) -> Outcome {
+    if requiresTLS && !tlsActive { return beforeTLS(option: option, payload: payload) }
     let name = NBDOption.name(of: option)
     guard fixedNewstyle || option == NBDOption.exportName.rawValue else {
       return .disconnect("Unsupported option \(option) (\(name))")
@@ -95,6 +111,7 @@ public struct NBDNegotiator: Sendable {
       return .reply(out)
     case .startTLS:
       guard payload.readableBytes == 0 else { return .disconnect(unexpectedLength) }
+      if requiresTLS { return error(.invalid, "TLS already enabled") }
       return error(.policy, "TLS not configured")
     case .info, .go:
       return infoOrGo(option: option, payload: payload)
@@ -120,6 +137,29 @@ public struct NBDNegotiator: Sendable {
       return error(.unsupported, "Unsupported option \(option) (<unknown>)")
     case .peekExport, nil:
       return error(.unsupported, "Unsupported option \(option) (\(name))")
+    }
+  }
+
+  /// An option before TLS when TLS is required (qemu-nbd 7.2's forced TLS):
+  /// STARTTLS starts it; EXPORT_NAME, which cannot carry an error, drops
+  /// the client; anything else gets TLS_REQD, and ABORT closes after it.
+  private func beforeTLS(option: UInt32, payload: ByteBuffer) -> Outcome {
+    let hex = "0x" + String(option, radix: 16)
+    guard fixedNewstyle else { return .disconnect("Unsupported option \(hex)") }
+    var out = ByteBuffer()
+    switch NBDOption(rawValue: option) {
+    case .startTLS:
+      guard payload.readableBytes == 0 else {
+        return .disconnect("option 'starttls' has unexpected length")
+      }
+      NBDEncoding.optionReply(&out, option: option, type: .ack)
+      return .startTLS(out)
+    case .exportName:
+      return .disconnect("Option \(hex) not permitted before TLS")
+    default:
+      NBDEncoding.optionError(
+        &out, option: option, type: .tlsRequired, message: "Option \(hex) not permitted before TLS")
+      return option == NBDOption.abort.rawValue ? .replyAndClose(out) : .reply(out)
     }
   }
 

@@ -51,6 +51,7 @@ public final class NBDServer {
   private var stopping = false
   private let handshakeLimit: Duration?
   private let extendedHeaders: Bool
+  private let tls: NBDServerTLS?
 
   /// A server that keeps running after its last client unless `persistent`
   /// is false, and takes `shared` clients at once; `report` receives runtime
@@ -59,10 +60,14 @@ public final class NBDServer {
   /// 9.1's answer to CVE-2024-7409, 10 s by default; nil: no limit).
   /// `extendedHeaders`: whether NBD_OPT_EXTENDED_HEADERS is offered (off:
   /// UNSUP, exactly as qemu-nbd 7.2; a 7.2 client never asks either way).
+  /// `tls`: clients must STARTTLS before anything else (qemu-nbd
+  /// `--tls-creds`).
   public init(
     persistent: Bool, shared: Int, handshakeLimit: Duration? = .seconds(10),
-    extendedHeaders: Bool = true, report: @escaping @BlockActor (String) -> Void
+    extendedHeaders: Bool = true, tls: NBDServerTLS? = nil,
+    report: @escaping @BlockActor (String) -> Void
   ) {
+    self.tls = tls
     self.persistent = persistent
     self.shared = shared
     self.handshakeLimit = handshakeLimit
@@ -218,7 +223,7 @@ public final class NBDServer {
     }
     let connection = NBDConnection(
       backend: backend, export: export, bitmaps: bitmaps, handshakeLimit: handshakeLimit,
-      extendedHeaders: extendedHeaders, report: report)
+      extendedHeaders: extendedHeaders, tls: tls, report: report)
     await connection.serve(client) { negotiated = true }
     clients[id] = nil
     releaseSlot(negotiated: negotiated)

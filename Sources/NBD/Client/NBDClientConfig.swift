@@ -36,6 +36,12 @@ public struct NBDClientConfig: Sendable, Equatable {
   /// handshake asks for NBD extended headers (off: as QEMU 7.2's client).
   public var extendedHeaders: Bool
 
+  /// `tls-creds`: the ID of the client's TLS credentials (nil: no TLS).
+  public var tlsCreds: String?
+  /// `tls-hostname`: the name the server's certificate must carry (by
+  /// default the inet host).
+  public var tlsHostname: String?
+
   /// The port NBD URLs and legacy options default to.
   public static let defaultPort = "10809"
 
@@ -61,9 +67,10 @@ public struct NBDClientConfig: Sendable, Equatable {
     }
     try translateLegacyOptions(&options)
     let server = try takeServer(&options)
-    if options["tls-creds"] != nil || options["tls-hostname"] != nil {
-      throw BlockError(
-        .notSupported, "TLS (tls-creds) is not supported by Spindle's NBD client yet")
+    let tlsCreds = options.take("tls-creds")
+    var tlsHostname = options.take("tls-hostname")
+    if tlsCreds != nil, tlsHostname == nil, case .inet(let host, _) = server {
+      tlsHostname = host
     }
     let export = options.take("export") ?? ""
     if export.utf8.count > NBDProtocol.maxStringSize {
@@ -80,9 +87,12 @@ public struct NBDClientConfig: Sendable, Equatable {
       throw BlockError(
         .invalidArgument, "Parameter 'x-extended-headers' expects 'on' or 'off'")
     }
-    return NBDClientConfig(
+    var config = NBDClientConfig(
       server: server, export: export, dirtyBitmap: dirtyBitmap, reconnectDelay: reconnectDelay,
       openTimeout: openTimeout, extendedHeaders: extendedHeaders)
+    config.tlsCreds = tlsCreds
+    config.tlsHostname = tlsHostname
+    return config
   }
 
   /// QEMU's `nbd_process_legacy_socket_options`: `host`, `port` and `path`

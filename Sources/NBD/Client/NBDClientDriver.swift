@@ -32,9 +32,14 @@ public final class NBDClientDriver: BlockDriver {
   /// Connects to the server `config` names and negotiates the export
   /// (retrying for `open-timeout` seconds).
   public static func connect(_ config: NBDClientConfig) async throws -> NBDClientDriver {
-    let handshake = NBDClientHandshake(
+    var handshake = NBDClientHandshake(
       export: config.export, context: config.dirtyBitmap ?? NBDProtocol.baseAllocation,
       extendedHeaders: config.extendedHeaders)
+    if let id = config.tlsCreds {
+      handshake.tls = NBDClientTLS(
+        credentials: try NBDTLSObjects.credentials(id, for: .client),
+        hostname: config.tlsHostname)
+    }
     let connection = try await NBDReconnectingConnection.open(config, handshake: handshake)
     return NBDClientDriver(config: config, connection: connection)
   }

@@ -42,6 +42,8 @@ struct NBDClientHandshake {
   let context: String?
   /// Whether to ask for extended headers.
   var extendedHeaders = true
+  /// TLS, started with STARTTLS before any other option (nil: none).
+  var tls: NBDClientTLS?
 
   /// The magic of an oldstyle greeting, after NBDMAGIC.
   static let oldstyleMagic: UInt64 = 0x0042_0281_8612_53
@@ -76,7 +78,10 @@ struct NBDClientHandshake {
       throw Self.failure("Bad initial magic received: 0x\(String(magic, radix: 16))")
     }
     let second = greeting.readInteger(as: UInt64.self)!
-    if second == Self.oldstyleMagic { return try await oldstyle(&reader) }
+    if second == Self.oldstyleMagic {
+      if tls != nil { throw Self.failure("Server does not support STARTTLS") }
+      return try await oldstyle(&reader)
+    }
     guard second == NBDProtocol.optionMagic else {
       throw Self.failure("Bad server magic received: 0x\(String(second, radix: 16))")
     }
@@ -90,6 +95,10 @@ struct NBDClientHandshake {
     var flagsBuffer = ByteBuffer()
     flagsBuffer.writeInteger(clientFlags)
     try await outbound.write(flagsBuffer)
+    if let tls {
+      guard fixedNewstyle else { throw Self.failure("Server does not support STARTTLS") }
+      try await startTLS(tls, &reader, outbound)
+    }
     guard fixedNewstyle else {
       return try await exportName(&reader, outbound, noZeroes: noZeroes)
     }
@@ -115,6 +124,30 @@ struct NBDClientHandshake {
     export.extendedHeaders = extended
     export.contextID = contextID
     return export
+  }
+
+  /// STARTTLS as QEMU's `nbd_receive_starttls`: the option, its ACK, then
+  /// the TLS handshake with `tls`; every later byte goes over TLS. (The
+  /// export listing runs it too.)
+  func startTLS(
+    _ tls: NBDClientTLS, _ reader: inout NBDInboundReader, _ outbound: NBDClientChannel,
+    isolation: isolated (any Actor)? = #isolation
+  ) async throws {
+    try await sendOption(.startTLS, outbound)
+    let (header, payload) = try await reply(to: .startTLS, &reader)
+    if header.type != NBDReplyType.ack.rawValue {
+      guard try Self.checkError(header, payload) else {
+        throw Self.failure("Server don't support STARTTLS option")
+      }
+      throw Self.failure("Server rejected request to start TLS \(String(header.type, radix: 16))")
+    }
+    guard header.length == 0 else {
+      throw Self.failure("Start TLS response was not zero \(header.length)")
+    }
+    guard reader.unread.readableBytes == 0 else {
+      throw Self.failure("Unexpected data from the server before the TLS handshake")
+    }
+    try await tls.start(on: outbound.channel)
   }
 
   /// An oldstyle server: size, flags, 124 zero bytes; no export names.

@@ -41,12 +41,14 @@ public struct NBDListedExport: Sendable, Equatable {
 /// its greeting (then DISC); a newstyle server that is not fixed cannot
 /// list. Failures throw ``BlockError``s with QEMU's messages.
 public enum NBDExportListing {
-  /// Connects to `address` and lists its exports.
-  public static func list(_ address: NBDServerAddress) async throws -> [NBDListedExport] {
+  /// Connects to `address` and lists its exports (after STARTTLS with `tls`).
+  public static func list(_ address: NBDServerAddress, tls: NBDClientTLS? = nil) async throws
+    -> [NBDListedExport]
+  {
     let loop = MultiThreadedEventLoopGroup.singleton.next()
     let runner = NBDListingRunner(on: loop)
     return try await withConnectedNBDSocket(to: address, on: loop) { socket in
-      let exports = try await runner.run(over: socket)
+      let exports = try await runner.run(over: socket, tls: tls)
       socket.close()
       return exports
     }
@@ -66,8 +68,8 @@ private actor NBDListingRunner {
     loop.executor.asUnownedSerialExecutor()
   }
 
-  func run(over socket: NBDClientChannel) async throws -> [NBDListedExport] {
-    var session = NBDListingSession(socket: socket)
+  func run(over socket: NBDClientChannel, tls: NBDClientTLS?) async throws -> [NBDListedExport] {
+    var session = NBDListingSession(socket: socket, tls: tls)
     return try await session.run()
   }
 }
@@ -76,9 +78,11 @@ private actor NBDListingRunner {
 private struct NBDListingSession {
   private let socket: NBDClientChannel
   private var reader: NBDInboundReader
+  private let tls: NBDClientTLS?
 
-  init(socket: NBDClientChannel) {
+  init(socket: NBDClientChannel, tls: NBDClientTLS?) {
     self.socket = socket
+    self.tls = tls
     reader = NBDInboundReader(socket.inbound)
   }
 
@@ -192,7 +196,10 @@ private struct NBDListingSession {
       throw Self.failure("Bad initial magic received: 0x\(String(magic, radix: 16))")
     }
     let second = greeting.readInteger(as: UInt64.self)!
-    if second == NBDClientHandshake.oldstyleMagic { return try await oldstyle() }
+    if second == NBDClientHandshake.oldstyleMagic {
+      if tls != nil { throw Self.failure("Server does not support STARTTLS") }
+      return try await oldstyle()
+    }
     guard second == NBDProtocol.optionMagic else {
       throw Self.failure("Bad server magic received: 0x\(String(second, radix: 16))")
     }
@@ -204,6 +211,10 @@ private struct NBDListingSession {
     var flagsBuffer = ByteBuffer()
     flagsBuffer.writeInteger(clientFlags)
     try await socket.write(flagsBuffer)
+    if let tls {
+      guard serverFlags & 1 != 0 else { throw Self.failure("Server does not support STARTTLS") }
+      try await NBDClientHandshake(export: "", context: nil).startTLS(tls, &reader, socket)
+    }
     guard serverFlags & 1 != 0 else {
       throw Self.failure("Server does not support export lists")
     }

@@ -51,6 +51,13 @@ extension ServeCommand {
       reporter.error("qemu-nbd does not support socket activation with LISTEN_FDS > 1")
       return 1
     }
+    let tls: NBDTLSCredentials?
+    switch tlsCredentials(options) {
+    case .success(let credentials): tls = credentials
+    case .failure(let problem):
+      reporter.error(problem.message)
+      return 1
+    }
     if options.selinuxLabel != nil && options.socketPath == nil && options.device == nil {
       reporter.error("--selinux-label is not permitted without --socket")
       return 1
@@ -59,7 +66,10 @@ extension ServeCommand {
       let address: NBDServerAddress =
         options.socketPath.map { .unix(path: $0) }
         ?? .inet(host: options.bindAddress ?? "0.0.0.0", port: options.port ?? "10809")
-      return await ServeList.run(address, reporter: reporter)
+      let client = tls.map {
+        NBDClientTLS(credentials: $0, hostname: options.tlsHostname ?? options.bindAddress)
+      }
+      return await ServeList.run(address, tls: client, reporter: reporter)
     }
     if options.disconnect {
       return ServeDevice.disconnect(options.filename, reporter: reporter)
@@ -70,7 +80,45 @@ extension ServeCommand {
     if let device = options.device, options.socketPath == nil {
       options.socketPath = "/var/lock/qemu-nbd-" + ServeDevice.baseName(device)
     }
-    return await ServeRunner(options: options, reporter: reporter, activated: activated).run()
+    return await ServeRunner(
+      options: options, reporter: reporter, activated: activated, tlsCredentials: tls
+    ).run()
+  }
+
+  /// A problem with the command line, as qemu-nbd reports it.
+  struct Problem: Error {
+    let message: String
+  }
+
+  /// qemu-nbd's TLS checks: the credentials --tls-creds names (a server's,
+  /// or a client's for -L), nil without it, or qemu-nbd's error.
+  private static func tlsCredentials(_ options: ServeOptions) -> Result<
+    NBDTLSCredentials?, Problem
+  > {
+    guard let id = options.tlsCreds else {
+      if options.tlsAuthz != nil {
+        return .failure(Problem(message: "--tls-authz is not permitted without --tls-creds"))
+      }
+      if options.tlsHostname != nil {
+        return .failure(Problem(message: "--tls-hostname is not permitted without --tls-creds"))
+      }
+      return .success(nil)
+    }
+    if options.device != nil {
+      return .failure(Problem(message: "TLS is not supported with a host device"))
+    }
+    if options.tlsAuthz != nil && options.list {
+      return .failure(Problem(message: "TLS authorization is incompatible with export list"))
+    }
+    if options.tlsHostname != nil && !options.list {
+      return .failure(Problem(message: "TLS hostname is only supported with export list"))
+    }
+    do {
+      return .success(
+        try NBDTLSObjects.credentials(id, for: options.list ? .client : .server))
+    } catch {
+      return .failure(Problem(message: "Failed to get TLS creds: \(error)"))
+    }
   }
 
   /// qemu-nbd's `socket_activation_validate_opts`: what cannot go with

@@ -4,8 +4,7 @@ import NBD
 /// `spindle serve` / a link named `qemu-nbd`: qemu-nbd 7.2's command line,
 /// serving one image over NBD through the engine.
 ///
-/// Every qemu-nbd 7.2 option but TLS (--tls-creds, --tls-authz,
-/// --tls-hostname: "not supported by Spindle yet"), socket activation
+/// Every qemu-nbd 7.2 option (TLS through swift-nio-ssl), socket activation
 /// (LISTEN_PID/LISTEN_FDS), and QEMU 9.1's --handshake-limit. -L lists another
 /// server's exports (``ServeList``), --fork serves from a daemon
 /// (``ServeDaemon``); -c and -d reach the kernel's NBD devices only as far as
@@ -32,9 +31,7 @@ enum ServeCommand {
   ]
 
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
-  static let unsupported: [String: String] = [
-    "tls-creds": "--tls-creds", "tls-hostname": "--tls-hostname", "tls-authz": "--tls-authz",
-  ]
+  static let unsupported: [String: String] = [:]
 
   /// What parsing decided: serve (or list, ...), or exit at once.
   enum Parsed {
@@ -204,6 +201,9 @@ enum ServeCommand {
         options.description = argument
         options.deviceSettingsGiven = true
       case "image-opts": options.imageOpts = true
+      case "tls-creds": options.tlsCreds = argument
+      case "tls-authz": options.tlsAuthz = argument
+      case "tls-hostname": options.tlsHostname = argument
       case "pid-file": options.pidFile = argument
       case "handshake-limit":
         // QEMU 9.1's option (CVE-2024-7409); qemu-nbd 7.2 has no limit.

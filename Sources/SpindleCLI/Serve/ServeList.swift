@@ -11,12 +11,15 @@ enum ServeList {
     8: "multi", 9: "resize", 10: "cache", 11: "fast-zero",
   ]
 
-  /// Lists the exports of the server at `address`: 0 once printed, 1 (the
+  /// Lists the exports of the server at `address` (over TLS with `tls`):
+  /// 0 once printed, 1 (the
   /// error reported) when the server cannot be reached or listed.
-  static func run(_ address: NBDServerAddress, reporter: Reporter) async -> Int32 {
+  static func run(_ address: NBDServerAddress, tls: NBDClientTLS? = nil, reporter: Reporter)
+    async -> Int32
+  {
     let exports: [NBDListedExport]
     do {
-      exports = try await NBDExportListing.list(address)
+      exports = try await NBDExportListing.list(address, tls: tls)
     } catch {
       reporter.error(errorMessage(error))
       return 1

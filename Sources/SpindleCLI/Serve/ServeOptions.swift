@@ -5,7 +5,7 @@ import BlockCore
 #endif
 
 /// What `qemu-nbd`'s command line asked for (qemu-nbd 7.2's options that
-/// Spindle implements; TLS is refused by ``ServeCommand``).
+/// Spindle implements).
 struct ServeOptions {
   var socketPath: String?
   var port: String?
@@ -55,7 +55,13 @@ struct ServeOptions {
   /// Whether an option that -L refuses as a per-device setting was given
   /// (-x, -D, -o N, -c, -d, -f, -l NAME, -B, -A, --aio, --discard, --cache, -n).
   var deviceSettingsGiven = false
-  /// --object: the objects defined (secrets).
+  /// --tls-creds: the ID of the TLS credentials (server, or client with -L).
+  var tlsCreds: String?
+  /// --tls-authz: the ID of the `authz-simple` object clients must match.
+  var tlsAuthz: String?
+  /// --tls-hostname: the name the server's certificate must carry (-L).
+  var tlsHostname: String?
+  /// --object: the objects defined (secrets, TLS credentials, authz).
   var objects = ObjectRegistry()
   /// The operands (FILE, or the device of -d).
   var operands: [String] = []

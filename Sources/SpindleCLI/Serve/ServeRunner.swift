@@ -11,6 +11,8 @@ struct ServeRunner {
   /// How many sockets socket activation passed (0 or 1, checked by
   /// ``ServeCommand``).
   let activated: Int
+  /// --tls-creds: the server's TLS credentials.
+  let tlsCredentials: NBDTLSCredentials?
 
   func run() async -> Int32 {
     if activated == 0, let label = options.selinuxLabel,
@@ -21,9 +23,20 @@ struct ServeRunner {
     }
     let console = reporter.console
     let reporter = reporter
+    var tls: NBDServerTLS?
+    if let tlsCredentials {
+      do {
+        tls = try NBDServerTLS(
+          credentials: tlsCredentials, authorizedIdentity: try authorizedIdentity())
+      } catch {
+        reporter.error("\(error)")
+        return 1
+      }
+    }
     let server = NBDServer(
       persistent: options.persistent, shared: options.shared,
-      handshakeLimit: options.handshakeLimit > 0 ? .seconds(options.handshakeLimit) : nil
+      handshakeLimit: options.handshakeLimit > 0 ? .seconds(options.handshakeLimit) : nil,
+      tls: tls
     ) {
       reporter.error($0)
       console.flush()
@@ -111,6 +124,17 @@ struct ServeRunner {
   /// `-o`: a raw node with the offset on top of the image (qemu-nbd's
   /// `dev_offset`), or the backend as it is without one; nil (the image
   /// closed, the error reported) when the offset does not fit.
+  /// The identity of the `authz-simple` object --tls-authz names (QEMU
+  /// looks it up per client and refuses all when it is missing; Spindle
+  /// refuses to start instead).
+  private func authorizedIdentity() throws -> String? {
+    guard let id = options.tlsAuthz else { return nil }
+    guard let identity = NBDTLSObjects.authorizations[id] else {
+      throw BlockError(.invalidArgument, "No authorization object with ID '\(id)'")
+    }
+    return identity
+  }
+
   private func applyOffset(_ backend: BlockBackend) async -> BlockBackend? {
     guard options.offset != 0 else { return backend }
     do {

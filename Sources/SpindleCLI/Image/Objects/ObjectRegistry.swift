@@ -1,14 +1,20 @@
 import BlockCore
 import BlockDrivers
 import Foundation
+import NBD
 
 /// The objects one command line defines with `--object` (QEMU's
-/// `user_creatable_process_cmdline` into `/objects`): `secret` objects are
-/// created and kept by ID; QEMU's other user-creatable types are refused as
-/// not supported yet, and anything else with QEMU's error text.
+/// `user_creatable_process_cmdline` into `/objects`): `secret`,
+/// `tls-creds-x509`, `tls-creds-psk` and `authz-simple` objects are created
+/// and kept by ID; QEMU's other user-creatable types are refused as not
+/// supported yet, and anything else with QEMU's error text.
 struct ObjectRegistry {
   /// Defined secrets by ID.
   private(set) var secrets: [String: SecretObject] = [:]
+  /// Defined TLS credentials by ID.
+  private(set) var tlsCredentials: [String: NBDTLSCredentials] = [:]
+  /// Defined `authz-simple` identities by ID.
+  private(set) var authorizations: [String: String] = [:]
 
   /// Types qemu-img 7.2 can create, as `--object help` lists them.
   static let qemuCreatableTypes = [
@@ -17,7 +23,7 @@ struct ObjectRegistry {
     "tls-creds-psk", "tls-creds-x509",
   ]
   /// Types Spindle can create.
-  static let spindleCreatableTypes = ["secret"]
+  static let spindleCreatableTypes = ["authz-simple", "secret", "tls-creds-psk", "tls-creds-x509"]
   /// QEMU 7.2's other object types (its `ObjectType` enumeration), which
   /// qemu-img knows by name but cannot create.
   static let otherQemuTypes: Set<String> = [
@@ -53,6 +59,10 @@ struct ObjectRegistry {
       // QEMU's objects are the process's (`/objects`): drivers that take a
       // secret by ID (rbd's key-secret) find it there.
       for (id, secret) in secrets { ImageOpener.definedSecrets[id] = secret.rawBytes }
+      NBDTLSObjects.credentials.merge(tlsCredentials) { _, new in new }
+      NBDTLSObjects.authorizations.merge(authorizations) { _, new in new }
+      NBDTLSObjects.otherObjectIDs.formUnion(secrets.keys)
+      NBDTLSObjects.otherObjectIDs.formUnion(authorizations.keys)
     } catch let error as ObjectError {
       reporter.error(error.message)
       if let hint = error.hint { console.writeError(hint + "\n") }
@@ -73,6 +83,7 @@ struct ObjectRegistry {
     let type = definition["qom-type"]
     if definition.wantsHelp {
       if type == "secret" { return SecretObject.help }
+      if let type, let help = TLSObjects.help(type) { return help }
       // QEMU lists the properties of the types it can create; Spindle
       // cannot list those of types it does not have.
       if let type, Self.qemuCreatableTypes.contains(type) {
@@ -93,15 +104,26 @@ struct ObjectRegistry {
     guard Self.qemuCreatableTypes.contains(type) else {
       throw ObjectError("invalid object type: \(type)")
     }
-    guard type == "secret" else {
+    guard Self.spindleCreatableTypes.contains(type) else {
       throw ObjectError("Object type '\(type)' is not supported by Spindle yet")
     }
+    if type == "secret" {
+      try SecretObject.checkProperties(definition)
+    } else {
+      try TLSObjects.checkProperties(type: type, definition)
+    }
     // QEMU adds the object under its ID before completing it.
-    try SecretObject.checkProperties(definition)
-    guard secrets[id] == nil else {
+    guard secrets[id] == nil, tlsCredentials[id] == nil, authorizations[id] == nil else {
       throw ObjectError("attempt to add duplicate property '\(id)' to object (type 'container')")
     }
-    secrets[id] = try SecretObject(id: id, definition: definition) { secrets[$0] }
+    switch type {
+    case "secret":
+      secrets[id] = try SecretObject(id: id, definition: definition) { secrets[$0] }
+    case "authz-simple":
+      authorizations[id] = try TLSObjects.identity(definition)
+    default:
+      tlsCredentials[id] = try TLSObjects.credentials(type: type, id: id, definition)
+    }
     return nil
   }
 
