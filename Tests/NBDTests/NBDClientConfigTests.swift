@@ -88,13 +88,27 @@ struct NBDClientConfigTests {
       "Cannot use 'server' and path/host/port at the same time"
     ),
     (["path": "/p", "reconnect-delay": "x"], "Parameter 'reconnect-delay' expects a number"),
-    (
-      ["path": "/p", "tls-creds": "tls0"],
-      "TLS (tls-creds) is not supported by Spindle's NBD client yet"
-    ),
   ])
   func badOptions(_ options: [String: String], _ expected: String) {
     #expect(message(options) == expected)
+  }
+
+  /// `tls-creds` and `tls-hostname`, which defaults to the inet host (and
+  /// to nothing for a Unix socket).
+  @Test func tlsOptions() throws {
+    let inet = try config([
+      "server.type": "inet", "server.host": "h", "server.port": "1", "tls-creds": "t",
+    ])
+    #expect(inet.tlsCreds == "t" && inet.tlsHostname == "h")
+    let named = try config([
+      "server.type": "inet", "server.host": "h", "server.port": "1", "tls-creds": "t",
+      "tls-hostname": "other",
+    ])
+    #expect(named.tlsHostname == "other")
+    let unix = try config(["path": "/p", "tls-creds": "t"])
+    #expect(unix.tlsCreds == "t" && unix.tlsHostname == nil)
+    let plain = try config(["path": "/p"])
+    #expect(plain.tlsCreds == nil && plain.tlsHostname == nil)
   }
 
   @Test func exportNamesLongerThan4096BytesAreRefused() {

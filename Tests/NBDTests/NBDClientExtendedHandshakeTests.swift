@@ -74,7 +74,7 @@ struct NBDClientExtendedHandshakeTests {
         case .replyAndClose(let bytes), .transmission(let bytes):
           send(fd, bytes)
           return
-        case .disconnect: return
+        case .disconnect, .startTLS: return
         }
       }
     }

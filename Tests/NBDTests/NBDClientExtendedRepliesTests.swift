@@ -86,7 +86,7 @@ struct NBDClientExtendedRepliesTests {
         case .transmission(let bytes):
           send(fd, Array(buffer: bytes))
           break negotiation
-        case .replyAndClose, .disconnect: return
+        case .replyAndClose, .disconnect, .startTLS: return
         }
       }
       guard var request = readExactly(fd, 32).map({ ByteBuffer(bytes: $0) }),

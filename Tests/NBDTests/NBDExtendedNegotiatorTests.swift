@@ -18,7 +18,7 @@ import Testing
     switch negotiator.handle(option: option, payload: payload) {
     case .reply(let bytes), .replyAndClose(let bytes), .transmission(let bytes):
       NBDNegotiatorTests.replies(bytes)
-    case .disconnect: nil
+    case .disconnect, .startTLS: nil
     }
   }
 

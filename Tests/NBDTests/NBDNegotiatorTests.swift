@@ -56,7 +56,9 @@ import Testing
 
   func replyBytes(_ outcome: NBDNegotiator.Outcome) -> ByteBuffer? {
     switch outcome {
-    case .reply(let bytes), .replyAndClose(let bytes), .transmission(let bytes): bytes
+    case .reply(let bytes), .replyAndClose(let bytes), .transmission(let bytes),
+      .startTLS(let bytes):
+      bytes
     case .disconnect: nil
     }
   }
@@ -305,5 +307,104 @@ import Testing
         == .reject(
           error: .invalid, message: "invalid request type (99) received", payloadFollows: false,
           fatal: false))
+  }
+}
+
+/// qemu-nbd 7.2's forced TLS (`--tls-creds`): nothing but STARTTLS and
+/// ABORT before TLS, and the usual options once it runs.
+@Suite struct NBDNegotiatorTLSTests {
+  typealias Reply = NBDNegotiatorTests.Reply
+
+  static func negotiator(flags: UInt32 = 3) -> NBDNegotiator {
+    var negotiator = NBDNegotiator(export: NBDExportInfo(size: 1 << 20), requiresTLS: true)
+    #expect(negotiator.receiveClientFlags(flags) == nil)
+    return negotiator
+  }
+
+  @Test(arguments: [3, 6, 7, 8, 9, 10, 11, 42] as [UInt32])
+  func optionsBeforeTLSGetTLSRequired(option: UInt32) {
+    var negotiator = Self.negotiator()
+    guard case .reply(let bytes) = negotiator.handle(option: option, payload: ByteBuffer())
+    else {
+      Issue.record("option \(option) before TLS was not answered")
+      return
+    }
+    let message = "Option 0x\(String(option, radix: 16)) not permitted before TLS"
+    #expect(
+      NBDNegotiatorTests.replies(bytes) == [
+        Reply(option: option, type: 0x8000_0005, payload: Array(message.utf8))
+      ])
+    #expect(!negotiator.tlsActive)
+  }
+
+  @Test func abortBeforeTLSGetsTLSRequiredAndCloses() {
+    var negotiator = Self.negotiator()
+    guard case .replyAndClose(let bytes) = negotiator.handle(option: 2, payload: ByteBuffer())
+    else {
+      Issue.record("ABORT before TLS did not close")
+      return
+    }
+    #expect(NBDNegotiatorTests.replies(bytes).map(\.type) == [0x8000_0005])
+  }
+
+  @Test func exportNameBeforeTLSDropsTheClient() {
+    var negotiator = Self.negotiator()
+    guard case .disconnect(let reason) = negotiator.handle(option: 1, payload: ByteBuffer())
+    else {
+      Issue.record("EXPORT_NAME before TLS was answered")
+      return
+    }
+    #expect(reason == "Option 0x1 not permitted before TLS")
+  }
+
+  @Test func notFixedNewstyleCannotStartTLS() {
+    var negotiator = Self.negotiator(flags: 2)
+    guard case .disconnect(let reason) = negotiator.handle(option: 5, payload: ByteBuffer())
+    else {
+      Issue.record("a client that is not fixed newstyle was answered")
+      return
+    }
+    #expect(reason == "Unsupported option 0x5")
+  }
+
+  @Test func startTLSWithAPayloadDropsTheClient() {
+    var negotiator = Self.negotiator()
+    guard
+      case .disconnect(let reason) = negotiator.handle(
+        option: 5, payload: ByteBuffer(bytes: [0]))
+    else {
+      Issue.record("STARTTLS with a payload was accepted")
+      return
+    }
+    #expect(reason == "option 'starttls' has unexpected length")
+  }
+
+  @Test func startTLSThenOptionsAsUsual() {
+    var negotiator = Self.negotiator()
+    guard case .startTLS(let bytes) = negotiator.handle(option: 5, payload: ByteBuffer()) else {
+      Issue.record("STARTTLS did not start TLS")
+      return
+    }
+    #expect(NBDNegotiatorTests.replies(bytes) == [Reply(option: 5, type: 1, payload: [])])
+    negotiator.tlsStarted()
+    #expect(negotiator.tlsActive)
+    guard case .reply(let again) = negotiator.handle(option: 5, payload: ByteBuffer()) else {
+      Issue.record("STARTTLS over TLS was not answered")
+      return
+    }
+    #expect(
+      NBDNegotiatorTests.replies(again) == [
+        Reply(option: 5, type: 0x8000_0003, payload: Array("TLS already enabled".utf8))
+      ])
+    guard case .reply(let structured) = negotiator.handle(option: 8, payload: ByteBuffer())
+    else {
+      Issue.record("STRUCTURED_REPLY over TLS was not answered")
+      return
+    }
+    #expect(NBDNegotiatorTests.replies(structured) == [Reply(option: 8, type: 1, payload: [])])
+    guard case .transmission = negotiator.handle(option: 1, payload: ByteBuffer()) else {
+      Issue.record("EXPORT_NAME over TLS did not start transmission")
+      return
+    }
   }
 }

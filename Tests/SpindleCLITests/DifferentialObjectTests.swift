@@ -97,7 +97,10 @@ import Testing
     let run = try await runImageCommand(
       ["info", "--object", "help", "DIR/img.qcow2"], setup: Self.setup)
     #expect(run.spindle.status == 0 && run.qemu.status == 0)
-    #expect(run.spindle.output == "List of user creatable objects:\n  secret\n")
+    #expect(
+      run.spindle.output
+        == "List of user creatable objects:\n  authz-simple\n  secret\n  tls-creds-psk\n"
+        + "  tls-creds-x509\n")
     let qemuTypes = run.qemu.output.split(separator: "\n").dropFirst()
     for line in run.spindle.output.split(separator: "\n").dropFirst() {
       #expect(qemuTypes.contains(line), "\(line) is not in \(run.qemu.output)")
@@ -107,7 +110,7 @@ import Testing
 
   /// QEMU's other creatable types are refused, naming the type.
   @Test func otherCreatableTypesAreRefused() async {
-    for definition in ["authz-simple,id=a,identity=x", "throttle-group,help"] {
+    for definition in ["authz-list,id=a", "throttle-group,help"] {
       let result = await runSpindle(["qemu-img", "info", "--object", definition, "/nonexistent"])
       #expect(result.status == 1)
       let type = definition.prefix { $0 != "," }

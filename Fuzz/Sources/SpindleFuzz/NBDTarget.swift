@@ -7,6 +7,7 @@ import NIOCore
 /// until transmission starts, then request headers (and WRITE payloads)
 /// through the request checks.
 ///
+/// With forced TLS, STARTTLS is taken as if its handshake succeeded.
 /// Invariants: every option reply is well formed (magic, the option echoed,
 /// a length equal to the bytes that follow); a request found valid lies
 /// within the export and, for READ and WRITE, within the buffer limit.
@@ -16,7 +17,9 @@ enum NBDTarget {
 
   static func run(_ input: [UInt8]) {
     var buffer = ByteBuffer(bytes: input)
-    var negotiator = NBDNegotiator(export: export)
+    // The last byte's low bit picks forced TLS (qemu-nbd --tls-creds), so
+    // that the options before STARTTLS are explored too.
+    var negotiator = NBDNegotiator(export: export, requiresTLS: (input.last ?? 0) & 1 == 1)
     guard let flags = buffer.readInteger(as: UInt32.self),
       negotiator.receiveClientFlags(flags) == nil
     else { return }
@@ -34,6 +37,10 @@ enum NBDTarget {
         if header.option != 1 { checkOptionReplies(reply, option: header.option) }
         transmission(&buffer, structuredReplies: negotiator.structuredReplies)
         return
+      case .startTLS(let reply):
+        // No TLS here: go on as if the handshake had succeeded.
+        checkOptionReplies(reply, option: header.option)
+        negotiator.tlsStarted()
       case .disconnect:
         return
       }

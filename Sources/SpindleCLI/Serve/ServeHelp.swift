@@ -1,5 +1,5 @@
 /// `qemu-nbd --help`: qemu-nbd 7.2's text for the options Spindle implements
-/// (TLS aside), with Spindle's notes at the end.
+/// with Spindle's notes at the end.
 enum ServeHelp {
   static let text = """
     Usage: qemu-nbd [OPTIONS] FILE
@@ -29,6 +29,9 @@ enum ServeHelp {
       -L, --list                list exports available from another NBD server
       --object type,id=ID,...   define an object such as 'secret' for providing
                                 passwords and/or encryption keys
+      --tls-creds=ID            use id of an earlier --object to provide TLS
+      --tls-authz=ID            use id of an earlier --object to provide
+                                authorization
       -T, --trace [[enable=]<pattern>][,events=<file>][,file=<file>]
                                 specify tracing options
       --fork                    fork off the server process and exit the parent
@@ -62,8 +65,9 @@ enum ServeHelp {
 
     Socket activation (LISTEN_PID/LISTEN_FDS, fd 3) is supported.
     Spindle has no trace events (-T enables none). -c and -d do not drive
-    kernel NBD devices. Not supported by Spindle yet: --tls-creds,
-    --tls-authz, --tls-hostname.
+    kernel NBD devices. TLS runs on swift-nio-ssl (BoringSSL): X.509 and
+    PSK credentials, without certificate revocation lists or GnuTLS
+    priority strings.
 
     """
 }
