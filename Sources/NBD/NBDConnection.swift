@@ -2,7 +2,8 @@ import BlockCore
 import NIOCore
 
 /// One client of an export: the handshake, then requests handed to the engine
-/// on `@BlockActor`, up to ``NBDProtocol/maxRequestsInFlight`` at once, each
+/// on `@BlockActor`, up to `maxRequests` at once and at most `payloadBudget`
+/// bytes of READ and WRITE data, each
 /// answered as soon as it completes (replies may come out of order).
 @BlockActor
 final class NBDConnection {
@@ -13,14 +14,22 @@ final class NBDConnection {
   private let extendedHeaders: Bool
   /// TLS, when the server has credentials (clients must STARTTLS first).
   private let tls: NBDServerTLS?
+  /// The most requests in flight at once.
+  private let maxRequests: Int
+  /// The most READ and WRITE data bytes in flight at once.
+  private let payloadBudget: Int
   /// The dirty bitmaps behind `export.bitmaps`, in the same order.
   private let bitmaps: [DirtyBitmap]
 
   init(
     backend: BlockBackend, export: NBDExportInfo, bitmaps: [DirtyBitmap],
     handshakeLimit: Duration?, extendedHeaders: Bool = true, tls: NBDServerTLS? = nil,
+    maxRequests: Int = NBDProtocol.defaultServerRequestsInFlight,
+    payloadBudget: Int = NBDProtocol.payloadBytesInFlight,
     report: @escaping @BlockActor (String) -> Void
   ) {
+    self.maxRequests = max(1, maxRequests)
+    self.payloadBudget = payloadBudget
     self.tls = tls
     self.backend = backend
     self.export = export
@@ -141,12 +150,25 @@ final class NBDConnection {
 
   /// The job of one request's child task, isolated to ``BlockActor`` so
   /// that the task starts there rather than hopping through Swift's shared
-  /// pool on its way to the engine.
+  /// pool on its way to the engine; it returns `cost`, the data bytes it
+  /// held.
   private nonisolated static func answering(
-    _ request: NBDRequest, payload: ByteBuffer?, contexts: Set<UInt32>?,
+    _ request: NBDRequest, payload: ByteBuffer?, contexts: Set<UInt32>?, cost: Int,
     _ handler: NBDRequestHandler, _ outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
-  ) -> @Sendable @BlockActor () async -> Void {
-    { await answer(request, payload: payload, contexts: contexts, handler, outbound) }
+  ) -> @Sendable @BlockActor () async -> Int {
+    {
+      await answer(request, payload: payload, contexts: contexts, handler, outbound)
+      return cost
+    }
+  }
+
+  /// The data bytes a request holds while in flight: its payload (WRITE)
+  /// or its reply's data (READ).
+  private static func cost(of request: NBDRequest) -> Int {
+    switch NBDCommand(rawValue: request.type) {
+    case .read, .write: Int(clamping: request.length)
+    default: 0
+    }
   }
 
   /// The transmission phase: reads requests until DISC, end of file or a
@@ -164,8 +186,9 @@ final class NBDConnection {
       })
     let negotiatedContexts = handler.negotiatedContexts
     let headerSize = NBDRequest.size(extended: mode == .extended)
-    await withTaskGroup(of: Void.self) { group in
+    await withTaskGroup(of: Int.self) { group in
       var inFlight = 0
+      var bytesInFlight = 0
       do {
         while true {
           guard var bytes = try await reader.read(headerSize) else {
@@ -217,14 +240,20 @@ final class NBDConnection {
           case .valid:
             break
           }
-          if inFlight >= NBDProtocol.maxRequestsInFlight {
-            await group.next()
+          // Wait for room: a request slot, and data bytes (one request
+          // alone may always run).
+          let cost = Self.cost(of: request)
+          while inFlight >= maxRequests
+            || (inFlight > 0 && bytesInFlight + cost > payloadBudget)
+          {
+            bytesInFlight -= await group.next() ?? 0
             inFlight -= 1
           }
           inFlight += 1
+          bytesInFlight += cost
           group.addTask(
             operation: Self.answering(
-              request, payload: payload, contexts: contexts, handler, outbound))
+              request, payload: payload, contexts: contexts, cost: cost, handler, outbound))
         }
       } catch {
         // The peer closed mid-request: answer nothing more.

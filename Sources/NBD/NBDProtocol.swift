@@ -32,8 +32,16 @@ public enum NBDProtocol {
   public static let maxBufferSize = 32 << 20
   /// The longest string (export name, description, query) in the protocol.
   public static let maxStringSize = 4096
-  /// The most requests one connection has in flight (QEMU's `MAX_NBD_REQUESTS`).
+  /// The most requests one connection of qemu-nbd 7.2 has in flight
+  /// (QEMU's `MAX_NBD_REQUESTS`).
   public static let maxRequestsInFlight = 16
+  /// The most requests one connection of Spindle's server has in flight by
+  /// default (`spindle serve --max-requests`).
+  public static let defaultServerRequestsInFlight = 64
+  /// The most READ and WRITE bytes one connection of the server has in
+  /// flight, whatever the request count: qemu-nbd 7.2's worst case (16
+  /// requests of 32 MiB), so that more requests never cost more memory.
+  public static let payloadBytesInFlight = maxRequestsInFlight * maxBufferSize
   /// The id of the `base:allocation` context (QEMU's `NBD_META_ID_BASE_ALLOCATION`).
   public static let baseAllocationID: UInt32 = 0
   /// The name of the allocation context.

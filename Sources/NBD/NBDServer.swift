@@ -52,6 +52,8 @@ public final class NBDServer {
   private let handshakeLimit: Duration?
   private let extendedHeaders: Bool
   private let tls: NBDServerTLS?
+  private let maxRequests: Int
+  private let payloadBudget: Int
 
   /// A server that keeps running after its last client unless `persistent`
   /// is false, and takes `shared` clients at once; `report` receives runtime
@@ -61,12 +63,19 @@ public final class NBDServer {
   /// `extendedHeaders`: whether NBD_OPT_EXTENDED_HEADERS is offered (off:
   /// UNSUP, exactly as qemu-nbd 7.2; a 7.2 client never asks either way).
   /// `tls`: clients must STARTTLS before anything else (qemu-nbd
-  /// `--tls-creds`).
+  /// `--tls-creds`). `maxRequests`: requests one connection may have in
+  /// flight (qemu-nbd 7.2: 16), holding at most `payloadBudget` bytes of
+  /// READ and WRITE data (by default qemu-nbd 7.2's own worst case,
+  /// ``NBDProtocol/payloadBytesInFlight``).
   public init(
     persistent: Bool, shared: Int, handshakeLimit: Duration? = .seconds(10),
     extendedHeaders: Bool = true, tls: NBDServerTLS? = nil,
+    maxRequests: Int = NBDProtocol.defaultServerRequestsInFlight,
+    payloadBudget: Int = NBDProtocol.payloadBytesInFlight,
     report: @escaping @BlockActor (String) -> Void
   ) {
+    self.maxRequests = maxRequests
+    self.payloadBudget = payloadBudget
     self.tls = tls
     self.persistent = persistent
     self.shared = shared
@@ -223,7 +232,8 @@ public final class NBDServer {
     }
     let connection = NBDConnection(
       backend: backend, export: export, bitmaps: bitmaps, handshakeLimit: handshakeLimit,
-      extendedHeaders: extendedHeaders, tls: tls, report: report)
+      extendedHeaders: extendedHeaders, tls: tls, maxRequests: maxRequests,
+      payloadBudget: payloadBudget, report: report)
     await connection.serve(client) { negotiated = true }
     clients[id] = nil
     releaseSlot(negotiated: negotiated)

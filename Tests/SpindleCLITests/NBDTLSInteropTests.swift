@@ -263,9 +263,7 @@ struct NBDTLSInteropTests {
       ])
     #expect(
       reports[0].count == 1 && reports[0].first?.contains("option negotiation failed") == true)
-    withKnownIssue("Spindle's TLS server sends no CA names in its CertificateRequest") {
-      #expect(reports[0] == reports[1])
-    }
+    #expect(reports[0] == reports[1])
   }
 
   /// `--tls-authz` with an `authz-simple` identity: the client certificate's
@@ -332,9 +330,7 @@ struct NBDTLSInteropTests {
     #expect(qemu.status == 1 && spindle.status == 1, "\(spindle)")
     #expect(spindle.error.contains("TLS negotiation required before option"), "\(spindle)")
     #expect(spindle.error.contains("not permitted before TLS"), "\(spindle)")
-    withKnownIssue("Spindle's client lacks QEMU's TLS_REQD hint") {
-      #expect(spindle.error.contains("Did you forget a valid tls-creds?"), "\(spindle)")
-    }
+    #expect(spindle.error.contains("Did you forget a valid tls-creds?"), "\(spindle)")
     _ = await running.terminate()
   }
 

@@ -222,7 +222,8 @@ struct NBDClientHandshake {
     case .policy: message = "Denied by server for \(option)"
     case .invalid: message = "Invalid parameters for \(option)"
     case .platform: message = "Server lacks support for \(option)"
-    case .tlsRequired: message = "TLS negotiation required before \(option)"
+    case .tlsRequired:
+      message = "TLS negotiation required before \(option)\nDid you forget a valid tls-creds?"
     case .unknown: message = "Requested export not available"
     case .shutdown: message = "Server shutting down before \(option)"
     case .blockSizeRequired: message = "Server requires INFO_BLOCK_SIZE for \(option)"

@@ -144,6 +144,9 @@ public struct NBDTLSCredentials: Sendable, Equatable {
       // checks the server's against the CA and the host name.
       configuration.certificateVerification =
         verifyPeer ? (server ? .noHostnameVerification : .fullVerification) : .none
+      // A server names its CAs in the certificate request (as GnuTLS does):
+      // a client then offers only a certificate those CAs signed.
+      configuration.sendCANameList = server && verifyPeer
       return configuration
     } catch let error as BlockError {
       throw error

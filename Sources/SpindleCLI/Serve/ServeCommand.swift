@@ -5,7 +5,8 @@ import NBD
 /// serving one image over NBD through the engine.
 ///
 /// Every qemu-nbd 7.2 option (TLS through swift-nio-ssl), socket activation
-/// (LISTEN_PID/LISTEN_FDS), and QEMU 9.1's --handshake-limit. -L lists another
+/// (LISTEN_PID/LISTEN_FDS), QEMU 9.1's --handshake-limit and Spindle's
+/// --max-requests. -L lists another
 /// server's exports (``ServeList``), --fork serves from a daemon
 /// (``ServeDaemon``); -c and -d reach the kernel's NBD devices only as far as
 /// their errors (``ServeDevice``).
@@ -27,7 +28,7 @@ enum ServeCommand {
     .init("tls-creds", .required), .init("tls-hostname", .required),
     .init("tls-authz", .required), .init("image-opts"), .init("trace", .required, key: "T"),
     .init("fork"), .init("pid-file", .required), .init("selinux-label", .required),
-    .init("handshake-limit", .required),
+    .init("handshake-limit", .required), .init("max-requests", .required),
   ]
 
   /// Options of qemu-nbd 7.2 that Spindle does not implement yet, by key.
@@ -212,6 +213,13 @@ enum ServeCommand {
           return nil
         }
         options.handshakeLimit = seconds
+      case "max-requests":
+        // Spindle's: requests in flight per connection (qemu-nbd 7.2: 16).
+        guard let count = parseCInt(argument), (1...1024).contains(count) else {
+          reporter.error("Invalid request limit '\(argument)' (1 to 1024)")
+          return nil
+        }
+        options.maxRequests = count
       default:
         reporter.error(tryHelp)
         return nil

@@ -63,6 +63,9 @@ enum ServeHelp {
           --detect-zeroes=MODE  set detect-zeroes mode (off, on, unmap)
           --image-opts          treat FILE as a full set of image options
 
+    Beyond qemu-nbd 7.2: --handshake-limit=SECONDS drops clients that have
+    not negotiated in time (default 10, 0: never); --max-requests=N lets a
+    connection have N requests in flight (default 64; qemu-nbd 7.2: 16).
     Socket activation (LISTEN_PID/LISTEN_FDS, fd 3) is supported.
     Spindle has no trace events (-T enables none). -c and -d do not drive
     kernel NBD devices. TLS runs on swift-nio-ssl (BoringSSL): X.509 and

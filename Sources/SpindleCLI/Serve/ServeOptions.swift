@@ -1,4 +1,5 @@
 import BlockCore
+import NBD
 
 #if canImport(Glibc)
   import Glibc
@@ -35,6 +36,8 @@ struct ServeOptions {
   var temporaryOverlay = false
   /// --handshake-limit: seconds a client may take to negotiate (0: no limit).
   var handshakeLimit = 10
+  /// --max-requests: requests one connection may have in flight.
+  var maxRequests = NBDProtocol.defaultServerRequestsInFlight
   /// --pid-file: where the server's pid goes once it serves.
   var pidFile: String?
   var filename = ""

@@ -36,7 +36,7 @@ struct ServeRunner {
     let server = NBDServer(
       persistent: options.persistent, shared: options.shared,
       handshakeLimit: options.handshakeLimit > 0 ? .seconds(options.handshakeLimit) : nil,
-      tls: tls
+      tls: tls, maxRequests: options.maxRequests
     ) {
       reporter.error($0)
       console.flush()
