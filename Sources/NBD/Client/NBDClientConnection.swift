@@ -1,6 +1,7 @@
 import BlockCore
 import NIOCore
 import NIOPosix
+import NIOSSL
 import SystemPackage
 
 /// Thrown for a request that could not be answered because the connection
@@ -96,8 +97,14 @@ final class NBDClientConnection {
 
   /// The system's text for a socket error during the handshake.
   nonisolated static func socketErrorText(_ error: any Error) -> String {
-    if let error = error as? IOError { return Errno.describe(Errno(rawValue: error.errnoCode)) }
-    return "\(error)"
+    switch error {
+    case let error as IOError: return Errno.describe(Errno(rawValue: error.errnoCode))
+    // The connection was closed under the request: the server hung up (a
+    // TLS server that refuses the client after the handshake does so).
+    case ChannelError.ioOnClosedChannel, ChannelError.eof: return "Connection closed by the server"
+    case is NIOSSLError: return "Cannot read from TLS channel: \(NBDTLSUpgrade.describe(error))"
+    default: return "\(error)"
+    }
   }
 
   /// The system's text for a connection failure.
