@@ -107,6 +107,10 @@ struct NBDClientConfigTests {
     #expect(named.tlsHostname == "other")
     let unix = try config(["path": "/p", "tls-creds": "t"])
     #expect(unix.tlsCreds == "t" && unix.tlsHostname == nil)
+    #expect(try config(["path": "/p", "x-multi-conn": "4"]).multiConn == 4)
+    #expect(
+      message(["path": "/p", "x-multi-conn": "17"])
+        == "Parameter 'x-multi-conn' expects a number from 1 to 16")
     let plain = try config(["path": "/p"])
     #expect(plain.tlsCreds == nil && plain.tlsHostname == nil)
   }

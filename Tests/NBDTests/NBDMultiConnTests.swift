@@ -11,7 +11,9 @@ import Testing
 /// one connection makes durable what another connection's replies had
 /// acknowledged, and a FUA write is durable before its reply whichever
 /// connection then reads it. Two of Spindle's client connections against
-/// one in-process server over a recording export.
+/// one in-process server over a recording export; and Spindle's client
+/// with `x-multi-conn`, which opens several connections only to a server
+/// that advertises CAN_MULTI_CONN.
 @BlockActor
 struct NBDMultiConnTests {
   init() { NBDClient.register() }
@@ -64,6 +66,39 @@ struct NBDMultiConnTests {
     await fixture.stop()
   }
 
+  @Test func clientSpreadsRequestsOverSeveralConnections() async throws {
+    let fixture = try await Fixture()
+    let node = try await fixture.open(multiConn: 4)
+    let driver = try #require(node.driver as? NBDClientDriver)
+    #expect(driver.connectionCount == 4)
+    let writes = (0..<64).map { index in
+      Task { @BlockActor in
+        try await node.write(
+          at: Int64(index) * 4096, bytes: [UInt8](repeating: UInt8(index + 1), count: 4096))
+      }
+    }
+    for write in writes { try await write.value }
+    try await node.flush()
+    #expect(fixture.recording.calls.contains(.flushToDisk))
+    let reads = (0..<64).map { index in
+      Task { @BlockActor in try await node.read(at: Int64(index) * 4096, count: 4096) }
+    }
+    for (index, read) in reads.enumerated() {
+      #expect(try await read.value == [UInt8](repeating: UInt8(index + 1), count: 4096))
+    }
+    await node.close()
+    await fixture.stop()
+  }
+
+  @Test func clientOpensOneConnectionWithoutCanMultiConn() async throws {
+    let fixture = try await Fixture(multiConn: false)
+    let node = try await fixture.open(multiConn: 4)
+    let driver = try #require(node.driver as? NBDClientDriver)
+    #expect(driver.connectionCount == 1)
+    await node.close()
+    await fixture.stop()
+  }
+
   /// An in-process server (several clients at once, so CAN_MULTI_CONN) over
   /// a recording node, on a Unix socket in a fresh folder.
   @BlockActor
@@ -74,7 +109,7 @@ struct NBDMultiConnTests {
     private let server = NBDServer(persistent: true, shared: 0, handshakeLimit: nil) { _ in }
     private var task: Task<Void, Never>?
 
-    init() async throws {
+    init(multiConn: Bool = true) async throws {
       directory = FileManager.default.temporaryDirectory.appendingPathComponent(
         "nbdmulti-\(UUID().uuidString)")
       try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -82,15 +117,18 @@ struct NBDMultiConnTests {
       let node = BlockNode(name: "rec", driver: recording)
       try await node.open()
       try await server.listen(on: .unix(path: socket))
-      let export = NBDExportInfo(size: 1 << 20, multiConn: true)
+      let export = NBDExportInfo(size: 1 << 20, multiConn: multiConn)
       task = Task { [server] in
         await server.run(backend: BlockBackend(root: node), export: export)
       }
     }
 
-    func open() async throws -> BlockNode {
-      try await ImageOpener.open(
-        filename: "nbd+unix:///?socket=\(socket)", format: "nbd", context: OpenContext())
+    func open(multiConn: Int = 1) async throws -> BlockNode {
+      var options = DriverOptions()
+      if multiConn > 1 { options["x-multi-conn"] = "\(multiConn)" }
+      return try await ImageOpener.open(
+        filename: "nbd+unix:///?socket=\(socket)", format: "nbd", options: options,
+        context: OpenContext())
     }
 
     func stop() async {

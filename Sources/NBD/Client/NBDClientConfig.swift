@@ -36,6 +36,9 @@ public struct NBDClientConfig: Sendable, Equatable {
   /// handshake asks for NBD extended headers (off: as QEMU 7.2's client).
   public var extendedHeaders: Bool
 
+  /// `x-multi-conn` (Spindle's, 1 by default): how many connections to
+  /// open when the server advertises CAN_MULTI_CONN (1 to 16).
+  public var multiConn = 1
   /// `tls-creds`: the ID of the client's TLS credentials (nil: no TLS).
   public var tlsCreds: String?
   /// `tls-hostname`: the name the server's certificate must carry (by
@@ -91,6 +94,13 @@ public struct NBDClientConfig: Sendable, Equatable {
       server: server, export: export, dirtyBitmap: dirtyBitmap, reconnectDelay: reconnectDelay,
       openTimeout: openTimeout, extendedHeaders: extendedHeaders)
     config.tlsCreds = tlsCreds
+    if let count = options.take("x-multi-conn") {
+      guard let value = Int(count), (1...16).contains(value) else {
+        throw BlockError(
+          .invalidArgument, "Parameter 'x-multi-conn' expects a number from 1 to 16")
+      }
+      config.multiConn = value
+    }
     config.tlsHostname = tlsHostname
     return config
   }

@@ -21,12 +21,30 @@ public final class NBDClientDriver: BlockDriver {
   public let config: NBDClientConfig
   /// What the handshake negotiated.
   public let export: NBDNegotiatedExport
-  private let connection: NBDReconnectingConnection
+  /// The connections (several with `x-multi-conn` when the server
+  /// advertises CAN_MULTI_CONN); requests take them in turn.
+  private let connections: [NBDReconnectingConnection]
+  private var nextConnection = 0
 
-  private init(config: NBDClientConfig, connection: NBDReconnectingConnection) {
+  /// How many connections the driver uses.
+  public var connectionCount: Int { connections.count }
+
+  private init(config: NBDClientConfig, connections: [NBDReconnectingConnection]) {
     self.config = config
-    self.connection = connection
-    export = connection.export
+    self.connections = connections
+    export = connections[0].export
+  }
+
+  /// The connection for the next request (round robin). With CAN_MULTI_CONN
+  /// any connection's FLUSH covers the writes every connection completed,
+  /// so each request may take any of them.
+  private var connection: NBDReconnectingConnection {
+    defer { nextConnection = (nextConnection + 1) % connections.count }
+    return connections[nextConnection]
+  }
+
+  private func closeConnections() async {
+    for connection in connections { await connection.close() }
   }
 
   /// Connects to the server `config` names and negotiates the export
@@ -40,8 +58,25 @@ public final class NBDClientDriver: BlockDriver {
         credentials: try NBDTLSObjects.credentials(id, for: .client),
         hostname: config.tlsHostname)
     }
-    let connection = try await NBDReconnectingConnection.open(config, handshake: handshake)
-    return NBDClientDriver(config: config, connection: connection)
+    let first = try await NBDReconnectingConnection.open(config, handshake: handshake)
+    var connections = [first]
+    if config.multiConn > 1 && first.export.flags.contains(.canMultiConn) {
+      // More of the same: a connection that fails or negotiates another
+      // export is dropped, and the driver goes on with those it has.
+      var single = config
+      single.openTimeout = 0
+      while connections.count < config.multiConn {
+        guard let more = try? await NBDReconnectingConnection.open(single, handshake: handshake)
+        else { break }
+        guard more.export.size == first.export.size, more.export.flags == first.export.flags
+        else {
+          await more.close()
+          break
+        }
+        connections.append(more)
+      }
+    }
+    return NBDClientDriver(config: config, connections: connections)
   }
 
   /// The ``DriverFactory`` of `driver=nbd`.
@@ -53,18 +88,18 @@ public final class NBDClientDriver: BlockDriver {
     // QEMU's nbd_handle_updated_info runs without an error pointer, so only
     // its errno reaches the user ("Could not open image: ...").
     if config.dirtyBitmap != nil && driver.export.contextID == nil {
-      await driver.connection.close()
+      await driver.closeConnections()
       throw BlockError(.invalidArgument, "Could not open image: Invalid argument")
     }
     if driver.export.readOnly && !context.node.readOnly {
-      await driver.connection.close()
+      await driver.closeConnections()
       throw BlockError(.permissionDenied, "Could not open image: Permission denied")
     }
     let node = BlockNode(name: ImageOpener.newNodeName(), driver: driver, options: context.node)
     do {
       try await node.open()
     } catch {
-      await driver.connection.close()
+      await driver.closeConnections()
       throw error
     }
     return node
@@ -263,6 +298,6 @@ public final class NBDClientDriver: BlockDriver {
   }
 
   public func close(_ node: BlockNode) async {
-    await connection.close()
+    await closeConnections()
   }
 }
