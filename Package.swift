@@ -87,6 +87,7 @@ let package = Package(
         "NBD", "BlockCore", "BlockDrivers", "BlockTestSupport",
         .product(name: "NIOCore", package: "swift-nio"),
         .product(name: "NIOPosix", package: "swift-nio"),
+        .product(name: "NIOEmbedded", package: "swift-nio"),
       ]),
     .testTarget(
       name: "SpindleCLITests",

@@ -103,7 +103,7 @@ final class NBDConnection {
         report("option negotiation failed: \(reason)")
         return nil
       case .startTLS(let acknowledgement):
-        if let refusal = await startTLS(acknowledgement, channel, unread: reader.unread) {
+        if let refusal = await startTLS(acknowledgement, channel, reader: reader) {
           report("option negotiation failed: \(refusal)")
           return nil
         }
@@ -115,17 +115,22 @@ final class NBDConnection {
   /// Acknowledges STARTTLS, runs the server's side of the TLS handshake and
   /// checks the client against `--tls-authz`; why the client is dropped,
   /// or nil to go on with options over TLS.
-  private func startTLS(_ acknowledgement: ByteBuffer, _ channel: any Channel, unread: ByteBuffer)
-    async -> String?
-  {
+  private func startTLS(
+    _ acknowledgement: ByteBuffer, _ channel: any Channel, reader: NBDInboundReader
+  ) async -> String? {
     guard let tls else { return "TLS not configured" }
     // Bytes sent after STARTTLS but before its answer were sent in the
-    // clear: no TLS client does that.
-    guard unread.readableBytes == 0 else { return "Unexpected data before the TLS handshake" }
+    // clear: no TLS client does that (and they must not pass for TLS data).
+    let consumed = reader.received - reader.unread.readableBytes
+    guard reader.unread.readableBytes == 0 else {
+      return "Unexpected data before the TLS handshake"
+    }
     do {
       let certificate = try await NBDTLSUpgrade.start(
-        on: channel, sending: acknowledgement, role: .server(tls.context))
+        on: channel, sending: acknowledgement, consumed: consumed, role: .server(tls.context))
       return tls.refusal(of: certificate)
+    } catch let error as NBDTLSUpgrade.PlainTextAfterStartTLS {
+      return "Unexpected data before the TLS handshake (\(error))"
     } catch let error where NBDTLSUpgrade.isMissingPeerCertificate(error) {
       return "Verify failed: No certificate was found."
     } catch {

@@ -7,6 +7,8 @@ struct NBDInboundReader {
   private var pending = ByteBuffer()
   /// Whether the peer closed after sending part of what the last read wanted.
   private(set) var endedMidMessage = false
+  /// Bytes taken from the stream so far (consumed or waiting in `unread`).
+  private(set) var received = 0
 
   init(_ inbound: NIOAsyncChannelInboundStream<ByteBuffer>) {
     iterator = inbound.makeAsyncIterator()
@@ -32,6 +34,7 @@ struct NBDInboundReader {
         endedMidMessage = pending.readableBytes > 0
         return nil
       }
+      received += more.readableBytes
       if pending.readableBytes == 0 {
         pending = more
       } else {
@@ -55,6 +58,7 @@ struct NBDInboundReader {
           endedMidMessage = true
           return false
         }
+        received += more.readableBytes
         pending = more
         continue
       }

@@ -104,7 +104,9 @@ public final class NBDServer {
       NIOAsyncChannel<ByteBuffer, ByteBuffer>
     > {
       channel.eventLoop.makeCompletedFuture {
-        try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+        // First in the pipeline: what STARTTLS checks against (NBDByteCounter).
+        try channel.pipeline.syncOperations.addHandler(NBDByteCounter())
+        return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
       }
     }
     do {

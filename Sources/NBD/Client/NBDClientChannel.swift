@@ -18,6 +18,8 @@ struct NBDClientChannel: Sendable {
     to channel: any Channel,
     feeding continuation: AsyncThrowingStream<ByteBuffer, any Error>.Continuation
   ) throws {
+    // The counter first: what STARTTLS checks against (NBDByteCounter).
+    try channel.pipeline.syncOperations.addHandler(NBDByteCounter())
     try channel.pipeline.syncOperations.addHandler(InboundHandler(continuation))
   }
 

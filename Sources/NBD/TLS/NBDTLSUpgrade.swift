@@ -16,24 +16,36 @@ enum NBDTLSUpgrade {
     case client(NIOSSLContext, serverHostname: String?)
   }
 
+  /// More plain text arrived than the reader consumed before STARTTLS.
+  struct PlainTextAfterStartTLS: Error, CustomStringConvertible {
+    var description: String { "unexpected plain-text data after STARTTLS" }
+  }
+
   /// Sends `plainText` (the server's STARTTLS acknowledgement; nothing for a
   /// client, which has read it), starts TLS and returns the peer's
   /// certificate (nil when it sent none) once the handshake completed;
-  /// throws the handshake's error.
-  static func start(on channel: any Channel, sending plainText: ByteBuffer?, role: Role)
-    async throws -> NIOSSLCertificate?
-  {
+  /// throws the handshake's error. `consumed`: the bytes the reader took
+  /// from the connection; when the pipeline's ``NBDByteCounter`` has read
+  /// more, plain text is waiting to pass for TLS data, and the connection
+  /// is closed instead (checked in the same event-loop turn that installs
+  /// TLS, so nothing can slip in between).
+  static func start(
+    on channel: any Channel, sending plainText: ByteBuffer?, consumed: Int, role: Role
+  ) async throws -> NIOSSLCertificate? {
     let handshake = channel.eventLoop.makePromise(of: NIOSSLCertificate?.self)
     channel.eventLoop.execute {
-      if let plainText { channel.writeAndFlush(plainText, promise: nil) }
       do {
+        let pipeline = channel.pipeline.syncOperations
+        guard try pipeline.handler(type: NBDByteCounter.self).count == consumed else {
+          throw PlainTextAfterStartTLS()
+        }
+        if let plainText { channel.writeAndFlush(plainText, promise: nil) }
         let tls: NIOSSLHandler =
           switch role {
           case .server(let context): NIOSSLServerHandler(context: context)
           case .client(let context, let host):
             try NIOSSLClientHandler(context: context, serverHostname: host)
           }
-        let pipeline = channel.pipeline.syncOperations
         try pipeline.addHandler(tls, position: .first)
         try pipeline.addHandler(HandshakeWatcher(tls, handshake), position: .after(tls))
       } catch {
