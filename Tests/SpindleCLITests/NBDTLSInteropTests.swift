@@ -307,12 +307,20 @@ struct NBDTLSInteropTests {
     for target in [
       Self.x509(pki.client, running, hostname: "other"),
       Self.x509(pki.client, running, hostname: nil),
+      // Addresses are checked against the certificate's IP entries (it
+      // names 127.0.0.1), not against the socket (a Unix socket here).
+      Self.x509(pki.client, running, hostname: "127.0.0.2"),
+      Self.x509(pki.client, running, hostname: "::1"),
     ] {
       let qemu = try await Self.info(.qemu, target, running)
       let spindle = try await Self.info(.spindle, target, running)
       #expect(qemu.status == 1, "\(qemu)")
       #expect(spindle == qemu)
     }
+    let address = Self.x509(pki.client, running, hostname: "127.0.0.1")
+    let qemuByAddress = try await Self.info(.qemu, address, running)
+    #expect(qemuByAddress.status == 0, "\(qemuByAddress)")
+    #expect(try await Self.info(.spindle, address, running) == qemuByAddress)
     for target in [
       Self.x509(pki.nocert, running), Self.x509(pki.untrusted, running, extra: ",sanity-check=off"),
     ] {

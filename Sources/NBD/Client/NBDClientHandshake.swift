@@ -95,6 +95,22 @@ struct NBDClientHandshake {
     var flagsBuffer = ByteBuffer()
     flagsBuffer.writeInteger(clientFlags)
     try await outbound.write(flagsBuffer)
+    do {
+      return try await options(
+        &reader, outbound, fixedNewstyle: fixedNewstyle, noZeroes: noZeroes)
+    } catch let error as BlockError where fixedNewstyle {
+      // As QEMU: a server that refused an option hears ABORT, not a bare
+      // hang-up (qemu-nbd logs the latter as a failed negotiation).
+      try? await sendOption(.abort, outbound)
+      throw error
+    }
+  }
+
+  /// The option phase after the client flags.
+  private func options(
+    _ reader: inout NBDInboundReader, _ outbound: NBDClientChannel, fixedNewstyle: Bool,
+    noZeroes: Bool, isolation: isolated (any Actor)? = #isolation
+  ) async throws -> NBDNegotiatedExport {
     if let tls {
       guard fixedNewstyle else { throw Self.failure("Server does not support STARTTLS") }
       try await startTLS(tls, &reader, outbound)
@@ -147,7 +163,7 @@ struct NBDClientHandshake {
     guard reader.unread.readableBytes == 0 else {
       throw Self.failure("Unexpected data from the server before the TLS handshake")
     }
-    try await tls.start(on: outbound.channel)
+    try await tls.start(on: outbound.channel, consumed: reader.received)
   }
 
   /// An oldstyle server: size, flags, 124 zero bytes; no export names.

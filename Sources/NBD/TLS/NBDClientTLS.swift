@@ -20,29 +20,41 @@ public struct NBDClientTLS: Sendable {
 
   /// Runs the client's side of the handshake after the server acknowledged
   /// STARTTLS; errors carry QEMU's texts where it has one.
-  func start(on channel: any Channel) async throws {
+  func start(on channel: any Channel, consumed: Int) async throws {
     var serverHostname: String?
+    var address: [UInt8]?
     if case .x509(let verifyPeer) = credentials.kind, verifyPeer {
       guard let hostname else {
         throw BlockError(.invalidArgument, "No hostname for certificate validation")
       }
-      // swift-nio-ssl checks an address against the peer's own address (an
-      // IP literal cannot be a TLS server name).
-      serverHostname = Self.isIPAddress(hostname) ? nil : hostname
+      // An address is checked here against the certificate's IP entries
+      // (swift-nio-ssl would check the socket's peer instead); a name by
+      // swift-nio-ssl.
+      address = NBDCertificateAddresses.bytes(ofAddress: hostname)
+      serverHostname = address == nil ? hostname : nil
     }
-    let context = try credentials.clientContext()
+    let context = try credentials.clientContext(checksHostName: address == nil)
     do {
-      _ = try await NBDTLSUpgrade.start(
-        on: channel, sending: nil, role: .client(context, serverHostname: serverHostname))
+      let certificate = try await NBDTLSUpgrade.start(
+        on: channel, sending: nil, consumed: consumed,
+        role: .client(context, serverHostname: serverHostname))
+      if let address {
+        let named = try certificate.map {
+          try NBDCertificateAddresses.ipAddresses(ofCertificate: $0.toDERBytes())
+        }
+        guard named?.contains(address) == true else {
+          channel.close(promise: nil)
+          throw NIOSSLExtraError.failedToValidateHostname
+        }
+      }
     } catch let error as NIOSSLExtraError where error == .failedToValidateHostname {
       throw BlockError(
         .invalidArgument, "Certificate does not match the hostname \(hostname ?? "")")
+    } catch let error as NBDTLSUpgrade.PlainTextAfterStartTLS {
+      throw BlockError(
+        .invalidArgument, "Unexpected data from the server before the TLS handshake (\(error))")
     } catch {
       throw BlockError(.invalidArgument, "TLS handshake failed: \(NBDTLSUpgrade.describe(error))")
     }
-  }
-
-  private static func isIPAddress(_ host: String) -> Bool {
-    (try? SocketAddress(ipAddress: host, port: 0)) != nil
   }
 }

@@ -81,19 +81,26 @@ public struct NBDTLSCredentials: Sendable, Equatable {
     return try makeContext(server: true, allowedPSKIdentity: allowedPSKIdentity)
   }
 
-  /// A context for the client side of STARTTLS.
-  public func clientContext() throws -> NIOSSLContext {
+  /// A context for the client side of STARTTLS; `checksHostName` off
+  /// leaves the name to the caller (X.509 still checks the CA).
+  public func clientContext(checksHostName: Bool = true) throws -> NIOSSLContext {
     guard endpoint == .client else {
       throw BlockError(.invalidArgument, "Expected TLS credentials for a client endpoint")
     }
-    return try makeContext(server: false, allowedPSKIdentity: nil)
+    return try makeContext(
+      server: false, allowedPSKIdentity: nil, checksHostName: checksHostName)
   }
 
-  private func makeContext(server: Bool, allowedPSKIdentity: String?) throws -> NIOSSLContext {
+  private func makeContext(
+    server: Bool, allowedPSKIdentity: String?, checksHostName: Bool = true
+  ) throws -> NIOSSLContext {
     var configuration: TLSConfiguration
     switch kind {
     case .x509(let verifyPeer):
       configuration = try x509Configuration(server: server, verifyPeer: verifyPeer)
+      if !server && verifyPeer && !checksHostName {
+        configuration.certificateVerification = .noHostnameVerification
+      }
     case .psk(let username):
       configuration = try pskConfiguration(
         server: server, username: username, allowedIdentity: allowedPSKIdentity)
