@@ -322,15 +322,17 @@ public enum ImageOpener {
       options.values = options.takeChild("file").values
       return protocolDriver
     }
-    guard let prefix = await probeBytes(options, context: context) else { return "raw" }
+    guard let prefix = try await probeBytes(options, context: context) else { return "raw" }
     return FormatProbe.format(of: prefix, filename: filename)
   }
 
   /// Opens the `file` child read-only and shared and reads what probing
   /// looks at; nil when it cannot be opened or read (the real open then
   /// reports why) or is empty. A protocol that keeps its probed node is
-  /// opened as the format will use it and left in ``probedNodes``.
-  private static func probeBytes(_ options: DriverOptions, context: OpenContext) async
+  /// opened as the format will use it and left in ``probedNodes``; its
+  /// open failing is the error (as QEMU, which opens it once: a network
+  /// protocol is not asked twice).
+  private static func probeBytes(_ options: DriverOptions, context: OpenContext) async throws
     -> [UInt8]?
   {
     var copy = options
@@ -353,7 +355,13 @@ public enum ImageOpener {
       probeContext.forceShare = true
     }
     probeContext.diagnostics = { _ in }
-    guard let file = try? await openNode(&child, context: probeContext) else { return nil }
+    let opened: BlockNode?
+    if keeps {
+      opened = try await openNode(&child, context: probeContext)
+    } else {
+      opened = try? await openNode(&child, context: probeContext)
+    }
+    guard let file = opened else { return nil }
     let bytes =
       file.length > 0
       ? try? await file.read(at: 0, count: Int(min(file.length, Int64(FormatProbe.bufferSize))))
