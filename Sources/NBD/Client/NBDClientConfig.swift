@@ -8,12 +8,16 @@ public enum NBDServerAddress: Sendable, Equatable, CustomStringConvertible {
   case inet(host: String, port: String)
   /// A Unix socket.
   case unix(path: String)
+  /// A socket already connected, inherited as the descriptor this string
+  /// numbers (QEMU's `server.type=fd`, `server.str`); it can be used once.
+  case fd(String)
 
   /// The address as QEMU's "Failed to connect to '...'" prints it.
   public var description: String {
     switch self {
     case .inet(let host, let port): "\(host):\(port)"
     case .unix(let path): path
+    case .fd(let descriptor): descriptor
     }
   }
 }
@@ -156,7 +160,9 @@ public struct NBDClientConfig: Sendable, Equatable {
     case "unix":
       address = .unix(path: try required("path"))
       for key in ["abstract", "tight"] { _ = server.take(key) }
-    case let type where type == "fd" || type == "vsock":
+    case "fd":
+      address = .fd(try required("str"))
+    case let type where type == "vsock":
       throw BlockError(
         .notSupported, "NBD server type '\(type)' is not supported by Spindle yet")
     case let type:
@@ -188,6 +194,8 @@ extension NBDClientConfig {
     case .inet(let host, let port):
       if host.contains(":") { return nil }
       return export.isEmpty ? "nbd://\(host):\(port)" : "nbd://\(host):\(port)/\(export)"
+    case .fd:
+      return nil
     }
   }
 }

@@ -87,6 +87,21 @@ final class NBDClientConnection {
       }
       connected = bootstrap.channelOption(.tcpOption(.tcp_nodelay), value: 1)
         .connect(host: host, port: number)
+    case .fd(let text):
+      // QEMU's socket_get_fd without a monitor: a number, a socket; the
+      // channel then owns (and in the end closes) the descriptor.
+      guard let descriptor = Int32(text) else {
+        return loop.makeFailedFuture(
+          BlockError(.invalidArgument, "Unable to parse FD number \(text)"))
+      }
+      var status = stat()
+      guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFSOCK else {
+        return loop.makeFailedFuture(
+          BlockError(.invalidArgument, "File descriptor '\(text)' is not a socket"))
+      }
+      return bootstrap.withConnectedSocket(descriptor).map {
+        NBDClientChannel(channel: $0, inbound: inbound)
+      }
     }
     return connected.map { NBDClientChannel(channel: $0, inbound: inbound) }
       .flatMapErrorThrowing { error in

@@ -86,6 +86,13 @@ final class NBDReconnectingConnection {
     guard connection === broken, !closed else { return }
     connection = nil
     Task { await broken.close() }
+    // An inherited descriptor cannot be connected again (its number may
+    // name something else once closed): requests fail from now on.
+    if case .fd = config.server {
+      requestsWait = false
+      wake(with: nil)
+      return
+    }
     requestsWait = config.reconnectDelay > 0
     if requestsWait {
       let seconds = Int(config.reconnectDelay)

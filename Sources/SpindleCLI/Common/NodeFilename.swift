@@ -13,7 +13,7 @@ enum NodeFilename {
   /// blkdebug node, and a format's or filter's `file` child's name.
   static func name(of node: BlockNode) -> String? {
     if let file = node.driver as? FileDriver { return file.filename }
-    if let nbd = node.driver as? NBDClientDriver { return nbd.config.filename }
+    if let nbd = node.driver as? NBDClientDriver, let name = nbd.config.filename { return name }
     if let options = jsonOptions(of: node) { return "json:" + QDictOrder.json(options) }
     guard let child = node.file, let childName = name(of: child) else { return nil }
     if let blkdebug = node.driver as? BlkdebugDriver {
@@ -27,6 +27,15 @@ enum NodeFilename {
   /// strong options, and a format's over such a node with its `file`
   /// child's. Nil for nodes with plain names.
   static func jsonOptions(of node: BlockNode) -> [(String, QObject)]? {
+    if let nbd = node.driver as? NBDClientDriver, case .fd(let descriptor) = nbd.config.server {
+      // An inherited socket has no URL: the flat options name it.
+      var options: [(String, QObject)] = [
+        ("driver", .string("nbd")), ("server.type", .string("fd")),
+        ("server.str", .string(descriptor)),
+      ]
+      if !nbd.config.export.isEmpty { options.append(("export", .string(nbd.config.export))) }
+      return options
+    }
     if let rbd = node.driver as? RBDDriver {
       // QEMU inserts the options first, then the driver.
       let options = rbd.location.strongOptions.sorted { $0.key < $1.key }
