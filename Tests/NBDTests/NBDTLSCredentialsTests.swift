@@ -30,7 +30,8 @@ import Testing
     let folder = try Self.folder()
     defer { try? FileManager.default.removeItem(at: folder) }
     let path = folder.appendingPathComponent("keys.psk").path
-    try "alice:00ff10AB\nbob:0102\n\nalice:9999\n".write(
+    // Lines may end in CR LF (a file written on Windows).
+    try "alice:00ff10AB\r\nbob:0102\n\nalice:9999\n".write(
       toFile: path, atomically: true, encoding: .utf8)
     let keys = try NBDPSKFile(path: path)
     #expect(keys.key(for: "alice") == [0x00, 0xff, 0x10, 0xab])

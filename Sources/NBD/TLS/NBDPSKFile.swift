@@ -23,7 +23,7 @@ struct NBDPSKFile: Sendable {
       throw BlockError(.invalidArgument, "Cannot read PSK file \(path)")
     }
     var keys: [String: [UInt8]] = [:]
-    for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false)
+    for (number, line) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
       .enumerated()
     where !line.isEmpty {
       guard let colon = line.firstIndex(of: ":"),

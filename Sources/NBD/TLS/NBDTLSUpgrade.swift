@@ -71,12 +71,12 @@ enum NBDTLSUpgrade {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+      context.fireUserInboundEventTriggered(event)
       if case .handshakeCompleted? = event as? TLSUserEvent, let promise {
         self.promise = nil
         promise.succeed(tls.peerCertificate)
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
       }
-      context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
