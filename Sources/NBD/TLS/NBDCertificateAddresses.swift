@@ -12,25 +12,21 @@ enum NBDCertificateAddresses {
   /// The raw `iPAddress` entries (4 or 16 bytes each) of the DER
   /// certificate `der`; none when it has no subjectAltName.
   static func ipAddresses(ofCertificate der: [UInt8]) throws -> [[UInt8]] {
-    let certificate = try DER.parse(der)
-    guard let tbs = children(of: certificate).first else {
-      throw NBDDistinguishedName.Malformed()
-    }
     // Extensions are the `[3] EXPLICIT` field of the TBSCertificate.
     guard
-      let wrapper = children(of: tbs).first(where: {
+      let wrapper = try NBDCertificateDER.tbsFields(ofCertificate: der).first(where: {
         $0.identifier.tagClass == .contextSpecific && $0.identifier.tagNumber == 3
-      }), let extensions = children(of: wrapper).first
+      }), let extensions = NBDCertificateDER.children(of: wrapper).first
     else { return [] }
     var addresses: [[UInt8]] = []
-    for field in children(of: extensions) {
-      let parts = children(of: field)
+    for field in NBDCertificateDER.children(of: extensions) {
+      let parts = NBDCertificateDER.children(of: field)
       guard let oid = parts.first, let value = parts.last,
         try ASN1ObjectIdentifier(derEncoded: oid).description == "2.5.29.17",
         case .primitive(let octets) = value.content
       else { continue }
       // GeneralNames: iPAddress is `[7] IMPLICIT OCTET STRING`.
-      for name in children(of: try DER.parse(octets))
+      for name in NBDCertificateDER.children(of: try DER.parse(octets))
       where name.identifier.tagClass == .contextSpecific && name.identifier.tagNumber == 7 {
         if case .primitive(let bytes) = name.content { addresses.append(Array(bytes)) }
       }
@@ -49,10 +45,5 @@ enum NBDCertificateAddresses {
       return withUnsafeBytes(of: &v6) { Array($0) }
     }
     return nil
-  }
-
-  private static func children(of node: ASN1Node) -> [ASN1Node] {
-    guard case .constructed(let nodes) = node.content else { return [] }
-    return Array(nodes)
   }
 }

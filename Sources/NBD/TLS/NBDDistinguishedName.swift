@@ -6,32 +6,21 @@ import SwiftASN1
 /// order, RFC 4514's escaping (`C=GB,O=Example Org,CN=host`, checked
 /// against qemu-nbd).
 enum NBDDistinguishedName {
-  /// A certificate that is not the DER X.509 structure expected.
-  struct Malformed: Error, CustomStringConvertible {
-    var description: String { "malformed peer certificate" }
-  }
-
   /// The subject of the DER-encoded certificate `der`.
   static func subject(ofCertificate der: [UInt8]) throws -> String {
-    let certificate = try DER.parse(der)
-    guard let tbs = children(of: certificate).first else { throw Malformed() }
-    var fields = children(of: tbs)
-    // The optional `[0] EXPLICIT version`, then serialNumber, signature,
-    // issuer, validity and subject.
-    if let first = fields.first, first.identifier.tagClass == .contextSpecific {
-      fields.removeFirst()
-    }
-    guard fields.count > 4 else { throw Malformed() }
+    // serialNumber, signature, issuer, validity, subject.
+    let fields = try NBDCertificateDER.tbsFields(ofCertificate: der)
+    guard fields.count > 4 else { throw NBDCertificateDER.Malformed() }
     return try name(fields[4])
   }
 
   /// An X.501 Name (a SEQUENCE OF RelativeDistinguishedName) as GnuTLS
   /// prints it.
   static func name(_ node: ASN1Node) throws -> String {
-    try children(of: node).map { rdn in
-      try children(of: rdn).map { attribute in
-        let parts = children(of: attribute)
-        guard parts.count == 2 else { throw Malformed() }
+    try NBDCertificateDER.children(of: node).map { rdn in
+      try NBDCertificateDER.children(of: rdn).map { attribute in
+        let parts = NBDCertificateDER.children(of: attribute)
+        guard parts.count == 2 else { throw NBDCertificateDER.Malformed() }
         let oid = try ASN1ObjectIdentifier(derEncoded: parts[0])
         let type = shortNames[oid.description] ?? oid.description
         return type + "=" + value(parts[1], knownType: shortNames[oid.description] != nil)
@@ -87,10 +76,5 @@ enum NBDDistinguishedName {
       out.append(character)
     }
     return out
-  }
-
-  private static func children(of node: ASN1Node) -> [ASN1Node] {
-    guard case .constructed(let nodes) = node.content else { return [] }
-    return Array(nodes)
   }
 }
