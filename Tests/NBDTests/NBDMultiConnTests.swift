@@ -100,41 +100,26 @@ struct NBDMultiConnTests {
   }
 
   /// An in-process server (several clients at once, so CAN_MULTI_CONN) over
-  /// a recording node, on a Unix socket in a fresh folder.
+  /// a recording node.
   @BlockActor
   final class Fixture {
-    let directory: URL
-    let socket: String
     let recording = RecordingDriver(size: 1 << 20)
-    private let server = NBDServer(persistent: true, shared: 0, handshakeLimit: nil) { _ in }
-    private var task: Task<Void, Never>?
+    private let server: InProcessNBDServer
 
     init(multiConn: Bool = true) async throws {
-      directory = FileManager.default.temporaryDirectory.appendingPathComponent(
-        "nbdmulti-\(UUID().uuidString)")
-      try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-      socket = directory.appendingPathComponent("s.sock").path
       let node = BlockNode(name: "rec", driver: recording)
       try await node.open()
-      try await server.listen(on: .unix(path: socket))
-      let export = NBDExportInfo(size: 1 << 20, multiConn: multiConn)
-      task = Task { [server] in
-        await server.run(backend: BlockBackend(root: node), export: export)
-      }
+      server = try await InProcessNBDServer(
+        in: InProcessNBDServer.folder("nbdmulti"), node: node,
+        export: NBDExportInfo(size: 1 << 20, multiConn: multiConn))
     }
 
     func open(multiConn: Int = 1) async throws -> BlockNode {
       var options = DriverOptions()
       if multiConn > 1 { options["x-multi-conn"] = "\(multiConn)" }
-      return try await ImageOpener.open(
-        filename: "nbd+unix:///?socket=\(socket)", format: "nbd", options: options,
-        context: OpenContext())
+      return try await server.open(options)
     }
 
-    func stop() async {
-      server.shutdown()
-      await task?.value
-      try? FileManager.default.removeItem(at: directory)
-    }
+    func stop() async { await server.stop() }
   }
 }

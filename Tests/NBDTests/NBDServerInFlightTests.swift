@@ -18,11 +18,8 @@ struct NBDServerInFlightTests {
   /// An in-process server whose recording export holds reads at `gate`.
   @BlockActor
   final class Server {
-    let directory: URL
-    let socket: String
     let gate = Gate()
-    private let server: NBDServer
-    private var task: Task<Void, Never>?
+    private let server: InProcessNBDServer
     /// The most reads held at once so far.
     private(set) var mostHeld = 0
     private var held = 0
@@ -30,24 +27,16 @@ struct NBDServerInFlightTests {
     private var holding = false
 
     init(maxRequests: Int, payloadBudget: Int = NBDProtocol.payloadBytesInFlight) async throws {
-      directory = FileManager.default.temporaryDirectory.appendingPathComponent(
-        "nbdinflight-\(UUID().uuidString)")
-      try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-      socket = directory.appendingPathComponent("s.sock").path
       let recording = RecordingDriver(size: 16 << 20)
       let node = BlockNode(name: "rec", driver: recording)
       try await node.open()
       // Data, not holes: the server reads only what block status says is
       // allocated (a hole is answered without reading).
       try await node.write(at: 0, bytes: [UInt8](repeating: 0x5a, count: 4 << 20))
-      // No handshake limit: see NBDClientTests.Server.
-      server = NBDServer(
-        persistent: true, shared: 0, handshakeLimit: nil, maxRequests: maxRequests,
-        payloadBudget: payloadBudget, report: { _ in })
-      try await server.listen(on: .unix(path: socket))
-      task = Task { [server] in
-        await server.run(backend: BlockBackend(root: node), export: NBDExportInfo(size: 16 << 20))
-      }
+      server = try await InProcessNBDServer(
+        in: InProcessNBDServer.folder("nbdinflight"), node: node,
+        export: NBDExportInfo(size: 16 << 20), maxRequests: maxRequests,
+        payloadBudget: payloadBudget)
       recording.interceptor = { [weak self] call in
         guard let self, holding, case .read = call else { return }
         held += 1
@@ -59,17 +48,22 @@ struct NBDServerInFlightTests {
 
     /// Opens the export through Spindle's client; reads are held from then on.
     func open() async throws -> BlockNode {
-      let node = try await ImageOpener.open(
-        filename: "nbd+unix:///?socket=\(socket)", format: "nbd", context: OpenContext())
+      let node = try await server.open()
       holding = true
       return node
     }
 
-    func stop() async {
-      server.shutdown()
-      await task?.value
-      try? FileManager.default.removeItem(at: directory)
+    /// Releases `count` held reads one at a time, each once the export
+    /// holds as many as a limit of `atOnce` lets through (or all that are
+    /// left): the most held at once then shows the limit.
+    func releaseOneAtATime(_ count: Int, atOnce: Int) async {
+      for remaining in stride(from: count, to: 0, by: -1) {
+        await gate.waitForHeld(min(atOnce, remaining))
+        gate.releaseOne()
+      }
     }
+
+    func stop() async { await server.stop() }
   }
 
   init() { NBDClient.register() }
@@ -99,10 +93,7 @@ struct NBDServerInFlightTests {
     let server = try await Server(maxRequests: 3)
     let node = try await server.open()
     let tasks = reads(node, count: 9, length: 4096)
-    for remaining in stride(from: 9, to: 0, by: -1) {
-      await server.gate.waitForHeld(min(3, remaining))
-      server.gate.releaseOne()
-    }
+    await server.releaseOneAtATime(9, atOnce: 3)
     for task in tasks { _ = try await task.value }
     #expect(server.mostHeld == 3)
     await node.close()
@@ -115,10 +106,7 @@ struct NBDServerInFlightTests {
     let server = try await Server(maxRequests: 64, payloadBudget: 1 << 20)
     let node = try await server.open()
     let tasks = reads(node, count: 12, length: 256 << 10)
-    for remaining in stride(from: 12, to: 0, by: -1) {
-      await server.gate.waitForHeld(min(4, remaining))
-      server.gate.releaseOne()
-    }
+    await server.releaseOneAtATime(12, atOnce: 4)
     for task in tasks { _ = try await task.value }
     #expect(server.mostHeld == 4)
     await node.close()

@@ -17,41 +17,24 @@ struct NBDTLSEndToEndTests {
   /// whose `keys.psk` holds alice and bob.
   @BlockActor
   final class Server {
-    let directory: URL
-    let socket: String
-    let backend: BlockBackend
-    private let server: NBDServer
-    private var task: Task<Void, Never>?
-    private let log = Log()
-
+    private let server: InProcessNBDServer
+    var directory: URL { server.directory }
+    var socket: String { server.socket }
+    var backend: BlockBackend { server.backend }
     /// What the server reported (qemu-nbd's stderr lines).
-    var reports: [String] { log.lines }
-
-    @BlockActor final class Log {
-      var lines: [String] = []
-    }
+    var reports: [String] { server.reports }
 
     init(authorizedIdentity: String? = nil) async throws {
-      directory = FileManager.default.temporaryDirectory.appendingPathComponent(
-        "nbdtls-\(UUID().uuidString)")
-      try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+      let directory = try InProcessNBDServer.folder("nbdtls")
       try "alice:\(Self.aliceKey)\nbob:\(Self.bobKey)\n".write(
         to: directory.appendingPathComponent("keys.psk"), atomically: true, encoding: .utf8)
-      socket = directory.appendingPathComponent("s.sock").path
       let node = BlockNode(name: "mem", driver: MemoryDriver(size: 1 << 20))
       try await node.open()
-      backend = BlockBackend(root: node)
       let credentials = NBDTLSCredentials(
         id: "server", endpoint: .server, directory: directory.path, kind: .psk(username: "qemu"))
-      let tls = try NBDServerTLS(credentials: credentials, authorizedIdentity: authorizedIdentity)
-      // No handshake limit: see NBDClientTests.Server.
-      server = NBDServer(persistent: true, shared: 0, handshakeLimit: nil, tls: tls) {
-        [log] in log.lines.append($0)
-      }
-      try await server.listen(on: .unix(path: socket))
-      task = Task { [server, backend] in
-        await server.run(backend: backend, export: NBDExportInfo(size: 1 << 20))
-      }
+      server = try await InProcessNBDServer(
+        in: directory, node: node, export: NBDExportInfo(size: 1 << 20),
+        tls: try NBDServerTLS(credentials: credentials, authorizedIdentity: authorizedIdentity))
     }
 
     static let aliceKey = String(repeating: "a1", count: 32)
@@ -73,16 +56,10 @@ struct NBDTLSEndToEndTests {
     func open(tlsCreds id: String?) async throws -> BlockNode {
       var options = DriverOptions()
       if let id { options["tls-creds"] = id }
-      return try await ImageOpener.open(
-        filename: "nbd+unix:///?socket=\(socket)", format: "nbd", options: options,
-        context: OpenContext())
+      return try await server.open(options)
     }
 
-    func stop() async {
-      server.shutdown()
-      await task?.value
-      try? FileManager.default.removeItem(at: directory)
-    }
+    func stop() async { await server.stop() }
   }
 
   init() { NBDClient.register() }

@@ -24,14 +24,21 @@ import Testing
     return (try NBDServerTLS(credentials: credentials, authorizedIdentity: nil), folder)
   }
 
-  @Test func plainTextAfterTheOptionFailsTheUpgradeBeforeTheACK() async throws {
-    let (tls, folder) = try Self.context()
-    defer { try? FileManager.default.removeItem(at: folder) }
+  /// A connected test channel whose pipeline counts what it reads, as a
+  /// server's or client's connection does.
+  static func countingChannel() async throws -> NIOAsyncTestingChannel {
     let channel = NIOAsyncTestingChannel()
     try await channel.testingEventLoop.executeInContext {
       try channel.pipeline.syncOperations.addHandler(NBDByteCounter())
     }
     try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+    return channel
+  }
+
+  @Test func plainTextAfterTheOptionFailsTheUpgradeBeforeTheACK() async throws {
+    let (tls, folder) = try Self.context()
+    defer { try? FileManager.default.removeItem(at: folder) }
+    let channel = try await Self.countingChannel()
     // The STARTTLS option (16 bytes) the reader consumed, then 3 more.
     try await channel.writeInbound(ByteBuffer(repeating: 1, count: 16))
     try await channel.writeInbound(ByteBuffer(bytes: [9, 9, 9]))
@@ -47,11 +54,7 @@ import Testing
   @Test func everyByteConsumedTheACKGoesOutInPlainText() async throws {
     let (tls, folder) = try Self.context()
     defer { try? FileManager.default.removeItem(at: folder) }
-    let channel = NIOAsyncTestingChannel()
-    try await channel.testingEventLoop.executeInContext {
-      try channel.pipeline.syncOperations.addHandler(NBDByteCounter())
-    }
-    try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+    let channel = try await Self.countingChannel()
     try await channel.writeInbound(ByteBuffer(repeating: 1, count: 16))
     let upgrade = Task {
       try await NBDTLSUpgrade.start(
